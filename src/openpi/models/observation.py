@@ -1,0 +1,93 @@
+"""The model's input: camera images, robot state and the tokenized prompt, as torch tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+# Camera names the model is trained with, in prefix order. Robot-specific transforms map their cameras onto these.
+IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+IMAGE_RESOLUTION = (224, 224)
+
+
+@dataclasses.dataclass
+class Observation:
+    """A batch of observations.
+
+    Attributes:
+        images: camera name -> float images ``[B, 3, H, W]`` in [-1, 1]; the prefix follows the dict's order.
+        image_masks: camera name -> bool ``[B]``; False marks a camera that is absent for that sample.
+        state: ``[B, S]`` robot state (normalised, padded to the action dimension).
+        tokenized_prompt: ``[B, L]`` int token ids, right padded.
+        tokenized_prompt_mask: ``[B, L]`` bool, True for real tokens.
+    """
+
+    images: dict[str, torch.Tensor]
+    image_masks: dict[str, torch.Tensor]
+    state: torch.Tensor
+    tokenized_prompt: torch.Tensor | None = None
+    tokenized_prompt_mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        missing = set(self.images) - set(self.image_masks)
+        if missing:
+            raise ValueError(f"Observation has images without image_masks: {sorted(missing)}")
+        if (self.tokenized_prompt is None) != (self.tokenized_prompt_mask is None):
+            raise ValueError("tokenized_prompt and tokenized_prompt_mask must be given together")
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.shape[0]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Observation:
+        """Builds an observation from a transformed sample dict (``image``, ``image_mask``, ``state``, ...).
+
+        Images may be uint8 in [0, 255] or float in [-1, 1], channels-last ``[B, H, W, 3]`` or channels-first.
+        """
+        images = {name: _to_float_chw(_as_tensor(img)) for name, img in data["image"].items()}
+        masks = data.get("image_mask")
+        if masks is None:
+            masks = {name: torch.ones(img.shape[0], dtype=torch.bool) for name, img in images.items()}
+        image_masks = {name: _as_tensor(m).bool() for name, m in masks.items()}
+        prompt = data.get("tokenized_prompt")
+        prompt_mask = data.get("tokenized_prompt_mask")
+        return cls(
+            images=images,
+            image_masks=image_masks,
+            state=_as_tensor(data["state"]).float(),
+            tokenized_prompt=None if prompt is None else _as_tensor(prompt).long(),
+            tokenized_prompt_mask=None if prompt_mask is None else _as_tensor(prompt_mask).bool(),
+        )
+
+    def to(self, device: torch.device | str) -> Observation:
+        """Returns a copy with every tensor on ``device``."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Observation(
+            images={k: v.to(device) for k, v in self.images.items()},
+            image_masks={k: v.to(device) for k, v in self.image_masks.items()},
+            state=self.state.to(device),
+            tokenized_prompt=move(self.tokenized_prompt),
+            tokenized_prompt_mask=move(self.tokenized_prompt_mask),
+        )
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def _to_float_chw(image: torch.Tensor) -> torch.Tensor:
+    if image.ndim != 4:
+        raise ValueError(f"Expected a batch of images [B, H, W, 3] or [B, 3, H, W], got shape {tuple(image.shape)}")
+    if image.shape[-1] == 3 and image.shape[1] != 3:
+        image = image.permute(0, 3, 1, 2)
+    if image.dtype == torch.uint8:
+        return image.float() / 127.5 - 1.0
+    return image.float()

@@ -1,0 +1,73 @@
+"""Configuration of the π0 / π0.5 model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from openpi.models import variants
+
+Dtype = Literal["float32", "bfloat16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pi0Config:
+    """Architecture and behaviour of a π0 (``pi05=False``) or π0.5 (``pi05=True``) model.
+
+    Variants are registered names (see :mod:`openpi.models.variants`) or explicit ``field=value,...`` strings.
+    """
+
+    pi05: bool = False
+    paligemma_variant: str = "gemma_2b"
+    action_expert_variant: str = "gemma_300m"
+    vision_variant: str = "So400m/14"
+    vocab_size: int = 257_152
+    action_dim: int = 32
+    action_horizon: int = 50
+    # Number of prompt tokens; None means 200 for π0.5 and 48 for π0.
+    max_token_len: int | None = None
+    dtype: Dtype = "bfloat16"
+    # π0.5 writes the discretised state into the prompt; None means "on for π0.5, off for π0".
+    discrete_state_input: bool | None = None
+    # When set, `sample_actions` is wrapped in `torch.compile` with this mode (e.g. "max-autotune", "default").
+    pytorch_compile_mode: str | None = None
+
+    # LightVLA visual-token pruning (see docs/lightvla_pruning.md).
+    token_pruning_enabled: bool = False
+    token_prune_noise_scale: float = 1.0
+    token_prune_keep_tokens: int | None = None
+    token_prune_keep_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_token_len is None:
+            object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
+        if self.discrete_state_input is None:
+            object.__setattr__(self, "discrete_state_input", self.pi05)
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.action_horizon < 1 or self.action_dim < 1:
+            raise ValueError(
+                f"action_horizon and action_dim must be positive, got {self.action_horizon}, {self.action_dim}"
+            )
+        llm, expert = self.llm_config, self.expert_config
+        shared = ("depth", "num_heads", "num_kv_heads", "head_dim")
+        mismatched = [f for f in shared if getattr(llm, f) != getattr(expert, f)]
+        if mismatched:
+            raise ValueError(f"The language model and the action expert share attention; they differ in {mismatched}")
+        self.vision_config  # noqa: B018  (validates the variant)
+        if self.token_prune_keep_tokens is not None and self.token_prune_keep_tokens < 1:
+            raise ValueError(f"token_prune_keep_tokens must be >= 1, got {self.token_prune_keep_tokens}")
+        if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
+            raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
+
+    @property
+    def llm_config(self) -> variants.GemmaConfig:
+        return variants.get_gemma_config(self.paligemma_variant)
+
+    @property
+    def expert_config(self) -> variants.GemmaConfig:
+        return variants.get_gemma_config(self.action_expert_variant)
+
+    @property
+    def vision_config(self) -> variants.SiglipConfig:
+        return variants.get_siglip_config(self.vision_variant)
