@@ -1,0 +1,325 @@
+"""LightVLA visual-token pruning: a parameter-free, task-conditioned selector of image patches.
+
+Every patch asks the task (language + discrete state) what it is looking for (a cross-attention "query"), then votes
+for the patch that best matches that query. Training keeps the sequence length and passes gradients through a
+straight-through estimator; evaluation keeps the union of the votes (or a fixed budget) and drops the rest.
+See docs/lightvla_pruning.md for the algorithm, the telemetry and how to diagnose a collapse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_RMS_EPS = 1e-6
+# Score of a patch that must never be selected. Finite (unlike -inf) so that a sample without any valid patch yields a
+# uniform softmax instead of NaN; far below any real score (|S| <= sqrt(D) after the RMS norms).
+_NEVER = torch.finfo(torch.float32).min
+# Guards ceil(r * n) against float error, e.g. 0.1 * 30 = 3.0000000000000004 must keep 3, not 4.
+_CEIL_TOLERANCE = 1e-9
+
+
+class PrunedPatches(NamedTuple):
+    """Output of :class:`ImageTokenPruner`.
+
+    Attributes:
+        tokens: ``[B, K, D]`` patch embeddings (train: K = N, row i is the patch row i voted for; eval: the kept
+            patches in their original order, zero-padded).
+        mask: ``[B, K]`` bool, False for padding and for rows that came from invalid patches.
+        positions: ``[B, K]`` long, the unpruned-prefix positions of the selected patches.
+        kept_indices: ``[B, K]`` long, index into the N input patches (arbitrary where ``mask`` is False).
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    kept_indices: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scoring:
+    """Intermediate tensors of the scoring step (float32)."""
+
+    patches_n: torch.Tensor  # [B, N, D] rms(patches)
+    task_n: torch.Tensor  # [B, T, D] rms(task)
+    queries_raw: torch.Tensor  # [B, N, D] SDPA output before the last RMS norm
+    queries: torch.Tensor  # [B, N, D] rms(queries_raw)
+    scores: torch.Tensor  # [B, N, N] Q P^T / sqrt(D), invalid columns set to _NEVER
+
+
+def _rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMS norm over the last axis, in float32."""
+    x = x.float()
+    return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + _RMS_EPS)
+
+
+def _score(
+    patches: torch.Tensor, task_tokens: torch.Tensor, task_mask: torch.Tensor, patch_mask: torch.Tensor
+) -> _Scoring:
+    """Computes the patch-to-patch scores; samples without any valid task token get zero queries (no NaN)."""
+    patches_n = _rms_norm(patches)
+    task_n = _rms_norm(task_tokens)
+    has_task = task_mask.any(dim=1)
+    attend = task_mask | ~has_task[:, None]  # an all-False row would make SDPA return NaN
+    queries_raw = F.scaled_dot_product_attention(patches_n, task_n, task_n, attn_mask=attend[:, None, :])
+    queries_raw = queries_raw * has_task[:, None, None]
+    queries = _rms_norm(queries_raw)
+    scores = queries @ patches_n.transpose(1, 2) / math.sqrt(patches.shape[-1])
+    scores = scores.masked_fill(~patch_mask[:, None, :], _NEVER)
+    return _Scoring(patches_n, task_n, queries_raw, queries, scores)
+
+
+def _count_votes(choice: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` number of valid rows whose argmax is each patch."""
+    votes = torch.zeros(choice.shape, dtype=torch.long, device=choice.device)
+    return votes.scatter_add_(1, choice, row_valid.long())
+
+
+def _rank_patches(votes: torch.Tensor, best_score: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+    """Rank of each patch (0 = most important): votes desc, then best score desc, then index asc; invalid last."""
+    votes = votes.masked_fill(~patch_mask, -1)
+    by_score = torch.sort(best_score, dim=1, descending=True, stable=True).indices
+    by_votes = torch.sort(votes.gather(1, by_score), dim=1, descending=True, stable=True).indices
+    order = by_score.gather(1, by_votes)
+    ranks = torch.empty_like(order)
+    arange = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return ranks.scatter_(1, order, arange)
+
+
+def _masked_token_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` std over the valid tokens (population std), averaged over channels (NaN without valid tokens)."""
+    m = mask[..., None].float()
+    count = m.sum(dim=1).clamp(min=1.0)
+    mean = (x * m).sum(dim=1) / count
+    var = ((x - mean[:, None]).square() * m).sum(dim=1) / count
+    return torch.where(mask.any(dim=1), var.sqrt().mean(dim=-1), math.nan)
+
+
+def _mean_pairwise_cosine(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` mean cosine over distinct pairs of valid rows (NaN when fewer than two rows)."""
+    unit = F.normalize(x, dim=-1) * mask[..., None]
+    n = mask.sum(dim=1).float()
+    pair_sum = unit.sum(dim=1).square().sum(dim=-1) - unit.square().sum(dim=(1, 2))
+    return torch.where(n >= 2, pair_sum / (n * (n - 1)).clamp(min=1.0), math.nan)
+
+
+def _argmax_stats(votes: torch.Tensor, n_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B]`` union size and top-1 vote share of an argmax selection."""
+    return (votes > 0).sum(dim=1).float(), votes.amax(dim=1).float() / n_rows.clamp(min=1.0)
+
+
+class ImageTokenPruner(nn.Module):
+    """Parameter-free LightVLA pruner over the pooled patches of all cameras.
+
+    ``train()``: adds ``U(0, 1) * noise_scale`` to the scores, takes each row's argmax and returns
+    ``W @ patches`` with ``W = onehot(argmax) + softmax(S) - stopgrad(softmax(S))`` (K = N; the forward value is the
+    voted patch, the gradient flows through the noise-free ``softmax(S)``). ``eval()``: no noise; keeps the union of
+    each valid row's argmax, in original order, padded to the batch's largest count.
+
+    Fixed budgets (eval only): ``keep_tokens`` keeps exactly ``min(keep_tokens, valid patches)`` per sample,
+    ``keep_ratio`` keeps ``ceil(keep_ratio * valid patches)``; ``keep_tokens`` wins when both are set. Patches are
+    ranked by support (number of valid rows voting for them), ties broken by the patch's best score over valid rows
+    (``max_i S[i, j]``), then by lower index.
+
+    Attributes:
+        noise_scale: scale of the uniform noise added to the scores in train mode (>= 0).
+        keep_tokens: fixed eval budget in patches, or None.
+        keep_ratio: fixed eval budget as a fraction of the valid patches in (0, 1], or None.
+        collect_stats: when True every forward writes telemetry (python floats) to ``last_stats``; otherwise
+            ``last_stats`` is None and no extra work is done.
+    """
+
+    def __init__(self, noise_scale: float = 1.0, keep_tokens: int | None = None, keep_ratio: float | None = None):
+        super().__init__()
+        self.noise_scale = noise_scale
+        self.keep_tokens = keep_tokens
+        self.keep_ratio = keep_ratio
+        self.collect_stats = False
+        self.last_stats: dict[str, float] | None = None
+
+    @property
+    def noise_scale(self) -> float:
+        return self._noise_scale
+
+    @noise_scale.setter
+    def noise_scale(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < math.inf:
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {value!r}")
+        self._noise_scale = float(value)
+
+    @property
+    def keep_tokens(self) -> int | None:
+        return self._keep_tokens
+
+    @keep_tokens.setter
+    def keep_tokens(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"keep_tokens must be None or an int >= 1, got {value!r}")
+        self._keep_tokens = value
+
+    @property
+    def keep_ratio(self) -> float | None:
+        return self._keep_ratio
+
+    @keep_ratio.setter
+    def keep_ratio(self, value: float | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1):
+            raise ValueError(f"keep_ratio must be None or a number in (0, 1], got {value!r}")
+        self._keep_ratio = None if value is None else float(value)
+
+    def extra_repr(self) -> str:
+        return f"noise_scale={self.noise_scale}, keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
+
+    def forward(
+        self,
+        patches: torch.Tensor,
+        task_tokens: torch.Tensor,
+        task_mask: torch.Tensor,
+        patch_mask: torch.Tensor,
+        patch_positions: torch.Tensor,
+    ) -> PrunedPatches:
+        """Selects patches.
+
+        Args:
+            patches: ``[B, N, D]`` patch embeddings of all cameras, pooled.
+            task_tokens: ``[B, T, D]`` task (language + state) embeddings.
+            task_mask: ``[B, T]`` bool, False for padding.
+            patch_mask: ``[B, N]`` bool, False for patches of an absent camera (never selected, cast no vote).
+            patch_positions: ``[B, N]`` long, positions of the patches in the unpruned prefix.
+        """
+        _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
+        scoring = _score(patches, task_tokens, task_mask, patch_mask)
+        if self.training:
+            pruned, noisy_choice = self._select_train(patches, scoring.scores, patch_mask, patch_positions)
+            kept_counts = None
+        else:
+            pruned, kept_counts = self._select_eval(patches, scoring.scores, patch_mask, patch_positions)
+            noisy_choice = None
+        self.last_stats = None
+        if self.collect_stats:
+            with torch.no_grad():
+                self.last_stats = _telemetry(scoring, task_mask, patch_mask, kept_counts, noisy_choice)
+        return pruned
+
+    def _select_train(
+        self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[PrunedPatches, torch.Tensor]:
+        noisy = scores
+        if self.noise_scale > 0:
+            noisy = scores + torch.rand_like(scores) * self.noise_scale
+        choice = noisy.argmax(dim=-1)  # [B, N]
+        soft = scores.softmax(dim=-1)
+        hard = torch.zeros_like(soft).scatter_(-1, choice[..., None], 1.0)
+        weights = hard + soft - soft.detach()
+        tokens = weights.to(patches.dtype) @ patches
+        mask = patch_mask & patch_mask.gather(1, choice)
+        return PrunedPatches(tokens, mask, positions.gather(1, choice), choice), choice
+
+    def _select_eval(
+        self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[PrunedPatches, torch.Tensor]:
+        votes = _count_votes(scores.argmax(dim=-1), patch_mask)
+        budget = self._budget(patch_mask)
+        if budget is None:
+            keep = votes > 0
+        else:
+            best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
+            keep = _rank_patches(votes, best_score, patch_mask) < budget[:, None]
+        counts = keep.sum(dim=1)
+        num_kept = int(counts.max()) if counts.numel() else 0
+        # Stable sort puts the kept patches first, in their original order.
+        kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]
+        mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]
+        tokens = patches.gather(1, kept_indices[..., None].expand(-1, -1, patches.shape[-1])) * mask[..., None]
+        return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
+
+    def _budget(self, patch_mask: torch.Tensor) -> torch.Tensor | None:
+        """``[B]`` patches to keep per sample under a fixed budget, or None for the implicit (union) selection."""
+        valid = patch_mask.sum(dim=1)
+        if self.keep_tokens is not None:
+            return valid.clamp(max=self.keep_tokens)
+        if self.keep_ratio is not None:
+            wanted = torch.ceil(valid.double() * self.keep_ratio - _CEIL_TOLERANCE).long().clamp(min=1)
+            return torch.minimum(wanted, valid)
+        return None
+
+
+def _check_inputs(
+    patches: torch.Tensor,
+    task_tokens: torch.Tensor,
+    task_mask: torch.Tensor,
+    patch_mask: torch.Tensor,
+    patch_positions: torch.Tensor,
+) -> None:
+    if patches.ndim != 3:
+        raise ValueError(f"patches must be [B, N, D], got shape {tuple(patches.shape)}")
+    batch, num_patches, dim = patches.shape
+    if task_tokens.ndim != 3 or task_tokens.shape[0] != batch or task_tokens.shape[2] != dim:
+        raise ValueError(f"task_tokens must be [{batch}, T, {dim}], got shape {tuple(task_tokens.shape)}")
+    expected = {
+        "task_mask": (task_mask, (batch, task_tokens.shape[1])),
+        "patch_mask": (patch_mask, (batch, num_patches)),
+        "patch_positions": (patch_positions, (batch, num_patches)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(tensor.shape)}")
+    for name in ("task_mask", "patch_mask"):
+        if expected[name][0].dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool tensor, got {expected[name][0].dtype}")
+    if patch_positions.dtype != torch.long:
+        raise ValueError(f"patch_positions must be a long tensor, got {patch_positions.dtype}")
+
+
+def _telemetry(
+    scoring: _Scoring,
+    task_mask: torch.Tensor,
+    patch_mask: torch.Tensor,
+    kept_counts: torch.Tensor | None,
+    noisy_choice: torch.Tensor | None,
+) -> dict[str, float]:
+    """Batch-level pruning diagnostics (one host sync). See docs/lightvla_pruning.md for how to read them."""
+    scores = scoring.scores.detach()
+    valid = patch_mask.sum(dim=1).float()
+    det_votes = _count_votes(scores.argmax(dim=-1), patch_mask)
+    det_union, det_share = _argmax_stats(det_votes, valid)
+    kept = det_union if kept_counts is None else kept_counts.float()
+    entry_mask = patch_mask[:, :, None] & patch_mask[:, None, :]
+    top2 = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+    gap_rows = patch_mask & (valid[:, None] >= 2)
+    gap = ((top2[..., 0] - top2[..., -1]) * gap_rows).sum(dim=1) / gap_rows.sum(dim=1)  # NaN if no such row
+    per_sample = {
+        "kept_tokens": kept,
+        "kept_ratio": kept / valid.clamp(min=1.0),
+        "task_valid_len": task_mask.sum(dim=1).float(),
+        "argmax_union": det_union,
+        "argmax_top1_share": det_share,
+        "patches_std": _masked_token_std(scoring.patches_n, patch_mask),
+        "task_std": _masked_token_std(scoring.task_n, task_mask),
+        "queries_std": _masked_token_std(scoring.queries, patch_mask),
+        "query_cosine_before_norm": _mean_pairwise_cosine(scoring.queries_raw, patch_mask),
+        "query_cosine_after_norm": _mean_pairwise_cosine(scoring.queries, patch_mask),
+        "score_abs_max": torch.where(entry_mask, scores.abs(), 0.0).amax(dim=(1, 2)),
+        "score_top1_gap": gap,
+    }
+    if noisy_choice is not None:
+        noisy_union, noisy_share = _argmax_stats(_count_votes(noisy_choice, patch_mask), valid)
+        per_sample["kept_tokens_noisy"] = noisy_union
+        per_sample["argmax_union_noisy"] = noisy_union
+        per_sample["argmax_top1_share_noisy"] = noisy_share
+    names = [_stat_key(name) for name in per_sample]
+    means = torch.stack(list(per_sample.values())).nanmean(dim=1)
+    values = torch.cat([means, kept.min()[None], kept.max()[None]]).tolist()  # the only host sync
+    return dict(zip([*names, "kept_tokens_min", "kept_tokens_max"], values, strict=True))
+
+
+def _stat_key(name: str) -> str:
+    """Per-sample stat name -> telemetry key (``argmax_union_noisy`` -> ``argmax_union_mean_noisy``)."""
+    if name.endswith("_noisy"):
+        return f"{name.removesuffix('_noisy')}_mean_noisy"
+    return f"{name}_mean"

@@ -1,0 +1,404 @@
+"""Tests of the LightVLA image-token pruner (openpi.models_pytorch.token_pruner)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from openpi.models_pytorch import token_pruner
+from openpi.models_pytorch.token_pruner import ImageTokenPruner, PrunedPatches
+
+STAT_KEYS = {
+    "kept_tokens_mean",
+    "kept_tokens_min",
+    "kept_tokens_max",
+    "kept_ratio_mean",
+    "task_valid_len_mean",
+    "argmax_union_mean",
+    "argmax_top1_share_mean",
+    "patches_std_mean",
+    "task_std_mean",
+    "queries_std_mean",
+    "query_cosine_before_norm_mean",
+    "query_cosine_after_norm_mean",
+    "score_abs_max_mean",
+    "score_top1_gap_mean",
+}
+NOISY_STAT_KEYS = {"kept_tokens_mean_noisy", "argmax_union_mean_noisy", "argmax_top1_share_mean_noisy"}
+
+
+def make_inputs(batch=2, num_patches=32, task_len=8, dim=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    patches = torch.randn(batch, num_patches, dim, generator=gen)
+    task = torch.randn(batch, task_len, dim, generator=gen)
+    task_mask = torch.ones(batch, task_len, dtype=torch.bool)
+    patch_mask = torch.ones(batch, num_patches, dtype=torch.bool)
+    positions = (torch.arange(num_patches) + 3).expand(batch, num_patches).clone()
+    return patches, task, task_mask, patch_mask, positions
+
+
+def rms(x):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def reference_scores(patches, task, task_mask, patch_mask):
+    """Independent re-statement of the scores: S = rms(attn(P, T, T)) P^T / sqrt(D), invalid columns -inf."""
+    p, t = rms(patches.double()), rms(task.double())
+    scale = math.sqrt(patches.shape[-1])
+    logits = (p @ t.transpose(1, 2) / scale).masked_fill(~task_mask[:, None, :], -math.inf)
+    queries = rms(logits.softmax(-1) @ t)
+    return (queries @ p.transpose(1, 2) / scale).masked_fill(~patch_mask[:, None, :], -math.inf)
+
+
+def run(pruner, inputs, *, train):
+    pruner.train(train)
+    return pruner(*inputs)
+
+
+# --- train mode --------------------------------------------------------------------------------------------------
+
+
+def test_train_output_is_each_rows_voted_patch_with_its_position():
+    inputs = make_inputs()
+    patches, _, _, _, positions = inputs
+    out = run(ImageTokenPruner(noise_scale=0.0), inputs, train=True)
+    choice = reference_scores(*inputs[:4]).argmax(-1)
+    assert isinstance(out, PrunedPatches)
+    assert out.tokens.shape == patches.shape
+    assert torch.equal(out.kept_indices, choice)
+    torch.testing.assert_close(out.tokens, patches.gather(1, choice[..., None].expand_as(patches)))
+    assert torch.equal(out.positions, positions.gather(1, choice))
+    assert out.mask.all()
+
+
+def test_train_noise_changes_votes_only_within_noise_scale():
+    inputs = make_inputs(num_patches=64)
+    patches = inputs[0]
+    torch.manual_seed(0)
+    out = run(ImageTokenPruner(noise_scale=0.5), inputs, train=True)
+    scores = reference_scores(*inputs[:4])
+    chosen = scores.gather(-1, out.kept_indices[..., None])[..., 0]
+    assert (chosen >= scores.amax(-1) - 0.5 - 1e-5).all()
+    assert (out.kept_indices != scores.argmax(-1)).any(), "noise of 0.5 should flip some votes"
+    torch.testing.assert_close(out.tokens, patches.gather(1, out.kept_indices[..., None].expand_as(patches)))
+
+
+def test_train_gradient_flows_through_softmax_of_scores():
+    patches, *rest = make_inputs()
+    patches.requires_grad_(True)
+    out = run(ImageTokenPruner(noise_scale=0.0), (patches, *rest), train=True)
+    upstream = torch.randn_like(out.tokens)
+    (out.tokens * upstream).sum().backward()
+    grad = patches.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    # A pure gather would give zero gradient to patches no row voted for; the straight-through soft path does not.
+    unvoted = torch.ones_like(rest[2])
+    unvoted.scatter_(1, out.kept_indices, False)
+    assert unvoted.any()
+    assert grad[unvoted].abs().sum(-1).gt(0).all()
+    gather_only = torch.zeros_like(patches).scatter_add_(1, out.kept_indices[..., None].expand_as(patches), upstream)
+    assert not torch.allclose(grad, gather_only)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_bfloat16_patches_keep_their_dtype(train):
+    patches, *rest = make_inputs()
+    out = run(ImageTokenPruner(noise_scale=0.0), (patches.bfloat16(), *rest), train=train)
+    assert out.tokens.dtype == torch.bfloat16
+    expected = patches.bfloat16().gather(1, out.kept_indices[..., None].expand(-1, -1, 32)) * out.mask[..., None]
+    torch.testing.assert_close(out.tokens, expected)
+
+
+def test_train_ignores_budgets_and_keeps_length():
+    inputs = make_inputs()
+    out = run(ImageTokenPruner(noise_scale=0.0, keep_tokens=2), inputs, train=True)
+    assert out.tokens.shape == inputs[0].shape
+
+
+# --- eval mode ---------------------------------------------------------------------------------------------------
+
+
+def test_eval_keeps_union_of_votes_in_original_order():
+    inputs = make_inputs(batch=1, num_patches=64)
+    patches, _, _, _, positions = inputs
+    out = run(ImageTokenPruner(), inputs, train=False)
+    union = torch.unique(reference_scores(*inputs[:4]).argmax(-1)[0])
+    assert 0 < len(union) < 64, "eval must shorten the sequence"
+    assert torch.equal(out.kept_indices[0], union)
+    torch.testing.assert_close(out.tokens[0], patches[0, union])
+    assert torch.equal(out.positions[0], positions[0, union])
+    assert out.mask.all()
+
+
+def test_eval_batch_pads_to_largest_kept_count():
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=48)
+    task[1] = task[1, :1]  # identical task tokens collapse sample 1 to a single patch
+    out = run(ImageTokenPruner(), (patches, task, task_mask, patch_mask, positions), train=False)
+    counts = out.mask.sum(1)
+    assert counts[1] == 1 and counts[0] > 1
+    assert out.tokens.shape == (2, int(counts[0]), patches.shape[-1])
+    assert torch.equal(out.mask[1], torch.arange(out.mask.shape[1]) < 1)
+    assert (out.tokens[1, 1:] == 0).all()
+    for b in range(2):
+        kept = out.kept_indices[b, : counts[b]]
+        assert (kept.diff() > 0).all()
+        torch.testing.assert_close(out.tokens[b, : counts[b]], patches[b, kept])
+        assert torch.equal(out.positions[b, : counts[b]], positions[b, kept])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_absent_camera_patches_are_never_selected(train):
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=64)
+    patch_mask[0, 32:] = False  # second camera absent in sample 0
+    patches[0, 32:] = task[0].mean(0) + 0.1 * torch.randn(32, patches.shape[-1])  # and made attractive to the queries
+    torch.manual_seed(0)
+    out = run(ImageTokenPruner(noise_scale=1.0), (patches, task, task_mask, patch_mask, positions), train=train)
+    picked = out.kept_indices[0][out.mask[0]]
+    assert picked.numel() > 0 and (picked < 32).all()
+    if train:
+        assert (out.kept_indices[0] < 32).all(), "invalid rows must still point at valid patches"
+        assert torch.equal(out.mask, patch_mask), "rows of absent patches are masked out"
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_padded_task_tokens_are_ignored(train):
+    patches, task, task_mask, patch_mask, positions = make_inputs()
+    task_mask[:, 5:] = False
+    changed = task.clone()
+    changed[:, 5:] = 100 * torch.randn_like(changed[:, 5:])
+    outputs = []
+    for task_tokens in (task, changed):
+        pruner = ImageTokenPruner(noise_scale=0.0)
+        pruner.collect_stats = True
+        out = run(pruner, (patches, task_tokens, task_mask, patch_mask, positions), train=train)
+        outputs.append((out, pruner.last_stats))
+    (out_a, stats_a), (out_b, stats_b) = outputs
+    assert torch.equal(out_a.kept_indices, out_b.kept_indices)
+    torch.testing.assert_close(out_a.tokens, out_b.tokens)
+    assert stats_a == pytest.approx(stats_b, nan_ok=True)
+    assert stats_a["task_valid_len_mean"] == 5.0
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_degenerate_samples_give_no_nan(train):
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=3)
+    task_mask[0] = False  # no task token at all
+    patch_mask[1] = False  # every camera absent
+    patches.requires_grad_(True)
+    pruner = ImageTokenPruner(noise_scale=1.0)
+    pruner.collect_stats = True
+    torch.manual_seed(0)
+    out = run(pruner, (patches, task, task_mask, patch_mask, positions), train=train)
+    assert torch.isfinite(out.tokens).all()
+    assert not out.mask[1].any()
+    assert out.mask[0].sum() >= 1
+    out.tokens.sum().backward()
+    assert torch.isfinite(patches.grad).all()
+    assert pruner.last_stats["kept_tokens_min"] == 0.0
+    # Without any valid task token the (padding) task embeddings still must not matter.
+    task[0] = torch.randn_like(task[0])
+    torch.manual_seed(0)
+    again = run(pruner, (patches.detach(), task, task_mask, patch_mask, positions), train=train)
+    torch.testing.assert_close(again.tokens[0], out.tokens[0])
+
+
+# --- fixed budgets -----------------------------------------------------------------------------------------------
+
+
+def expected_budget_selection(inputs, budget):
+    """Top-`budget` valid patches by (votes desc, best score over valid rows desc, index asc), original order."""
+    _, _, _, patch_mask, _ = inputs
+    scores = reference_scores(*inputs[:4])[0]
+    valid = patch_mask[0]
+    votes = torch.bincount(scores.argmax(-1)[valid], minlength=scores.shape[0])
+    best = scores[valid].amax(0)
+    ranked = sorted(torch.nonzero(valid)[:, 0].tolist(), key=lambda j: (-votes[j].item(), -best[j].item(), j))
+    return sorted(ranked[:budget]), votes
+
+
+@pytest.mark.parametrize("keep_tokens", [3, 20, 40])
+def test_keep_tokens_ranks_by_votes_then_best_score(keep_tokens):
+    inputs = make_inputs(batch=1, num_patches=48)
+    inputs[3][0, 40:] = False  # 40 valid patches
+    out = run(ImageTokenPruner(keep_tokens=keep_tokens), inputs, train=False)
+    expected, votes = expected_budget_selection(inputs, keep_tokens)
+    assert out.kept_indices[0].tolist() == expected
+    assert out.mask.sum() == min(keep_tokens, 40)
+    assert len(set(votes[expected].tolist())) > 1 or keep_tokens == 40, "the case must exercise ties on votes"
+
+
+@pytest.mark.parametrize(("ratio", "expected_count"), [(0.14, 7), (0.25, 13), (0.02, 1), (1.0, 50)])
+def test_keep_ratio_keeps_ceil_of_valid(ratio, expected_count):
+    inputs = make_inputs(batch=1, num_patches=64)
+    inputs[3][0, 50:] = False  # 50 valid patches; 0.14 * 50 = 7.000000000000001 in floats must still give 7
+    out = run(ImageTokenPruner(keep_ratio=ratio), inputs, train=False)
+    assert out.mask.sum() == expected_count
+    assert out.kept_indices[0].tolist() == expected_budget_selection(inputs, expected_count)[0]
+
+
+def test_budget_per_sample_and_keep_tokens_wins():
+    inputs = make_inputs(batch=2, num_patches=32)
+    inputs[3][1, 4:] = False  # sample 1 has only 4 valid patches
+    out = run(ImageTokenPruner(keep_tokens=10, keep_ratio=0.5), inputs, train=False)
+    assert out.mask.sum(1).tolist() == [10, 4]
+    assert (out.kept_indices[1, :4] < 4).all()
+    assert (out.tokens[1, 4:] == 0).all()
+
+
+def test_settings_are_validated_and_settable():
+    pruner = ImageTokenPruner()
+    pruner.keep_tokens = 5
+    pruner.keep_ratio = 0.5
+    pruner.noise_scale = 0.25
+    assert (pruner.keep_tokens, pruner.keep_ratio, pruner.noise_scale) == (5, 0.5, 0.25)
+    for name, bad in [("noise_scale", -0.1), ("noise_scale", math.inf), ("keep_tokens", 0), ("keep_tokens", 2.5)]:
+        with pytest.raises(ValueError, match=name):
+            setattr(pruner, name, bad)
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="keep_ratio"):
+            pruner.keep_ratio = bad
+
+
+def test_wrong_input_shapes_are_named():
+    patches, task, task_mask, patch_mask, positions = make_inputs()
+    pruner = ImageTokenPruner()
+    with pytest.raises(ValueError, match="patch_mask"):
+        pruner(patches, task, task_mask, patch_mask[:, :-1], positions)
+    with pytest.raises(ValueError, match="task_tokens"):
+        pruner(patches, task[..., :-1], task_mask, patch_mask, positions)
+    with pytest.raises(ValueError, match="task_mask"):
+        pruner(patches, task, task_mask.int(), patch_mask, positions)
+
+
+# --- telemetry ---------------------------------------------------------------------------------------------------
+
+
+def test_telemetry_is_off_by_default_and_computes_nothing(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("telemetry computed although collect_stats is False")
+
+    monkeypatch.setattr(token_pruner, "_telemetry", fail)
+    pruner = ImageTokenPruner()
+    for train in (True, False):
+        run(pruner, make_inputs(), train=train)
+        assert pruner.last_stats is None
+
+
+def test_telemetry_keys_and_values():
+    inputs = make_inputs(batch=2, num_patches=32)
+    inputs[3][1, 16:] = False
+    inputs[2][0, 6:] = False
+    pruner = ImageTokenPruner(noise_scale=0.3)
+    pruner.collect_stats = True
+    out = run(pruner, inputs, train=False)
+    stats = pruner.last_stats
+    assert set(stats) == STAT_KEYS and all(isinstance(v, float) for v in stats.values())
+    counts = out.mask.sum(1).float()
+    assert stats["kept_tokens_mean"] == pytest.approx(counts.mean().item())
+    assert (stats["kept_tokens_min"], stats["kept_tokens_max"]) == (counts.min().item(), counts.max().item())
+    assert stats["kept_ratio_mean"] == pytest.approx((counts / torch.tensor([32.0, 16.0])).mean().item())
+    assert stats["task_valid_len_mean"] == 7.0
+    assert stats["argmax_union_mean"] == stats["kept_tokens_mean"]
+    scores = reference_scores(*inputs[:4])
+    shares = [
+        torch.bincount(scores[b].argmax(-1)[inputs[3][b]]).max().item() / inputs[3][b].sum().item() for b in range(2)
+    ]
+    assert stats["argmax_top1_share_mean"] == pytest.approx(sum(shares) / 2)
+    finite = torch.where(inputs[3][:, :, None] & inputs[3][:, None, :], scores.abs(), 0.0)
+    assert stats["score_abs_max_mean"] == pytest.approx(finite.amax((1, 2)).mean().item(), rel=1e-5)
+    top2 = scores.topk(2, -1).values
+    gaps = [(top2[b, :, 0] - top2[b, :, 1])[inputs[3][b]].mean().item() for b in range(2)]
+    assert stats["score_top1_gap_mean"] == pytest.approx(sum(gaps) / 2, rel=1e-5)
+    # The last RMS norm rescales each query row, so cosine similarities cannot change through it.
+    assert stats["query_cosine_before_norm_mean"] == pytest.approx(stats["query_cosine_after_norm_mean"], abs=1e-5)
+
+    pruner.train()
+    pruner(*inputs)
+    assert set(pruner.last_stats) == STAT_KEYS | NOISY_STAT_KEYS
+    assert pruner.last_stats["kept_tokens_mean"] == stats["kept_tokens_mean"], "train reports the deterministic union"
+
+
+# --- the collapse the seeds describe ----------------------------------------------------------------------------
+
+
+def eval_stats(patches, task):
+    batch, num_patches, _ = patches.shape
+    pruner = ImageTokenPruner().eval()
+    pruner.collect_stats = True
+    pruner(
+        patches,
+        task,
+        torch.ones(task.shape[:2], dtype=torch.bool),
+        torch.ones(batch, num_patches, dtype=torch.bool),
+        torch.arange(num_patches).expand(batch, num_patches),
+    )
+    return pruner.last_stats
+
+
+def assert_collapsed(stats):
+    assert stats["argmax_union_mean"] <= 3
+    assert stats["argmax_top1_share_mean"] >= 0.5
+    assert stats["queries_std_mean"] < 0.05 * stats["patches_std_mean"]
+    assert stats["query_cosine_after_norm_mean"] > 0.99
+
+
+def test_collapse_near_identical_task_tokens_vs_diverse():
+    """Near-identical task tokens -> every patch gets the same query -> every row votes for the same patch."""
+    gen = torch.Generator().manual_seed(0)
+    batch, num_patches, task_len, dim = 2, 64, 16, 64
+    patches = torch.randn(batch, num_patches, dim, generator=gen)
+    same = torch.randn(batch, 1, dim, generator=gen) + 1e-3 * torch.randn(batch, task_len, dim, generator=gen)
+    diverse = torch.randn(batch, task_len, dim, generator=gen)
+
+    collapsed, healthy = eval_stats(patches, same), eval_stats(patches, diverse)
+    assert_collapsed(collapsed)
+    assert collapsed["task_std_mean"] < 0.01
+    assert healthy["argmax_union_mean"] >= 5 * collapsed["argmax_union_mean"]
+    assert healthy["argmax_top1_share_mean"] < 0.3
+    assert healthy["queries_std_mean"] > 0.3 * healthy["patches_std_mean"]
+    assert healthy["query_cosine_after_norm_mean"] < 0.8
+
+
+def test_collapse_with_diverse_task_tokens_the_patches_cannot_tell_apart():
+    """The seeds' case: task_std is healthy, yet queries are constant, because the attention is flat.
+
+    Task tokens share one component the patches see and differ only in directions orthogonal to every patch, so each
+    patch attends uniformly and its query is the mean task token, the same for all patches.
+    """
+    gen = torch.Generator().manual_seed(0)
+    batch, num_patches, task_len, dim = 2, 64, 32, 64
+    patches = torch.randn(batch, num_patches, dim, generator=gen)
+    patches[..., dim // 2 :] = 0  # patches live in the first half of the channels
+    shared = torch.randn(batch, 1, dim, generator=gen)
+    shared[..., dim // 2 :] = 0
+    private = torch.randn(batch, task_len, dim, generator=gen)
+    private[..., : dim // 2] = 0  # task-token differences live in the other half
+    task = shared + 0.5 * private
+
+    stats = eval_stats(patches, task)
+    assert_collapsed(stats)
+    assert stats["task_std_mean"] > 0.3, "the task tokens themselves are diverse"
+
+
+# --- realistic size ---------------------------------------------------------------------------------------------
+
+
+def test_realistic_size_smoke():
+    batch, num_patches, task_len, dim = 2, 768, 50, 2048
+    inputs = make_inputs(batch=batch, num_patches=num_patches, task_len=task_len, dim=dim)
+    inputs[2][:, 40:] = False
+    inputs[3][1, 512:] = False  # third camera absent in sample 1
+    patches = inputs[0].requires_grad_(True)
+    pruner = ImageTokenPruner(noise_scale=0.5)
+    pruner.collect_stats = True
+    out = run(pruner, (patches, *inputs[1:]), train=True)
+    assert out.tokens.shape == (batch, num_patches, dim)
+    out.tokens.square().mean().backward()
+    assert torch.isfinite(patches.grad).all()
+    assert set(pruner.last_stats) == STAT_KEYS | NOISY_STAT_KEYS
+    with torch.inference_mode():
+        out = run(pruner, (patches.detach(), *inputs[1:]), train=False)
+    assert out.tokens.shape[1] < num_patches
+    assert (out.kept_indices[1][out.mask[1]] < 512).all()
