@@ -1,0 +1,311 @@
+"""π0 / π0.5 in PyTorch: a flow-matching action expert conditioned on PaliGemma through shared attention.
+
+Prefix = image tokens of every camera, then language tokens (bidirectional among themselves). Suffix = (π0 only) a
+state token, then ``action_horizon`` noisy-action tokens. Training regresses the flow ``noise - actions``; sampling
+integrates it with Euler steps from t=1 (noise) to t=0, computing the prefix keys/values once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openpi.models.observation import Observation
+from openpi.models.pi0_config import Pi0Config
+from openpi.models_pytorch.paligemma_with_expert import KVCache, PaliGemmaWithExpertModel
+from openpi.models_pytorch.token_pruner import ImageTokenPruner
+
+# Parameters the published checkpoints keep in float32 when the rest of the model is bfloat16.
+FLOAT32_PARAMETERS = (
+    "vision_model.embeddings.patch_embedding.",
+    "vision_model.embeddings.position_embedding.",
+    "input_layernorm.",
+    "post_attention_layernorm.",
+    "language_model.norm.",
+    "gemma_expert.model.norm.",
+    "action_in_proj.",
+    "action_out_proj.",
+    "time_mlp_in.",
+    "time_mlp_out.",
+    "state_proj.",
+)
+
+# Pruner telemetry keys → the metric names training logs under ``prune/``.
+PRUNE_METRIC_NAMES = {
+    "kept_tokens_mean": "kept_tokens_overall_mean",
+    "kept_tokens_min": "kept_tokens_overall_min",
+    "kept_tokens_max": "kept_tokens_overall_max",
+    "kept_tokens_mean_noisy": "kept_tokens_overall_mean_noisy",
+    "kept_ratio_mean": "kept_ratio_overall_mean",
+    "score_abs_max_mean": "score_abs_max_det_mean",
+    "score_top1_gap_mean": "score_top1_gap_det_mean",
+}
+
+
+def sinusoidal_time_embedding(
+    time: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
+) -> torch.Tensor:
+    """Sine-cosine embedding ``[B, dim]`` (float32) of times ``[B]`` with periods from min_period to max_period."""
+    if dim % 2:
+        raise ValueError(f"The time embedding dimension must be even, got {dim}")
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=time.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = time.double()[:, None] * (2.0 * math.pi / period)[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+
+
+def make_attention_mask(pad_masks: torch.Tensor, block_starts: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L, L]``: token i attends to token j if both are valid and j's block does not start after i's.
+
+    ``block_starts`` is 1 where a token opens a new causal block (it and later tokens are hidden from earlier ones),
+    0 where the token joins the current block (bidirectional within it).
+    """
+    blocks = torch.cumsum(block_starts.long(), dim=1)
+    causal = blocks[:, None, :] <= blocks[:, :, None]
+    return causal & pad_masks[:, None, :] & pad_masks[:, :, None]
+
+
+class PI0Pytorch(nn.Module):
+    """The π0 (``config.pi05=False``) or π0.5 model, optionally with LightVLA visual-token pruning."""
+
+    def __init__(self, config: Pi0Config):
+        super().__init__()
+        self.config = config
+        expert_width = config.expert_config.width
+        self.paligemma_with_expert = PaliGemmaWithExpertModel(
+            config.vision_config, config.llm_config, config.expert_config, config.vocab_size, use_adarms=config.pi05
+        )
+        self.action_in_proj = nn.Linear(config.action_dim, expert_width)
+        self.action_out_proj = nn.Linear(expert_width, config.action_dim)
+        if config.pi05:
+            self.time_mlp_in = nn.Linear(expert_width, expert_width)
+            self.time_mlp_out = nn.Linear(expert_width, expert_width)
+        else:
+            self.state_proj = nn.Linear(config.action_dim, expert_width)
+            self.action_time_mlp_in = nn.Linear(2 * expert_width, expert_width)
+            self.action_time_mlp_out = nn.Linear(expert_width, expert_width)
+        self.token_pruner = (
+            ImageTokenPruner(
+                config.token_prune_noise_scale, config.token_prune_keep_tokens, config.token_prune_keep_ratio
+            )
+            if config.token_pruning_enabled
+            else None
+        )
+        if config.dtype == "bfloat16":
+            self.to_bfloat16()
+        if config.pytorch_compile_mode is not None:
+            self.sample_actions = torch.compile(self.sample_actions, mode=config.pytorch_compile_mode)
+
+    # ----------------------------------------------------------------------------------------------- precision
+    def to_bfloat16(self) -> PI0Pytorch:
+        """Casts parameters to bfloat16 except those the published checkpoints keep in float32."""
+        for name, param in self.named_parameters():
+            keep = any(pattern in name for pattern in FLOAT32_PARAMETERS)
+            param.data = param.data.to(torch.float32 if keep else torch.bfloat16)
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight.dtype
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.paligemma_with_expert.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.paligemma_with_expert.gradient_checkpointing = False
+
+    # ---------------------------------------------------------------------------------------- token pruning
+    @property
+    def token_pruning_enabled(self) -> bool:
+        return self.token_pruner is not None
+
+    def _pruner(self) -> ImageTokenPruner:
+        if self.token_pruner is None:
+            raise RuntimeError("Token pruning is disabled; build the model with token_pruning_enabled=True")
+        return self.token_pruner
+
+    def set_token_pruner_noise_scale(self, noise_scale: float | None) -> None:
+        """Training-time selection noise; None restores ``config.token_prune_noise_scale``."""
+        default = self.config.token_prune_noise_scale
+        self._pruner().noise_scale = default if noise_scale is None else noise_scale
+
+    def set_token_pruner_keep_tokens(self, keep_tokens: int | None) -> None:
+        """Inference budget of K patches in total; None restores ``config.token_prune_keep_tokens``."""
+        default = self.config.token_prune_keep_tokens
+        self._pruner().keep_tokens = default if keep_tokens is None else keep_tokens
+
+    def set_token_pruner_keep_ratio(self, keep_ratio: float | None) -> None:
+        """Inference budget as a fraction of valid patches; None restores ``config.token_prune_keep_ratio``."""
+        default = self.config.token_prune_keep_ratio
+        self._pruner().keep_ratio = default if keep_ratio is None else keep_ratio
+
+    def set_token_pruner_collect_stats(self, enabled: bool) -> None:
+        """Turns pruning telemetry on for the following forwards (off by default: it costs extra compute)."""
+        self._pruner().collect_stats = enabled
+
+    def get_token_pruning_stats(self) -> dict[str, float]:
+        """Telemetry of the last forward that collected it, under the ``prune/*`` metric names (empty if none)."""
+        if self.token_pruner is None:
+            return {}
+        last = self.token_pruner.last_stats or {}
+        stats = {PRUNE_METRIC_NAMES.get(key, key): value for key, value in last.items()}
+        stats["noise_scale"] = float(self.token_pruner.noise_scale)
+        return stats
+
+    # ------------------------------------------------------------------------------------------------- prefix
+    def embed_prefix(
+        self,
+        images: list[torch.Tensor],
+        img_masks: list[torch.Tensor],
+        lang_tokens: torch.Tensor,
+        lang_masks: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeds the prefix (all cameras' patches, pruned if enabled, then the prompt).
+
+        Returns:
+            ``embs [B, L, W]``, ``pad_masks [B, L]``, ``block_starts [B, L]`` (all zero: the prefix is one
+            bidirectional block) and rotary ``positions [B, L]``. Positions are those of the unpruned prefix
+            (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens.
+        """
+        pwe = self.paligemma_with_expert
+        image_embs = [pwe.embed_image(image) for image in images]
+        patches = torch.cat(image_embs, dim=1)
+        patch_mask = torch.cat(
+            [mask[:, None].expand(-1, emb.shape[1]) for mask, emb in zip(img_masks, image_embs, strict=True)], dim=1
+        )
+        lang_embs = pwe.embed_language_tokens(lang_tokens)
+        lang_embs = lang_embs * math.sqrt(lang_embs.shape[-1])
+
+        positions = torch.cumsum(torch.cat([patch_mask, lang_masks], dim=1).long(), dim=1) - 1
+        patch_positions, lang_positions = positions[:, : patches.shape[1]], positions[:, patches.shape[1] :]
+        if self.token_pruner is not None:
+            pruned = self.token_pruner(patches, lang_embs, lang_masks, patch_mask, patch_positions)
+            patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions
+
+        embs = torch.cat([patches.to(lang_embs.dtype), lang_embs], dim=1)
+        pad_masks = torch.cat([patch_mask, lang_masks], dim=1)
+        block_starts = torch.zeros_like(pad_masks)
+        return embs, pad_masks, block_starts, torch.cat([patch_positions, lang_positions], dim=1)
+
+    # ------------------------------------------------------------------------------------------------- suffix
+    def embed_suffix(
+        self, state: torch.Tensor, noisy_actions: torch.Tensor, timestep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Embeds the suffix: (π0) state token + action tokens.
+
+        Returns ``embs``, ``pad_masks``, ``block_starts`` and the adaRMS conditioning (π0.5) or None (π0).
+        """
+        width = self.action_in_proj.out_features
+        time_emb = sinusoidal_time_embedding(timestep, width)
+        action_emb = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
+        batch, horizon = noisy_actions.shape[:2]
+        if self.config.pi05:
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+            tokens, starts = action_emb, [1] + [0] * (horizon - 1)
+        else:
+            state_emb = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None]
+            action_time = torch.cat([action_emb, time_emb[:, None].expand(-1, horizon, -1)], dim=-1)
+            action_time = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(action_time)))
+            tokens, starts, cond = torch.cat([state_emb, action_time], dim=1), [1, 1] + [0] * (horizon - 1), None
+        device = noisy_actions.device
+        pad_masks = torch.ones(batch, tokens.shape[1], dtype=torch.bool, device=device)
+        block_starts = torch.tensor(starts, dtype=torch.bool, device=device)[None].expand(batch, -1)
+        return tokens.to(self.compute_dtype), pad_masks, block_starts, cond
+
+    # ---------------------------------------------------------------------------------------------- training
+    def sample_noise(self, shape: torch.Size | tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+        return torch.randn(shape, dtype=torch.float32, device=device)
+
+    def sample_time(self, batch_size: int, device: torch.device | str) -> torch.Tensor:
+        """Flow-matching times ``Beta(1.5, 1) * 0.999 + 0.001``."""
+        beta = torch.distributions.Beta(torch.tensor(1.5, device=device), torch.tensor(1.0, device=device))
+        return beta.sample((batch_size,)).float() * 0.999 + 0.001
+
+    def forward(
+        self,
+        observation: Observation,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-element flow-matching loss ``(v_t - (noise - actions))²``, shape ``[B, H, action_dim]``."""
+        images, img_masks, tokens, token_masks, state = self._unpack(observation)
+        actions = actions.float()
+        noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise.float()
+        time = self.sample_time(actions.shape[0], actions.device) if time is None else time.float()
+        t = time[:, None, None]
+        x_t = t * noise + (1.0 - t) * actions
+
+        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(images, img_masks, tokens, token_masks)
+        suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
+        mask = make_attention_mask(torch.cat([prefix_pad, suffix_pad], 1), torch.cat([prefix_starts, suffix_starts], 1))
+        positions = torch.cat([prefix_pos, _suffix_positions(prefix_pos, prefix_pad, suffix_pad)], dim=1)
+        (_, suffix_out), _ = self.paligemma_with_expert([prefix_embs, suffix_embs], mask, positions, [None, cond])
+        v_t = self.action_out_proj(suffix_out[:, -self.config.action_horizon :].to(self.action_out_proj.weight.dtype))
+        return F.mse_loss(v_t.float(), noise - actions, reduction="none")
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        device: torch.device | str,
+        observation: Observation,
+        noise: torch.Tensor | None = None,
+        num_steps: int = 10,
+    ) -> torch.Tensor:
+        """Integrates the flow from noise (t=1) to actions (t=0) with ``num_steps`` Euler steps.
+
+        The prefix is embedded (and pruned) once and its keys/values cached for every denoising step.
+        """
+        images, img_masks, tokens, token_masks, state = self._unpack(observation)
+        shape = (state.shape[0], self.config.action_horizon, self.config.action_dim)
+        x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)
+
+        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(images, img_masks, tokens, token_masks)
+        prefix_mask = make_attention_mask(prefix_pad, prefix_starts)
+        _, kv_cache = self.paligemma_with_expert([prefix_embs, None], prefix_mask, prefix_pos, [None, None])
+
+        dt = -1.0 / num_steps
+        for step in range(num_steps):
+            time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x_t.device)
+            v_t = self.denoise_step(state, prefix_pad, prefix_pos, kv_cache, x_t, time)
+            x_t = x_t + dt * v_t
+        return x_t
+
+    def denoise_step(
+        self,
+        state: torch.Tensor,
+        prefix_pad: torch.Tensor,
+        prefix_pos: torch.Tensor,
+        kv_cache: KVCache,
+        x_t: torch.Tensor,
+        time: torch.Tensor,
+    ) -> torch.Tensor:
+        """The predicted flow ``v_t [B, H, action_dim]`` at ``x_t``, attending to the cached prefix."""
+        suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
+        suffix_mask = make_attention_mask(suffix_pad, suffix_starts)
+        prefix_visible = prefix_pad[:, None, :].expand(-1, suffix_embs.shape[1], -1)
+        mask = torch.cat([prefix_visible, suffix_mask], dim=2)
+        positions = _suffix_positions(prefix_pos, prefix_pad, suffix_pad)
+        (_, out), _ = self.paligemma_with_expert([None, suffix_embs], mask, positions, [None, cond], kv_cache)
+        return self.action_out_proj(out[:, -self.config.action_horizon :].to(self.action_out_proj.weight.dtype)).float()
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def _unpack(self, observation: Observation):
+        if observation.tokenized_prompt is None:
+            raise ValueError("The observation has no tokenized_prompt; run the TokenizePrompt transform first")
+        images = [image.float() for image in observation.images.values()]
+        img_masks = [observation.image_masks[name].bool() for name in observation.images]
+        state = observation.state.float()
+        if state.shape[-1] != self.config.action_dim:
+            raise ValueError(f"State must be padded to action_dim={self.config.action_dim}, got {state.shape[-1]}")
+        return images, img_masks, observation.tokenized_prompt, observation.tokenized_prompt_mask.bool(), state
+
+
+def _suffix_positions(prefix_pos: torch.Tensor, prefix_pad: torch.Tensor, suffix_pad: torch.Tensor) -> torch.Tensor:
+    """Suffix positions continue after the last valid prefix position (the unpruned prefix length)."""
+    offset = prefix_pos.masked_fill(~prefix_pad, -1).amax(dim=1, keepdim=True) + 1
+    return offset + torch.cumsum(suffix_pad.long(), dim=1) - 1

@@ -1,0 +1,72 @@
+"""Loading and saving ``model.safetensors`` in the published PyTorch key layout."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+# Present in checkpoints made by the upstream tools but not parameters of ours: the language model's head is tied to
+# its token embedding and the action expert's head is never used.
+IGNORED_KEYS = ("paligemma_with_expert.paligemma.lm_head.weight", "paligemma_with_expert.gemma_expert.lm_head.weight")
+
+
+def weights_path(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a file, else ``path/model.safetensors``."""
+    path = Path(path)
+    return path / WEIGHTS_FILE if path.is_dir() else path
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raises a ValueError listing every missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state) & set(expected))
+        if state[key].shape != expected[key].shape
+    ]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = "\n  ".join(items[:20]) + (f"\n  ... and {len(items) - 20} more" if len(items) > 20 else "")
+            problems.append(f"{len(items)} {title} key(s):\n  {shown}")
+    if problems:
+        raise ValueError("Checkpoint does not match the model:\n" + "\n".join(problems))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Loads a ``model.safetensors`` (or a folder holding one) strictly into ``model``.
+
+    Values are cast to each parameter's dtype and device. Returns the ignored known extras (``lm_head`` weights).
+    """
+    file = weights_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"No weights file at {file}")
+    state = safetensors.torch.load_file(file)
+    ignored = [key for key in IGNORED_KEYS if state.pop(key, None) is not None]
+    if ignored:
+        logger.info("Ignoring %s (tied to the token embedding or unused by π0)", ", ".join(ignored))
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+    return ignored
+
+
+def save_weights(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Writes ``directory/model.safetensors`` atomically (temporary file, then rename) and returns its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / WEIGHTS_FILE
+    tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    safetensors.torch.save_file(state, tmp)
+    os.replace(tmp, target)
+    return target
