@@ -8,6 +8,7 @@ integrates it with Euler steps from t=1 (noise) to t=0, computing the prefix key
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,19 @@ PRUNE_METRIC_NAMES = {
     "score_abs_max_mean": "score_abs_max_det_mean",
     "score_top1_gap_mean": "score_top1_gap_det_mean",
 }
+
+
+class PrefixCache(NamedTuple):
+    """The prefix as the denoising steps see it: per-layer keys/values, validity, positions, and the robot state."""
+
+    kv_cache: KVCache
+    pad_masks: torch.Tensor
+    positions: torch.Tensor
+    state: torch.Tensor
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for kv in self.kv_cache for t in kv)
 
 
 def sinusoidal_time_embedding(
@@ -260,20 +274,23 @@ class PI0Pytorch(nn.Module):
 
         The prefix is embedded (and pruned) once and its keys/values cached for every denoising step.
         """
-        images, img_masks, tokens, token_masks, state = self._unpack(observation)
-        shape = (state.shape[0], self.config.action_horizon, self.config.action_dim)
+        prefix = self.encode_prefix(observation)
+        shape = (prefix.state.shape[0], self.config.action_horizon, self.config.action_dim)
         x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)
-
-        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(images, img_masks, tokens, token_masks)
-        prefix_mask = make_attention_mask(prefix_pad, prefix_starts)
-        _, kv_cache = self.paligemma_with_expert([prefix_embs, None], prefix_mask, prefix_pos, [None, None])
-
         dt = -1.0 / num_steps
         for step in range(num_steps):
             time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x_t.device)
-            v_t = self.denoise_step(state, prefix_pad, prefix_pos, kv_cache, x_t, time)
+            v_t = self.denoise_step(prefix.state, prefix.pad_masks, prefix.positions, prefix.kv_cache, x_t, time)
             x_t = x_t + dt * v_t
         return x_t
+
+    def encode_prefix(self, observation: Observation) -> PrefixCache:
+        """Embeds (and, if enabled, prunes) the prefix and runs the language model over it once."""
+        images, img_masks, tokens, token_masks, state = self._unpack(observation)
+        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(images, img_masks, tokens, token_masks)
+        prefix_mask = make_attention_mask(prefix_pad, prefix_starts)
+        _, kv_cache = self.paligemma_with_expert([prefix_embs, None], prefix_mask, prefix_pos, [None, None])
+        return PrefixCache(kv_cache, prefix_pad, prefix_pos, state)
 
     def denoise_step(
         self,

@@ -1,0 +1,110 @@
+"""LightVLA pruning inside PI0Pytorch: positions, masks, KV cache size, runtime budgets and telemetry."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from openpi.models.observation import Observation
+from openpi.models_pytorch import reference
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.weights import load_weights
+
+
+@pytest.fixture(scope="module", params=["pi05_tiny", "pi0_tiny"])
+def fixture(request, reference_root) -> reference.ReferenceFixture:
+    return reference.ReferenceFixture.load(reference_root / request.param)
+
+
+def _pruned_model(fixture: reference.ReferenceFixture, **pruning) -> PI0Pytorch:
+    model = PI0Pytorch(dataclasses.replace(fixture.config, token_pruning_enabled=True, **pruning))
+    load_weights(model, next(fixture.directory.glob("*_weights.safetensors")))
+    return model.eval()
+
+
+def _row(obs: Observation, i: int) -> Observation:
+    pick = slice(i, i + 1)
+    return Observation(
+        images={k: v[pick] for k, v in obs.images.items()},
+        image_masks={k: v[pick] for k, v in obs.image_masks.items()},
+        state=obs.state[pick],
+        tokenized_prompt=obs.tokenized_prompt[pick],
+        tokenized_prompt_mask=obs.tokenized_prompt_mask[pick],
+    )
+
+
+def test_keeping_every_patch_reproduces_the_unpruned_model(fixture):
+    """With keep_ratio=1.0 only padding is dropped: positions and masks must leave the outputs unchanged."""
+    model = _pruned_model(fixture, token_prune_keep_ratio=1.0)
+    actions = model.sample_actions("cpu", fixture.observation(), noise=fixture.io["input.sample_noise"])
+    assert reference.relative_error(actions, fixture.io["output.sampled_actions"]) <= reference.TOLERANCE
+
+
+def test_budget_of_ten_percent_shrinks_the_kv_cache(fixture):
+    obs = fixture.observation()
+    valid = torch.stack([m for m in obs.image_masks.values()], 1).sum(1) * 256
+    unpruned = fixture.build_model().encode_prefix(obs)
+    pruned = _pruned_model(fixture, token_prune_keep_ratio=0.1).encode_prefix(obs)
+
+    text = obs.tokenized_prompt.shape[1]
+    kept = pruned.pad_masks[:, :-text].sum(1)
+    assert kept.tolist() == [math.ceil(0.1 * int(v)) for v in valid]
+    assert pruned.kv_cache[0][0].shape[2] == int(kept.max()) + text
+    image_fraction = (pruned.num_bytes / unpruned.num_bytes * (768 + text) - text) / 768
+    assert 0.05 < image_fraction < 0.15
+
+
+def test_batch_with_different_kept_counts_equals_per_sample_runs(fixture):
+    """Implicit (argmax-union) selection keeps a different count per sample; padding to the batch max is invisible."""
+    model = _pruned_model(fixture)
+    obs, noise = fixture.observation(), fixture.io["input.sample_noise"]
+    prefix = model.encode_prefix(obs)
+    text = obs.tokenized_prompt.shape[1]
+    counts = prefix.pad_masks[:, :-text].sum(1)
+    assert counts[0] != counts[1] and prefix.pad_masks.shape[1] < 768 + text
+    batched = model.sample_actions("cpu", obs, noise=noise)
+    for i in range(2):
+        alone = model.sample_actions("cpu", _row(obs, i), noise=noise[i : i + 1])
+        assert reference.relative_error(batched[i : i + 1], alone) < 1e-4
+
+
+def test_training_forward_keeps_length_and_trains_the_vision_tower(fixture):
+    model = _pruned_model(fixture, token_prune_noise_scale=0.5).train()
+    obs, io = fixture.observation(), fixture.io
+    images = list(obs.images.values())
+    masks = [obs.image_masks[n] for n in obs.images]
+    embs, _, _, positions = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
+    assert embs.shape[1] == 768 + obs.tokenized_prompt.shape[1]
+    # Rows take the positions of the patches they selected, so some positions repeat.
+    assert positions[1, :768].unique().numel() < 768
+    loss = model(obs, io["input.actions"], io["input.noise"], io["input.time"]).mean()
+    loss.backward()
+    patch_embedding = model.paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding
+    assert patch_embedding.weight.grad.abs().sum() > 0
+
+
+def test_runtime_setters_and_telemetry(fixture):
+    model = _pruned_model(fixture, token_prune_keep_tokens=32)
+    model.set_token_pruner_keep_tokens(8)
+    model.set_token_pruner_collect_stats(True)
+    model.encode_prefix(fixture.observation())
+    stats = model.get_token_pruning_stats()
+    assert stats["kept_tokens_overall_max"] == 8
+    expected = {"kept_ratio_overall_mean", "argmax_union_mean", "queries_std_mean", "score_top1_gap_det_mean"}
+    assert expected <= set(stats)
+    model.set_token_pruner_keep_tokens(None)
+    assert model.token_pruner.keep_tokens == 32
+    model.set_token_pruner_noise_scale(0.25)
+    assert model.get_token_pruning_stats()["noise_scale"] == 0.25
+    model.set_token_pruner_noise_scale(None)
+    assert model.token_pruner.noise_scale == fixture.config.token_prune_noise_scale
+
+
+def test_setters_on_an_unpruned_model_are_errors(fixture):
+    model = PI0Pytorch(fixture.config)
+    assert model.get_token_pruning_stats() == {}
+    with pytest.raises(RuntimeError, match="token_pruning_enabled"):
+        model.set_token_pruner_keep_ratio(0.5)
