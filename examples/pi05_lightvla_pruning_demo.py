@@ -1,0 +1,104 @@
+"""Prints the π0.5 prefix length with and without LightVLA pruning, and the pruner's telemetry.
+
+    uv run examples/pi05_lightvla_pruning_demo.py                       # tiny random model, CPU, seconds
+    uv run examples/pi05_lightvla_pruning_demo.py --keep-ratio 0.25     # a fixed serving budget
+    uv run examples/pi05_lightvla_pruning_demo.py --full-size           # 3.3B parameters (use a GPU)
+
+The weights are random unless ``--weights`` names a ``model.safetensors`` (e.g. a converted π0.5 checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import tyro
+
+from openpi.models.observation import IMAGE_KEYS, Observation
+from openpi.models.pi0_config import Pi0Config
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.weights import load_weights
+
+
+@dataclasses.dataclass
+class Args:
+    full_size: bool = False
+    weights: Path | None = None
+    keep_ratio: float | None = None
+    keep_tokens: int | None = None
+    batch_size: int = 1
+    num_cameras: int = 3
+    seed: int = 0
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _config(args: Args) -> Pi0Config:
+    if args.full_size:
+        return Pi0Config(pi05=True, dtype="bfloat16")
+    return Pi0Config(
+        pi05=True,
+        paligemma_variant="dummy",
+        action_expert_variant="dummy",
+        vision_variant="tiny",
+        vocab_size=1024,
+        action_horizon=10,
+        max_token_len=48,
+        dtype="float32",
+    )
+
+
+def _observation(config: Pi0Config, args: Args) -> Observation:
+    gen = torch.Generator().manual_seed(args.seed)
+    names = IMAGE_KEYS[: args.num_cameras]
+    batch, length = args.batch_size, config.max_token_len
+    prompt_len = min(length, 32)
+    return Observation(
+        images={name: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for name in names},
+        image_masks={name: torch.ones(batch, dtype=torch.bool) for name in names},
+        state=torch.zeros(batch, config.action_dim),
+        tokenized_prompt=torch.randint(0, config.vocab_size, (batch, length), generator=gen),
+        tokenized_prompt_mask=torch.arange(length)[None].expand(batch, -1) < prompt_len,
+    ).to(args.device)
+
+
+def _run(model: PI0Pytorch, obs: Observation, device: str) -> tuple[int, int, float]:
+    start = time.perf_counter()
+    prefix = model.encode_prefix(obs)
+    model.sample_actions(device, obs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return prefix.pad_masks.shape[1], int(prefix.pad_masks.sum(1).max()), time.perf_counter() - start
+
+
+def main(args: Args) -> None:
+    torch.manual_seed(args.seed)
+    config = _config(args)
+    budgets = {"token_prune_keep_ratio": args.keep_ratio, "token_prune_keep_tokens": args.keep_tokens}
+    pruned_config = dataclasses.replace(config, token_pruning_enabled=True, **budgets)
+    with torch.device(args.device):
+        baseline = PI0Pytorch(config).eval()
+        pruned = PI0Pytorch(pruned_config).eval()
+    if args.weights is not None:
+        load_weights(baseline, args.weights)
+    pruned.load_state_dict(baseline.state_dict())
+    pruned.set_token_pruner_collect_stats(True)
+    obs = _observation(config, args)
+    image_tokens = 256 * args.num_cameras
+
+    with torch.inference_mode():
+        _run(baseline, obs, args.device)  # warm-up
+        rows = [("no pruning", *_run(baseline, obs, args.device)), ("lightvla", *_run(pruned, obs, args.device))]
+    print(f"=== Prefix lengths (eval, {args.num_cameras} cameras = {image_tokens} image tokens) ===")
+    for name, length, valid, seconds in rows:
+        print(f"{name:11s} prefix={length:4d} tokens  valid={valid:4d}  sample_actions={seconds * 1e3:8.1f} ms")
+    saved = rows[0][1] - rows[1][1]
+    print(f"reduction:  {saved} tokens ({100 * saved / rows[0][1]:.1f}% of the prefix)")
+    print("=== Pruning telemetry ===")
+    for key, value in pruned.get_token_pruning_stats().items():
+        print(f"  {key:32s} {value:.4g}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
