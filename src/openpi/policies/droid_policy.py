@@ -1,0 +1,57 @@
+"""DROID robot mapping: Franka arm with an exterior and a wrist camera, 7 joints + gripper, 8-dim actions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from openpi import transforms
+
+ACTION_DIM = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class DroidInputs:
+    """Maps a DROID observation (``observation/exterior_image_1_left``, ``observation/wrist_image_left``,
+    ``observation/joint_position`` (7), ``observation/gripper_position`` (1)) to the model's layout."""
+
+    def __call__(self, data: dict) -> dict:
+        joints = np.asarray(data["observation/joint_position"], dtype=np.float32).reshape(-1)
+        gripper = np.asarray(data["observation/gripper_position"], dtype=np.float32).reshape(-1)
+        if joints.shape != (7,) or gripper.shape != (1,):
+            raise ValueError(
+                f"DROID expects 7 joint positions and 1 gripper position, got {joints.shape}, {gripper.shape}"
+            )
+        base = transforms.to_uint8_hwc(data["observation/exterior_image_1_left"], "observation/exterior_image_1_left")
+        wrist = transforms.to_uint8_hwc(data["observation/wrist_image_left"], "observation/wrist_image_left")
+        out = {
+            "state": np.concatenate([joints, gripper]),
+            "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
+            "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.False_},
+        }
+        if "actions" in data:
+            out["actions"] = np.asarray(data["actions"], dtype=np.float32)
+        if "prompt" in data:
+            out["prompt"] = data["prompt"]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DroidOutputs:
+    """Keeps the first 8 action dims (7 joint velocities + gripper)."""
+
+    def __call__(self, data: dict) -> dict:
+        return {"actions": np.asarray(data["actions"])[..., :ACTION_DIM]}
+
+
+def make_droid_example() -> dict:
+    """A random DROID observation."""
+    rng = np.random.default_rng()
+    return {
+        "observation/exterior_image_1_left": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/wrist_image_left": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/joint_position": rng.random(7, dtype=np.float32),
+        "observation/gripper_position": rng.random(1, dtype=np.float32),
+        "prompt": "do something",
+    }

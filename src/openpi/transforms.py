@@ -1,0 +1,291 @@
+"""Composable per-sample transforms: dicts of numpy arrays in, dicts of numpy arrays out.
+
+A data pipeline is ``repack -> robot (data) transforms -> Normalize -> model transforms``; inference runs the same
+inputs and then the ``outputs`` of each :class:`Group` in reverse order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from openpi.shared import normalize as _normalize
+
+NORMALIZED_KEYS = ("state", "actions")
+NORM_STATS_COMMAND = "uv run scripts/compute_norm_stats.py --config-name <CONFIG>"
+
+
+class DataTransformFn(Protocol):
+    def __call__(self, data: dict) -> dict:
+        """Transforms one sample. May modify ``data`` in place and must return the result."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Transforms applied to model inputs and, in reverse pipeline order, to model outputs."""
+
+    inputs: Sequence[DataTransformFn] = ()
+    outputs: Sequence[DataTransformFn] = ()
+
+    def push(self, *, inputs: Sequence[DataTransformFn] = (), outputs: Sequence[DataTransformFn] = ()) -> Group:
+        """Returns a group that runs ``inputs`` after this group's inputs and ``outputs`` before its outputs."""
+        return Group(inputs=(*self.inputs, *inputs), outputs=(*outputs, *self.outputs))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositeTransform:
+    """Applies transforms one after another."""
+
+    transforms: Sequence[DataTransformFn]
+
+    def __call__(self, data: dict) -> dict:
+        for transform in self.transforms:
+            data = transform(data)
+        return data
+
+
+def compose(transforms: Sequence[DataTransformFn]) -> DataTransformFn:
+    """Chains ``transforms`` into one transform."""
+    return CompositeTransform(tuple(transforms))
+
+
+def flatten_dict(tree: Mapping[str, Any], separator: str = "/") -> dict[str, Any]:
+    """Flattens nested dicts into one level with ``separator``-joined keys."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            for sub_key, sub_value in flatten_dict(value, separator).items():
+                flat[f"{key}{separator}{sub_key}"] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+@dataclasses.dataclass(frozen=True)
+class RepackTransform:
+    """Renames and restructures keys.
+
+    ``structure`` is a (nested) dict whose keys are the output keys and whose leaves are input keys; nested inputs
+    are addressed with ``/``-joined paths, e.g. ``{"images": {"cam_high": "observation.images.cam_high"}}``.
+    """
+
+    structure: Mapping[str, Any]
+
+    def __call__(self, data: dict) -> dict:
+        flat = flatten_dict(data)
+        return self._build(self.structure, flat)
+
+    def _build(self, structure: Mapping[str, Any], flat: dict[str, Any]) -> dict:
+        out: dict[str, Any] = {}
+        for new_key, source in structure.items():
+            if isinstance(source, Mapping):
+                out[new_key] = self._build(source, flat)
+            elif source in flat:
+                out[new_key] = flat[source]
+            else:
+                raise KeyError(f"RepackTransform: input has no key {source!r} (for {new_key!r}); has {sorted(flat)}")
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectDefaultPrompt:
+    """Sets ``prompt`` when the sample has none and a default is configured."""
+
+    prompt: str | None
+
+    def __call__(self, data: dict) -> dict:
+        if self.prompt is not None and "prompt" not in data:
+            data["prompt"] = self.prompt
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFromLeRobotTask:
+    """Copies the LeRobot task text (``task``, or ``task_index`` looked up in ``tasks``) into ``prompt``."""
+
+    tasks: Mapping[int, str] | None = None
+
+    def __call__(self, data: dict) -> dict:
+        if "task" in data:
+            data["prompt"] = str(data["task"])
+        elif self.tasks is not None and "task_index" in data:
+            index = int(np.asarray(data["task_index"]))
+            if index not in self.tasks:
+                raise KeyError(f"task_index {index} is not in the dataset's tasks {sorted(self.tasks)}")
+            data["prompt"] = self.tasks[index]
+        else:
+            raise KeyError(f"Cannot derive a prompt: sample has neither 'task' nor 'task_index'; has {sorted(data)}")
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize:
+    """Normalises ``state`` and ``actions`` (z-score, or quantiles to [-1, 1]) where present."""
+
+    norm_stats: Mapping[str, _normalize.NormStats]
+    use_quantiles: bool = False
+
+    def __call__(self, data: dict) -> dict:
+        for key in NORMALIZED_KEYS:
+            if key in data:
+                data[key] = _normalize.normalize(data[key], _stats_for(self.norm_stats, key), self.use_quantiles)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Unnormalize:
+    """Inverse of :class:`Normalize` with the same statistics."""
+
+    norm_stats: Mapping[str, _normalize.NormStats]
+    use_quantiles: bool = False
+
+    def __call__(self, data: dict) -> dict:
+        for key in NORMALIZED_KEYS:
+            if key in data:
+                data[key] = _normalize.unnormalize(data[key], _stats_for(self.norm_stats, key), self.use_quantiles)
+        return data
+
+
+def _stats_for(norm_stats: Mapping[str, _normalize.NormStats], key: str) -> _normalize.NormStats:
+    if key not in norm_stats:
+        raise KeyError(
+            f"No norm stats for {key!r} (have {sorted(norm_stats)}). Compute them with `{NORM_STATS_COMMAND}`."
+        )
+    return norm_stats[key]
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes a uint8 ``[H, W, C]`` image to fit ``height x width`` keeping the aspect ratio; pads with black."""
+    cur_height, cur_width = image.shape[:2]
+    if (cur_height, cur_width) == (height, width):
+        return image
+    ratio = max(cur_height / height, cur_width / width)
+    new_height = min(height, max(1, round(cur_height / ratio)))
+    new_width = min(width, max(1, round(cur_width / ratio)))
+    resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), resample=Image.Resampling.BILINEAR))
+    out = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
+    top, left = (height - new_height) // 2, (width - new_width) // 2
+    out[top : top + new_height, left : left + new_width] = resized.reshape(new_height, new_width, -1)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeImages:
+    """Resizes every image in ``data["image"]`` (uint8 ``[H, W, 3]``) to ``height x width`` with padding."""
+
+    height: int
+    width: int
+
+    def __call__(self, data: dict) -> dict:
+        images = {}
+        for name, image in data["image"].items():
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"ResizeImages expects uint8 [H, W, 3] for {name!r}, got {image.dtype} {image.shape}")
+            images[name] = resize_with_pad(image, self.height, self.width)
+        data["image"] = images
+        return data
+
+
+class Tokenizer(Protocol):
+    def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizePrompt:
+    """Replaces ``prompt`` by ``tokenized_prompt`` and ``tokenized_prompt_mask``.
+
+    With ``discrete_state_input`` (π0.5) the normalised, unpadded ``state`` is written into the prompt.
+    """
+
+    tokenizer: Tokenizer
+    discrete_state_input: bool = False
+
+    def __call__(self, data: dict) -> dict:
+        if "prompt" not in data:
+            raise KeyError("Sample has no 'prompt'; set a default prompt or derive it from the dataset's task")
+        prompt = data.pop("prompt")
+        if isinstance(prompt, bytes):
+            prompt = prompt.decode()
+        state = np.asarray(data["state"]) if self.discrete_state_input else None
+        tokens, mask = self.tokenizer.tokenize(str(prompt), state)
+        data["tokenized_prompt"], data["tokenized_prompt_mask"] = tokens, mask
+        return data
+
+
+def pad_to_dim(x: np.ndarray, dim: int, name: str = "array") -> np.ndarray:
+    """Zero-pads the last axis of ``x`` to ``dim``; raises if it is already longer."""
+    x = np.asarray(x)
+    if x.shape[-1] > dim:
+        raise ValueError(f"{name} has {x.shape[-1]} dims in its last axis, more than the model's {dim}")
+    if x.shape[-1] == dim:
+        return x
+    padding = [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])]
+    return np.pad(x, padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class PadStatesAndActions:
+    """Zero-pads the last dimension of ``state`` and ``actions`` to the model's ``action_dim``."""
+
+    action_dim: int
+
+    def __call__(self, data: dict) -> dict:
+        for key in NORMALIZED_KEYS:
+            if key in data:
+                data[key] = pad_to_dim(data[key], self.action_dim, key)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaActions:
+    """Turns absolute actions into deltas from the current state on the dims where ``mask`` is True."""
+
+    mask: Sequence[bool]
+
+    def __call__(self, data: dict) -> dict:
+        return _shift_actions(data, self.mask, sign=-1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AbsoluteActions:
+    """Inverse of :class:`DeltaActions`: adds the current state back on the masked dims."""
+
+    mask: Sequence[bool]
+
+    def __call__(self, data: dict) -> dict:
+        return _shift_actions(data, self.mask, sign=1.0)
+
+
+def _shift_actions(data: dict, mask: Sequence[bool], sign: float) -> dict:
+    if "actions" not in data:
+        return data
+    mask_array = np.asarray(mask, dtype=bool)
+    dims = len(mask_array)
+    state = np.asarray(data["state"], dtype=np.float32)
+    actions = np.array(data["actions"], dtype=np.float32)
+    offset = np.where(mask_array, state[..., :dims], 0.0)
+    actions[..., :dims] += sign * np.expand_dims(offset, -2)
+    data["actions"] = actions
+    return data
+
+
+def make_bool_mask(*runs: int) -> tuple[bool, ...]:
+    """``make_bool_mask(6, -1)`` -> six True then one False: positive runs are True, negative runs False."""
+    return tuple(value for run in runs for value in [run > 0] * abs(run))
+
+
+def to_uint8_hwc(image: Any, name: str = "image") -> np.ndarray:
+    """Converts an image to uint8 ``[H, W, 3]``: accepts channels-first, and floats in [0, 1]."""
+    image = np.asarray(image)
+    if image.ndim != 3 or 3 not in (image.shape[0], image.shape[-1]):
+        raise ValueError(f"{name} must be [H, W, 3] or [3, H, W], got shape {image.shape}")
+    if image.shape[0] == 3 and image.shape[-1] != 3:
+        image = np.transpose(image, (1, 2, 0))
+    if np.issubdtype(image.dtype, np.floating):
+        image = np.clip(np.round(image * 255.0), 0, 255)
+    return np.ascontiguousarray(image.astype(np.uint8))
