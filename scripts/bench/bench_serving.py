@@ -1,0 +1,195 @@
+"""Load test of the websocket policy server on loopback: N concurrent clients x M requests each.
+
+Starts the server in a separate process around a synthetic policy that takes ``--infer-ms`` per call (so the numbers
+isolate the server: framing, msgpack, threading), sends LIBERO-shaped observations (two 224x224 RGB images, 8-dim
+state, a prompt), checks that every request gets its own reply, and prints latency percentiles, the time requests
+waited for the (serialised) model, and the overhead beyond the server-reported ``infer_ms`` and ``queue_ms``:
+
+    uv run scripts/bench/bench_serving.py --clients 1 8 --requests 200 --infer-ms 20
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import tyro
+import websockets.sync.client
+
+from openpi.serving import msgpack_numpy
+from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+
+LOOPBACK = "127.0.0.1"
+MAX_CLIENTS = 64
+MAX_REQUESTS_PER_CLIENT = 10_000
+REPLY_TIMEOUT_S = 60.0
+
+logger = logging.getLogger(__name__)
+
+
+class SyntheticPolicy:
+    """Sleeps ``infer_ms`` per call and answers a chunk filled with the request's ``request_id``."""
+
+    def __init__(self, infer_ms: float, action_horizon: int = 10, action_dim: int = 7) -> None:
+        self.infer_s = infer_ms / 1000.0
+        self.action_shape = (action_horizon, action_dim)
+        self.metadata = {"policy": "synthetic", "infer_ms": infer_ms, "action_horizon": action_horizon}
+
+    def infer(self, obs: dict) -> dict:
+        time.sleep(self.infer_s)
+        return {"actions": np.full(self.action_shape, float(obs["request_id"]), np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """Per-request measurements in milliseconds, in completion order, and the wall time of the whole run."""
+
+    latency_ms: np.ndarray
+    infer_ms: np.ndarray
+    queue_ms: np.ndarray
+    wall_s: float
+    expected: int
+    errors: tuple[str, ...]
+
+    @property
+    def completed(self) -> int:
+        return len(self.latency_ms)
+
+    @property
+    def overhead_ms(self) -> np.ndarray:
+        """Round trip minus the time in and waiting for the model: transport, msgpack and the event loop."""
+        return self.latency_ms - self.infer_ms - self.queue_ms
+
+
+def libero_observation(rng: np.random.Generator, request_id: int) -> dict:
+    """A random LIBERO-format observation tagged with ``request_id``."""
+    return {
+        "observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/state": rng.random(8, dtype=np.float32),
+        "prompt": "put the black bowl on the plate",
+        "request_id": request_id,
+    }
+
+
+def run_load(port: int, num_clients: int, num_requests: int, seed: int = 0) -> LoadResult:
+    """Runs ``num_clients`` concurrent connections to ``127.0.0.1:port``, each sending ``num_requests`` requests."""
+    if not 1 <= num_clients <= MAX_CLIENTS or not 1 <= num_requests <= MAX_REQUESTS_PER_CLIENT:
+        raise ValueError(f"Need 1..{MAX_CLIENTS} clients and 1..{MAX_REQUESTS_PER_CLIENT} requests per client")
+    start_barrier = threading.Barrier(num_clients)
+
+    def client(client_index: int) -> tuple[list[float], list[float], list[float], list[str]]:
+        rng = np.random.default_rng(seed + client_index)
+        latencies, infers, queues, errors = [], [], [], []
+        uri = f"ws://{LOOPBACK}:{port}"
+        with websockets.sync.client.connect(uri, compression=None, max_size=None) as conn:
+            conn.recv(timeout=REPLY_TIMEOUT_S)  # metadata
+            start_barrier.wait()
+            for i in range(num_requests):
+                request_id = client_index * MAX_REQUESTS_PER_CLIENT + i
+                frame = msgpack_numpy.packb(libero_observation(rng, request_id))
+                sent = time.perf_counter()
+                conn.send(frame)
+                reply = conn.recv(timeout=REPLY_TIMEOUT_S)
+                latency = (time.perf_counter() - sent) * 1000.0
+                if isinstance(reply, str):
+                    errors.append(reply)
+                    continue
+                result = msgpack_numpy.unpackb(reply)
+                if not np.all(result["actions"] == request_id):
+                    errors.append(f"client {client_index} request {i} got another request's reply")
+                    continue
+                latencies.append(latency)
+                infers.append(result["server_timing"]["infer_ms"])
+                queues.append(result["server_timing"]["queue_ms"])
+        return latencies, infers, queues, errors
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(num_clients) as pool:
+        outcomes = list(pool.map(client, range(num_clients)))
+    wall_s = time.perf_counter() - start
+    latencies, infers, queues, errors = ([x for part in parts for x in part] for parts in zip(*outcomes, strict=True))
+    return LoadResult(
+        latency_ms=np.array(latencies),
+        infer_ms=np.array(infers),
+        queue_ms=np.array(queues),
+        wall_s=wall_s,
+        expected=num_clients * num_requests,
+        errors=tuple(errors),
+    )
+
+
+def markdown_row(num_clients: int, num_requests: int, result: LoadResult) -> str:
+    """One results-table row: load, completion, throughput, latency and overhead percentiles."""
+
+    def pct(values: np.ndarray, q: float) -> str:
+        return f"{np.percentile(values, q):.2f}" if len(values) else "-"
+
+    return (
+        f"| {num_clients} | {num_requests} | {result.completed}/{result.expected} | "
+        f"{result.completed / result.wall_s:.1f} | {pct(result.latency_ms, 50)} | {pct(result.latency_ms, 99)} | "
+        f"{pct(result.infer_ms, 50)} | {pct(result.queue_ms, 50)} | {pct(result.overhead_ms, 50)} | "
+        f"{pct(result.overhead_ms, 99)} |"
+    )
+
+
+MARKDOWN_HEADER = (
+    "| clients | requests/client | completed | req/s | latency p50 (ms) | latency p99 (ms) | infer_ms p50 | "
+    "queue_ms p50 | overhead p50 (ms) | overhead p99 (ms) |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+@dataclasses.dataclass
+class Args:
+    clients: tuple[int, ...] = (1, 4, 16)
+    """Concurrent client counts to measure, one run each."""
+    requests: int = 100
+    """Requests per client."""
+    infer_ms: float = 20.0
+    """Time the synthetic policy spends per call."""
+    seed: int = 0
+
+
+def _serve_synthetic(infer_ms: float, port_queue: multiprocessing.Queue, stop: threading.Event) -> None:
+    server = WebsocketPolicyServer(SyntheticPolicy(infer_ms), LOOPBACK, 0)
+    with server.running_in_background() as port:
+        port_queue.put(port)
+        stop.wait()
+
+
+@contextlib.contextmanager
+def synthetic_server_process(infer_ms: float) -> Iterator[int]:
+    """Runs a server around :class:`SyntheticPolicy` in a child process (its own GIL); yields its port."""
+    context = multiprocessing.get_context("spawn")
+    port_queue, stop = context.Queue(), context.Event()
+    process = context.Process(target=_serve_synthetic, args=(infer_ms, port_queue, stop), daemon=True)
+    process.start()
+    try:
+        yield port_queue.get(timeout=REPLY_TIMEOUT_S)
+    finally:
+        stop.set()
+        process.join(timeout=REPLY_TIMEOUT_S)
+
+
+def main(args: Args) -> None:
+    rows = []
+    with synthetic_server_process(args.infer_ms) as port:
+        for num_clients in args.clients:
+            result = run_load(port, num_clients, args.requests, args.seed)
+            if result.errors or result.completed != result.expected:
+                raise RuntimeError(f"{num_clients} clients: lost or failed requests: {result.errors[:5]}")
+            rows.append(markdown_row(num_clients, args.requests, result))
+            logger.info("%d clients done in %.1f s", num_clients, result.wall_s)
+    print("\n".join([MARKDOWN_HEADER, *rows]))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    main(tyro.cli(Args))

@@ -1,0 +1,160 @@
+"""Serves a trained policy over websocket (protocol of the published ``openpi-client``).
+
+uv run scripts/serve_policy.py policy:checkpoint --policy.config pi05_libero_pytorch --policy.dir CKPT_DIR
+uv run scripts/serve_policy.py --env LIBERO                       # the environment's default checkpoint
+uv run scripts/serve_policy.py --token-prune-keep-ratio 0.25 policy:checkpoint --policy.config ... --policy.dir ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from typing import Any
+
+import tyro
+
+from openpi.policies import policy_config
+from openpi.policies.policy import Policy
+from openpi.serving.recorder import RequestRecorder
+from openpi.serving.websocket_policy_server import DEFAULT_MAX_MESSAGE_BYTES, WebsocketPolicyServer
+from openpi.training import config as _config
+
+logger = logging.getLogger("serve_policy")
+
+
+class EnvMode(enum.Enum):
+    """The robot or simulator the default checkpoint is for."""
+
+    ALOHA = "aloha"
+    ALOHA_SIM = "aloha_sim"
+    DROID = "droid"
+    LIBERO = "libero"
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Serve a trained checkpoint."""
+
+    config: str
+    """Training config name (e.g. pi05_libero_pytorch)."""
+    dir: str
+    """Checkpoint folder with model.safetensors and assets/<asset_id>/norm_stats.json."""
+
+
+@dataclasses.dataclass
+class Default:
+    """Serve the default checkpoint of --env."""
+
+
+DEFAULT_CHECKPOINTS: dict[EnvMode, Checkpoint] = {
+    EnvMode.LIBERO: Checkpoint("pi05_libero_pytorch", "./checkpoints/pi05_libero_pytorch"),
+    EnvMode.ALOHA: Checkpoint("pi05_pick_place_pytorch", "./checkpoints/pi05_pick_place_pytorch"),
+    EnvMode.ALOHA_SIM: Checkpoint("pi0_aloha_sim_pytorch", "./checkpoints/pi0_aloha_sim_pytorch"),
+    EnvMode.DROID: Checkpoint("pi05_droid_pytorch", "./checkpoints/pi05_droid_pytorch"),
+}
+
+
+@dataclasses.dataclass
+class Args:
+    env: EnvMode = EnvMode.LIBERO
+    """Environment whose default checkpoint is served when no policy:checkpoint is given."""
+    default_prompt: str | None = None
+    """Prompt for observations without one."""
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """When set, clients must send the header `Authorization: Api-Key <key>`."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest accepted websocket message; a larger one closes the connection (code 1009)."""
+    record: bool = False
+    """Save every request and reply under --record-dir (see openpi.serving.recorder)."""
+    record_dir: str = "policy_records"
+    """Folder for --record."""
+    token_prune_keep_ratio: float | None = None
+    """LightVLA serving budget: keep this fraction of the valid image tokens."""
+    token_prune_keep_tokens: int | None = None
+    """LightVLA serving budget: keep this many image tokens."""
+    num_steps: int | None = None
+    """Denoising steps per action chunk; None keeps the model's default."""
+    pytorch_device: str | None = None
+    """e.g. cuda, cuda:1, cpu; default: CUDA when available."""
+    policy: Checkpoint | Default = dataclasses.field(default_factory=Default)
+    """The checkpoint to serve."""
+
+
+def resolve_checkpoint(args: Args) -> Checkpoint:
+    """The checkpoint to serve: the explicit one, or the environment's default."""
+    if isinstance(args.policy, Checkpoint):
+        return args.policy
+    checkpoint = DEFAULT_CHECKPOINTS[args.env]
+    if checkpoint.config not in _config.list_configs():
+        raise ValueError(
+            f"No default policy for --env {args.env.name}: config {checkpoint.config!r} is not registered. "
+            "Serve a checkpoint explicitly: policy:checkpoint --policy.config NAME --policy.dir DIR"
+        )
+    return checkpoint
+
+
+def create_policy(args: Args) -> Policy:
+    """Loads the checkpoint and applies the serving-time pruning budget."""
+    if args.token_prune_keep_ratio is not None and args.token_prune_keep_tokens is not None:
+        raise ValueError("Give at most one of --token-prune-keep-ratio and --token-prune-keep-tokens")
+    checkpoint = resolve_checkpoint(args)
+    sample_kwargs = {} if args.num_steps is None else {"num_steps": args.num_steps}
+    policy = policy_config.create_trained_policy(
+        _config.get_config(checkpoint.config),
+        checkpoint.dir,
+        default_prompt=args.default_prompt,
+        sample_kwargs=sample_kwargs,
+        pytorch_device=args.pytorch_device,
+    )
+    if args.token_prune_keep_ratio is not None:
+        policy.model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
+    if args.token_prune_keep_tokens is not None:
+        policy.model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
+    return policy
+
+
+def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
+    """The policy's metadata plus the pruning budget in effect (the flag's, else the model config's)."""
+    model_config = policy.model.config
+    ratio, tokens = args.token_prune_keep_ratio, args.token_prune_keep_tokens
+    return {
+        **policy.metadata,
+        "token_prune_keep_ratio": model_config.token_prune_keep_ratio if ratio is None else ratio,
+        "token_prune_keep_tokens": model_config.token_prune_keep_tokens if tokens is None else tokens,
+    }
+
+
+def create_server(args: Args) -> WebsocketPolicyServer:
+    """Builds the server for ``args`` (not yet listening)."""
+    policy = create_policy(args)
+    metadata = server_metadata(policy, args)
+    logger.info("Serving %s", metadata)
+    if policy.model.token_pruning_enabled:
+        logger.info(
+            "Token pruning budget: keep_ratio=%s keep_tokens=%s (None for both: keep the union of the votes)",
+            metadata["token_prune_keep_ratio"],
+            metadata["token_prune_keep_tokens"],
+        )
+    return WebsocketPolicyServer(
+        policy,
+        args.host,
+        args.port,
+        metadata=metadata,
+        api_key=args.api_key,
+        max_message_bytes=args.max_message_bytes,
+        recorder=RequestRecorder(args.record_dir) if args.record else None,
+    )
+
+
+def main(args: Args) -> None:
+    create_server(args).serve_forever()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    main(tyro.cli(Args))

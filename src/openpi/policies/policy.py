@@ -1,0 +1,150 @@
+"""A policy: raw robot observations in, action chunks out, around a π0 / π0.5 model.
+
+``infer`` runs the input transforms (robot mapping, normalisation, tokenisation, padding) per sample, batches the
+samples, samples an action chunk with the model, and runs the output transforms (unnormalisation, robot mapping) per
+sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from openpi import transforms as _transforms
+from openpi.models.observation import Observation
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.preprocessing import preprocess_observation
+
+# Array kinds an observation may hold: bool, signed and unsigned integers, floats.
+_NUMERIC_KINDS = "biuf"
+
+
+class Policy:
+    """Runs ``model`` on raw observations; see the module docstring."""
+
+    def __init__(
+        self,
+        model: PI0Pytorch,
+        *,
+        input_transforms: Sequence[_transforms.DataTransformFn] = (),
+        output_transforms: Sequence[_transforms.DataTransformFn] = (),
+        sample_kwargs: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        pytorch_device: str | torch.device = "cpu",
+    ) -> None:
+        """Args:
+        model: the π0 model; it is moved to ``pytorch_device`` and put in eval mode (with pruning telemetry on).
+        input_transforms: per-sample transforms from a raw observation to model inputs (``image``, ``image_mask``,
+            ``state``, ``tokenized_prompt``, ``tokenized_prompt_mask``).
+        output_transforms: per-sample transforms of ``{"state", "actions"}`` back to robot actions.
+        sample_kwargs: extra arguments of ``model.sample_actions`` (e.g. ``num_steps``).
+        metadata: sent to clients by the server.
+        pytorch_device: where the model runs.
+        """
+        self._device = torch.device(pytorch_device)
+        self._model = model.to(self._device).eval()
+        if model.token_pruning_enabled:
+            model.set_token_pruner_collect_stats(True)
+        self._input_transform = _transforms.compose(input_transforms)
+        self._output_transform = _transforms.compose(output_transforms)
+        self._sample_kwargs = dict(sample_kwargs or {})
+        self._metadata = dict(metadata or {})
+        vision = model.config.vision_config
+        self._image_resolution = (vision.image_size, vision.image_size)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    @property
+    def model(self) -> PI0Pytorch:
+        return self._model
+
+    def infer(self, obs: dict, *, noise: np.ndarray | None = None) -> dict[str, Any]:
+        """Returns ``{"actions": [H, action_dim], ..., "policy_timing": {"infer_ms"}}`` for one observation.
+
+        ``noise`` (``[H, model_action_dim]``) fixes the sampling start point. With token pruning enabled the result
+        also holds ``token_pruning`` (the pruner's statistics for this call).
+
+        Raises:
+            KeyError, ValueError: the observation lacks a key or has a wrong shape or dtype.
+        """
+        outputs, extras = self._run([obs], None if noise is None else np.asarray(noise)[None])
+        return {**_first(outputs), **extras}
+
+    def infer_batch(self, observations: Sequence[dict], *, noise: np.ndarray | None = None) -> dict[str, Any]:
+        """Like :meth:`infer` for several observations run through the model together; the outputs gain a leading
+        batch axis (``actions [B, H, action_dim]``) and ``noise`` is ``[B, H, model_action_dim]``."""
+        if not observations:
+            raise ValueError("infer_batch needs at least one observation")
+        outputs, extras = self._run(observations, noise)
+        return {**outputs, **extras}
+
+    def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
+        """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
+        model_inputs = _stack([self._input_transform(_validated_copy(obs)) for obs in observations])
+        observation = preprocess_observation(
+            Observation.from_dict(model_inputs), train=False, image_resolution=self._image_resolution
+        ).to(self._device)
+        noise_tensor = None if noise is None else torch.as_tensor(np.asarray(noise), dtype=torch.float32)
+
+        start = time.perf_counter()
+        actions = self._model.sample_actions(self._device, observation, noise=noise_tensor, **self._sample_kwargs)
+        actions = actions.float().cpu().numpy()
+        extras: dict[str, Any] = {"policy_timing": {"infer_ms": (time.perf_counter() - start) * 1000.0}}
+        if self._model.token_pruning_enabled:
+            extras["token_pruning"] = {k: float(v) for k, v in self._model.get_token_pruning_stats().items()}
+
+        outputs = [
+            self._output_transform({"state": model_inputs["state"][i], "actions": actions[i]})
+            for i in range(len(observations))
+        ]
+        return _stack(outputs), extras
+
+
+def _validated_copy(obs: Mapping, prefix: str = "") -> dict:
+    """Copies the observation's dicts (transforms may modify them) and checks that every array is numeric (text only
+    for the prompt), naming the offending key."""
+    if not isinstance(obs, Mapping):
+        raise ValueError(f"An observation must be a dict, got {type(obs).__name__}")
+    copy = {}
+    for key, value in obs.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            copy[key] = _validated_copy(value, f"{name}/")
+            continue
+        allowed = _NUMERIC_KINDS + ("US" if key == "prompt" else "")
+        if isinstance(value, np.ndarray) and value.dtype.kind not in allowed:
+            raise ValueError(f"Observation key {name!r} has dtype {value.dtype}; expected a numeric or bool array")
+        copy[key] = value
+    return copy
+
+
+def _stack(samples: Sequence[dict]) -> dict:
+    """Stacks per-sample (nested) dicts of arrays into one dict of batched arrays."""
+    first = samples[0]
+    stacked = {}
+    for key, value in first.items():
+        if any(key not in sample for sample in samples):
+            raise ValueError(f"Key {key!r} is present in some observations of the batch but not in others")
+        if isinstance(value, Mapping):
+            stacked[key] = _stack([sample[key] for sample in samples])
+        elif isinstance(value, str):
+            stacked[key] = [sample[key] for sample in samples]
+        else:
+            parts = [np.asarray(sample[key]) for sample in samples]
+            shapes = {part.shape for part in parts}
+            if len(shapes) != 1:
+                raise ValueError(f"Observations of the batch disagree on the shape of {key!r}: {sorted(shapes)}")
+            stacked[key] = np.stack(parts)
+    return stacked
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _first(v) for key, v in value.items()}
+    return value[0]

@@ -1,0 +1,81 @@
+"""msgpack with NumPy arrays, wire-compatible with the published ``openpi-client`` package.
+
+An array travels as a msgpack map with *binary* (bytes) keys::
+
+    {b"__ndarray__": True, b"data": <raw C-order bytes>, b"dtype": "<f4", b"shape": [d0, d1, ...]}
+
+and a NumPy scalar as ``{b"__npgeneric__": True, b"data": <python value>, b"dtype": "<i8"}``. ``dtype`` is the NumPy
+``dtype.str`` (byte order + kind + item size). Object, void and complex dtypes are refused: the format carries raw
+bytes only, never pickles. Decoded arrays are zero-copy, read-only views of the received message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import numpy as np
+
+_ARRAY_TAG = b"__ndarray__"
+_SCALAR_TAG = b"__npgeneric__"
+_UNSUPPORTED_KINDS = ("V", "O", "c")
+
+
+def packb(obj: Any) -> bytes:
+    """Serialises ``obj`` (dicts, lists, scalars, strings, bytes and NumPy arrays/scalars) to msgpack bytes."""
+    return msgpack.packb(obj, default=_encode_numpy, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    """Deserialises msgpack bytes written by :func:`packb` or by ``openpi_client.msgpack_numpy``.
+
+    Raises:
+        ValueError: the bytes are not valid msgpack or an encoded array is malformed.
+    """
+    try:
+        return msgpack.unpackb(data, object_hook=_decode_numpy, raw=False, strict_map_key=False)
+    except (ValueError, TypeError) as e:  # msgpack's format errors are ValueErrors; unhashable map keys TypeErrors
+        raise ValueError(f"Message is not valid msgpack-numpy: {e}") from e
+
+
+def _encode_numpy(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray | np.generic) and obj.dtype.kind in _UNSUPPORTED_KINDS:
+        raise TypeError(f"Cannot serialise NumPy dtype {obj.dtype} (object, void and complex are not supported)")
+    if isinstance(obj, np.ndarray):
+        return {_ARRAY_TAG: True, b"data": obj.tobytes(order="C"), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return {_SCALAR_TAG: True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    raise TypeError(f"Cannot serialise object of type {type(obj).__name__}")
+
+
+def _decode_numpy(obj: dict) -> Any:
+    if _ARRAY_TAG in obj:
+        return _decode_array(obj)
+    if _SCALAR_TAG in obj:
+        return _parse_dtype(obj.get(b"dtype")).type(obj.get(b"data"))
+    return obj
+
+
+def _decode_array(obj: dict) -> np.ndarray:
+    dtype = _parse_dtype(obj.get(b"dtype"))
+    shape = obj.get(b"shape")
+    data = obj.get(b"data")
+    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"Encoded array has an invalid shape {shape!r}")
+    if not isinstance(data, bytes):
+        raise ValueError(f"Encoded array data must be bytes, got {type(data).__name__}")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"Encoded array {dtype} {tuple(shape)} needs {expected} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _parse_dtype(spec: Any) -> np.dtype:
+    try:
+        dtype = np.dtype(spec)
+    except TypeError as e:
+        raise ValueError(f"Encoded array has an invalid dtype {spec!r}") from e
+    if not isinstance(spec, str) or dtype.kind in _UNSUPPORTED_KINDS:
+        raise ValueError(f"Encoded array has an unsupported dtype {spec!r}")
+    return dtype

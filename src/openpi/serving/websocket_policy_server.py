@@ -1,0 +1,224 @@
+"""A websocket server that answers observations with action chunks, speaking the published ``openpi-client`` protocol.
+
+Protocol (per connection):
+
+1. On connect the server sends the policy metadata as one binary msgpack frame (:mod:`openpi.serving.msgpack_numpy`).
+2. Each binary frame the client sends is an observation dict. The server answers with a binary frame holding the
+   policy's output dict plus ``server_timing``: ``infer_ms`` (time inside ``policy.infer``), ``queue_ms`` (time
+   waiting for the inference worker, busy with other clients' requests) and, from the second request on,
+   ``prev_total_ms`` (receive-to-sent time of the previous request on this connection).
+3. A request that cannot be answered (undecodable frame, text frame, missing key, wrong shape or dtype, failing
+   inference) gets a *text* frame describing the problem; the published client raises it as an error. The
+   connection stays open for the next request.
+
+``GET /healthz`` answers ``200 OK``. With an API key, websocket handshakes without the header
+``Authorization: Api-Key <key>`` are refused with 401. Frames larger than ``max_message_bytes`` close the connection
+with code 1009 (message too big), as the websocket protocol prescribes.
+
+Inference runs on one dedicated worker thread, so the model sees one call at a time while every connection's network
+I/O stays on the event loop: a slow or silent client never delays another client's replies beyond the shared model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hmac
+import http
+import itertools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import websockets.asyncio.server
+import websockets.exceptions
+import websockets.http11
+
+from openpi.serving import msgpack_numpy
+from openpi.serving.recorder import RequestRecorder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+HEALTH_PATH = "/healthz"
+# Exceptions a policy raises for an observation it cannot use; other exceptions are logged as server errors.
+INPUT_ERRORS = (KeyError, ValueError, TypeError, IndexError)
+
+
+class ServablePolicy(Protocol):
+    """What the server needs from a policy."""
+
+    def infer(self, obs: dict) -> dict: ...
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+
+class WebsocketPolicyServer:
+    """Serves ``policy`` over websocket; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        policy: ServablePolicy,
+        host: str = "0.0.0.0",
+        port: int = 8000,
+        *,
+        metadata: dict[str, Any] | None = None,
+        api_key: str | None = None,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        recorder: RequestRecorder | None = None,
+    ) -> None:
+        """Args:
+        policy: answers ``infer(obs)``; called from a single worker thread, one call at a time.
+        host, port: where to listen; port 0 picks a free port (read it from :attr:`port` after :meth:`start`).
+        metadata: sent to every client on connect; defaults to ``policy.metadata``.
+        api_key: when set, clients must send ``Authorization: Api-Key <api_key>``.
+        max_message_bytes: largest accepted frame; None disables the limit.
+        recorder: saves every request and answer when given.
+        """
+        self._policy = policy
+        self._host = host
+        self.port = port
+        self._metadata_frame = msgpack_numpy.packb(policy.metadata if metadata is None else metadata)
+        self._api_key = api_key
+        self._max_message_bytes = max_message_bytes
+        self._recorder = recorder
+        self._connection_ids = itertools.count(1)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
+        self._server: websockets.asyncio.server.Server | None = None
+
+    async def start(self) -> None:
+        """Starts listening; sets :attr:`port` to the bound port."""
+        self._server = await websockets.asyncio.server.serve(
+            self._handle_connection,
+            self._host,
+            self.port,
+            compression=None,
+            max_size=self._max_message_bytes,
+            process_request=self._check_request,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("Policy server listening on %s:%d", self._host, self.port)
+
+    async def close(self) -> None:
+        """Stops listening, closes open connections and the inference worker."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._executor.shutdown(wait=True)
+
+    async def run(self) -> None:
+        """Serves until SIGINT (Ctrl-C) or SIGTERM, then closes connections and returns."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            logger.info("Shutting down")
+        finally:
+            await self.close()
+
+    def serve_forever(self) -> None:
+        """Blocking entry point: serves until SIGINT (Ctrl-C) or SIGTERM."""
+        asyncio.run(self.run())
+
+    @contextlib.contextmanager
+    def running_in_background(self) -> Iterator[int]:
+        """Serves from a background thread for the duration of the ``with`` block; yields the bound port."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="policy-server", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+            yield self.port
+        finally:
+            asyncio.run_coroutine_threadsafe(self.close(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+    def _check_request(
+        self, connection: websockets.asyncio.server.ServerConnection, request: websockets.http11.Request
+    ) -> websockets.http11.Response | None:
+        """Answers health checks and refuses handshakes without the API key; None lets the handshake proceed."""
+        if request.path == HEALTH_PATH:
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self._api_key is not None and not self._has_api_key(request.headers.get("Authorization")):
+            logger.warning("Refused connection from %s: missing or wrong API key", connection.remote_address)
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Missing or invalid API key\n")
+        return None
+
+    def _has_api_key(self, authorization: str | None) -> bool:
+        expected = f"Api-Key {self._api_key}"
+        return authorization is not None and hmac.compare_digest(authorization.encode(), expected.encode())
+
+    async def _handle_connection(self, connection: websockets.asyncio.server.ServerConnection) -> None:
+        connection_id = next(self._connection_ids)
+        logger.info("Connection %d opened from %s", connection_id, connection.remote_address)
+        prev_total_ms: float | None = None
+        try:
+            await connection.send(self._metadata_frame)
+            for index in itertools.count():
+                request = await connection.recv()
+                received = time.perf_counter()
+                answer = await self._answer(request, prev_total_ms)
+                await connection.send(answer)
+                if self._recorder is not None:
+                    await asyncio.to_thread(self._recorder.record, connection_id, index, request, answer)
+                prev_total_ms = (time.perf_counter() - received) * 1000.0
+        except websockets.exceptions.ConnectionClosed as closed:
+            logger.info("Connection %d closed (%s)", connection_id, closed)
+
+    async def _answer(self, request: bytes | str, prev_total_ms: float | None) -> bytes | str:
+        """Returns the reply frame for one request: msgpack bytes, or the error text."""
+        try:
+            obs = _decode_observation(request)
+        except ValueError as e:
+            logger.warning("Undecodable request: %s", e)
+            return f"Invalid request: {e}"
+        loop = asyncio.get_running_loop()
+        try:
+            result, timing = await loop.run_in_executor(self._executor, self._timed_infer, obs, time.perf_counter())
+        except INPUT_ERRORS as e:
+            logger.warning("Invalid observation: %s: %s", type(e).__name__, e)
+            return f"Invalid observation: {_describe(e)}"
+        except Exception as e:
+            logger.exception("Inference failed")
+            return f"Inference failed: {type(e).__name__}: {_describe(e)}"
+        if prev_total_ms is not None:
+            timing["prev_total_ms"] = prev_total_ms
+        try:
+            return msgpack_numpy.packb({**result, "server_timing": timing})
+        except TypeError as e:
+            logger.exception("Cannot serialise the policy output")
+            return f"Inference failed: the policy output cannot be serialised: {e}"
+
+    def _timed_infer(self, obs: dict, submitted: float) -> tuple[dict, dict[str, float]]:
+        """Runs the policy on the worker thread; returns its output and ``queue_ms`` / ``infer_ms``."""
+        start = time.perf_counter()
+        result = self._policy.infer(obs)
+        end = time.perf_counter()
+        return result, {"queue_ms": (start - submitted) * 1000.0, "infer_ms": (end - start) * 1000.0}
+
+
+def _decode_observation(frame: bytes | str) -> dict:
+    if isinstance(frame, str):
+        raise ValueError("expected a binary msgpack frame holding the observation, got a text frame")
+    obs = msgpack_numpy.unpackb(frame)
+    if not isinstance(obs, dict):
+        raise ValueError(f"the observation must be a msgpack map (dict), got {type(obs).__name__}")
+    return obs
+
+
+def _describe(error: Exception) -> str:
+    """The exception's message; a bare KeyError (whose message is just the key) becomes "missing key '<key>'"."""
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        return f"missing key {error.args[0]!r}"
+    return str(error)

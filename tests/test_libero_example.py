@@ -1,0 +1,145 @@
+"""The LIBERO evaluation loop (examples/libero/eval_loop.py) against a fake simulator with LIBERO's interface."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_LOOP_PATH = Path(__file__).resolve().parents[1] / "examples" / "libero" / "eval_loop.py"
+_spec = importlib.util.spec_from_file_location("libero_eval_loop", _LOOP_PATH)
+eval_loop = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = eval_loop
+_spec.loader.exec_module(eval_loop)
+
+HORIZON = 8
+
+
+class FakeLiberoEnv:
+    """Succeeds once the accumulated x-action reaches ``goal``; images encode the step count for checking rotation."""
+
+    def __init__(self, goal: float) -> None:
+        self.goal = goal
+        self.actions: list[list[float]] = []
+        self.closed = False
+
+    def reset(self) -> None:
+        self.actions = []
+
+    def set_init_state(self, init_state: np.ndarray) -> dict:
+        self.x = float(init_state[0])
+        return self._obs()
+
+    def step(self, action: list) -> tuple[dict, float, bool, dict]:
+        assert isinstance(action, list) and len(action) == 7
+        self.actions.append(action)
+        self.x += action[0]
+        done = self.x >= self.goal
+        return self._obs(), float(done), done, {}
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _obs(self) -> dict:
+        image = np.zeros((16, 16, 3), np.uint8)
+        image[0, 0] = 255  # top-left in LIBERO's upside-down rendering
+        return {
+            "agentview_image": image,
+            "robot0_eye_in_hand_image": image,
+            "robot0_eef_pos": np.array([self.x, 0.0, 0.0]),
+            "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+            "robot0_gripper_qpos": np.array([0.01, -0.01]),
+        }
+
+
+class StepPolicy:
+    """Returns chunks whose x-action is 1; records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def infer(self, obs: dict) -> dict:
+        self.requests.append(obs)
+        actions = np.zeros((HORIZON, 7), np.float32)
+        actions[:, 0] = 1.0
+        actions[:, 1] = np.arange(HORIZON)  # chunk index, to check which actions were executed
+        return {"actions": actions}
+
+
+def _identity(image: np.ndarray) -> np.ndarray:
+    return image
+
+
+def test_episode_replans_every_n_steps_and_stops_on_success():
+    env, policy = FakeLiberoEnv(goal=12.0), StepPolicy()
+    task = eval_loop.Task("put the bowl on the plate", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=50, replan_steps=5, num_steps_wait=3)
+    success, frames = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
+    assert success
+    settle, executed = env.actions[:3], env.actions[3:]
+    assert settle == [list(eval_loop.SETTLE_ACTION)] * 3
+    assert len(executed) == 12 and len(frames) == 12
+    assert [a[1] for a in executed] == [0, 1, 2, 3, 4] * 2 + [0, 1]
+    assert len(policy.requests) == 3
+    request = policy.requests[0]
+    assert request["prompt"] == "put the bowl on the plate"
+    assert request["observation/image"][-1, -1, 0] == 255  # rotated by 180 degrees
+    np.testing.assert_allclose(request["observation/state"], [0, 0, 0, 0, 0, 0, 0.01, -0.01])
+    assert request["observation/state"].dtype == np.float32
+
+
+def test_episode_fails_after_max_steps():
+    env, policy = FakeLiberoEnv(goal=1e9), StepPolicy()
+    task = eval_loop.Task("unreachable", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=20, replan_steps=4, num_steps_wait=0)
+    success, frames = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
+    assert not success
+    assert len(env.actions) == 20 and len(frames) == 20 and len(policy.requests) == 5
+
+
+def test_suite_reports_per_task_success_rates_and_saves_videos():
+    goals = [5.0, 1e9]  # task 0 always succeeds, task 1 never does
+    tasks = [eval_loop.Task(f"task {i}", [np.array([s, 0, 0]) for s in (0.0, 1.0, 2.0)]) for i in range(2)]
+    envs: list[FakeLiberoEnv] = []
+
+    def make_env(task_index: int) -> FakeLiberoEnv:
+        envs.append(FakeLiberoEnv(goals[task_index]))
+        return envs[-1]
+
+    videos: dict[str, int] = {}
+    config = eval_loop.EvalConfig(max_steps=10, replan_steps=2, num_steps_wait=1, num_trials_per_task=2)
+    results = eval_loop.evaluate_suite(
+        tasks, make_env, StepPolicy(), config, _identity, lambda name, frames: videos.update({name: len(frames)})
+    )
+    summary = eval_loop.summary(results)
+    assert [(t["episodes"], t["successes"], t["success_rate"]) for t in summary["tasks"]] == [(2, 2, 1.0), (2, 0, 0.0)]
+    assert summary["success_rate"] == 0.5
+    assert sorted(videos) == [
+        "task00_ep000_success",
+        "task00_ep001_success",
+        "task01_ep000_failure",
+        "task01_ep001_failure",
+    ]
+    assert videos["task01_ep000_failure"] == 10
+    assert all(env.closed for env in envs)
+
+
+def test_short_action_chunk_is_an_error():
+    class ShortPolicy:
+        def infer(self, obs: dict) -> dict:
+            return {"actions": np.zeros((2, 7))}
+
+    task = eval_loop.Task("t", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=10, replan_steps=5, num_steps_wait=0)
+    with pytest.raises(ValueError, match=r"horizon >= 5"):
+        eval_loop.run_episode(FakeLiberoEnv(1.0), ShortPolicy(), task, task.init_states[0], config, _identity)
+
+
+def test_quaternion_to_axis_angle():
+    half = math.pi / 4  # 90 degrees about z
+    np.testing.assert_allclose(
+        eval_loop.quat_to_axis_angle(np.array([0, 0, math.sin(half), math.cos(half)])), [0, 0, math.pi / 2], atol=1e-6
+    )
+    np.testing.assert_array_equal(eval_loop.quat_to_axis_angle(np.array([0, 0, 0, 1.0])), np.zeros(3))

@@ -1,0 +1,144 @@
+"""Policy and create_trained_policy: a tiny checkpoint on disk, LIBERO observations in, unnormalised actions out."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from openpi.models import tokenizer
+from openpi.models_pytorch import weights
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.policies import libero_policy, policy_config
+from openpi.shared import normalize
+from openpi.training import config as _config
+
+CONFIG_NAME = "debug_pi05"
+ASSET_ID = "physical-intelligence/libero"
+PROMPTS = ["pick up the black bowl", "open the top drawer", "put the cream cheese in the bowl"]
+SAMPLE_KWARGS = {"num_steps": 2}
+
+
+def make_train_config(tokenizer_path: Path, name: str = CONFIG_NAME) -> _config.TrainConfig:
+    """The registered tiny config, reading LIBERO-format observations with a tokenizer trained by the test."""
+    data = _config.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer_path))
+    return dataclasses.replace(_config.get_config(name), data=data)
+
+
+def write_checkpoint(directory: Path, train_config: _config.TrainConfig, action_shift: float = 0.0) -> Path:
+    """Writes random weights (seeded) and LIBERO norm stats; ``action_shift`` moves the action quantiles."""
+    torch.manual_seed(0)
+    weights.save_weights(PI0Pytorch(train_config.model), directory)
+    state = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
+    low, high = np.full(7, action_shift - 2.0), np.full(7, action_shift + 2.0)
+    actions = normalize.NormStats(mean=(low + high) / 2, std=np.ones(7), q01=low, q99=high)
+    normalize.save(directory / "assets" / ASSET_ID, {"state": state, "actions": actions})
+    return directory
+
+
+def libero_observation(seed: int, prompt: str | None = PROMPTS[0]) -> dict:
+    rng = np.random.default_rng(seed)
+    obs = {
+        "observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/wrist_image": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+        "observation/state": rng.uniform(-1, 1, 8).astype(np.float32),
+    }
+    if prompt is not None:
+        obs["prompt"] = prompt
+    return obs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    """The tiny model runs several times faster on one thread than on two oversubscribed cores (CI: ``-n 2``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory) -> Path:
+    return tokenizer.train_sentencepiece(PROMPTS, tmp_path_factory.mktemp("tok") / "tok", vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def train_config(tokenizer_path) -> _config.TrainConfig:
+    return make_train_config(tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory, train_config):
+    checkpoint = write_checkpoint(tmp_path_factory.mktemp("ckpt"), train_config)
+    return policy_config.create_trained_policy(
+        train_config, checkpoint, default_prompt="do the task", sample_kwargs=SAMPLE_KWARGS, pytorch_device="cpu"
+    )
+
+
+def _noise(config: _config.TrainConfig, seed: int = 0) -> np.ndarray:
+    shape = (config.model.action_horizon, config.model.action_dim)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_infer_returns_a_robot_action_chunk_and_timing(policy, train_config):
+    result = policy.infer(libero_observation(0))
+    assert result["actions"].shape == (train_config.model.action_horizon, libero_policy.ACTION_DIM)
+    assert np.all(np.isfinite(result["actions"]))
+    assert result["policy_timing"]["infer_ms"] > 0
+    assert policy.metadata["config"] == CONFIG_NAME
+    assert policy.metadata["action_horizon"] == train_config.model.action_horizon
+
+
+def test_actions_are_unnormalised_with_the_checkpoint_norm_stats(tmp_path, policy, train_config):
+    shifted = policy_config.create_trained_policy(
+        train_config,
+        write_checkpoint(tmp_path, train_config, action_shift=5.0),
+        sample_kwargs=SAMPLE_KWARGS,
+        pytorch_device="cpu",
+    )
+    obs, noise = libero_observation(1), _noise(train_config)
+    base = policy.infer(obs, noise=noise)["actions"]
+    moved = shifted.infer(obs, noise=noise)["actions"]
+    np.testing.assert_allclose(moved - base, 5.0, atol=1e-4)
+
+
+def test_batched_inference_matches_single_observations(policy, train_config):
+    observations = [libero_observation(2), libero_observation(3, prompt=PROMPTS[2])]
+    noise = np.stack([_noise(train_config, 0), _noise(train_config, 1)])
+    batched = policy.infer_batch(observations, noise=noise)["actions"]
+    assert batched.shape == (2, train_config.model.action_horizon, libero_policy.ACTION_DIM)
+    for i, obs in enumerate(observations):
+        np.testing.assert_allclose(batched[i], policy.infer(obs, noise=noise[i])["actions"], atol=1e-4)
+
+
+def test_default_prompt_fills_in_a_missing_prompt(policy, train_config):
+    noise = _noise(train_config)
+    without = policy.infer(libero_observation(4, prompt=None), noise=noise)["actions"]
+    explicit = policy.infer(libero_observation(4, prompt="do the task"), noise=noise)["actions"]
+    np.testing.assert_allclose(without, explicit, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda obs: obs.pop("observation/state"), KeyError, "observation/state"),
+        (lambda obs: obs.update({"observation/state": np.zeros(5, np.float32)}), ValueError, "8 values"),
+        (lambda obs: obs.update({"observation/image": np.zeros((9, 9), np.uint8)}), ValueError, "observation/image"),
+        (lambda obs: obs.update({"observation/wrist_image": np.array(["a", "b"])}), ValueError, "wrist_image"),
+    ],
+)
+def test_bad_observations_raise_errors_naming_the_key(policy, change, error, message):
+    obs = libero_observation(5)
+    change(obs)
+    with pytest.raises(error, match=message):
+        policy.infer(obs)
+
+
+def test_missing_checkpoint_files_are_reported(tmp_path, train_config):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        policy_config.create_trained_policy(train_config, tmp_path)
+    torch.manual_seed(0)
+    weights.save_weights(PI0Pytorch(train_config.model), tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"norm_stats\.json"):
+        policy_config.create_trained_policy(train_config, tmp_path)

@@ -1,0 +1,56 @@
+"""The serving load test (scripts/bench/bench_serving.py): accounting of replies, latency and overhead."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "bench_serving.py"
+_spec = importlib.util.spec_from_file_location("bench_serving", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench
+_spec.loader.exec_module(bench)
+
+
+class MixUpPolicy(bench.SyntheticPolicy):
+    """Answers every third request with another request's id, as a server mixing up replies would."""
+
+    def __init__(self) -> None:
+        super().__init__(infer_ms=0.0)
+        self.calls = 0
+
+    def infer(self, obs: dict) -> dict:
+        self.calls += 1
+        result = super().infer(obs)
+        if self.calls % 3 == 0:
+            result["actions"] = result["actions"] + 1
+        return result
+
+
+def test_concurrent_load_completes_every_request_with_timings():
+    with WebsocketPolicyServer(bench.SyntheticPolicy(infer_ms=2.0), "127.0.0.1", 0).running_in_background() as port:
+        result = bench.run_load(port, num_clients=4, num_requests=5)
+    assert result.errors == ()
+    assert result.completed == result.expected == 20
+    assert np.all(result.infer_ms >= 2.0)
+    assert np.all(result.latency_ms >= result.infer_ms + result.queue_ms)
+    assert np.all(result.overhead_ms >= 0)
+    row = bench.markdown_row(4, 5, result)
+    assert row.startswith("| 4 | 5 | 20/20 |")
+    assert row.count("|") == bench.MARKDOWN_HEADER.splitlines()[0].count("|")
+
+
+def test_mixed_up_replies_are_counted_as_errors():
+    with WebsocketPolicyServer(MixUpPolicy(), "127.0.0.1", 0).running_in_background() as port:
+        result = bench.run_load(port, num_clients=1, num_requests=6)
+    assert result.completed == 4
+    assert len(result.errors) == 2 and "another request's reply" in result.errors[0]
+
+
+def test_load_is_bounded():
+    with pytest.raises(ValueError, match="clients"):
+        bench.run_load(1, num_clients=bench.MAX_CLIENTS + 1, num_requests=1)
