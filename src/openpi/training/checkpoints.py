@@ -1,0 +1,245 @@
+"""Training checkpoints: atomic save, discovery of the latest complete one, restore, and pruning of old ones.
+
+Layout of an experiment directory (``checkpoints/<config>/<exp>/``)::
+
+    <step>/model.safetensors          weights after ``step`` optimizer steps
+    <step>/optimizer.pt               optimizer state dict
+    <step>/training_state.pt          step, learning-rate schedule state and every rank's RNG states
+    <step>/assets/<asset_id>/norm_stats.json
+    <step>/CHECKPOINT_COMPLETE        written last; a step directory without it is ignored
+
+A checkpoint is written into a hidden temporary directory, every file is fsynced, the completeness marker is added,
+and only then is the directory renamed to ``<step>``. A crash at any point leaves either no ``<step>`` directory or
+a complete one; leftovers of interrupted saves are removed by :func:`remove_incomplete`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from openpi.models_pytorch import weights
+from openpi.shared import normalize
+
+COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+OPTIMIZER_FILENAME = "optimizer.pt"
+TRAINING_STATE_FILENAME = "training_state.pt"
+_TMP_PREFIX = ".tmp_"
+_TRASH_PREFIX = ".trash_"
+
+logger = logging.getLogger(__name__)
+
+RngState = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint holds besides the weights and the optimizer: the step and per-rank RNG states."""
+
+    step: int
+    rng_states: list[RngState]
+    scheduler: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------------- RNG
+def capture_rng_state() -> RngState:
+    """The current python, numpy, torch (CPU) and CUDA RNG states, as tensors and plain values (no pickled objects)."""
+    np_state = np.random.get_state(legacy=False)
+    state: RngState = {
+        "python": _python_state_to_plain(random.getstate()),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: RngState) -> None:
+    """Inverse of :func:`capture_rng_state`. CUDA states are restored only when CUDA is available."""
+    random.setstate(_python_state_from_plain(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_plain(state: tuple) -> dict[str, Any]:
+    version, internal, gauss_next = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next}
+
+
+def _python_state_from_plain(state: dict[str, Any]) -> tuple:
+    return state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss_next"]
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+def step_dir(exp_dir: str | Path, step: int) -> Path:
+    return Path(exp_dir) / str(step)
+
+
+def is_complete(directory: str | Path) -> bool:
+    """True when ``directory`` is a step directory whose save finished."""
+    directory = Path(directory)
+    return directory.name.isdigit() and (directory / COMPLETE_MARKER).is_file()
+
+
+def complete_steps(exp_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints in ``exp_dir``, ascending (empty when the directory does not exist)."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        return []
+    return sorted(int(d.name) for d in exp_dir.iterdir() if d.is_dir() and is_complete(d))
+
+
+def latest_complete_step(exp_dir: str | Path) -> int | None:
+    """The highest step with a complete checkpoint, or None."""
+    steps = complete_steps(exp_dir)
+    return steps[-1] if steps else None
+
+
+# ------------------------------------------------------------------------------------------------- saving
+def save_checkpoint(
+    exp_dir: str | Path,
+    state: TrainingState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None = None,
+    *,
+    before_commit: Callable[[Path], None] | None = None,
+) -> Path:
+    """Writes a complete checkpoint for ``state.step`` atomically and returns its directory.
+
+    Args:
+        exp_dir: the experiment directory; the checkpoint goes to ``exp_dir/<step>``.
+        state: step, scheduler state and the RNG states of every rank.
+        model: the (unwrapped) model whose weights are saved.
+        optimizer: its optimizer.
+        norm_stats: ``(asset_id, stats)`` written to ``assets/<asset_id>/norm_stats.json``, or None.
+        before_commit: called with the temporary directory after the files are written and before the marker and
+            the rename (lets tests simulate a crash there).
+    """
+    exp_dir = Path(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = exp_dir / f"{_TMP_PREFIX}{state.step}_{os.getpid()}"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir()
+    try:
+        weights.save_weights(model, tmp_dir)
+        torch.save(optimizer.state_dict(), tmp_dir / OPTIMIZER_FILENAME)
+        torch.save(dataclasses.asdict(state), tmp_dir / TRAINING_STATE_FILENAME)
+        if norm_stats is not None:
+            asset_id, stats = norm_stats
+            normalize.save(tmp_dir / "assets" / asset_id, dict(stats))
+        if before_commit is not None:
+            before_commit(tmp_dir)
+        _fsync_tree(tmp_dir)
+        (tmp_dir / COMPLETE_MARKER).write_text(f"{state.step}\n")
+        _fsync_path(tmp_dir / COMPLETE_MARKER)
+        _fsync_path(tmp_dir)
+        final_dir = step_dir(exp_dir, state.step)
+        if final_dir.exists():
+            _remove_dir(final_dir)
+        os.replace(tmp_dir, final_dir)
+        _fsync_path(exp_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    logger.info("Saved checkpoint %s", final_dir)
+    return final_dir
+
+
+def remove_incomplete(exp_dir: str | Path) -> list[Path]:
+    """Deletes leftovers of interrupted saves/deletions and step directories without the marker; returns them."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        return []
+    stale = [
+        d
+        for d in exp_dir.iterdir()
+        if d.is_dir() and (d.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) or (d.name.isdigit() and not is_complete(d)))
+    ]
+    for directory in stale:
+        logger.warning("Removing incomplete checkpoint directory %s", directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    return stale
+
+
+def prune_checkpoints(exp_dir: str | Path, keep_period: int | None) -> list[int]:
+    """Deletes complete checkpoints except the latest and those whose step is divisible by ``keep_period``.
+
+    With ``keep_period=None`` only the latest is kept. Returns the deleted steps.
+    """
+    steps = complete_steps(exp_dir)
+    doomed = [s for s in steps[:-1] if keep_period is None or s % keep_period != 0]
+    for step in doomed:
+        _remove_dir(step_dir(exp_dir, step))
+    return doomed
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_checkpoint(
+    checkpoint_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> TrainingState:
+    """Loads weights (and the optimizer state) from a complete checkpoint directory and returns its training state.
+
+    RNG states are returned, not applied; see :func:`restore_rng_state`.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not is_complete(checkpoint_dir):
+        raise FileNotFoundError(f"{checkpoint_dir} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    weights.load_weights(model, checkpoint_dir)
+    if optimizer is not None:
+        optimizer.load_state_dict(_load_tensors(checkpoint_dir / OPTIMIZER_FILENAME))
+    return TrainingState(**_load_tensors(checkpoint_dir / TRAINING_STATE_FILENAME))
+
+
+def _load_tensors(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- filesystem
+def _remove_dir(directory: Path) -> None:
+    """Renames ``directory`` out of the step namespace first, so a crash mid-deletion leaves no partial step dir."""
+    trash = directory.with_name(f"{_TRASH_PREFIX}{directory.name}_{os.getpid()}")
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        _fsync_path(path)
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,412 @@
+"""The PyTorch training loop: one process (GPU or CPU) or ``torchrun`` DDP, with checkpoints, resume and wandb.
+
+Every source of randomness in a step is a function of ``(seed, step, rank)``: the data loader's batch, the image
+augmentation generator and the global torch RNG (flow-matching noise and time, the pruner's exploration noise) are
+re-seeded from it at the start of each step. A resumed run therefore repeats exactly the steps an uninterrupted run
+would have taken. Checkpoints additionally carry every rank's python/numpy/torch/CUDA RNG states, restored on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import tqdm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from openpi.models.observation import Observation
+from openpi.models_pytorch import preprocessing, weights
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.training import checkpoints, data_loader
+from openpi.training import config as _config
+
+logger = logging.getLogger(__name__)
+
+WANDB_ID_FILENAME = "wandb_id.txt"
+# Purposes mixed into the per-step seed so the streams are independent.
+_GLOBAL_RNG_STREAM = 0
+_AUGMENTATION_STREAM = 1
+
+
+class ExperimentDirError(RuntimeError):
+    """The experiment directory cannot be used as requested (exists without --resume/--overwrite, or both given)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job: rank, world size and the device it trains on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained (unwrapped) model, the final step and every logged metrics dict."""
+
+    model: PI0Pytorch
+    step: int
+    history: list[dict[str, float]]
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def init_distributed() -> DistributedContext:
+    """Joins the ``torchrun`` process group when ``WORLD_SIZE > 1`` (NCCL on GPU, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available()
+    if world_size == 1:
+        return DistributedContext(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), device)
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A well-mixed 63-bit seed for one (seed, step, rank, stream) combination."""
+    state = np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def augmentation_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The CPU generator that drives image augmentation of one step's batch on one rank."""
+    return torch.Generator().manual_seed(step_seed(seed, step, rank, _AUGMENTATION_STREAM))
+
+
+def prepare_experiment_dir(config: _config.TrainConfig) -> int | None:
+    """Applies ``--overwrite`` / ``--resume`` to the experiment directory; returns the step to resume from, if any.
+
+    Raises:
+        ExperimentDirError: both ``resume`` and ``overwrite`` are set, or the directory exists and neither is.
+    """
+    exp_dir = Path(config.checkpoint_dir)
+    if config.resume and config.overwrite:
+        raise ExperimentDirError("--resume and --overwrite are mutually exclusive: continue the run or start it over")
+    if exp_dir.exists() and config.overwrite:
+        logger.info("Wiping experiment directory %s (--overwrite)", exp_dir)
+        shutil.rmtree(exp_dir)
+    elif exp_dir.exists() and not config.resume:
+        raise ExperimentDirError(
+            f"Experiment directory {exp_dir} already exists. Pass --resume to continue from its latest complete "
+            "checkpoint, --overwrite to delete it and start over, or choose another --exp-name."
+        )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if not config.resume:
+        return None
+    checkpoints.remove_incomplete(exp_dir)
+    step = checkpoints.latest_complete_step(exp_dir)
+    if step is None:
+        logger.warning("--resume given but %s has no complete checkpoint; starting from scratch", exp_dir)
+    return step
+
+
+def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretrained: bool = True) -> PI0Pytorch:
+    """Builds the model at the training precision, moved to ``device``.
+
+    With ``load_pretrained``, the weights in ``config.pytorch_weight_path`` (if set) are loaded.
+    """
+    model_config = dataclasses.replace(config.model, dtype=config.pytorch_training_precision)
+    model = PI0Pytorch(model_config)
+    if load_pretrained and config.pytorch_weight_path is not None:
+        logger.info("Loading weights from %s", config.pytorch_weight_path)
+        weights.load_weights(model, config.pytorch_weight_path)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if model_config.token_pruning_enabled:
+        logger.info("Enabled LightVLA-style token pruning (hidden_size=%d)", model_config.llm_config.width)
+    return model.to(device)
+
+
+def pruner_noise_scale(config: _config.TrainConfig, step: int) -> float:
+    """The pruner's exploration noise at ``step``: the configured scale, decayed linearly to 0 over training."""
+    return config.model.token_prune_noise_scale * max(0.0, 1.0 - step / config.num_train_steps)
+
+
+# ----------------------------------------------------------------------------------------------- one step
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    observation: Observation,
+    actions: torch.Tensor,
+    *,
+    lr: float,
+    clip_gradient_norm: float,
+    image_resolution: tuple[int, int],
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resizes and augments the images, runs forward/backward (loss = mean of the per-element loss), clips the
+    gradient norm and updates; returns (loss, grad_norm) as detached tensors."""
+    observation = preprocessing.preprocess_observation(
+        observation, train=True, image_resolution=image_resolution, generator=generator
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(observation, actions).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_gradient_norm)
+    optimizer.step()
+    return loss.detach(), grad_norm.detach()
+
+
+def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, collect_stats: bool) -> None:
+    """Sets this step's exploration noise and whether the pruner records telemetry (only on log steps)."""
+    if config.model.token_pruning_enabled:
+        model.set_token_pruner_noise_scale(pruner_noise_scale(config, step))
+        model.set_token_pruner_collect_stats(collect_stats)
+
+
+def pruning_metrics(model: PI0Pytorch) -> dict[str, float]:
+    """The pruner's telemetry of the last forward as ``prune/<name>`` floats."""
+    return {f"prune/{key}": float(value) for key, value in model.get_token_pruning_stats().items()}
+
+
+# -------------------------------------------------------------------------------------------- the loop
+def train(config: _config.TrainConfig) -> TrainResult:
+    """Trains ``config`` to ``num_train_steps``, saving checkpoints under ``config.checkpoint_dir``."""
+    ctx = init_distributed()
+    try:
+        return _Trainer(config, ctx).run()
+    finally:
+        if ctx.is_distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _Trainer:
+    def __init__(self, config: _config.TrainConfig, ctx: DistributedContext):
+        self.config = config
+        self.ctx = ctx
+        self.exp_dir = Path(config.checkpoint_dir)
+        self.history: list[dict[str, float]] = []
+
+    def run(self) -> TrainResult:
+        config, ctx = self.config, self.ctx
+        _check_batch_size(config, ctx)
+        resume_step = self._broadcast(self._prepare_dir_on_main())
+        torch.manual_seed(config.seed)
+        model = build_model(config, ctx.device, load_pretrained=resume_step is None)
+        optimizer = config.optimizer.build(model.parameters(), lr=config.lr_schedule.lr_at(0))
+        start_step = 0
+        if resume_step is not None:
+            start_step = self._restore(model, optimizer, resume_step)
+        ddp_model = self._wrap(model)
+        loader = data_loader.create_data_loader(
+            config,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            shuffle=True,
+            start_step=start_step,
+            num_batches=config.num_train_steps - start_step,
+        )
+        wandb_run = self._init_wandb(resume_step is not None) if ctx.is_main and config.wandb_enabled else None
+        try:
+            self._loop(model, ddp_model, optimizer, iter(loader), loader.data_config, start_step, wandb_run)
+        finally:
+            if wandb_run is not None:
+                wandb_run.finish()
+        return TrainResult(model=model, step=config.num_train_steps, history=self.history)
+
+    def _loop(
+        self,
+        model: PI0Pytorch,
+        ddp_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: Iterator[tuple[Observation, torch.Tensor]],
+        data_config: _config.DataConfig,
+        start_step: int,
+        wandb_run: Any,
+    ) -> None:
+        config, ctx = self.config, self.ctx
+        model.train()
+        image_size = config.model.vision_config.image_size
+        image_resolution = (image_size, image_size)
+        losses: list[torch.Tensor] = []
+        window_start = time.perf_counter()
+        progress = tqdm.tqdm(
+            total=config.num_train_steps, initial=start_step, disable=not ctx.is_main, dynamic_ncols=True, desc="train"
+        )
+        with progress, logging_redirect_tqdm():
+            for step in range(start_step, config.num_train_steps):
+                observation, actions = next(batches)
+                is_log_step = step % config.log_interval == 0 or step == config.num_train_steps - 1
+                torch.manual_seed(step_seed(config.seed, step, ctx.rank, _GLOBAL_RNG_STREAM))
+                configure_pruner(model, config, step, collect_stats=is_log_step)
+                lr = config.lr_schedule.lr_at(step)
+                loss, grad_norm = train_step(
+                    ddp_model,
+                    optimizer,
+                    observation.to(ctx.device),
+                    actions.to(ctx.device),
+                    lr=lr,
+                    clip_gradient_norm=config.optimizer.clip_gradient_norm,
+                    image_resolution=image_resolution,
+                    generator=augmentation_generator(config.seed, step, ctx.rank),
+                )
+                losses.append(loss)
+                progress.update(1)
+                if is_log_step:
+                    metrics = self._metrics(model, losses, grad_norm, lr, time.perf_counter() - window_start)
+                    self._log(step, metrics, progress, wandb_run)
+                    losses, window_start = [], time.perf_counter()
+                completed = step + 1
+                if completed % config.save_interval == 0 or completed == config.num_train_steps:
+                    self._save(model, optimizer, completed, data_config)
+
+    # --------------------------------------------------------------------------------------------- metrics
+    def _metrics(
+        self, model: PI0Pytorch, losses: list[torch.Tensor], grad_norm: torch.Tensor, lr: float, elapsed: float
+    ) -> dict[str, float]:
+        loss = torch.stack(losses).float().mean()
+        if self.ctx.is_distributed:
+            dist.all_reduce(loss)  # sum; gloo has no AVG
+            loss /= self.ctx.world_size
+        metrics = {
+            "loss": loss.item(),
+            "lr": lr,
+            "grad_norm": grad_norm.float().item(),
+            "samples_per_s": len(losses) * self.config.batch_size / max(elapsed, 1e-9),
+        }
+        if self.config.model.token_pruning_enabled:
+            metrics.update(pruning_metrics(model))
+        return metrics
+
+    def _log(self, step: int, metrics: dict[str, float], progress: tqdm.tqdm, wandb_run: Any) -> None:
+        self.history.append({"step": float(step), **metrics})
+        if not self.ctx.is_main:
+            return
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+        logger.info("step=%d %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if wandb_run is not None:
+            wandb_run.log(metrics, step=step)
+
+    # ---------------------------------------------------------------------------------- checkpoints / dirs
+    def _prepare_dir_on_main(self) -> int | BaseException | None:
+        if not self.ctx.is_main:
+            return None
+        try:
+            return prepare_experiment_dir(self.config)
+        except ExperimentDirError as e:
+            return e
+
+    def _broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank; an exception from rank 0 is raised everywhere."""
+        if self.ctx.is_distributed:
+            box = [value]
+            dist.broadcast_object_list(box, src=0)
+            value = box[0]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def _restore(self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int) -> int:
+        path = checkpoints.step_dir(self.exp_dir, step)
+        logger.info("Resuming from %s", path)
+        state = checkpoints.load_checkpoint(path, model, optimizer)
+        if len(state.rng_states) == self.ctx.world_size:
+            checkpoints.restore_rng_state(state.rng_states[self.ctx.rank])
+        else:
+            logger.warning(
+                "Checkpoint was written by %d ranks, this run has %d; not restoring RNG states",
+                len(state.rng_states),
+                self.ctx.world_size,
+            )
+        return state.step
+
+    def _save(
+        self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int, data_config: _config.DataConfig
+    ) -> None:
+        rng_state = checkpoints.capture_rng_state()
+        if self.ctx.is_distributed:
+            rng_states: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(rng_states, rng_state)
+        else:
+            rng_states = [rng_state]
+        if self.ctx.is_main:
+            state = checkpoints.TrainingState(step=step, rng_states=rng_states, scheduler=self._scheduler_state(step))
+            norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
+            checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats)
+            checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
+        if self.ctx.is_distributed:
+            dist.barrier()
+
+    def _scheduler_state(self, step: int) -> dict[str, Any]:
+        schedule = self.config.lr_schedule
+        return {"type": type(schedule).__name__, **dataclasses.asdict(schedule), "next_step": step}
+
+    def _wrap(self, model: PI0Pytorch) -> nn.Module:
+        if not self.ctx.is_distributed:
+            return model
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        # Some parameters (e.g. the language model's final norm) receive no gradient from the action loss.
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    # ------------------------------------------------------------------------------------------------ wandb
+    def _init_wandb(self, resuming: bool) -> Any:
+        import wandb
+
+        id_file = self.exp_dir / WANDB_ID_FILENAME
+        run_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
+        run = wandb.init(
+            project=self.config.project_name,
+            name=self.config.exp_name,
+            id=run_id,
+            resume="allow" if run_id else None,
+            dir=str(self.exp_dir),
+            mode=wandb_mode(),
+            config=_jsonable_config(self.config),
+        )
+        id_file.write_text(run.id)
+        return run
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else "online" when an API key is available (env or ``wandb login``), else "offline"."""
+    import wandb
+
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or bool(wandb.api.api_key)
+    if not has_key:
+        logger.info("No wandb API key found: logging offline (sync later with `wandb sync`)")
+    return "online" if has_key else "offline"
+
+
+def _check_batch_size(config: _config.TrainConfig, ctx: DistributedContext) -> None:
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the {ctx.world_size} processes")
+
+
+def _jsonable_config(config: _config.TrainConfig) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, str | int | float | bool) or value is None:
+            return value
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        return str(value)
+
+    return convert(config)

@@ -1,0 +1,236 @@
+"""The training loop: loss falls, exact resume, DDP keeps ranks in sync, pruning schedule/telemetry, experiment dirs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.training import checkpoints, data_loader, trainer
+from openpi.training import config as _config
+
+# SigLIP at 56x56 (16 patches per camera) keeps CPU steps fast; the trainer resizes images to the model's resolution.
+SMALL_VISION = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,image_size=56"
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """One torch thread: on a busy 2-core machine (e.g. ``pytest -n 2``) more threads spin-wait and run far slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _small_config(base: str, tmp_path: Path, **overrides) -> _config.TrainConfig:
+    config = _config.get_config(base)
+    model = dataclasses.replace(config.model, vision_variant=SMALL_VISION, max_token_len=64)
+    fields = {
+        "model": model,
+        "exp_name": "test",
+        "checkpoint_base_dir": str(tmp_path / "checkpoints"),
+        "wandb_enabled": False,
+        "num_workers": 0,
+        **overrides,
+    }
+    return dataclasses.replace(config, **fields)
+
+
+def _pruned_fake_data_config(tmp_path: Path, **overrides) -> _config.TrainConfig:
+    """Tiny π0.5 with pruning on random data (no dataset decoding), for tests that only need the mechanics."""
+    model = dataclasses.replace(_config.get_config("debug_pi05_lightvla").model, vision_variant=SMALL_VISION)
+    fields = {"model": model, "batch_size": 2, "log_interval": 1, **overrides}
+    return _small_config("debug", tmp_path, **fields)
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_state_dicts_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------- loss
+def test_loss_falls_on_embedded_dataset_with_pruning(tmp_path: Path):
+    steps = 50
+    base = _config.get_config("debug_pi05_lightvla")
+    config = _small_config(
+        "debug_pi05_lightvla",
+        tmp_path,
+        batch_size=4,
+        num_train_steps=steps,
+        log_interval=10,
+        save_interval=steps,
+        lr_schedule=dataclasses.replace(base.lr_schedule, warmup_steps=10, decay_steps=steps),
+    )
+    result = trainer.train(config)
+
+    losses = [entry["loss"] for entry in result.history]
+    # history[0] is step 0 alone; history[1] averages steps 1-10, history[-1] the last window.
+    assert losses[-1] < 0.75 * losses[1], losses
+    first, last = result.history[0], result.history[-1]
+    assert first["prune/noise_scale"] == pytest.approx(1.0)
+    assert last["prune/noise_scale"] == pytest.approx(1.0 - (steps - 1) / steps)
+    assert isinstance(last["prune/kept_tokens_overall_mean"], float)
+    assert 1.0 <= last["prune/kept_tokens_overall_mean"] <= 2 * 16  # two cameras of 16 patches
+    assert checkpoints.complete_steps(config.checkpoint_dir) == [steps]
+    asset_dir = config.checkpoint_dir / str(steps) / "assets"
+    assert [p.name for p in asset_dir.iterdir()] and all((p / "norm_stats.json").is_file() for p in asset_dir.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------- resume
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(num_batches: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes the training data raise after ``num_batches`` batches, like a process killed mid-run."""
+    create = data_loader.create_data_loader
+
+    class CrashingLoader:
+        def __init__(self, loader):
+            self.data_config = loader.data_config
+            self._loader = loader
+
+        def __iter__(self):
+            for index, batch in enumerate(self._loader):
+                if index == num_batches:
+                    raise _Crash
+                yield batch
+
+    monkeypatch.setattr(data_loader, "create_data_loader", lambda *a, **k: CrashingLoader(create(*a, **k)))
+
+
+def test_interrupted_run_resumes_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = _pruned_fake_data_config(tmp_path, num_train_steps=4, save_interval=2, keep_period=2)
+    reference = trainer.train(dataclasses.replace(config, exp_name="uninterrupted"))
+
+    interrupted = dataclasses.replace(config, exp_name="interrupted")
+    with monkeypatch.context() as patch:
+        _crash_after(3, patch)  # checkpoint 2 is written, step 3 (0-based 2) runs, then the data "dies"
+        with pytest.raises(_Crash):
+            trainer.train(interrupted)
+    assert checkpoints.complete_steps(interrupted.checkpoint_dir) == [2]
+
+    resumed = trainer.train(dataclasses.replace(interrupted, resume=True))
+    assert resumed.history[0]["step"] == 2.0  # continued, did not start over
+    _assert_state_dicts_equal(_state_dict(resumed.model), _state_dict(reference.model))
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history[2:]]
+    assert checkpoints.complete_steps(interrupted.checkpoint_dir) == [2, 4]
+
+    optimizer_file = Path("4") / checkpoints.OPTIMIZER_FILENAME
+    final_state = torch.load(interrupted.checkpoint_dir / optimizer_file, weights_only=True)
+    reference_state = torch.load(config.checkpoint_dir.parent / "uninterrupted" / optimizer_file, weights_only=True)
+    for a, b in zip(final_state["state"].values(), reference_state["state"].values(), strict=True):
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
+
+
+# -------------------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: _config.TrainConfig, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    torch.set_num_threads(1)
+    result = trainer.train(config)
+    torch.save(_state_dict(result.model), Path(out_dir) / f"rank{rank}.pt")
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path: Path):
+    config = _pruned_fake_data_config(tmp_path, batch_size=4, num_train_steps=2, save_interval=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    _assert_state_dicts_equal(rank0, rank1)
+    torch.manual_seed(config.seed)
+    initial = PI0Pytorch(dataclasses.replace(config.model, dtype="float32")).state_dict()
+    assert not torch.equal(initial["action_out_proj.weight"], rank0["action_out_proj.weight"]), "no update happened"
+    assert checkpoints.complete_steps(config.checkpoint_dir) == [2]
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+def test_pruner_noise_decays_and_stats_are_collected_only_on_log_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple[str, object]] = []
+    for name in ("set_token_pruner_noise_scale", "set_token_pruner_collect_stats"):
+        original = getattr(PI0Pytorch, name)
+
+        def spy(self, value, name=name, original=original):
+            calls.append((name, value))
+            return original(self, value)
+
+        monkeypatch.setattr(PI0Pytorch, name, spy)
+
+    config = _pruned_fake_data_config(tmp_path, num_train_steps=4, log_interval=2, save_interval=4)
+    trainer.train(config)
+
+    noise = [v for n, v in calls if n == "set_token_pruner_noise_scale"]
+    collect = [v for n, v in calls if n == "set_token_pruner_collect_stats"]
+    assert noise == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert collect == [True, False, True, True]  # log steps 0, 2 and the last step
+
+
+def test_noise_scale_follows_configured_initial_value():
+    config = dataclasses.replace(
+        _config.get_config("debug_pi05_lightvla"),
+        num_train_steps=100,
+        model=dataclasses.replace(_config.get_config("debug_pi05_lightvla").model, token_prune_noise_scale=0.5),
+    )
+    assert [trainer.pruner_noise_scale(config, s) for s in (0, 50, 100, 150)] == [0.5, 0.25, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------------------- experiment dirs
+def test_existing_experiment_dir_needs_resume_or_overwrite(tmp_path: Path):
+    config = _small_config("debug", tmp_path)
+    config.checkpoint_dir.mkdir(parents=True)
+    (config.checkpoint_dir / "notes.txt").write_text("old run")
+
+    with pytest.raises(trainer.ExperimentDirError, match=r"--resume .* --overwrite"):
+        trainer.prepare_experiment_dir(config)
+    with pytest.raises(trainer.ExperimentDirError, match="mutually exclusive"):
+        trainer.prepare_experiment_dir(dataclasses.replace(config, resume=True, overwrite=True))
+
+    assert trainer.prepare_experiment_dir(dataclasses.replace(config, resume=True)) is None
+    assert (config.checkpoint_dir / "notes.txt").exists()
+    trainer.prepare_experiment_dir(dataclasses.replace(config, overwrite=True))
+    assert config.checkpoint_dir.is_dir() and not any(config.checkpoint_dir.iterdir())
+
+
+def test_resume_picks_latest_complete_checkpoint(tmp_path: Path):
+    config = dataclasses.replace(_small_config("debug", tmp_path), resume=True)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (3, 6):
+        state = checkpoints.TrainingState(step=step, rng_states=[checkpoints.capture_rng_state()])
+        checkpoints.save_checkpoint(config.checkpoint_dir, state, model, optimizer)
+    (config.checkpoint_dir / "9").mkdir()  # an incomplete, newer one
+    assert trainer.prepare_experiment_dir(config) == 6
+    assert not (config.checkpoint_dir / "9").exists()
+
+
+# ------------------------------------------------------------------------------------------------- wandb
+def test_wandb_is_offline_without_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    assert trainer.wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert trainer.wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert trainer.wandb_mode() == "disabled"
