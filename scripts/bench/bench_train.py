@@ -1,0 +1,179 @@
+"""Training throughput of the PyTorch trainer's step, with and without LightVLA pruning.
+
+    uv run scripts/bench/bench_train.py                                  # tiny + mid-size on CPU
+    uv run scripts/bench/bench_train.py --device cuda --dtype bfloat16 --batch-size 32
+
+One step is exactly the trainer's (``trainer.train_step``): image augmentation, forward, backward, gradient clipping
+and AdamW, with the pruner's noise schedule (and no telemetry, as on non-log steps). Batches are synthetic (3 cameras
+at 224x224, a full prompt), made once and reused, so data loading is not part of the measurement. Every (size,
+pruning) case runs in a fresh child process, so its peak memory is its own: on CPU the peak resident set size above
+the process's size before the model was built, on CUDA ``torch.cuda.max_memory_allocated``. Results are appended as a
+Markdown table to ``--output`` together with the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import tyro
+
+from openpi.models.observation import IMAGE_KEYS, Observation
+from openpi.models.pi0_config import Pi0Config
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.training import config as _config
+from openpi.training import trainer
+
+SIZES = {
+    "tiny": Pi0Config(
+        pi05=True,
+        paligemma_variant="dummy",
+        action_expert_variant="dummy",
+        vision_variant="tiny",
+        vocab_size=1024,
+        action_horizon=10,
+    ),
+    "mid": Pi0Config(
+        pi05=True,
+        paligemma_variant="width=256,depth=6,mlp_dim=1024,num_heads=8,num_kv_heads=1,head_dim=32",
+        action_expert_variant="width=128,depth=6,mlp_dim=512,num_heads=8,num_kv_heads=1,head_dim=32",
+        vision_variant="hidden_size=192,num_hidden_layers=4,num_attention_heads=3,intermediate_size=768",
+        vocab_size=4096,
+        action_horizon=10,
+    ),
+}
+MIB = 2**20
+
+
+@dataclasses.dataclass
+class Args:
+    sizes: tuple[str, ...] = ("tiny", "mid")
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 4
+    prompt_tokens: int = 48
+    # Untimed steps before measuring (first-step overheads: allocator warm-up, lazy imports).
+    warmup_steps: int = 2
+    steps: int = 5
+    output: Path = Path(__file__).parent / "results" / "train.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+    size: str
+    pruning: bool
+    step_s: float
+    samples_per_s: float
+    peak_mib: float
+
+
+def _batch(config: Pi0Config, args: Args) -> tuple[Observation, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    b = args.batch_size
+    observation = Observation(
+        images={name: torch.rand(b, 3, 224, 224, generator=gen) * 2 - 1 for name in IMAGE_KEYS},
+        image_masks={name: torch.ones(b, dtype=torch.bool) for name in IMAGE_KEYS},
+        state=torch.rand(b, config.action_dim, generator=gen) * 2 - 1,
+        tokenized_prompt=torch.randint(0, config.vocab_size, (b, args.prompt_tokens), generator=gen),
+        tokenized_prompt_mask=torch.ones(b, args.prompt_tokens, dtype=torch.bool),
+    )
+    actions = torch.rand(b, config.action_horizon, config.action_dim, generator=gen) * 2 - 1
+    return observation.to(args.device), actions.to(args.device)
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / MIB
+
+
+def run_case(size: str, pruning: bool, args: Args) -> CaseResult:
+    """Times ``args.steps`` training steps of one case (run in a fresh process)."""
+    device = torch.device(args.device)
+    model_config = dataclasses.replace(
+        SIZES[size], dtype=args.dtype, max_token_len=args.prompt_tokens, token_pruning_enabled=pruning
+    )
+    total_steps = args.warmup_steps + args.steps
+    train_config = _config.TrainConfig(name="bench", model=model_config, num_train_steps=total_steps)
+    rss_before = _current_rss_mib()
+    torch.manual_seed(0)
+    model = PI0Pytorch(model_config).to(device).train()
+    optimizer = train_config.optimizer.build(model.parameters(), lr=1e-5)
+    observation, actions = _batch(model_config, args)
+    image_size = model_config.vision_config.image_size
+    times = []
+    for step in range(total_steps):
+        trainer.configure_pruner(model, train_config, step, collect_stats=False)
+        _synchronize(device)
+        start = time.perf_counter()
+        trainer.train_step(
+            model,
+            optimizer,
+            observation,
+            actions,
+            lr=1e-5,
+            clip_gradient_norm=1.0,
+            image_resolution=(image_size, image_size),
+            generator=trainer.augmentation_generator(0, step, 0),
+        )
+        _synchronize(device)
+        if step >= args.warmup_steps:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / MIB
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before  # ru_maxrss is in KiB
+    step_s = statistics.median(times)
+    return CaseResult(size, pruning, step_s, args.batch_size / step_s, peak)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(args: Args) -> None:
+    unknown = set(args.sizes) - set(SIZES)
+    if unknown:
+        raise ValueError(f"Unknown sizes {sorted(unknown)}; known: {sorted(SIZES)}")
+    on_cuda = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name() if on_cuda else f"CPU ({torch.get_num_threads()} threads)"
+    memory_label = "peak CUDA alloc (MiB)" if on_cuda else "peak RSS increase (MiB)"
+    header = [
+        f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch {args.batch_size}, 3 cameras at 224x224, "
+        f"{args.prompt_tokens} prompt tokens, median of {args.steps} steps after {args.warmup_steps} warm-up",
+        "",
+        "```",
+        "uv run scripts/bench/bench_train.py " + " ".join(sys.argv[1:]),
+        "```",
+        "",
+        f"| size | pruning | step (s) | samples/s | throughput ratio | {memory_label} | memory ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for size in args.sizes:
+        results = []
+        for pruning in (False, True):
+            with context.Pool(1) as pool:
+                results.append(pool.apply(run_case, (size, pruning, args)))
+        base = results[0]
+        for r in results:
+            rows.append(
+                f"| {size} | {'on' if r.pruning else 'off'} | {r.step_s:.3f} | {r.samples_per_s:.2f} | "
+                f"{r.samples_per_s / base.samples_per_s:.3f} | {r.peak_mib:.0f} | {r.peak_mib / base.peak_mib:.3f} |"
+            )
+            print(rows[-1], flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("a") as f:
+        f.write("\n".join([*header, *rows, "", ""]))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
