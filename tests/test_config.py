@@ -101,7 +101,7 @@ def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_hom
     vocab = _tokenizer.PaligemmaTokenizer(8, embedded_dataset.ensure_tokenizer()).vocab_size
     for name in ("debug", "debug_pi05", "debug_pi05_lightvla"):
         config = _config.get_config(name)
-        assert config.model.paligemma_variant == "dummy" and config.model.vision_variant == "tiny"
+        assert config.model.paligemma_variant == "dummy" and config.model.vision_variant == "tiny_112"
         assert config.model.vocab_size >= vocab
     assert isinstance(_config.get_config("debug").data, _config.FakeDataConfig)
     lightvla = _config.get_config("debug_pi05_lightvla")

@@ -20,6 +20,7 @@ import torch
 from openpi.models import tokenizer
 from openpi.policies import libero_policy
 from openpi.serving import msgpack_numpy
+from openpi.training.config import get_config
 from tests.test_policy import PROMPTS, libero_observation, make_train_config, write_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +189,8 @@ def test_pruned_server_keeps_a_quarter_of_the_image_tokens(session):
     results = session["results"]
     assert results["pruned"]["metadata"]["token_prune_keep_ratio"] == 0.25
     stats = results["pruned"]["replies"][0]["reply"]["token_pruning"]
-    valid_image_tokens = 2 * 256  # LIBERO: base and left wrist cameras present, right wrist absent
+    patches_per_camera = get_config(CONFIG_NAME).model.vision_config.num_patches
+    valid_image_tokens = 2 * patches_per_camera  # LIBERO: base and left wrist cameras present, right wrist absent
     assert stats["kept_tokens_overall_mean"] == valid_image_tokens // 4
     assert stats["kept_ratio_overall_mean"] == pytest.approx(0.25)
     unpruned = results["plain"]["replies"][0]["reply"]["token_pruning"]

@@ -324,7 +324,7 @@ def _tiny_model(**kwargs: Any) -> pi0_config.Pi0Config:
     return pi0_config.Pi0Config(
         paligemma_variant="dummy",
         action_expert_variant="dummy",
-        vision_variant="tiny",
+        vision_variant="tiny_112",
         vocab_size=1024,
         dtype="float32",
         **kwargs,
