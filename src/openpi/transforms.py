@@ -289,3 +289,20 @@ def to_uint8_hwc(image: Any, name: str = "image") -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         image = np.clip(np.round(image * 255.0), 0, 255)
     return np.ascontiguousarray(image.astype(np.uint8))
+
+
+def single_arm_inputs(data: dict, state: np.ndarray, base: np.ndarray, wrist: np.ndarray) -> dict:
+    """Model inputs of a one-arm robot: base and wrist cameras (the right-wrist slot is an absent camera).
+
+    ``actions`` and ``prompt`` of ``data`` are passed through when present.
+    """
+    out = {
+        "state": state,
+        "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
+        "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.False_},
+    }
+    if "actions" in data:
+        out["actions"] = np.asarray(data["actions"], dtype=np.float32)
+    if "prompt" in data:
+        out["prompt"] = data["prompt"]
+    return out

@@ -25,16 +25,7 @@ class DroidInputs:
             )
         base = transforms.to_uint8_hwc(data["observation/exterior_image_1_left"], "observation/exterior_image_1_left")
         wrist = transforms.to_uint8_hwc(data["observation/wrist_image_left"], "observation/wrist_image_left")
-        out = {
-            "state": np.concatenate([joints, gripper]),
-            "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
-            "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.False_},
-        }
-        if "actions" in data:
-            out["actions"] = np.asarray(data["actions"], dtype=np.float32)
-        if "prompt" in data:
-            out["prompt"] = data["prompt"]
-        return out
+        return transforms.single_arm_inputs(data, np.concatenate([joints, gripper]), base, wrist)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,16 +20,7 @@ class LiberoInputs:
     def __call__(self, data: dict) -> dict:
         base = transforms.to_uint8_hwc(data["observation/image"], "observation/image")
         wrist = transforms.to_uint8_hwc(data["observation/wrist_image"], "observation/wrist_image")
-        out = {
-            "state": np.asarray(data["observation/state"], dtype=np.float32),
-            "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
-            "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.False_},
-        }
-        if "actions" in data:
-            out["actions"] = np.asarray(data["actions"], dtype=np.float32)
-        if "prompt" in data:
-            out["prompt"] = data["prompt"]
-        return out
+        return transforms.single_arm_inputs(data, np.asarray(data["observation/state"], dtype=np.float32), base, wrist)
 
 
 @dataclasses.dataclass(frozen=True)
