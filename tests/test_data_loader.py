@@ -31,6 +31,7 @@ def datasets(tmp_path_factory) -> dict:
         "tokenizer": str(write_tokenizer(tmp)),
         "libero": write_libero_dataset(tmp / "libero", num_episodes=3, episode_length=6),
         "aloha": write_aloha_dataset(tmp / "aloha", num_episodes=2, episode_length=6),
+        "aloha_sim": write_aloha_dataset(tmp / "aloha_sim", num_episodes=2, episode_length=6, cameras=("top",)),
     }
 
 
@@ -43,9 +44,10 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
         data = dataclasses.replace(data, repo_id=str(datasets["libero"].root), tokenizer_path=datasets["tokenizer"])
     elif isinstance(data, _config.LeRobotAlohaDataConfig):
         assets = _config.AssetsConfig(str(tmp / "pick_place_assets"), data.assets.asset_id)
-        data = dataclasses.replace(
-            data, repo_id=str(datasets["aloha"].root), tokenizer_path=datasets["tokenizer"], assets=assets
-        )
+        root = datasets["aloha_sim" if data.camera_keys else "aloha"].root
+        data = dataclasses.replace(data, repo_id=str(root), tokenizer_path=datasets["tokenizer"], assets=assets)
+    elif isinstance(data, _config.DroidDataConfig):
+        data = dataclasses.replace(data, tokenizer_path=datasets["tokenizer"])
     elif isinstance(data, _config.EmbeddedDataConfig):
         data = dataclasses.replace(data, num_episodes=3, episode_length=6, image_size=32)
     fields = {"batch_size": BATCH, "num_workers": 0, "assets_base_dir": str(tmp / "assets"), **overrides}
@@ -60,6 +62,10 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
 @pytest.mark.parametrize("name", _config.list_configs())
 def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_home):  # noqa: F811
     config = _local(name, datasets)
+    if isinstance(config.data, _config.DroidDataConfig):  # serves DROID clients; no LeRobot training data by default
+        with pytest.raises(ValueError, match="repo-id"):
+            data_loader.create_data_loader(config, num_batches=1)
+        return
     loader = data_loader.create_data_loader(config, num_batches=1)
     (observation, actions), *rest = list(loader)
     model = config.model

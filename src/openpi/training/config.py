@@ -17,7 +17,7 @@ import tyro
 from openpi import transforms as _transforms
 from openpi.models import pi0_config, tokenizer
 from openpi.models.observation import IMAGE_RESOLUTION
-from openpi.policies import aloha_policy, libero_policy
+from openpi.policies import aloha_policy, droid_policy, libero_policy
 from openpi.shared import normalize as _normalize
 from openpi.training import embedded_dataset, optimizer
 
@@ -249,6 +249,8 @@ class LeRobotAlohaDataConfig(DataConfigFactory):
     """
 
     cameras: tuple[str, ...] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    # Dataset image key suffix per ALOHA camera when they differ (e.g. the simulator's {"cam_high": "top"}).
+    camera_keys: dict[str, str] | None = None
     adapt_to_pi: bool = True
     use_delta_joint_actions: bool = True
     prompt_from_task: bool = True
@@ -256,7 +258,7 @@ class LeRobotAlohaDataConfig(DataConfigFactory):
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
         tokenizer_path = resolve_tokenizer_path(self.tokenizer_path)
         repack = {
-            "images": {camera: f"observation.images.{camera}" for camera in self.cameras},
+            "images": {camera: f"observation.images.{key}" for camera, key in self._camera_keys().items()},
             "state": "observation.state",
             "actions": "action",
         }
@@ -277,6 +279,29 @@ class LeRobotAlohaDataConfig(DataConfigFactory):
             data_transforms=data_transforms,
             action_sequence_keys=("action",),
             prompt_from_task=self.prompt_from_task,
+        )
+
+    def _camera_keys(self) -> dict[str, str]:
+        return dict(self.camera_keys) if self.camera_keys else {camera: camera for camera in self.cameras}
+
+
+@dataclasses.dataclass(frozen=True)
+class DroidDataConfig(DataConfigFactory):
+    """DROID observations as the DROID client sends them (``observation/exterior_image_1_left``, ...).
+
+    Training data must be stored under the same keys (plus ``actions`` and ``prompt``); norm stats are read from
+    ``assets_dir/asset_id``.
+    """
+
+    assets: AssetsConfig = dataclasses.field(default_factory=lambda: AssetsConfig(asset_id="droid"))
+
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        tokenizer_path = resolve_tokenizer_path(self.tokenizer_path)
+        return DataConfig(
+            **self._base(assets_dirs, model_config, tokenizer_path),
+            data_transforms=_transforms.Group(
+                inputs=(droid_policy.DroidInputs(),), outputs=(droid_policy.DroidOutputs(),)
+            ),
         )
 
 
@@ -400,6 +425,25 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     _libero("pi05_libero_pytorch_lightvla", pi05=True, token_pruning_enabled=True),
     _libero("pi0_libero_pytorch", pi05=False),
     _libero("pi0_libero_pytorch_lightvla", pi05=False, token_pruning_enabled=True),
+    TrainConfig(
+        name="pi0_aloha_sim_pytorch",
+        model=pi0_config.Pi0Config(),
+        data=LeRobotAlohaDataConfig(
+            repo_id="lerobot/aloha_sim_transfer_cube_human",
+            camera_keys={"cam_high": "top"},
+            default_prompt="Transfer cube",
+            use_delta_joint_actions=False,
+            prompt_from_task=False,
+        ),
+        num_train_steps=20_000,
+    ),
+    TrainConfig(
+        name="pi05_droid_pytorch",
+        model=pi0_config.Pi0Config(pi05=True, action_horizon=15),
+        data=DroidDataConfig(),
+        lr_schedule=_LIBERO_SCHEDULE,
+        batch_size=64,
+    ),
     _pick_place("pi05_pick_place_pytorch", pi05=True),
     _pick_place("pi05_pick_place_pytorch_pruning", pi05=True, token_pruning_enabled=True, token_prune_noise_scale=0.5),
     _pick_place("pi0_pick_place_pytorch", pi05=False),
