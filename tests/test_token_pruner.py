@@ -323,9 +323,9 @@ def test_telemetry_keys_and_values():
 # --- the collapse the seeds describe ----------------------------------------------------------------------------
 
 
-def eval_stats(patches, task):
+def eval_stats(patches, task, center_patches=False):
     batch, num_patches, _ = patches.shape
-    pruner = ImageTokenPruner().eval()
+    pruner = ImageTokenPruner(center_patches=center_patches).eval()
     pruner.collect_stats = True
     pruner(
         patches,
@@ -380,6 +380,52 @@ def test_collapse_with_diverse_task_tokens_the_patches_cannot_tell_apart():
     stats = eval_stats(patches, task)
     assert_collapsed(stats)
     assert stats["task_std_mean"] > 0.3, "the task tokens themselves are diverse"
+
+
+def anisotropic_inputs(seed=0):
+    """Patches = one large shared vector + small distinct parts (like trained patch embeddings); diverse task."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, num_patches, task_len, dim = 2, 64, 16, 64
+    shared = 4.0 * torch.randn(batch, 1, dim, generator=gen)
+    patches = shared + 0.3 * torch.randn(batch, num_patches, dim, generator=gen)
+    task = torch.randn(batch, task_len, dim, generator=gen)
+    return patches, task
+
+
+def test_collapse_from_anisotropic_patches_and_how_centering_prevents_it():
+    """A shared patch component makes every patch attend alike; centring the patches for scoring removes it."""
+    patches, task = anisotropic_inputs()
+    spec = eval_stats(patches, task)
+    centred = eval_stats(patches, task, center_patches=True)
+    assert spec["argmax_union_mean"] <= 3 and spec["query_cosine_after_norm_mean"] > 0.95
+    assert centred["argmax_union_mean"] >= 10 * spec["argmax_union_mean"]
+    assert centred["query_cosine_after_norm_mean"] < 0.8 and centred["argmax_top1_share_mean"] < 0.3
+
+
+def test_centering_ignores_absent_cameras_and_keeps_original_tokens():
+    patches, task = anisotropic_inputs()
+    batch, num_patches, dim = patches.shape
+    patch_mask = torch.ones(batch, num_patches, dtype=torch.bool)
+    patch_mask[:, 32:] = False
+    pruner = ImageTokenPruner(center_patches=True).eval()
+    inputs = (
+        patches,
+        task,
+        torch.ones(task.shape[:2], dtype=torch.bool),
+        patch_mask,
+        torch.arange(num_patches).expand(batch, -1),
+    )
+    out = pruner(*inputs)
+    kept = out.kept_indices[out.mask]
+    assert (kept < 32).all()
+    torch.testing.assert_close(
+        out.tokens[out.mask], patches.gather(1, out.kept_indices[..., None].expand(-1, -1, dim))[out.mask]
+    )
+    # Changing the absent camera's patches changes neither the centring nor the selection.
+    scrambled = patches.clone()
+    scrambled[:, 32:] = 100 * torch.randn_like(scrambled[:, 32:])
+    again = pruner(scrambled, *inputs[1:])
+    assert torch.equal(again.kept_indices[again.mask], kept)
 
 
 # --- realistic size ---------------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class Pi0Config:
     token_prune_noise_scale: float = 1.0
     token_prune_keep_tokens: int | None = None
     token_prune_keep_ratio: float | None = None
+    # Score with mean-centred patches: prevents the collapse to a few patches (docs/lightvla_pruning.md). False is
+    # the original LightVLA scoring.
+    token_prune_center_patches: bool = True
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:

@@ -103,7 +103,10 @@ class PI0Pytorch(nn.Module):
             self.action_time_mlp_out = nn.Linear(expert_width, expert_width)
         self.token_pruner = (
             ImageTokenPruner(
-                config.token_prune_noise_scale, config.token_prune_keep_tokens, config.token_prune_keep_ratio
+                config.token_prune_noise_scale,
+                config.token_prune_keep_tokens,
+                config.token_prune_keep_ratio,
+                center_patches=config.token_prune_center_patches,
             )
             if config.token_pruning_enabled
             else None

@@ -58,11 +58,22 @@ def _rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + _RMS_EPS)
 
 
+def _center(patches: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+    """Subtracts each sample's mean over its valid patches (float32)."""
+    weights = patch_mask[..., None].float()
+    mean = (patches.float() * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return patches.float() - mean
+
+
 def _score(
-    patches: torch.Tensor, task_tokens: torch.Tensor, task_mask: torch.Tensor, patch_mask: torch.Tensor
+    patches: torch.Tensor,
+    task_tokens: torch.Tensor,
+    task_mask: torch.Tensor,
+    patch_mask: torch.Tensor,
+    center_patches: bool,
 ) -> _Scoring:
     """Computes the patch-to-patch scores; samples without any valid task token get zero queries (no NaN)."""
-    patches_n = _rms_norm(patches)
+    patches_n = _rms_norm(_center(patches, patch_mask) if center_patches else patches)
     task_n = _rms_norm(task_tokens)
     has_task = task_mask.any(dim=1)
     attend = task_mask | ~has_task[:, None]  # an all-False row would make SDPA return NaN
@@ -126,6 +137,11 @@ class ImageTokenPruner(nn.Module):
     ranked by support (number of valid rows voting for them), ties broken by the patch's best score over valid rows
     (``max_i S[i, j]``), then by lower index.
 
+    ``center_patches``: score with the patches centred on each sample's mean valid patch (``P = rms(patches -
+    mean)``). Patch embeddings share a dominant common direction, which makes every patch attend to the task the same
+    way: identical queries, identical votes, a union of 2–3 patches (the collapse the seeds report). Centring removes
+    that shared component from the scoring only; the selected tokens are the original patches.
+
     Attributes:
         noise_scale: scale of the uniform noise added to the scores in train mode (>= 0).
         keep_tokens: fixed eval budget in patches, or None.
@@ -134,8 +150,15 @@ class ImageTokenPruner(nn.Module):
             ``last_stats`` is None and no extra work is done.
     """
 
-    def __init__(self, noise_scale: float = 1.0, keep_tokens: int | None = None, keep_ratio: float | None = None):
+    def __init__(
+        self,
+        noise_scale: float = 1.0,
+        keep_tokens: int | None = None,
+        keep_ratio: float | None = None,
+        center_patches: bool = False,
+    ):
         super().__init__()
+        self.center_patches = center_patches
         self.noise_scale = noise_scale
         self.keep_tokens = keep_tokens
         self.keep_ratio = keep_ratio
@@ -173,7 +196,8 @@ class ImageTokenPruner(nn.Module):
         self._keep_ratio = None if value is None else float(value)
 
     def extra_repr(self) -> str:
-        return f"noise_scale={self.noise_scale}, keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
+        budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
+        return f"noise_scale={self.noise_scale}, {budgets}, center_patches={self.center_patches}"
 
     def forward(
         self,
@@ -193,7 +217,7 @@ class ImageTokenPruner(nn.Module):
             patch_positions: ``[B, N]`` long, positions of the patches in the unpruned prefix.
         """
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
-        scoring = _score(patches, task_tokens, task_mask, patch_mask)
+        scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches)
         if self.training:
             pruned, noisy_choice = self._select_train(patches, scoring.scores, patch_mask, patch_positions)
             kept_counts = None
