@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from openpi.models.observation import Observation
 from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
@@ -23,17 +22,6 @@ def _pruned_model(fixture: reference.ReferenceFixture, **pruning) -> PI0Pytorch:
     model = PI0Pytorch(dataclasses.replace(fixture.config, token_pruning_enabled=True, **pruning))
     load_weights(model, next(fixture.directory.glob("*_weights.safetensors")))
     return model.eval()
-
-
-def _row(obs: Observation, i: int) -> Observation:
-    pick = slice(i, i + 1)
-    return Observation(
-        images={k: v[pick] for k, v in obs.images.items()},
-        image_masks={k: v[pick] for k, v in obs.image_masks.items()},
-        state=obs.state[pick],
-        tokenized_prompt=obs.tokenized_prompt[pick],
-        tokenized_prompt_mask=obs.tokenized_prompt_mask[pick],
-    )
 
 
 def test_keeping_every_patch_reproduces_the_unpruned_model(fixture):
@@ -67,7 +55,7 @@ def test_batch_with_different_kept_counts_equals_per_sample_runs(fixture):
     assert counts[0] != counts[1] and prefix.pad_masks.shape[1] < 768 + text
     batched = model.sample_actions("cpu", obs, noise=noise)
     for i in range(2):
-        alone = model.sample_actions("cpu", _row(obs, i), noise=noise[i : i + 1])
+        alone = model.sample_actions("cpu", obs.select(slice(i, i + 1)), noise=noise[i : i + 1])
         assert reference.relative_error(batched[i : i + 1], alone) < 1e-4
 
 

@@ -37,19 +37,9 @@ def test_matches_reference_outputs(model, fixture):
     assert reference.passes(errors), errors
 
 
-def _slice_batch(obs: Observation, index: slice) -> Observation:
-    return Observation(
-        images={k: v[index] for k, v in obs.images.items()},
-        image_masks={k: v[index] for k, v in obs.image_masks.items()},
-        state=obs.state[index],
-        tokenized_prompt=obs.tokenized_prompt[index],
-        tokenized_prompt_mask=obs.tokenized_prompt_mask[index],
-    )
-
-
 def test_batch_of_one_and_shorter_token_padding_match_reference(model, fixture):
     """Each sample is independent and padding is invisible: row 1 alone, with trailing padding cut, is unchanged."""
-    obs, io = _slice_batch(fixture.observation(), slice(1, 2)), fixture.io
+    obs, io = fixture.observation().select(slice(1, 2)), fixture.io
     length = int(obs.tokenized_prompt_mask.sum()) + 1
     obs.tokenized_prompt, obs.tokenized_prompt_mask = (
         obs.tokenized_prompt[:, :length],

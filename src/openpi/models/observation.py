@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -64,18 +64,26 @@ class Observation:
             tokenized_prompt_mask=None if prompt_mask is None else _as_tensor(prompt_mask).bool(),
         )
 
+    def select(self, index: slice) -> Observation:
+        """The observations of the samples ``index`` of the batch."""
+        return self.map(lambda t: t[index])
+
     def to(self, device: torch.device | str) -> Observation:
         """Returns a copy with every tensor on ``device``."""
+        return self.map(lambda t: t.to(device))
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Observation:
+        """Applies ``fn`` to every tensor (images, masks, state, prompt)."""
+
+        def apply(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
 
         return Observation(
-            images={k: v.to(device) for k, v in self.images.items()},
-            image_masks={k: v.to(device) for k, v in self.image_masks.items()},
-            state=self.state.to(device),
-            tokenized_prompt=move(self.tokenized_prompt),
-            tokenized_prompt_mask=move(self.tokenized_prompt_mask),
+            images={k: fn(v) for k, v in self.images.items()},
+            image_masks={k: fn(v) for k, v in self.image_masks.items()},
+            state=fn(self.state),
+            tokenized_prompt=apply(self.tokenized_prompt),
+            tokenized_prompt_mask=apply(self.tokenized_prompt_mask),
         )
 
 
