@@ -245,6 +245,38 @@ def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Pat
     assert relative_error(actions, io["output.sampled_actions"]) <= 2e-3
 
 
+def test_converted_folder_trains_and_serves(tmp_path: Path) -> None:
+    """The converter's output folder is a valid pytorch_weight_path and a servable checkpoint (with its assets)."""
+    from openpi.policies import libero_policy, policy_config
+    from openpi.shared import normalize
+    from openpi.training import config as _config
+    from openpi.training import trainer
+    from tests.lerobot_fixtures import write_tokenizer
+    from tests.test_policy import libero_observation
+
+    fixture = ReferenceFixture.load(REFERENCE / "jax_pi05_tiny")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
+    stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
+    normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
+    converted = convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
+
+    data = _config.LeRobotLiberoDataConfig(tokenizer_path=str(write_tokenizer(tmp_path)))
+    train_config = _config.TrainConfig(
+        name="converted", model=fixture.config, data=data, pytorch_weight_path=str(converted),
+        pytorch_training_precision="float32",
+    )  # fmt: skip
+    reference = fixture.build_model()
+    trained = trainer.build_model(train_config, torch.device("cpu"))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(trained.state_dict()[key], value), key
+
+    policy = policy_config.create_trained_policy(train_config, converted)
+    actions = policy.infer(libero_observation(0))["actions"]
+    assert actions.shape == (fixture.config.action_horizon, libero_policy.ACTION_DIM) and np.isfinite(actions).all()
+
+
 def _load_example():
     spec = importlib.util.spec_from_file_location("convert_jax_model_to_pytorch", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
