@@ -15,18 +15,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def _shared_folder(env_var: str, name: str, marker: str) -> Path:
+    """``../shared/<name>`` beside the checkout (or ``$env_var``); fails the test if ``marker`` is not in it."""
+    root = Path(os.environ.get(env_var, REPO_ROOT.parent / "shared" / name))
+    if not (root / marker).exists():
+        pytest.fail(f"shared/{name} not found at {root}; set {env_var}")
+    return root
+
+
 @pytest.fixture(scope="session")
 def reference_root() -> Path:
-    """The folder of reference fixtures (``../shared/reference`` beside the checkout, or $OPENPI_REFERENCE_DIR)."""
-    root = Path(os.environ.get("OPENPI_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
-    if not (root / "pi05_tiny").is_dir():
-        pytest.fail(f"Reference fixtures not found at {root}; set OPENPI_REFERENCE_DIR")
-    return root
+    """The reference fixtures (shared/reference/README.md)."""
+    return _shared_folder("OPENPI_REFERENCE_DIR", "reference", "pi05_tiny")
 
 
 @pytest.fixture(scope="session")
 def layouts_root() -> Path:
-    root = Path(os.environ.get("OPENPI_LAYOUTS_DIR", REPO_ROOT.parent / "shared" / "layouts"))
-    if not (root / "reference_pytorch_state_dict.json").is_file():
-        pytest.fail(f"Checkpoint layouts not found at {root}; set OPENPI_LAYOUTS_DIR")
-    return root
+    """The published checkpoint layouts (shared/layouts/README.md)."""
+    return _shared_folder("OPENPI_LAYOUTS_DIR", "layouts", "reference_pytorch_state_dict.json")
