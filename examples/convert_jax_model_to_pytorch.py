@@ -17,7 +17,7 @@ from pathlib import Path
 import tyro
 
 from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch import convert
+from openpi.models_pytorch import convert, convert_rules, orbax_params
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class Args:
     # Output folder for model.safetensors, config.json and assets/.
     output_path: Path | None = None
     # Weights dtype; bfloat16 keeps vision embeddings, norms and action/time/state projections in float32.
-    precision: convert.Precision = "bfloat16"
+    precision: convert_rules.Precision = "bfloat16"
     # Print the parameter tree (paths, shapes, dtypes, total parameters) and exit without converting.
     inspect_only: bool = False
 
@@ -46,8 +46,8 @@ def model_config(config_name: str) -> Pi0Config:
 
 def main(args: Args) -> None:
     if args.inspect_only:
-        params_dir = convert.resolve_params_dir(args.checkpoint_dir)
-        print(convert.describe_params(convert.read_param_metadata(params_dir)))
+        params_dir = orbax_params.resolve_params_dir(args.checkpoint_dir)
+        print(convert.describe_params(orbax_params.read_param_metadata(params_dir)))
         return
     if args.output_path is None:
         raise SystemExit("--output-path is required unless --inspect-only is given")

@@ -2,9 +2,9 @@
 
     uv run scripts/compute_norm_stats.py --config-name pi05_libero_pytorch [--max-frames N]
 
-Samples go through the config's repack and robot transforms (no normalisation); mean, std, q01 and q99 of
-``state`` and ``actions`` are written to ``assets/<config>/<asset_id>/norm_stats.json`` (or the folder an
-``AssetsConfig`` points at), where training reads them.
+Samples go through the config's pipeline up to the robot mapping (``build_pipeline(stage="robot")``); mean, std,
+q01 and q99 of ``state`` and ``actions`` are written to ``assets/<config>/<asset_id>/norm_stats.json`` (or the folder
+an ``AssetsConfig`` points at), where training reads them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import torch
 import tyro
 from tqdm import tqdm
 
+from openpi.policies.pipeline import build_pipeline
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
+from openpi.transforms import stack_samples
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,8 @@ def compute_norm_stats(
     if data_config.norm_stats_dir is None:
         raise ValueError(f"Config {config.name!r} has no norm stats folder (no repo_id / asset_id)")
     dataset = data_loader.create_torch_dataset(data_config, config.model.action_horizon, config.model)
-    transforms = [*data_config.repack_transforms.inputs, *data_config.data_transforms.inputs, _keep_stats_keys]
+    robot_steps = build_pipeline(data_config, None, from_dataset=True, stage="robot").inputs
+    transforms = [*robot_steps, _keep_stats_keys]
     dataset = data_loader.TransformedDataset(dataset, transforms)
     num_frames = len(dataset) if max_frames is None else min(max_frames, len(dataset))
     # A random subset when limited, so the frames are not all from the first episodes.
@@ -47,7 +50,7 @@ def compute_norm_stats(
         torch.utils.data.Subset(dataset, indices),
         batch_size=batch_size,
         num_workers=config.num_workers,
-        collate_fn=data_loader.collate_samples,
+        collate_fn=stack_samples,
     )
     stats = {key: normalize.RunningStats() for key in STATS_KEYS}
     for batch in tqdm(loader, desc="Computing norm stats", unit="batch"):

@@ -6,9 +6,11 @@ import dataclasses
 
 import pytest
 
+from openpi import transforms
+from openpi.envs import shapes_dataset
 from openpi.models import tokenizer as _tokenizer
+from openpi.policies import aloha_policy, data_config, libero_policy
 from openpi.training import config as _config
-from openpi.training import embedded_dataset
 from tests.lerobot_fixtures import embedded_data_home, write_tokenizer  # noqa: F401  (fixture)
 
 REQUIRED = {
@@ -88,24 +90,26 @@ def test_libero_hyperparameters():
 def test_pick_place_reads_norm_stats_from_its_assets_config(tmp_path):
     pruning = _config.get_config("pi05_pick_place_pytorch_pruning")
     assert pruning.model.token_pruning_enabled and pruning.model.token_prune_noise_scale == 0.5
-    assert isinstance(pruning.data, _config.LeRobotAlohaDataConfig)
+    assert isinstance(pruning.data, aloha_policy.LeRobotAlohaDataConfig)
     assert pruning.data.assets.asset_id == "six_object_pick_conveyor"
     tokenizer = write_tokenizer(tmp_path)
-    data = dataclasses.replace(pruning.data, tokenizer_path=str(tokenizer), assets=_config.AssetsConfig(str(tmp_path)))
+    data = dataclasses.replace(
+        pruning.data, tokenizer_path=str(tokenizer), assets=data_config.AssetsConfig(str(tmp_path))
+    )
     created = data.create(pruning.assets_dirs, pruning.model)
     assert created.norm_stats_dir == str(tmp_path / "six_object_pick_conveyor")
     assert created.action_sequence_keys == ("action",)
 
 
 def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_home):  # noqa: F811
-    vocab = _tokenizer.PaligemmaTokenizer(8, embedded_dataset.ensure_tokenizer()).vocab_size
+    vocab = _tokenizer.PaligemmaTokenizer(8, shapes_dataset.ensure_tokenizer()).vocab_size
     for name in ("debug", "debug_pi05", "debug_pi05_lightvla"):
         config = _config.get_config(name)
         assert config.model.paligemma_variant == "dummy" and config.model.vision_variant == "tiny_112"
         assert config.model.vocab_size >= vocab
-    assert isinstance(_config.get_config("debug").data, _config.FakeDataConfig)
+    assert isinstance(_config.get_config("debug").data, data_config.FakeDataConfig)
     lightvla = _config.get_config("debug_pi05_lightvla")
-    assert isinstance(lightvla.data, _config.EmbeddedDataConfig)
+    assert isinstance(lightvla.data, libero_policy.EmbeddedDataConfig)
     assert lightvla.model.pi05 and lightvla.model.token_pruning_enabled and lightvla.model.action_horizon == 10
     assert lightvla.save_interval <= lightvla.num_train_steps and lightvla.pytorch_training_precision == "float32"
 
@@ -117,7 +121,7 @@ def test_pi05_uses_quantile_norm_and_discrete_state(tmp_path, name, quantiles):
     created = data.create(tmp_path / "assets", config.model)
     assert created.use_quantile_norm is quantiles
     assert created.norm_stats is None and created.norm_stats_dir == str(tmp_path / "assets" / config.data.repo_id)
-    tokenize = next(t for t in created.model_transforms.inputs if isinstance(t, _config._transforms.TokenizePrompt))
+    tokenize = next(t for t in created.model_transforms.inputs if isinstance(t, transforms.TokenizePrompt))
     assert tokenize.discrete_state_input is quantiles
     assert tokenize.tokenizer.max_len == (200 if quantiles else 48)
 
@@ -125,12 +129,12 @@ def test_pi05_uses_quantile_norm_and_discrete_state(tmp_path, name, quantiles):
 def test_missing_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv(_config.TOKENIZER_PATH_ENV, raising=False)
+    monkeypatch.delenv(_tokenizer.TOKENIZER_PATH_ENV, raising=False)
     monkeypatch.delenv(_tokenizer.TOKENIZER_PATH_ENV, raising=False)
     config = _config.get_config("pi05_libero_pytorch")
     with pytest.raises(FileNotFoundError, match=r"--data\.tokenizer-path"):
         config.data.create(config.assets_dirs, config.model)
-    monkeypatch.setenv(_config.TOKENIZER_PATH_ENV, str(write_tokenizer(tmp_path)))
+    monkeypatch.setenv(_tokenizer.TOKENIZER_PATH_ENV, str(write_tokenizer(tmp_path)))
     assert config.data.create(config.assets_dirs, config.model).tokenizer_path.endswith("tiny_tokenizer.model")
 
 

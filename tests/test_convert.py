@@ -17,10 +17,12 @@ import torch
 
 from openpi.models import variants
 from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch import convert
+from openpi.models_pytorch import convert, convert_rules, orbax_params
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.reference import ReferenceFixture, relative_error
 from openpi.models_pytorch.weights import load_weights
+from openpi.policies import libero_policy
+from openpi.shared import checkpoint_files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"
@@ -56,7 +58,7 @@ def random_params(config: Pi0Config, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         path: rng.standard_normal(shape).astype(np.float32)
-        for path, shape in convert.expected_jax_shapes(config).items()
+        for path, shape in convert_rules.expected_jax_shapes(config).items()
     }
 
 
@@ -78,31 +80,31 @@ def test_rules_reproduce_the_published_layouts(name: str) -> None:
     config = Pi0Config(pi05=name == "pi05")
     jax_layout = json.loads((LAYOUTS / "reference_jax_params.json").read_text())[name]
     torch_layout = json.loads((LAYOUTS / "reference_pytorch_state_dict.json").read_text())[name]
-    rules = convert.build_rules(config)
+    rules = convert_rules.build_rules(config)
     assert {r.source: list(r.shape) for r in rules} == {k: shape for k, (shape, _) in jax_layout.items()}
-    ours = {t.key: [list(t.shape), str(convert.target_dtype(t, "bfloat16"))] for r in rules for t in r.targets}
+    ours = {t.key: [list(t.shape), str(convert_rules.target_dtype(t, "bfloat16"))] for r in rules for t in r.targets}
     assert ours == {k: v for k, v in torch_layout.items() if k not in LM_HEADS}
 
 
 @pytest.mark.parametrize("name", ["jax_pi05_tiny", "jax_pi0_tiny"])
 def test_architecture_is_read_from_the_tree(name: str) -> None:
     fixture = ReferenceFixture.load(REFERENCE / name)
-    infos = convert.read_param_metadata(REFERENCE / name / "checkpoint" / "params")
+    infos = orbax_params.read_param_metadata(REFERENCE / name / "checkpoint" / "params")
     shapes = {path: info.shape for path, info in infos.items()}
     assert shapes == {k: tuple(v) for k, v in fixture.raw_config["param_shapes"].items()}
-    inferred = convert.infer_model_config(shapes, action_horizon=fixture.config.action_horizon)
+    inferred = convert_rules.infer_model_config(shapes, action_horizon=fixture.config.action_horizon)
     expected = fixture.config
     assert inferred.pi05 == expected.pi05
     assert (inferred.llm_config, inferred.expert_config) == (expected.llm_config, expected.expert_config)
     assert (inferred.vision_config, inferred.vocab_size) == (expected.vision_config, expected.vocab_size)
-    assert convert.find_param_problems(shapes, expected) == []
+    assert convert_rules.find_param_problems(shapes, expected) == []
 
 
 @pytest.mark.parametrize("pi05", [True, False])
 def test_tensors_compute_what_the_jax_einsums_compute(pi05: bool) -> None:
     config = odd_config(pi05)
     flat = random_params(config)
-    state = dict(convert.convert_params(flat, config))
+    state = dict(convert_rules.convert_params(flat, config))
     rng = np.random.default_rng(1)
     for prefix, suffix, width in ((LLM, "", 24), (EXPERT, "_1", 16)):
         x = rng.standard_normal((3, width))
@@ -157,9 +159,9 @@ def test_unknown_parameter_is_an_error_naming_it() -> None:
     flat = random_params(config)
     flat["PaliGemma/llm/layers/attn/extra_einsum/w"] = np.zeros((2, 3), np.float32)
     with pytest.raises(
-        convert.CheckpointMismatchError, match="unknown parameter PaliGemma/llm/layers/attn/extra_einsum/w"
+        convert_rules.CheckpointMismatchError, match="unknown parameter PaliGemma/llm/layers/attn/extra_einsum/w"
     ):
-        dict(convert.convert_params(flat, config))
+        dict(convert_rules.convert_params(flat, config))
 
 
 def test_missing_parameter_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
@@ -167,20 +169,20 @@ def test_missing_parameter_is_an_error_and_writes_nothing(tmp_path: Path) -> Non
     flat = random_params(config)
     del flat["PaliGemma/llm/layers/mlp_1/linear"], flat["state_proj/bias"]
     write_orbax(tmp_path / "ckpt", flat)
-    with pytest.raises(convert.CheckpointMismatchError) as error:
+    with pytest.raises(convert_rules.CheckpointMismatchError) as error:
         convert.convert_checkpoint(tmp_path / "ckpt", config, tmp_path / "out", "float32")
     assert "missing parameter PaliGemma/llm/layers/mlp_1/linear" in str(error.value)
     assert "missing parameter state_proj/bias" in str(error.value)
-    assert not (tmp_path / "out" / convert.MODEL_FILENAME).exists()
+    assert not (tmp_path / "out" / checkpoint_files.WEIGHTS_FILE).exists()
 
 
 def test_shape_and_architecture_mismatches_are_named() -> None:
     config = odd_config(True)
     flat = random_params(config)
     flat["action_out_proj/bias"] = np.zeros(7, np.float32)
-    problems = convert.find_param_problems({k: v.shape for k, v in flat.items()}, config)
+    problems = convert_rules.find_param_problems({k: v.shape for k, v in flat.items()}, config)
     assert problems == ["shape of action_out_proj/bias is [7], config expects [6]"]
-    pi0_problems = convert.find_param_problems(
+    pi0_problems = convert_rules.find_param_problems(
         {k: v.shape for k, v in flat.items()}, dataclasses.replace(config, pi05=False)
     )
     assert pi0_problems[0] == "pi05: checkpoint has True, config has False"
@@ -193,7 +195,7 @@ def test_value_wrapped_tree_converts_like_plain_tree(tmp_path: Path) -> None:
     flat = random_params(config)
     plain = write_orbax(tmp_path / "plain", flat)
     wrapped = write_orbax(tmp_path / "wrapped", flat, value_wrapped=True)
-    loaded = convert.flatten_params(convert.load_jax_params(wrapped / "params"))
+    loaded = orbax_params.flatten_params(orbax_params.load_jax_params(wrapped / "params"))
     assert loaded.keys() == flat.keys()
     outputs = [
         convert.convert_checkpoint(ckpt, config, tmp_path / f"out_{ckpt.name}", "bfloat16") for ckpt in (plain, wrapped)
@@ -209,7 +211,7 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
     (checkpoint / "assets" / "robot" / "norm_stats.json").write_text('{"norm_stats": {}}')
     weights = convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "bfloat16")
     written = safetensors.torch.load_file(weights)
-    reference = {k: torch.from_numpy(v) for k, v in convert.convert_params(flat, config, "float32")}
+    reference = {k: torch.from_numpy(v) for k, v in convert_rules.convert_params(flat, config, "float32")}
     assert written.keys() == reference.keys()
     float32_keys = {k for k, v in written.items() if v.dtype == torch.float32}
     assert {k for k, v in written.items() if v.dtype not in (torch.float32, torch.bfloat16)} == set()
@@ -222,7 +224,7 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
     assert f"{VISION}.encoder.layers.0.layer_norm1.weight" not in float32_keys
     for key, value in written.items():
         torch.testing.assert_close(value, reference[key].to(value.dtype), rtol=0, atol=0)
-    saved_config = json.loads((weights.parent / convert.CONFIG_FILENAME).read_text())
+    saved_config = json.loads((weights.parent / checkpoint_files.CONFIG_FILE).read_text())
     assert Pi0Config(**saved_config) == dataclasses.replace(config, dtype="bfloat16")
     assert (weights.parent / "assets" / "robot" / "norm_stats.json").read_text() == '{"norm_stats": {}}'
     metadata_keys = safetensors.numpy.load_file(weights).keys()
@@ -247,7 +249,7 @@ def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Pat
 
 def test_converted_folder_trains_and_serves(tmp_path: Path) -> None:
     """The converter's output folder is a valid pytorch_weight_path and a servable checkpoint (with its assets)."""
-    from openpi.policies import libero_policy, policy_config
+    from openpi.policies import policy_config
     from openpi.shared import normalize
     from openpi.training import config as _config
     from openpi.training import trainer
@@ -262,7 +264,7 @@ def test_converted_folder_trains_and_serves(tmp_path: Path) -> None:
     normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
     converted = convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
 
-    data = _config.LeRobotLiberoDataConfig(tokenizer_path=str(write_tokenizer(tmp_path)))
+    data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(write_tokenizer(tmp_path)))
     train_config = _config.TrainConfig(
         name="converted", model=fixture.config, data=data, pytorch_weight_path=str(converted),
         pytorch_training_precision="float32",
@@ -300,4 +302,4 @@ def test_cli_accepts_underscore_spellings_and_inspects(capsys: pytest.CaptureFix
     args = tyro.cli(example.Args, args=["--checkpoint-dir", checkpoint, "--output-path", str(tmp_path / "out")])
     assert args.precision == "bfloat16"
     example.main(args)
-    assert (tmp_path / "out" / convert.MODEL_FILENAME).is_file()
+    assert (tmp_path / "out" / checkpoint_files.WEIGHTS_FILE).is_file()

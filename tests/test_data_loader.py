@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from openpi.models.observation import IMAGE_KEYS
+from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
@@ -40,21 +41,26 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
     config = _config.get_config(name)
     data = config.data
     tmp: Path = datasets["tmp"]
-    if isinstance(data, _config.LeRobotLiberoDataConfig):
+    if isinstance(data, libero_policy.LeRobotLiberoDataConfig):
         data = dataclasses.replace(data, repo_id=str(datasets["libero"].root), tokenizer_path=datasets["tokenizer"])
-    elif isinstance(data, _config.LeRobotAlohaDataConfig):
-        assets = _config.AssetsConfig(str(tmp / "pick_place_assets"), data.assets.asset_id)
+    elif isinstance(data, aloha_policy.LeRobotAlohaDataConfig):
+        assets = data_config.AssetsConfig(str(tmp / "pick_place_assets"), data.assets.asset_id)
         root = datasets["aloha_sim" if data.camera_keys else "aloha"].root
         data = dataclasses.replace(data, repo_id=str(root), tokenizer_path=datasets["tokenizer"], assets=assets)
-    elif isinstance(data, _config.DroidDataConfig):
+    elif isinstance(data, droid_policy.DroidDataConfig):
         data = dataclasses.replace(data, tokenizer_path=datasets["tokenizer"])
-    elif isinstance(data, _config.EmbeddedDataConfig):
+    elif isinstance(data, libero_policy.EmbeddedDataConfig):
         data = dataclasses.replace(data, num_episodes=3, episode_length=6, image_size=32)
     fields = {"batch_size": BATCH, "num_workers": 0, "assets_base_dir": str(tmp / "assets"), **overrides}
     config = dataclasses.replace(config, data=data, **fields)
     created = config.data.create(config.assets_dirs, config.model)
     if created.norm_stats is None:
-        identity = normalize.NormStats(mean=np.zeros(32), std=np.ones(32), q01=-np.ones(32), q99=np.ones(32))
+        dim = (
+            aloha_policy.ACTION_DIM
+            if isinstance(data, aloha_policy.LeRobotAlohaDataConfig)
+            else libero_policy.STATE_DIM
+        )
+        identity = normalize.NormStats(mean=np.zeros(dim), std=np.ones(dim), q01=-np.ones(dim), q99=np.ones(dim))
         normalize.save(created.norm_stats_dir, {"state": identity, "actions": identity})
     return config
 
@@ -62,7 +68,9 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
 @pytest.mark.parametrize("name", _config.list_configs())
 def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_home):  # noqa: F811
     config = _local(name, datasets)
-    if isinstance(config.data, _config.DroidDataConfig):  # serves DROID clients; no LeRobot training data by default
+    if isinstance(
+        config.data, droid_policy.DroidDataConfig
+    ):  # serves DROID clients; no LeRobot training data by default
         with pytest.raises(ValueError, match="repo-id"):
             data_loader.create_data_loader(config, num_batches=1)
         return
@@ -72,14 +80,15 @@ def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_
     assert not rest and loader.data_config.repo_id is not None
     assert list(observation.images) == list(IMAGE_KEYS)
     for key in IMAGE_KEYS:
-        assert observation.images[key].shape == (BATCH, 3, 224, 224)
+        size = config.model.vision_config.image_size  # resized once, to the vision tower
+        assert observation.images[key].shape == (BATCH, 3, size, size)
         assert observation.images[key].min() >= -1.0 and observation.images[key].max() <= 1.0
         assert observation.image_masks[key].shape == (BATCH,)
     assert observation.state.shape == (BATCH, model.action_dim)
     assert observation.tokenized_prompt.shape == (BATCH, model.max_token_len)
     assert observation.tokenized_prompt_mask[:, 0].all()
     assert actions.shape == (BATCH, model.action_horizon, model.action_dim) and actions.dtype == torch.float32
-    if isinstance(config.data, _config.LeRobotLiberoDataConfig | _config.EmbeddedDataConfig):
+    if isinstance(config.data, libero_policy.LeRobotLiberoDataConfig | libero_policy.EmbeddedDataConfig):
         assert not observation.image_masks["right_wrist_0_rgb"].any()
         assert not actions[..., 7:].any() and not observation.state[:, 8:].any()
 

@@ -7,34 +7,34 @@ import json
 import numpy as np
 import pytest
 
+from openpi.envs import shapes, shapes_dataset
 from openpi.models import tokenizer as _tokenizer
 from openpi.shared import normalize
-from openpi.training import embedded_dataset
 from tests.lerobot_fixtures import embedded_data_home  # noqa: F401  (fixture)
 
-SPEC = embedded_dataset.EmbeddedDatasetSpec(num_episodes=3, episode_length=6, image_size=32, seed=1)
+SPEC = shapes_dataset.EmbeddedDatasetSpec(num_episodes=3, episode_length=6, image_size=32, seed=1)
 
 
 @pytest.fixture(scope="module")
 def dataset_root(embedded_data_home):  # noqa: F811
-    return embedded_dataset.ensure_dataset(SPEC)
+    return shapes_dataset.ensure_dataset(SPEC)
 
 
 def test_dataset_is_cached_in_versioned_folder(dataset_root, embedded_data_home, monkeypatch):  # noqa: F811
-    assert dataset_root == embedded_data_home / "embedded_dataset" / embedded_dataset.VERSION / SPEC.folder_name
+    assert dataset_root == embedded_data_home / "embedded_dataset" / shapes_dataset.VERSION / SPEC.folder_name
     assert not [p for p in dataset_root.parent.iterdir() if ".tmp-" in p.name]
 
     def fail(*args, **kwargs):
         raise AssertionError("dataset regenerated although cached")
 
-    monkeypatch.setattr(embedded_dataset, "_write_dataset", fail)
-    assert embedded_dataset.ensure_dataset(SPEC) == dataset_root
+    monkeypatch.setattr(shapes_dataset, "_write_dataset", fail)
+    assert shapes_dataset.ensure_dataset(SPEC) == dataset_root
 
 
 def test_dataset_reads_back_with_lerobot_and_libero_features(dataset_root):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    dataset = LeRobotDataset(embedded_dataset.REPO_ID, root=dataset_root)
+    dataset = LeRobotDataset(shapes_dataset.REPO_ID, root=dataset_root)
     assert len(dataset) == SPEC.num_episodes * SPEC.episode_length
     item = dataset[0]
     assert tuple(item["image"].shape) == (3, 32, 32)
@@ -49,7 +49,7 @@ def test_dataset_reads_back_with_lerobot_and_libero_features(dataset_root):
 def test_norm_stats_match_the_generated_frames(dataset_root):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    dataset = LeRobotDataset(embedded_dataset.REPO_ID, root=dataset_root)
+    dataset = LeRobotDataset(shapes_dataset.REPO_ID, root=dataset_root)
     actions = np.stack([dataset.hf_dataset[i]["actions"].numpy() for i in range(len(dataset))])
     stats = normalize.load(dataset_root)
     np.testing.assert_allclose(stats["actions"].mean, actions.mean(0), atol=1e-5)
@@ -57,7 +57,7 @@ def test_norm_stats_match_the_generated_frames(dataset_root):
 
 
 def test_tokenizer_fits_the_debug_vocabulary(dataset_root):
-    tokenizer = _tokenizer.PaligemmaTokenizer(200, embedded_dataset.tokenizer_path())
+    tokenizer = _tokenizer.PaligemmaTokenizer(200, shapes_dataset.tokenizer_path())
     assert tokenizer.vocab_size <= 1024
     ids, mask = tokenizer.tokenize("move to the blue circle", np.zeros(8))
     assert tokenizer.decode(ids[mask]).startswith("Task: move to the blue circle, State:")
@@ -65,32 +65,29 @@ def test_tokenizer_fits_the_debug_vocabulary(dataset_root):
 
 def test_target_is_only_visible_in_the_image():
     rng = np.random.default_rng(0)
-    scene = embedded_dataset.sample_scene(rng)
+    scene = shapes.sample_scene(rng)
     target = scene.objects[scene.target]
     # Same prompt and end effector, target moved elsewhere: the action changes, state and prompt cannot tell.
-    moved = embedded_dataset.Scene(
-        tuple(
-            embedded_dataset.SceneObject(o.color, o.shape, (1.0 - o.center[0], 1.0 - o.center[1]))
-            for o in scene.objects
-        ),
+    moved = shapes.Scene(
+        tuple(shapes.SceneObject(o.color, o.shape, (1.0 - o.center[0], 1.0 - o.center[1])) for o in scene.objects),
         scene.target,
     )
     effector = np.array([0.5, 0.5])
     assert moved.prompt == scene.prompt
-    action_a = embedded_dataset.expert_action(scene, effector)
-    action_b = embedded_dataset.expert_action(moved, effector)
+    action_a = shapes.expert_action(scene, effector)
+    action_b = shapes.expert_action(moved, effector)
     assert np.abs(action_a[:2] - action_b[:2]).max() > 0.5
-    image_a, _ = embedded_dataset.render_frame(embedded_dataset.render_table(scene, 64), effector)
-    image_b, _ = embedded_dataset.render_frame(embedded_dataset.render_table(moved, 64), effector)
+    image_a, _ = shapes.render_frame(shapes.render_table(scene, 64), effector)
+    image_b, _ = shapes.render_frame(shapes.render_table(moved, 64), effector)
     # The named object is drawn in its colour at its position.
     for image, obj in ((image_a, target), (image_b, moved.objects[moved.target])):
         x, y = (int(v * 64) for v in obj.center)
-        np.testing.assert_array_equal(image[y, x], embedded_dataset.COLORS[obj.color])
+        np.testing.assert_array_equal(image[y, x], shapes.COLORS[obj.color])
 
 
 def test_actions_step_toward_target_and_close_gripper_on_arrival():
-    spec = embedded_dataset.EmbeddedDatasetSpec(num_episodes=1, episode_length=20, image_size=32)
-    frames = list(embedded_dataset.generate_episode(np.random.default_rng(3), spec))
+    spec = shapes_dataset.EmbeddedDatasetSpec(num_episodes=1, episode_length=20, image_size=32)
+    frames = list(shapes_dataset.generate_episode(np.random.default_rng(3), spec))
     assert all(np.all(np.abs(f["actions"][:2]) <= 1.0) for f in frames)
     assert frames[0]["actions"][-1] == -1.0 and frames[-1]["actions"][-1] == 1.0
     distances = [np.abs(f["actions"][:2]).sum() for f in frames]

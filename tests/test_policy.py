@@ -22,7 +22,7 @@ SAMPLE_KWARGS = {"num_steps": 2}
 
 def make_train_config(tokenizer_path: Path, name: str = CONFIG_NAME) -> _config.TrainConfig:
     """The registered tiny config, reading LIBERO-format observations with a tokenizer trained by the test."""
-    data = _config.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer_path))
+    data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer_path))
     return dataclasses.replace(_config.get_config(name), data=data)
 
 

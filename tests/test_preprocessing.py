@@ -1,4 +1,4 @@
-"""Tests for torch image resizing with padding, training augmentation and observation preprocessing."""
+"""Tests for training augmentation and observation preprocessing (the resolution check)."""
 
 import pytest
 import torch
@@ -19,32 +19,6 @@ def _is_pixelwise_monotone(before: torch.Tensor, after: torch.Tensor) -> bool:
     """True when ``after`` is a non-decreasing function of ``before`` pixel by pixel (i.e. no geometry change)."""
     order = torch.argsort(before.flatten())
     return bool((torch.diff(after.flatten()[order]) >= -1e-5).all())
-
-
-def test_resize_with_pad_letterboxes_wide_image() -> None:
-    white = torch.ones(1, 3, 112, 224)
-    out = prep.resize_with_pad(white, 224, 224)
-    assert out.shape == (1, 3, 224, 224)
-    assert (out[:, :, :56] == -1).all() and (out[:, :, 168:] == -1).all()
-    assert torch.allclose(out[:, :, 56:168], torch.ones(1, 3, 112, 224))
-
-
-def test_resize_with_pad_pillarboxes_tall_image_and_scales() -> None:
-    white = torch.ones(2, 3, 100, 50)
-    out = prep.resize_with_pad(white, 224, 224)
-    assert out.shape == (2, 3, 224, 224)
-    assert (out[..., :56] == -1).all() and (out[..., 168:] == -1).all()
-    assert torch.allclose(out[..., 56:168], torch.ones(2, 3, 224, 112))
-
-
-def test_resize_with_pad_is_a_no_op_at_target_size() -> None:
-    images = _random_images(height=24, width=24)
-    assert prep.resize_with_pad(images, 24, 24) is images
-
-
-def test_resize_with_pad_rejects_channels_last() -> None:
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        prep.resize_with_pad(torch.zeros(1, 8, 8, 3), 4, 4)
 
 
 def test_augment_preserves_shape_dtype_and_range() -> None:
@@ -128,26 +102,31 @@ def test_each_sample_gets_its_own_parameters() -> None:
 
 def _observation(height: int, width: int) -> Observation:
     return Observation(
-        images={"base_0_rgb": _random_images(height=height, width=width), "left_wrist_0_rgb": -torch.ones(2, 3, 8, 8)},
+        images={
+            "base_0_rgb": _random_images(height=height, width=width),
+            "left_wrist_0_rgb": -torch.ones(2, 3, height, width),
+        },
         image_masks={"base_0_rgb": torch.ones(2, dtype=torch.bool), "left_wrist_0_rgb": torch.tensor([True, False])},
         state=torch.randn(2, 32),
     )
 
 
-def test_preprocess_observation_eval_only_resizes() -> None:
-    observation = _observation(48, 64)
+def test_preprocess_observation_eval_leaves_images_alone() -> None:
+    observation = _observation(32, 32)
     out = prep.preprocess_observation(observation, train=False, image_resolution=(32, 32))
-    assert all(image.shape == (2, 3, 32, 32) for image in out.images.values())
-    assert torch.equal(out.images["base_0_rgb"], prep.resize_with_pad(observation.images["base_0_rgb"], 32, 32))
-    assert out.image_masks is observation.image_masks and out.state is observation.state
+    assert out is observation
+
+
+def test_preprocess_observation_rejects_an_image_the_pipeline_did_not_resize() -> None:
+    with pytest.raises(ValueError, match=r"'base_0_rgb' is \(48, 64\) px; the vision tower takes \(32, 32\)"):
+        prep.preprocess_observation(_observation(48, 64), train=False, image_resolution=(32, 32))
 
 
 def test_preprocess_observation_train_augments_deterministically() -> None:
-    observation = _observation(48, 64)
-    eval_out = prep.preprocess_observation(observation, train=False, image_resolution=(32, 32))
+    observation = _observation(32, 32)
     first = prep.preprocess_observation(observation, train=True, image_resolution=(32, 32), generator=_generator(3))
     second = prep.preprocess_observation(observation, train=True, image_resolution=(32, 32), generator=_generator(3))
     for name in observation.images:
         assert first.images[name].shape == (2, 3, 32, 32)
         assert torch.equal(first.images[name], second.images[name])
-    assert not torch.equal(first.images["base_0_rgb"], eval_out.images["base_0_rgb"])
+    assert not torch.equal(first.images["base_0_rgb"], observation.images["base_0_rgb"])

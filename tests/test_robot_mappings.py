@@ -7,7 +7,6 @@ import pytest
 
 from openpi import transforms
 from openpi.policies import aloha_policy, droid_policy, libero_policy
-from openpi.training import config as _config
 from openpi.training import data_loader
 from tests.lerobot_fixtures import write_libero_dataset
 
@@ -18,7 +17,7 @@ def test_libero_inputs_from_a_lerobot_dataset_with_libero_features(tmp_path):
     written = write_libero_dataset(tmp_path / "libero", num_episodes=2, episode_length=4, image_size=32)
     samples = data_loader.LeRobotSamples(written.repo_id, str(written.root), action_horizon=3, action_keys=["actions"])
     pipeline = transforms.compose(
-        [transforms.PromptFromLeRobotTask(), *_config.LIBERO_REPACK.inputs, libero_policy.LiberoInputs()]
+        [transforms.PromptFromLeRobotTask(), *libero_policy.LIBERO_REPACK.inputs, libero_policy.LiberoInputs()]
     )
     index = 5  # second episode, frame 1
     out = pipeline(samples[index])

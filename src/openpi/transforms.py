@@ -306,3 +306,28 @@ def single_arm_inputs(data: dict, state: np.ndarray, base: np.ndarray, wrist: np
     if "prompt" in data:
         out["prompt"] = data["prompt"]
     return out
+
+
+def stack_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stacks per-sample (nested) dicts of arrays into one dict of batched arrays; text values become lists.
+
+    Raises:
+        ValueError: a key is missing from some samples, or the samples disagree on an array's shape.
+    """
+    first = samples[0]
+    stacked: dict[str, Any] = {}
+    for key, value in first.items():
+        if any(key not in sample for sample in samples):
+            raise ValueError(f"Key {key!r} is present in some samples of the batch but not in others")
+        values = [sample[key] for sample in samples]
+        if isinstance(value, Mapping):
+            stacked[key] = stack_samples(values)
+        elif isinstance(value, str | bytes):
+            stacked[key] = values
+        else:
+            parts = [np.asarray(v) for v in values]
+            shapes = {part.shape for part in parts}
+            if len(shapes) != 1:
+                raise ValueError(f"Samples of the batch disagree on the shape of {key!r}: {sorted(shapes)}")
+            stacked[key] = np.stack(parts)
+    return stacked

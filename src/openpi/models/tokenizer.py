@@ -21,6 +21,7 @@ UNK_ID = 3
 # Environment variable that may point at the PaliGemma tokenizer when no path is given.
 TOKENIZER_PATH_ENV = "OPENPI_PALIGEMMA_TOKENIZER"
 DEFAULT_TOKENIZER_PATH = Path("~/.cache/openpi/big_vision/paligemma_tokenizer.model")
+PROJECT_TOKENIZER_PATH = Path("./assets/paligemma_tokenizer.model")
 TOKENIZER_SOURCE_URL = "gs://big_vision/paligemma_tokenizer.model"
 
 # π0.5 discrete state input: each state value in [-1, 1] becomes one of this many bins.
@@ -79,21 +80,32 @@ def clean_prompt(prompt: str) -> str:
 
 
 def resolve_tokenizer_path(model_path: str | Path | None) -> Path:
-    """Turns a path, ``file://`` URL or ``None`` (env var / default cache path) into an existing local file path."""
-    if model_path is None:
-        model_path = os.environ.get(TOKENIZER_PATH_ENV, str(DEFAULT_TOKENIZER_PATH))
-    text = str(model_path)
+    """The PaliGemma SentencePiece model as an existing local file.
+
+    ``model_path`` may be a path or a ``file://`` URL. Without one, tries ``$OPENPI_PALIGEMMA_TOKENIZER``, then
+    ``./assets/paligemma_tokenizer.model``, then ``~/.cache/openpi/big_vision/paligemma_tokenizer.model``.
+    """
+    if model_path is not None:
+        candidates = [_local_path(str(model_path))]
+    else:
+        env = os.environ.get(TOKENIZER_PATH_ENV)
+        candidates = [*([_local_path(env)] if env else []), PROJECT_TOKENIZER_PATH, DEFAULT_TOKENIZER_PATH]
+    for candidate in candidates:
+        if candidate.expanduser().is_file():
+            return candidate.expanduser()
+    raise FileNotFoundError(
+        f"PaliGemma tokenizer not found (tried {[str(c) for c in candidates]}). Download {TOKENIZER_SOURCE_URL} "
+        f"(257,152 ids) and pass --data.tokenizer-path PATH, set ${TOKENIZER_PATH_ENV}, or put it at "
+        f"{PROJECT_TOKENIZER_PATH}."
+    )
+
+
+def _local_path(text: str) -> Path:
     if text.startswith("file://"):
-        text = text.removeprefix("file://")
-    elif "://" in text:
+        return Path(text.removeprefix("file://"))
+    if "://" in text:
         raise ValueError(f"Only local paths and file:// URLs are supported for the tokenizer, got {text!r}")
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"SentencePiece tokenizer model not found at {path}. Download the PaliGemma tokenizer "
-            f"({TOKENIZER_SOURCE_URL}, 257,152 ids) and pass its path, or set ${TOKENIZER_PATH_ENV}."
-        )
-    return path
+    return Path(text)
 
 
 class PaligemmaTokenizer:

@@ -18,21 +18,7 @@ from openpi.models.observation import Observation
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch.paligemma_with_expert import KVCache, PaliGemmaWithExpertModel
 from openpi.models_pytorch.token_pruner import ImageTokenPruner
-
-# Parameters the published checkpoints keep in float32 when the rest of the model is bfloat16.
-FLOAT32_PARAMETERS = (
-    "vision_model.embeddings.patch_embedding.",
-    "vision_model.embeddings.position_embedding.",
-    "input_layernorm.",
-    "post_attention_layernorm.",
-    "language_model.norm.",
-    "gemma_expert.model.norm.",
-    "action_in_proj.",
-    "action_out_proj.",
-    "time_mlp_in.",
-    "time_mlp_out.",
-    "state_proj.",
-)
+from openpi.models_pytorch.weights import keeps_float32
 
 # Pruner telemetry keys → the metric names training logs under ``prune/``.
 PRUNE_METRIC_NAMES = {
@@ -120,7 +106,7 @@ class PI0Pytorch(nn.Module):
     def to_bfloat16(self) -> PI0Pytorch:
         """Casts parameters to bfloat16 except those the published checkpoints keep in float32."""
         for name, param in self.named_parameters():
-            keep = any(pattern in name for pattern in FLOAT32_PARAMETERS)
+            keep = keeps_float32(name)
             param.data = param.data.to(torch.float32 if keep else torch.bfloat16)
         return self
 

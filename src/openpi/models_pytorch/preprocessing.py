@@ -1,6 +1,7 @@
-"""Batched torch image preprocessing: aspect-preserving resize with padding and training augmentation.
+"""Batched torch image preprocessing: the resolution check and training augmentation.
 
-Images are float tensors ``[B, 3, H, W]`` in [-1, 1] (channels first).
+Images are float tensors ``[B, 3, H, W]`` in [-1, 1] (channels first). They arrive already at the vision tower's
+resolution: the data pipeline's ``ResizeImages`` step is the one place images are resized.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from openpi.models.observation import IMAGE_RESOLUTION, Observation
+from openpi.models.observation import Observation
 
 CROP_FRACTION = 0.95
 MAX_ROTATION_DEGREES = 5.0
@@ -20,24 +21,6 @@ CONTRAST_RANGE = (0.6, 1.4)
 SATURATION_RANGE = (0.5, 1.5)
 # ITU-R BT.601 luma weights used for the grey image.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def resize_with_pad(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinearly resizes ``images [B, 3, H, W]`` to fit ``height x width`` keeping the aspect ratio, then pads
-    evenly with -1 (black). Returns the input unchanged when it already has that size."""
-    _check_images(images)
-    cur_height, cur_width = images.shape[-2:]
-    if (cur_height, cur_width) == (height, width):
-        return images
-    ratio = max(cur_height / height, cur_width / width)
-    new_height = min(height, max(1, round(cur_height / ratio)))
-    new_width = min(width, max(1, round(cur_width / ratio)))
-    resized = F.interpolate(images.float(), size=(new_height, new_width), mode="bilinear", align_corners=False)
-    resized = resized.clamp(-1.0, 1.0)
-    pad_top = (height - new_height) // 2
-    pad_left = (width - new_width) // 2
-    padding = (pad_left, width - new_width - pad_left, pad_top, height - new_height - pad_top)
-    return F.pad(resized, padding, mode="constant", value=-1.0).to(images.dtype)
 
 
 def augment_images(
@@ -63,15 +46,24 @@ def preprocess_observation(
     observation: Observation,
     *,
     train: bool,
-    image_resolution: tuple[int, int] = IMAGE_RESOLUTION,
+    image_resolution: tuple[int, int],
     generator: torch.Generator | None = None,
 ) -> Observation:
-    """Resizes every image with padding to ``image_resolution`` (height, width) and, when ``train``, augments them."""
-    height, width = image_resolution
-    images = {name: resize_with_pad(image, height, width) for name, image in observation.images.items()}
-    if train:
-        images = augment_images(images, generator)
-    return dataclasses.replace(observation, images=images)
+    """Checks that every image is ``image_resolution`` (height, width) and, when ``train``, augments them.
+
+    Raises:
+        ValueError: an image is not ``[B, 3, height, width]`` (the pipeline resizes to the vision tower's size).
+    """
+    for name, image in observation.images.items():
+        _check_images(image)
+        if tuple(image.shape[-2:]) != tuple(image_resolution):
+            raise ValueError(
+                f"Camera {name!r} is {tuple(image.shape[-2:])} px; the vision tower takes {tuple(image_resolution)}. "
+                "Images are resized by the data pipeline's ResizeImages step (openpi.policies.pipeline)."
+            )
+    if not train:
+        return observation
+    return dataclasses.replace(observation, images=augment_images(observation.images, generator))
 
 
 def _check_images(images: torch.Tensor) -> None:

@@ -10,18 +10,34 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from openpi.shared.checkpoint_files import WEIGHTS_FILE, weights_path
+
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
+# Parameters the published checkpoints keep in float32 when the rest of the model is bfloat16.
+FLOAT32_PARAMETERS = (
+    "vision_model.embeddings.patch_embedding.",
+    "vision_model.embeddings.position_embedding.",
+    "input_layernorm.",
+    "post_attention_layernorm.",
+    "language_model.norm.",
+    "gemma_expert.model.norm.",
+    "action_in_proj.",
+    "action_out_proj.",
+    "time_mlp_in.",
+    "time_mlp_out.",
+    "state_proj.",
+)
+
+
+def keeps_float32(key: str) -> bool:
+    """Whether parameter ``key`` stays float32 when the model (or a converted checkpoint) is bfloat16."""
+    return any(pattern in key for pattern in FLOAT32_PARAMETERS)
+
+
 # Present in checkpoints made by the upstream tools but not parameters of ours: the language model's head is tied to
 # its token embedding and the action expert's head is never used.
 IGNORED_KEYS = ("paligemma_with_expert.paligemma.lm_head.weight", "paligemma_with_expert.gemma_expert.lm_head.weight")
-
-
-def weights_path(path: str | os.PathLike) -> Path:
-    """``path`` itself if it is a file, else ``path/model.safetensors``."""
-    path = Path(path)
-    return path / WEIGHTS_FILE if path.is_dir() else path
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -7,10 +7,13 @@ one the published π0 / π0.5 base models were trained with.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from openpi import transforms
+from openpi.models import pi0_config
+from openpi.policies.data_config import DataConfig, DataConfigFactory
 
 ACTION_DIM = 14
 GRIPPER_DIMS = (6, 13)
@@ -135,3 +138,46 @@ def make_aloha_example() -> dict:
         "images": {camera: rng.integers(0, 256, (3, 224, 224), dtype=np.uint8) for camera in CAMERAS},
         "prompt": "do something",
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class LeRobotAlohaDataConfig(DataConfigFactory):
+    """ALOHA in LeRobot format (``observation.images.<camera>``, ``observation.state``, ``action``).
+
+    ``use_delta_joint_actions`` trains on joint deltas from the current state (grippers stay absolute), as the
+    published ALOHA models do; ``adapt_to_pi`` converts joint signs and gripper encoding (see AlohaInputs).
+    """
+
+    cameras: tuple[str, ...] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    # Dataset image key suffix per ALOHA camera when they differ (e.g. the simulator's {"cam_high": "top"}).
+    camera_keys: dict[str, str] | None = None
+    adapt_to_pi: bool = True
+    use_delta_joint_actions: bool = True
+    prompt_from_task: bool = True
+
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        repack = {
+            "images": {camera: f"observation.images.{key}" for camera, key in self._camera_keys().items()},
+            "state": "observation.state",
+            "actions": "action",
+        }
+        if self.prompt_from_task:
+            repack["prompt"] = "prompt"
+        data_transforms = transforms.Group(
+            inputs=(AlohaInputs(adapt_to_pi=self.adapt_to_pi),), outputs=(AlohaOutputs(adapt_to_pi=self.adapt_to_pi),)
+        )
+        if self.use_delta_joint_actions:
+            mask = transforms.make_bool_mask(6, -1, 6, -1)
+            data_transforms = data_transforms.push(
+                inputs=(transforms.DeltaActions(mask),), outputs=(transforms.AbsoluteActions(mask),)
+            )
+        return DataConfig(
+            **self._lerobot_fields(assets_dirs, model_config),
+            repack_transforms=transforms.Group(inputs=(transforms.RepackTransform(repack),)),
+            data_transforms=data_transforms,
+            action_sequence_keys=("action",),
+            prompt_from_task=self.prompt_from_task,
+        )
+
+    def _camera_keys(self) -> dict[str, str]:
+        return dict(self.camera_keys) if self.camera_keys else {camera: camera for camera in self.cameras}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from openpi import transforms
+from openpi.models import pi0_config
+from openpi.policies.data_config import AssetsConfig, DataConfig, DataConfigFactory
 
 ACTION_DIM = 8
 
@@ -46,3 +49,20 @@ def make_droid_example() -> dict:
         "observation/gripper_position": rng.random(1, dtype=np.float32),
         "prompt": "do something",
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class DroidDataConfig(DataConfigFactory):
+    """DROID observations as the DROID client sends them (``observation/exterior_image_1_left``, ...).
+
+    Training data must be stored under the same keys (plus ``actions`` and ``prompt``); norm stats are read from
+    ``assets_dir/asset_id``.
+    """
+
+    assets: AssetsConfig = dataclasses.field(default_factory=lambda: AssetsConfig(asset_id="droid"))
+
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        return DataConfig(
+            **self._lerobot_fields(assets_dirs, model_config),
+            data_transforms=transforms.Group(inputs=(DroidInputs(),), outputs=(DroidOutputs(),)),
+        )

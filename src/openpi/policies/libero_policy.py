@@ -1,12 +1,26 @@
-"""LIBERO robot mapping: Franka arm with a third-person and a wrist camera, 8-dim state, 7-dim actions."""
+"""LIBERO: a Franka arm with a third-person and a wrist camera, 8-dim state, 7-dim actions.
+
+This module is the template for a new robot: copy it and change three things.
+
+1. ``LiberoInputs`` maps the robot's observation (the keys its client sends) onto the model's cameras, state and
+   prompt; ``LiberoOutputs`` keeps the robot's action dimensions of the model's padded actions.
+2. ``LIBERO_REPACK`` renames the training dataset's keys to the robot's observation keys, so that a training sample
+   and a served observation enter ``LiberoInputs`` in the same form.
+3. ``LeRobotLiberoDataConfig`` puts them together for the trainer, the norm-stat script and the policy server, which
+   all run the steps in the order :func:`openpi.policies.pipeline.build_pipeline` documents.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from openpi import transforms
+from openpi.envs import shapes_dataset
+from openpi.models import pi0_config
+from openpi.policies.data_config import DataConfig, DataConfigFactory, load_norm_stats_if_present, model_transforms
 
 ACTION_DIM = 7
 STATE_DIM = 8
@@ -29,6 +43,67 @@ class LiberoOutputs:
 
     def __call__(self, data: dict) -> dict:
         return {"actions": np.asarray(data["actions"])[..., :ACTION_DIM]}
+
+
+LIBERO_REPACK = transforms.Group(
+    inputs=(
+        transforms.RepackTransform(
+            {
+                "observation/image": "image",
+                "observation/wrist_image": "wrist_image",
+                "observation/state": "state",
+                "actions": "actions",
+                "prompt": "prompt",
+            }
+        ),
+    )
+)
+LIBERO_TRANSFORMS = transforms.Group(inputs=(LiberoInputs(),), outputs=(LiberoOutputs(),))
+
+
+@dataclasses.dataclass(frozen=True)
+class LeRobotLiberoDataConfig(DataConfigFactory):
+    """LIBERO in LeRobot format (features ``image``, ``wrist_image``, ``state``, ``actions``; task text as prompt)."""
+
+    repo_id: str | None = "physical-intelligence/libero"
+
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        return DataConfig(
+            **self._lerobot_fields(assets_dirs, model_config),
+            repack_transforms=LIBERO_REPACK,
+            data_transforms=LIBERO_TRANSFORMS,
+            prompt_from_task=True,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedDataConfig(DataConfigFactory):
+    """The embedded shapes dataset (LIBERO's features), generated on first use with its norm stats and tokenizer."""
+
+    repo_id: str | None = shapes_dataset.REPO_ID
+    num_episodes: int = 50
+    episode_length: int = 20
+    image_size: int = 96
+    seed: int = 0
+
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        spec = shapes_dataset.EmbeddedDatasetSpec(self.num_episodes, self.episode_length, self.image_size, self.seed)
+        root = shapes_dataset.ensure_dataset(spec)
+        tokenizer_path = self.tokenizer_path or str(shapes_dataset.tokenizer_path())
+        return DataConfig(
+            repo_id=shapes_dataset.REPO_ID,
+            root=str(root),
+            asset_id=spec.folder_name,
+            norm_stats_dir=str(root),
+            norm_stats=load_norm_stats_if_present(root),
+            repack_transforms=LIBERO_REPACK,
+            data_transforms=LIBERO_TRANSFORMS,
+            model_transforms=model_transforms(model_config, tokenizer_path),
+            use_quantile_norm=model_config.pi05,
+            prompt_from_task=True,
+            default_prompt=self.default_prompt,
+            tokenizer_path=tokenizer_path,
+        )
 
 
 def make_libero_example() -> dict:

@@ -86,7 +86,7 @@ class Policy:
 
     def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
         """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
-        model_inputs = _stack([self._input_transform(_validated_copy(obs)) for obs in observations])
+        model_inputs = _transforms.stack_samples([self._input_transform(_validated_copy(obs)) for obs in observations])
         observation = preprocess_observation(
             Observation.from_dict(model_inputs), train=False, image_resolution=self._image_resolution
         ).to(self._device)
@@ -103,7 +103,7 @@ class Policy:
             self._output_transform({"state": model_inputs["state"][i], "actions": actions[i]})
             for i in range(len(observations))
         ]
-        return _stack(outputs), extras
+        return _transforms.stack_samples(outputs), extras
 
 
 def _validated_copy(obs: Mapping, prefix: str = "") -> dict:
@@ -122,26 +122,6 @@ def _validated_copy(obs: Mapping, prefix: str = "") -> dict:
             raise ValueError(f"Observation key {name!r} has dtype {value.dtype}; expected a numeric or bool array")
         copy[key] = value
     return copy
-
-
-def _stack(samples: Sequence[dict]) -> dict:
-    """Stacks per-sample (nested) dicts of arrays into one dict of batched arrays."""
-    first = samples[0]
-    stacked = {}
-    for key, value in first.items():
-        if any(key not in sample for sample in samples):
-            raise ValueError(f"Key {key!r} is present in some observations of the batch but not in others")
-        if isinstance(value, Mapping):
-            stacked[key] = _stack([sample[key] for sample in samples])
-        elif isinstance(value, str):
-            stacked[key] = [sample[key] for sample in samples]
-        else:
-            parts = [np.asarray(sample[key]) for sample in samples]
-            shapes = {part.shape for part in parts}
-            if len(shapes) != 1:
-                raise ValueError(f"Observations of the batch disagree on the shape of {key!r}: {sorted(shapes)}")
-            stacked[key] = np.stack(parts)
-    return stacked
 
 
 def _first(value: Any) -> Any:

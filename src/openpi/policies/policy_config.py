@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 
-from openpi import transforms as _transforms
+from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.policies.data_config import DataConfig, DataConfigFactory
+from openpi.policies.pipeline import build_pipeline
 from openpi.policies.policy import Policy
+from openpi.shared import checkpoint_files
 from openpi.shared import normalize as _normalize
-from openpi.training import config as _config
 
 logger = logging.getLogger(__name__)
 
-ASSETS_DIR = "assets"
 
+class PolicyConfig(Protocol):
+    """What the loader needs of a training config (``openpi.training.config.TrainConfig`` is one)."""
 
-@dataclasses.dataclass(frozen=True)
-class CheckStateDim:
-    """Rejects a robot state whose size differs from the norm stats' (which the model was trained with)."""
-
-    dim: int
-
-    def __call__(self, data: dict) -> dict:
-        state = np.asarray(data["state"])
-        if state.ndim != 1 or state.shape[0] != self.dim:
-            raise ValueError(f"'state' must be a vector of {self.dim} values (robot format), got shape {state.shape}")
-        return data
+    name: str
+    model: Pi0Config
+    data: DataConfigFactory
 
 
 def create_trained_policy(
-    train_config: _config.TrainConfig,
+    train_config: PolicyConfig,
     checkpoint_dir: str | os.PathLike,
     *,
     default_prompt: str | None = None,
@@ -55,29 +48,18 @@ def create_trained_policy(
         pytorch_device: e.g. ``"cuda"``, ``"cpu"``; defaults to CUDA when available.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    if not weights.weights_path(checkpoint_dir).is_file():
-        raise FileNotFoundError(f"No {weights.WEIGHTS_FILE} in checkpoint folder {checkpoint_dir}")
+    weights_file = checkpoint_files.weights_path(checkpoint_dir)
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"No {checkpoint_files.WEIGHTS_FILE} in checkpoint folder {checkpoint_dir}")
     device = pytorch_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    data_config = train_config.data.create(checkpoint_dir / ASSETS_DIR, train_config.model)
+    data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
     norm_stats = _load_norm_stats(checkpoint_dir, data_config)
 
     model = PI0Pytorch(train_config.model)
     weights.load_weights(model, checkpoint_dir)
-    logger.info("Loaded %s (config %s) on %s", weights.weights_path(checkpoint_dir), train_config.name, device)
+    logger.info("Loaded %s (config %s) on %s", weights_file, train_config.name, device)
 
-    quantiles = data_config.use_quantile_norm
-    input_transforms = [
-        _transforms.InjectDefaultPrompt(default_prompt),
-        *data_config.data_transforms.inputs,
-        CheckStateDim(len(norm_stats["state"].mean)),
-        _transforms.Normalize(norm_stats, quantiles),
-        *data_config.model_transforms.inputs,
-    ]
-    output_transforms = [
-        *data_config.model_transforms.outputs,
-        _transforms.Unnormalize(norm_stats, quantiles),
-        *data_config.data_transforms.outputs,
-    ]
+    pipeline = build_pipeline(data_config, norm_stats, from_dataset=False, default_prompt=default_prompt)
     model_config = train_config.model
     metadata = {
         "config": train_config.name,
@@ -89,26 +71,26 @@ def create_trained_policy(
     }
     return Policy(
         model,
-        input_transforms=input_transforms,
-        output_transforms=output_transforms,
+        input_transforms=pipeline.inputs,
+        output_transforms=pipeline.outputs,
         sample_kwargs=sample_kwargs,
         metadata=metadata,
         pytorch_device=device,
     )
 
 
-def _load_norm_stats(checkpoint_dir: Path, data_config: _config.DataConfig) -> dict[str, _normalize.NormStats]:
+def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> dict[str, _normalize.NormStats]:
     """The checkpoint's norm stats; failing that, the ones the data config defines itself (e.g. identity stats)."""
     if data_config.asset_id is not None:
-        stats_dir = checkpoint_dir / ASSETS_DIR / data_config.asset_id
-        if (stats_dir / _normalize.NORM_STATS_FILENAME).is_file():
+        stats_dir = checkpoint_files.assets_dir(checkpoint_dir) / data_config.asset_id
+        if checkpoint_files.norm_stats_path(stats_dir).is_file():
             stats = _normalize.load(stats_dir)
             logger.info("Loaded norm stats from %s", stats_dir)
             return _require_state_and_actions(stats, stats_dir)
     if data_config.norm_stats is not None:
         logger.warning("No norm stats in checkpoint %s; using the data config's own", checkpoint_dir)
         return _require_state_and_actions(data_config.norm_stats, "the data config")
-    expected = checkpoint_dir / ASSETS_DIR / str(data_config.asset_id) / _normalize.NORM_STATS_FILENAME
+    expected = checkpoint_files.norm_stats_path(checkpoint_files.assets_dir(checkpoint_dir) / str(data_config.asset_id))
     raise FileNotFoundError(f"No norm stats for checkpoint {checkpoint_dir}: expected {expected}")
 
 

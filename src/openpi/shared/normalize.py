@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-NORM_STATS_FILENAME = "norm_stats.json"
+from openpi.shared.checkpoint_files import NORM_STATS_FILE, norm_stats_path
+
 EPSILON = 1e-6
 
 
@@ -56,9 +57,9 @@ def save(directory: str | Path, stats: dict[str, NormStats]) -> Path:
     """Writes ``directory/norm_stats.json`` atomically and returns its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / NORM_STATS_FILENAME
+    path = norm_stats_path(directory)
     payload = {"norm_stats": {key: value.to_json() for key, value in stats.items()}}
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{NORM_STATS_FILENAME}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{NORM_STATS_FILE}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2)
@@ -71,7 +72,7 @@ def save(directory: str | Path, stats: dict[str, NormStats]) -> Path:
 
 def load(directory: str | Path) -> dict[str, NormStats]:
     """Reads ``directory/norm_stats.json``."""
-    path = Path(directory) / NORM_STATS_FILENAME
+    path = norm_stats_path(directory)
     if not path.is_file():
         raise FileNotFoundError(f"Norm stats file not found: {path} (compute it with scripts/compute_norm_stats.py)")
     data = json.loads(path.read_text())

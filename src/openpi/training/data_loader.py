@@ -1,6 +1,6 @@
 """Training data: LeRobot datasets (or fake samples) through the transform pipeline, in deterministic batches.
 
-Pipeline per sample: prompt from task -> repack -> robot (data) transforms -> Normalize -> model transforms.
+Every sample runs the steps of :func:`openpi.policies.pipeline.build_pipeline` (``from_dataset=True``).
 Batch ``k`` of rank ``r`` depends only on ``(seed, k, r)``: every epoch is a seeded permutation of the dataset and
 batch ``k`` reads its slice, so a run resumed at ``start_step=k`` sees the batches an uninterrupted run would.
 """
@@ -8,7 +8,7 @@ batch ``k`` reads its slice, so a run resumed at ``start_step=k`` sees the batch
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +17,8 @@ import torch
 from openpi import transforms as _transforms
 from openpi.models import pi0_config
 from openpi.models.observation import IMAGE_KEYS, Observation
+from openpi.policies.data_config import FAKE_REPO_ID, DataConfig
+from openpi.policies.pipeline import build_pipeline
 from openpi.training import config as _config
 
 logger = logging.getLogger(__name__)
@@ -89,41 +91,20 @@ class TransformedDataset:
 
 
 def create_torch_dataset(
-    data_config: _config.DataConfig, action_horizon: int, model_config: pi0_config.Pi0Config
+    data_config: DataConfig, action_horizon: int, model_config: pi0_config.Pi0Config
 ) -> SampleDataset:
-    """The raw dataset of ``data_config`` with action chunks of ``action_horizon`` frames (prompt from task added)."""
+    """The raw dataset of ``data_config`` with action chunks of ``action_horizon`` frames."""
     if data_config.repo_id is None:
         raise ValueError("DataConfig has no repo_id; set --data.repo-id to a LeRobot repo id or local dataset folder")
-    if data_config.repo_id == _config.FAKE_REPO_ID:
+    if data_config.repo_id == FAKE_REPO_ID:
         return FakeDataset(model_config, action_horizon)
-    dataset = LeRobotSamples(data_config.repo_id, data_config.root, action_horizon, data_config.action_sequence_keys)
-    if data_config.prompt_from_task:
-        return TransformedDataset(dataset, [_transforms.PromptFromLeRobotTask()])
-    return dataset
+    return LeRobotSamples(data_config.repo_id, data_config.root, action_horizon, data_config.action_sequence_keys)
 
 
-def input_transforms(data_config: _config.DataConfig, *, skip_norm_stats: bool = False) -> list:
-    """Repack, robot, normalisation (unless skipped) and model transforms, in pipeline order."""
-    steps: list = [*data_config.repack_transforms.inputs, *data_config.data_transforms.inputs]
-    if not skip_norm_stats:
-        if data_config.norm_stats is None:
-            raise FileNotFoundError(f"No norm stats in {data_config.norm_stats_dir}")
-        steps.append(_transforms.Normalize(data_config.norm_stats, data_config.use_quantile_norm))
-    return [*steps, *data_config.model_transforms.inputs]
-
-
-def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stacks a list of (nested) sample dicts of arrays into one dict of batched numpy arrays."""
-    out: dict[str, Any] = {}
-    for key, first in samples[0].items():
-        values = [sample[key] for sample in samples]
-        if isinstance(first, Mapping):
-            out[key] = collate_samples(values)
-        elif isinstance(first, str | bytes):
-            raise TypeError(f"Cannot batch text field {key!r}; it must be tokenized or removed by the transforms")
-        else:
-            out[key] = np.stack([np.asarray(v) for v in values])
-    return out
+def training_transforms(data_config: DataConfig, *, skip_norm_stats: bool = False) -> list:
+    """The pipeline's input steps for dataset samples; without normalisation when ``skip_norm_stats``."""
+    norm_stats = None if skip_norm_stats else data_config.norm_stats
+    return list(build_pipeline(data_config, norm_stats, from_dataset=True).inputs)
 
 
 def batch_indices(
@@ -158,7 +139,7 @@ class DataLoader:
     def __init__(
         self,
         dataset: SampleDataset,
-        data_config: _config.DataConfig,
+        data_config: DataConfig,
         *,
         global_batch_size: int,
         num_workers: int,
@@ -194,7 +175,7 @@ class DataLoader:
             self._dataset,
             batch_sampler=self._sampler,
             num_workers=self._num_workers,
-            collate_fn=collate_samples,
+            collate_fn=_transforms.stack_samples,
         )
         for batch in loader:
             yield Observation.from_dict(batch), torch.from_numpy(np.asarray(batch["actions"], dtype=np.float32))
@@ -222,7 +203,7 @@ def create_data_loader(
             f"`uv run scripts/compute_norm_stats.py --config-name {config.name}`."
         )
     dataset = create_torch_dataset(data_config, config.model.action_horizon, config.model)
-    dataset = TransformedDataset(dataset, input_transforms(data_config, skip_norm_stats=skip_norm_stats))
+    dataset = TransformedDataset(dataset, training_transforms(data_config, skip_norm_stats=skip_norm_stats))
     logger.info(
         "Data: %s (%d samples), %d batches per epoch",
         data_config.repo_id,

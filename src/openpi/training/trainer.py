@@ -28,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from openpi.models.observation import Observation
 from openpi.models_pytorch import preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.policies import data_config
 from openpi.training import checkpoints, data_loader
 from openpi.training import config as _config
 
@@ -235,7 +236,7 @@ class _Trainer:
         ddp_model: nn.Module,
         optimizer: torch.optim.Optimizer,
         batches: Iterator[tuple[Observation, torch.Tensor]],
-        data_config: _config.DataConfig,
+        data_config: data_config.DataConfig,
         start_step: int,
         wandb_run: Any,
     ) -> None:
@@ -336,7 +337,7 @@ class _Trainer:
         return state.step
 
     def _save(
-        self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int, data_config: _config.DataConfig
+        self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int, data_config: data_config.DataConfig
     ) -> None:
         rng_state = checkpoints.capture_rng_state()
         if self.ctx.is_distributed:

@@ -1,0 +1,158 @@
+"""What a robot's data pipeline is made of: the resolved :class:`DataConfig` and the factories that build it.
+
+A :class:`DataConfigFactory` describes one kind of dataset (LIBERO, ALOHA, DROID, ...) and lives beside that robot's
+input/output mapping in ``policies/<robot>_policy.py``; ``create`` resolves it for one model into a
+:class:`DataConfig`. :func:`openpi.policies.pipeline.build_pipeline` turns that into the ordered list of steps that
+training, norm-stat computation and serving all run.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from openpi import transforms as _transforms
+from openpi.envs import shapes_dataset
+from openpi.models import pi0_config, tokenizer
+from openpi.shared import checkpoint_files
+from openpi.shared import normalize as _normalize
+
+logger = logging.getLogger(__name__)
+
+FAKE_REPO_ID = "fake"
+
+
+@dataclasses.dataclass(frozen=True)
+class AssetsConfig:
+    """Where to read norm stats from: ``assets_dir/asset_id/norm_stats.json``.
+
+    ``assets_dir`` defaults to the train config's ``assets_dirs``; ``asset_id`` to the dataset's repo id.
+    """
+
+    assets_dir: str | None = None
+    asset_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """A resolved data pipeline: where the data lives and the transforms that turn samples into model inputs."""
+
+    # LeRobot repo id, a local dataset folder, or "fake".
+    repo_id: str | None = None
+    # Local folder of the dataset; None means lerobot's cache for a hub id.
+    root: str | None = None
+    asset_id: str | None = None
+    # Folder holding norm_stats.json (read for training, written by scripts/compute_norm_stats.py).
+    norm_stats_dir: str | None = None
+    norm_stats: dict[str, _normalize.NormStats] | None = None
+    # Dataset keys -> the robot's observation keys (training data only; a served robot sends its own keys).
+    repack_transforms: _transforms.Group = dataclasses.field(default_factory=_transforms.Group)
+    # The robot's observation <-> the model's camera layout and action dims.
+    data_transforms: _transforms.Group = dataclasses.field(default_factory=_transforms.Group)
+    # Resize to the vision tower, tokenize, pad state/actions.
+    model_transforms: _transforms.Group = dataclasses.field(default_factory=_transforms.Group)
+    use_quantile_norm: bool = False
+    # Dataset keys that are read as chunks of `action_horizon` consecutive frames.
+    action_sequence_keys: Sequence[str] = ("actions",)
+    # Use the LeRobot task text as the prompt.
+    prompt_from_task: bool = False
+    # Prompt for samples and observations that carry none.
+    default_prompt: str | None = None
+    tokenizer_path: str | None = None
+
+
+def model_transforms(model: pi0_config.Pi0Config, tokenizer_path: str) -> _transforms.Group:
+    """Resize every camera to the vision tower's resolution, tokenize (with the discretised state for π0.5), pad
+    state/actions to the model's action dimension."""
+    size = model.vision_config.image_size
+    return _transforms.Group(
+        inputs=(
+            _transforms.ResizeImages(size, size),
+            _transforms.TokenizePrompt(
+                tokenizer.PaligemmaTokenizer(model.max_token_len, tokenizer_path),
+                discrete_state_input=bool(model.discrete_state_input),
+            ),
+            _transforms.PadStatesAndActions(model.action_dim),
+        )
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfigFactory(abc.ABC):
+    """Builds a :class:`DataConfig` for a model; subclasses describe one kind of dataset."""
+
+    repo_id: str | None = None
+    assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
+    # PaliGemma tokenizer model; see `tokenizer.resolve_tokenizer_path` for the defaults.
+    tokenizer_path: str | None = None
+    # Prompt used when a sample has none.
+    default_prompt: str | None = None
+
+    @abc.abstractmethod
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        """Resolves the data pipeline for ``model_config``; norm stats come from ``assets_dirs`` unless overridden."""
+
+    def _asset_id(self) -> str | None:
+        if self.assets.asset_id is not None or self.repo_id is None:
+            return self.assets.asset_id
+        return Path(self.repo_id).name if is_local_path(self.repo_id) else self.repo_id
+
+    def _norm_stats_dir(self, assets_dirs: Path) -> Path | None:
+        asset_id = self._asset_id()
+        if asset_id is None:
+            return None
+        return Path(self.assets.assets_dir or assets_dirs) / asset_id
+
+    def _lerobot_fields(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> dict[str, Any]:
+        """Fields shared by every LeRobot-backed config (the PaliGemma tokenizer must exist)."""
+        tokenizer_path = str(tokenizer.resolve_tokenizer_path(self.tokenizer_path))
+        norm_dir = self._norm_stats_dir(assets_dirs)
+        return {
+            "repo_id": self.repo_id,
+            "root": self.repo_id if self.repo_id and is_local_path(self.repo_id) else None,
+            "asset_id": self._asset_id(),
+            "norm_stats_dir": None if norm_dir is None else str(norm_dir),
+            "norm_stats": load_norm_stats_if_present(norm_dir),
+            "model_transforms": model_transforms(model_config, tokenizer_path),
+            "use_quantile_norm": model_config.pi05,
+            "default_prompt": self.default_prompt,
+            "tokenizer_path": tokenizer_path,
+        }
+
+
+def is_local_path(repo_id: str) -> bool:
+    """Whether ``repo_id`` names a local dataset folder rather than a hub id."""
+    return repo_id.startswith(("/", "./", "../", "~")) or Path(repo_id).expanduser().is_dir()
+
+
+def load_norm_stats_if_present(directory: Path | None) -> dict[str, _normalize.NormStats] | None:
+    """The norm stats in ``directory``, or None when it has none (yet)."""
+    if directory is None or not checkpoint_files.norm_stats_path(directory).is_file():
+        return None
+    logger.info("Loading norm stats from %s", directory)
+    return _normalize.load(directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDataConfig(DataConfigFactory):
+    """Random samples already in the model's layout (no dataset); uses the embedded tokenizer."""
+
+    repo_id: str | None = FAKE_REPO_ID
+
+    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        tokenizer_path = self.tokenizer_path or str(shapes_dataset.ensure_tokenizer())
+        dim = model_config.action_dim
+        identity = _normalize.NormStats(mean=[0.0] * dim, std=[1.0] * dim, q01=[-1.0] * dim, q99=[1.0] * dim)
+        return DataConfig(
+            repo_id=FAKE_REPO_ID,
+            asset_id=FAKE_REPO_ID,
+            norm_stats={"state": identity, "actions": identity},
+            model_transforms=model_transforms(model_config, tokenizer_path),
+            use_quantile_norm=model_config.pi05,
+            default_prompt=self.default_prompt,
+            tokenizer_path=tokenizer_path,
+        )

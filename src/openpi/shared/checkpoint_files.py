@@ -1,0 +1,34 @@
+"""The file and folder names of a model checkpoint, in one place.
+
+A checkpoint folder (a training step, a converted JAX checkpoint, or anything ``serve_policy.py`` loads)::
+
+    <checkpoint>/model.safetensors                      the weights (published PyTorch key layout)
+    <checkpoint>/config.json                            the Pi0Config (written by the converter)
+    <checkpoint>/assets/<asset_id>/norm_stats.json      normalisation statistics of the robot's data
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+ASSETS_DIR = "assets"
+NORM_STATS_FILE = "norm_stats.json"
+
+
+def weights_path(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a file, else ``path/model.safetensors``."""
+    path = Path(path)
+    return path / WEIGHTS_FILE if path.is_dir() else path
+
+
+def assets_dir(checkpoint_dir: str | os.PathLike) -> Path:
+    """The folder of a checkpoint's assets (one sub-folder of norm stats per ``asset_id``)."""
+    return Path(checkpoint_dir) / ASSETS_DIR
+
+
+def norm_stats_path(directory: str | os.PathLike) -> Path:
+    """The norm-stats file inside ``directory`` (e.g. ``assets_dir(checkpoint) / asset_id``)."""
+    return Path(directory) / NORM_STATS_FILE
