@@ -66,7 +66,7 @@ def _observation(config: Pi0Config, args: Args) -> Observation:
 def _run(model: PI0Pytorch, obs: Observation, device: str) -> tuple[int, int, float]:
     start = time.perf_counter()
     prefix = model.encode_prefix(obs)
-    model.sample_actions(device, obs)
+    model.sample_actions(obs)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return prefix.pad_masks.shape[1], int(prefix.pad_masks.sum(1).max()), time.perf_counter() - start

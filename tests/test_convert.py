@@ -242,7 +242,7 @@ def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Pat
     assert obs.images["base_0_rgb"].shape[1] == 3
     with torch.no_grad():
         loss = model.forward(obs, io["input.actions"], noise=io["input.noise"], time=io["input.time"])
-        actions = model.sample_actions("cpu", obs, noise=io["input.sample_noise"], num_steps=fixture.num_flow_steps)
+        actions = model.sample_actions(obs, noise=io["input.sample_noise"], num_steps=fixture.num_flow_steps)
     assert relative_error(loss, io["output.loss"]) <= 2e-3
     assert relative_error(actions, io["output.sampled_actions"]) <= 2e-3
 

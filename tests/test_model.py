@@ -129,9 +129,19 @@ def test_every_parameter_gets_a_gradient(pi05):
 def test_sampling_is_deterministic_given_noise_and_shapes_follow_the_config():
     model = PI0Pytorch(dataclasses.replace(TINY, pi05=False)).eval()
     obs, noise = _observation(batch=3, cameras=1), torch.randn(3, 4, 32)
-    first = model.sample_actions("cpu", obs, noise=noise, num_steps=3)
+    first = model.sample_actions(obs, noise=noise, num_steps=3)
     assert first.shape == (3, 4, 32)
-    assert torch.equal(first, model.sample_actions("cpu", obs, noise=noise, num_steps=3))
+    assert torch.equal(first, model.sample_actions(obs, noise=noise, num_steps=3))
+
+
+def test_sampling_accepts_the_upstream_signature_with_a_device():
+    model = PI0Pytorch(TINY).eval()
+    obs, noise = _observation(batch=2), torch.randn(2, 4, 32)
+    expected = model.sample_actions(obs, noise=noise, num_steps=2)
+    assert torch.equal(model.sample_actions("cpu", obs, noise, 2), expected)
+    assert torch.equal(model.sample_actions(torch.device("cpu"), obs, noise=noise, num_steps=2), expected)
+    with pytest.raises(TypeError, match="Observation"):
+        model.sample_actions("cpu")
 
 
 def test_compile_mode_wraps_sampling():
@@ -144,9 +154,9 @@ def test_missing_prompt_and_unpadded_state_are_clear_errors():
     model = PI0Pytorch(TINY)
     obs = _observation()
     with pytest.raises(ValueError, match="tokenized_prompt"):
-        model.sample_actions("cpu", dataclasses.replace(obs, tokenized_prompt=None, tokenized_prompt_mask=None))
+        model.sample_actions(dataclasses.replace(obs, tokenized_prompt=None, tokenized_prompt_mask=None))
     with pytest.raises(ValueError, match="action_dim=32"):
-        model.sample_actions("cpu", dataclasses.replace(obs, state=obs.state[:, :8]))
+        model.sample_actions(dataclasses.replace(obs, state=obs.state[:, :8]))
 
 
 def test_attention_mask_blocks():

@@ -27,7 +27,7 @@ def _pruned_model(fixture: reference.ReferenceFixture, **pruning) -> PI0Pytorch:
 def test_keeping_every_patch_reproduces_the_unpruned_model(fixture):
     """With keep_ratio=1.0 only padding is dropped: positions and masks must leave the outputs unchanged."""
     model = _pruned_model(fixture, token_prune_keep_ratio=1.0)
-    actions = model.sample_actions("cpu", fixture.observation(), noise=fixture.io["input.sample_noise"])
+    actions = model.sample_actions(fixture.observation(), noise=fixture.io["input.sample_noise"])
     assert reference.relative_error(actions, fixture.io["output.sampled_actions"]) <= reference.TOLERANCE
 
 
@@ -53,9 +53,9 @@ def test_batch_with_different_kept_counts_equals_per_sample_runs(fixture):
     text = obs.tokenized_prompt.shape[1]
     counts = prefix.pad_masks[:, :-text].sum(1)
     assert counts[0] != counts[1] and prefix.pad_masks.shape[1] < 768 + text
-    batched = model.sample_actions("cpu", obs, noise=noise)
+    batched = model.sample_actions(obs, noise=noise)
     for i in range(2):
-        alone = model.sample_actions("cpu", obs.select(slice(i, i + 1)), noise=noise[i : i + 1])
+        alone = model.sample_actions(obs.select(slice(i, i + 1)), noise=noise[i : i + 1])
         assert reference.relative_error(batched[i : i + 1], alone) < 1e-4
 
 

@@ -47,7 +47,7 @@ def test_batch_of_one_and_shorter_token_padding_match_reference(model, fixture):
     )
     with torch.no_grad():
         loss = model(obs, io["input.actions"][1:], io["input.noise"][1:], io["input.time"][1:])
-        actions = model.sample_actions("cpu", obs, noise=io["input.sample_noise"][1:])
+        actions = model.sample_actions(obs, noise=io["input.sample_noise"][1:])
     assert reference.relative_error(loss, io["output.loss"][1:]) < reference.TOLERANCE
     assert reference.relative_error(actions, io["output.sampled_actions"][1:]) < reference.TOLERANCE
 
@@ -56,14 +56,14 @@ def test_bfloat16_sampling_agrees_with_float32(model, fixture):
     model_bf16 = PI0Pytorch(dataclasses.replace(fixture.config, dtype="bfloat16"))
     load_weights(model_bf16, next(fixture.directory.glob("*_weights.safetensors")))
     obs, noise = fixture.observation(), fixture.io["input.sample_noise"]
-    actions_bf16 = model_bf16.sample_actions("cpu", obs, noise=noise)
+    actions_bf16 = model_bf16.sample_actions(obs, noise=noise)
     assert actions_bf16.dtype == torch.float32
-    error = reference.relative_error(actions_bf16, model.sample_actions("cpu", obs, noise=noise))
+    error = reference.relative_error(actions_bf16, model.sample_actions(obs, noise=noise))
     assert 0 < error < BF16_TOLERANCE
 
 
 def _sample(model: PI0Pytorch, obs: Observation, noise: torch.Tensor) -> torch.Tensor:
-    return model.sample_actions("cpu", obs, noise=noise)
+    return model.sample_actions(obs, noise=noise)
 
 
 def test_model_sees_every_input(model, fixture):

@@ -11,10 +11,10 @@ from openpi.models_pytorch import token_pruner
 from openpi.models_pytorch.token_pruner import ImageTokenPruner, PrunedPatches
 
 STAT_KEYS = {
-    "kept_tokens_mean",
-    "kept_tokens_min",
-    "kept_tokens_max",
-    "kept_ratio_mean",
+    "kept_tokens_overall_mean",
+    "kept_tokens_overall_min",
+    "kept_tokens_overall_max",
+    "kept_ratio_overall_mean",
     "task_valid_len_mean",
     "argmax_union_mean",
     "argmax_top1_share_mean",
@@ -23,10 +23,10 @@ STAT_KEYS = {
     "queries_std_mean",
     "query_cosine_before_norm_mean",
     "query_cosine_after_norm_mean",
-    "score_abs_max_mean",
-    "score_top1_gap_mean",
+    "score_abs_max_det_mean",
+    "score_top1_gap_det_mean",
 }
-NOISY_STAT_KEYS = {"kept_tokens_mean_noisy", "argmax_union_mean_noisy", "argmax_top1_share_mean_noisy"}
+NOISY_STAT_KEYS = {"kept_tokens_overall_mean_noisy", "argmax_union_mean_noisy", "argmax_top1_share_mean_noisy"}
 
 
 def make_inputs(batch=2, num_patches=32, task_len=8, dim=32, seed=0):
@@ -196,7 +196,7 @@ def test_degenerate_samples_give_no_nan(train):
     assert out.mask[0].sum() >= 1
     out.tokens.sum().backward()
     assert torch.isfinite(patches.grad).all()
-    assert pruner.last_stats["kept_tokens_min"] == 0.0
+    assert pruner.last_stats["kept_tokens_overall_min"] == 0.0
     # Without any valid task token the (padding) task embeddings still must not matter.
     task[0] = torch.randn_like(task[0])
     torch.manual_seed(0)
@@ -296,28 +296,33 @@ def test_telemetry_keys_and_values():
     stats = pruner.last_stats
     assert set(stats) == STAT_KEYS and all(isinstance(v, float) for v in stats.values())
     counts = out.mask.sum(1).float()
-    assert stats["kept_tokens_mean"] == pytest.approx(counts.mean().item())
-    assert (stats["kept_tokens_min"], stats["kept_tokens_max"]) == (counts.min().item(), counts.max().item())
-    assert stats["kept_ratio_mean"] == pytest.approx((counts / torch.tensor([32.0, 16.0])).mean().item())
+    assert stats["kept_tokens_overall_mean"] == pytest.approx(counts.mean().item())
+    assert (stats["kept_tokens_overall_min"], stats["kept_tokens_overall_max"]) == (
+        counts.min().item(),
+        counts.max().item(),
+    )
+    assert stats["kept_ratio_overall_mean"] == pytest.approx((counts / torch.tensor([32.0, 16.0])).mean().item())
     assert stats["task_valid_len_mean"] == 7.0
-    assert stats["argmax_union_mean"] == stats["kept_tokens_mean"]
+    assert stats["argmax_union_mean"] == stats["kept_tokens_overall_mean"]
     scores = reference_scores(*inputs[:4])
     shares = [
         torch.bincount(scores[b].argmax(-1)[inputs[3][b]]).max().item() / inputs[3][b].sum().item() for b in range(2)
     ]
     assert stats["argmax_top1_share_mean"] == pytest.approx(sum(shares) / 2)
     finite = torch.where(inputs[3][:, :, None] & inputs[3][:, None, :], scores.abs(), 0.0)
-    assert stats["score_abs_max_mean"] == pytest.approx(finite.amax((1, 2)).mean().item(), rel=1e-5)
+    assert stats["score_abs_max_det_mean"] == pytest.approx(finite.amax((1, 2)).mean().item(), rel=1e-5)
     top2 = scores.topk(2, -1).values
     gaps = [(top2[b, :, 0] - top2[b, :, 1])[inputs[3][b]].mean().item() for b in range(2)]
-    assert stats["score_top1_gap_mean"] == pytest.approx(sum(gaps) / 2, rel=1e-5)
+    assert stats["score_top1_gap_det_mean"] == pytest.approx(sum(gaps) / 2, rel=1e-5)
     # The last RMS norm rescales each query row, so cosine similarities cannot change through it.
     assert stats["query_cosine_before_norm_mean"] == pytest.approx(stats["query_cosine_after_norm_mean"], abs=1e-5)
 
     pruner.train()
     pruner(*inputs)
     assert set(pruner.last_stats) == STAT_KEYS | NOISY_STAT_KEYS
-    assert pruner.last_stats["kept_tokens_mean"] == stats["kept_tokens_mean"], "train reports the deterministic union"
+    assert pruner.last_stats["kept_tokens_overall_mean"] == stats["kept_tokens_overall_mean"], (
+        "train reports the deterministic union"
+    )
 
 
 # --- the collapse the seeds describe ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.training import checkpoints, data_loader, trainer
 from openpi.training import config as _config
 
@@ -165,23 +166,19 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------------ pruning
 def test_pruner_noise_decays_and_stats_are_collected_only_on_log_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    calls: list[tuple[str, object]] = []
-    for name in ("set_token_pruner_noise_scale", "set_token_pruner_collect_stats"):
-        original = getattr(PI0Pytorch, name)
+    seen: list[tuple[float, bool]] = []  # (noise_scale, collect_stats) at each training forward of the pruner
+    original = ImageTokenPruner.forward
 
-        def spy(self, value, name=name, original=original):
-            calls.append((name, value))
-            return original(self, value)
+    def spy(self, *args):
+        seen.append((self.noise_scale, self.collect_stats))
+        return original(self, *args)
 
-        monkeypatch.setattr(PI0Pytorch, name, spy)
-
+    monkeypatch.setattr(ImageTokenPruner, "forward", spy)
     config = _pruned_fake_data_config(tmp_path, num_train_steps=4, log_interval=2, save_interval=4)
     trainer.train(config)
 
-    noise = [v for n, v in calls if n == "set_token_pruner_noise_scale"]
-    collect = [v for n, v in calls if n == "set_token_pruner_collect_stats"]
-    assert noise == pytest.approx([1.0, 0.75, 0.5, 0.25])
-    assert collect == [True, False, True, True]  # log steps 0, 2 and the last step
+    assert [noise for noise, _ in seen] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert [collect for _, collect in seen] == [True, False, True, True]  # log steps 0, 2 and the last step
 
 
 def test_noise_scale_follows_configured_initial_value():

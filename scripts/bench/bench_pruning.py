@@ -64,7 +64,7 @@ def _timed(model: PI0Pytorch, obs: Observation, device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    model.sample_actions(device, obs)
+    model.sample_actions(obs)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1e3

@@ -63,7 +63,7 @@ def _evaluate(model: PI0Pytorch, config: _config.TrainConfig, keep_ratio: float 
     kept, errors = [], []
     for obs, actions in data_loader.create_data_loader(config, start_step=HELD_OUT_START, num_batches=batches):
         obs = preprocessing.preprocess_observation(obs, train=False, image_resolution=resolution)
-        predicted = model.sample_actions("cpu", obs, noise=torch.zeros_like(actions))
+        predicted = model.sample_actions(obs, noise=torch.zeros_like(actions))
         errors.append(float(((predicted - actions)[..., :7] ** 2).mean()))
         kept.append(model.get_token_pruning_stats()["kept_tokens_overall_mean"])
     return statistics.mean(kept), statistics.mean(errors)

@@ -93,7 +93,7 @@ class PaliGemmaWithExpertModel(nn.Module):
         """
         reference = next(s for s in streams if s is not None)
         bias = torch.zeros(attention_mask.shape, dtype=reference.dtype, device=reference.device)
-        bias = bias.masked_fill(~attention_mask, _MASKED_LOGIT)[:, None]
+        bias = bias.masked_fill(~attention_mask, _MASKED_LOGIT)[:, None]  # [B, 1, Lq, Lk], broadcast over heads
         rope = rotary_cos_sin(positions, self._language_model.config.head_dim)
         experts = (self._language_model, self.gemma_expert.model)
         cache: KVCache = []
@@ -128,20 +128,20 @@ def _joint_layer(
             gates.append(None)
             continue
         normed, gate = layer.input_layernorm(x, cond)
-        q, k, v = layer.self_attn.qkv(normed)
+        q, k, v = layer.self_attn.qkv(normed)  # [B, heads, L_stream, hd], k and v [B, kv_heads, L_stream, hd]
         queries.append(q)
         keys.append(k)
         values.append(v)
         gates.append(gate)
     cos, sin = rope
-    q = apply_rotary(torch.cat(queries, dim=2), cos, sin)
-    k = apply_rotary(torch.cat(keys, dim=2), cos, sin)
+    q = apply_rotary(torch.cat(queries, dim=2), cos, sin)  # [B, heads, Lq, hd], Lq = the streams' total length
+    k = apply_rotary(torch.cat(keys, dim=2), cos, sin)  # [B, kv_heads, Lq, hd]
     v = torch.cat(values, dim=2)
-    if past is not None:
+    if past is not None:  # the cached prefix comes first: Lk = L_cache + Lq
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)  # [B, heads, Lq, hd]
     batch, heads, length, head_dim = attn.shape
-    attn = attn.transpose(1, 2).reshape(batch, length, heads * head_dim)
+    attn = attn.transpose(1, 2).reshape(batch, length, heads * head_dim)  # [B, Lq, heads*hd], split per stream below
 
     outputs: list[torch.Tensor | None] = []
     start = 0

@@ -8,7 +8,7 @@ integrates it with Euler steps from t=1 (noise) to t=0, computing the prefix key
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +20,7 @@ from openpi.models_pytorch.paligemma_with_expert import KVCache, PaliGemmaWithEx
 from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.models_pytorch.weights import keeps_float32
 
-# Pruner telemetry keys → the metric names training logs under ``prune/``.
-PRUNE_METRIC_NAMES = {
-    "kept_tokens_mean": "kept_tokens_overall_mean",
-    "kept_tokens_min": "kept_tokens_overall_min",
-    "kept_tokens_max": "kept_tokens_overall_max",
-    "kept_tokens_mean_noisy": "kept_tokens_overall_mean_noisy",
-    "kept_ratio_mean": "kept_ratio_overall_mean",
-    "score_abs_max_mean": "score_abs_max_det_mean",
-    "score_top1_gap_mean": "score_top1_gap_det_mean",
-}
+_T = TypeVar("_T")
 
 
 class PrefixCache(NamedTuple):
@@ -60,11 +51,19 @@ def sinusoidal_time_embedding(
 def make_attention_mask(pad_masks: torch.Tensor, block_starts: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, L, L]``: token i attends to token j if both are valid and j's block does not start after i's.
 
-    ``block_starts`` is 1 where a token opens a new causal block (it and later tokens are hidden from earlier ones),
-    0 where the token joins the current block (bidirectional within it).
+    ``block_starts [B, L]`` is 1 where a token opens a new block (it and later tokens are hidden from earlier
+    ones), 0 where the token joins the current block (bidirectional within it). Worked patterns::
+
+        [0, 0, 0, 0]           one bidirectional block (the prefix: all images and the prompt)
+        [0, 0, 1, 1]           prefix-LM: two prefix tokens, then two causal tokens
+        prefix + [1, 1, 0, 0]  π0 suffix: the state token (its own block) then the action tokens (one block);
+                               the prefix never sees the suffix, the state never sees the actions
+        prefix + [1, 0, 0]     π0.5 suffix: the action tokens form one block after the prefix
+
+    Padding (``pad_masks`` False) is never attended to and attends to nothing.
     """
-    blocks = torch.cumsum(block_starts.long(), dim=1)
-    causal = blocks[:, None, :] <= blocks[:, :, None]
+    blocks = torch.cumsum(block_starts.long(), dim=1)  # [B, L] block index of each token
+    causal = blocks[:, None, :] <= blocks[:, :, None]  # [B, L(query), L(key)]
     return causal & pad_masks[:, None, :] & pad_masks[:, :, None]
 
 
@@ -125,38 +124,34 @@ class PI0Pytorch(nn.Module):
     def token_pruning_enabled(self) -> bool:
         return self.token_pruner is not None
 
-    def _pruner(self) -> ImageTokenPruner:
+    @property
+    def pruner(self) -> ImageTokenPruner:
+        """The LightVLA pruner (its budgets, noise and telemetry); raises if pruning is disabled."""
         if self.token_pruner is None:
             raise RuntimeError("Token pruning is disabled; build the model with token_pruning_enabled=True")
         return self.token_pruner
 
+    # The seeds' public setters: each sets one pruner attribute; None restores the config's value.
     def set_token_pruner_noise_scale(self, noise_scale: float | None) -> None:
         """Training-time selection noise; None restores ``config.token_prune_noise_scale``."""
-        default = self.config.token_prune_noise_scale
-        self._pruner().noise_scale = default if noise_scale is None else noise_scale
+        self.pruner.noise_scale = _or(noise_scale, self.config.token_prune_noise_scale)
 
     def set_token_pruner_keep_tokens(self, keep_tokens: int | None) -> None:
         """Inference budget of K patches in total; None restores ``config.token_prune_keep_tokens``."""
-        default = self.config.token_prune_keep_tokens
-        self._pruner().keep_tokens = default if keep_tokens is None else keep_tokens
+        self.pruner.keep_tokens = _or(keep_tokens, self.config.token_prune_keep_tokens)
 
     def set_token_pruner_keep_ratio(self, keep_ratio: float | None) -> None:
         """Inference budget as a fraction of valid patches; None restores ``config.token_prune_keep_ratio``."""
-        default = self.config.token_prune_keep_ratio
-        self._pruner().keep_ratio = default if keep_ratio is None else keep_ratio
+        self.pruner.keep_ratio = _or(keep_ratio, self.config.token_prune_keep_ratio)
 
     def set_token_pruner_collect_stats(self, enabled: bool) -> None:
         """Turns pruning telemetry on for the following forwards (off by default: it costs extra compute)."""
-        self._pruner().collect_stats = enabled
+        self.pruner.collect_stats = enabled
 
     def get_token_pruning_stats(self) -> dict[str, float]:
-        """Telemetry of the last forward that collected it, under the ``prune/*`` metric names (empty if none)."""
-        if self.token_pruner is None:
-            return {}
-        last = self.token_pruner.last_stats or {}
-        stats = {PRUNE_METRIC_NAMES.get(key, key): value for key, value in last.items()}
-        stats["noise_scale"] = float(self.token_pruner.noise_scale)
-        return stats
+        """Telemetry of the last forward that collected it, under the ``prune/*`` metric names without the prefix
+        (empty when pruning is disabled)."""
+        return {} if self.token_pruner is None else self.token_pruner.stats()
 
     # ------------------------------------------------------------------------------------------------- prefix
     def embed_prefix(
@@ -174,21 +169,21 @@ class PI0Pytorch(nn.Module):
             (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens.
         """
         pwe = self.paligemma_with_expert
-        image_embs = [pwe.embed_image(image) for image in images]
-        patches = torch.cat(image_embs, dim=1)
+        image_embs = [pwe.embed_image(image) for image in images]  # C x [B, P, W], P patches per camera
+        patches = torch.cat(image_embs, dim=1)  # [B, N = C*P, W]
         patch_mask = torch.cat(
             [mask[:, None].expand(-1, emb.shape[1]) for mask, emb in zip(img_masks, image_embs, strict=True)], dim=1
-        )
-        lang_embs = pwe.embed_language_tokens(lang_tokens)
+        )  # [B, N]
+        lang_embs = pwe.embed_language_tokens(lang_tokens)  # [B, T, W]
         lang_embs = lang_embs * math.sqrt(lang_embs.shape[-1])
 
-        positions = torch.cumsum(torch.cat([patch_mask, lang_masks], dim=1).long(), dim=1) - 1
+        positions = torch.cumsum(torch.cat([patch_mask, lang_masks], dim=1).long(), dim=1) - 1  # [B, N + T]
         patch_positions, lang_positions = positions[:, : patches.shape[1]], positions[:, patches.shape[1] :]
         if self.token_pruner is not None:
             pruned = self.token_pruner(patches, lang_embs, lang_masks, patch_mask, patch_positions)
-            patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions
+            patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions  # [B, K, W], [B, K]
 
-        embs = torch.cat([patches.to(lang_embs.dtype), lang_embs], dim=1)
+        embs = torch.cat([patches.to(lang_embs.dtype), lang_embs], dim=1)  # [B, K + T, W]
         pad_masks = torch.cat([patch_mask, lang_masks], dim=1)
         block_starts = torch.zeros_like(pad_masks)
         return embs, pad_masks, block_starts, torch.cat([patch_positions, lang_positions], dim=1)
@@ -254,23 +249,25 @@ class PI0Pytorch(nn.Module):
     @torch.no_grad()
     def sample_actions(
         self,
-        device: torch.device | str,
-        observation: Observation,
+        *args: torch.device | str | Observation,
         noise: torch.Tensor | None = None,
         num_steps: int = 10,
     ) -> torch.Tensor:
-        """Integrates the flow from noise (t=1) to actions (t=0) with ``num_steps`` Euler steps.
+        """``sample_actions(observation, noise=None, num_steps=10)``: actions ``[B, H, action_dim]``.
 
-        The prefix is embedded (and pruned) once and its keys/values cached for every denoising step.
+        Integrates the flow from noise (t=1) to actions (t=0) with ``num_steps`` Euler steps; the prefix is embedded
+        (and pruned) once and its keys/values cached for every step. Runs on the observation's device. The upstream
+        spelling ``sample_actions(device, observation, noise, num_steps)`` is accepted too.
         """
+        observation, noise, num_steps = _sample_actions_args(args, noise, num_steps)
         prefix = self.encode_prefix(observation)
         shape = (prefix.state.shape[0], self.config.action_horizon, self.config.action_dim)
-        x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)
+        device = prefix.state.device
+        x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)  # [B, H, A]
         dt = -1.0 / num_steps
         for step in range(num_steps):
-            time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x_t.device)
-            v_t = self.denoise_step(prefix.state, prefix.pad_masks, prefix.positions, prefix.kv_cache, x_t, time)
-            x_t = x_t + dt * v_t
+            time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=device)
+            x_t = x_t + dt * self.denoise_step(prefix, x_t, time)
         return x_t
 
     def encode_prefix(self, observation: Observation) -> PrefixCache:
@@ -281,22 +278,15 @@ class PI0Pytorch(nn.Module):
         _, kv_cache = self.paligemma_with_expert([prefix_embs, None], prefix_mask, prefix_pos, [None, None])
         return PrefixCache(kv_cache, prefix_pad, prefix_pos, state)
 
-    def denoise_step(
-        self,
-        state: torch.Tensor,
-        prefix_pad: torch.Tensor,
-        prefix_pos: torch.Tensor,
-        kv_cache: KVCache,
-        x_t: torch.Tensor,
-        time: torch.Tensor,
-    ) -> torch.Tensor:
-        """The predicted flow ``v_t [B, H, action_dim]`` at ``x_t``, attending to the cached prefix."""
-        suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
-        suffix_mask = make_attention_mask(suffix_pad, suffix_starts)
-        prefix_visible = prefix_pad[:, None, :].expand(-1, suffix_embs.shape[1], -1)
-        mask = torch.cat([prefix_visible, suffix_mask], dim=2)
-        positions = _suffix_positions(prefix_pos, prefix_pad, suffix_pad)
-        (_, out), _ = self.paligemma_with_expert([None, suffix_embs], mask, positions, [None, cond], kv_cache)
+    def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """The predicted flow ``v_t [B, H, action_dim]`` at ``x_t [B, H, action_dim]`` and ``time [B]``, attending
+        to the cached prefix."""
+        suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(prefix.state, x_t, time)  # [B, S, W]
+        suffix_mask = make_attention_mask(suffix_pad, suffix_starts)  # [B, S, S]
+        prefix_visible = prefix.pad_masks[:, None, :].expand(-1, suffix_embs.shape[1], -1)  # [B, S, L]
+        mask = torch.cat([prefix_visible, suffix_mask], dim=2)  # [B, S, L + S]
+        positions = _suffix_positions(prefix.positions, prefix.pad_masks, suffix_pad)
+        (_, out), _ = self.paligemma_with_expert([None, suffix_embs], mask, positions, [None, cond], prefix.kv_cache)
         return self.action_out_proj(out[:, -self.config.action_horizon :].to(self.action_out_proj.weight.dtype)).float()
 
     # ------------------------------------------------------------------------------------------------ inputs
@@ -315,3 +305,23 @@ def _suffix_positions(prefix_pos: torch.Tensor, prefix_pad: torch.Tensor, suffix
     """Suffix positions continue after the last valid prefix position (the unpruned prefix length)."""
     offset = prefix_pos.masked_fill(~prefix_pad, -1).amax(dim=1, keepdim=True) + 1
     return offset + torch.cumsum(suffix_pad.long(), dim=1) - 1
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _sample_actions_args(
+    args: tuple, noise: torch.Tensor | None, num_steps: int
+) -> tuple[Observation, torch.Tensor | None, int]:
+    """Accepts ``(observation)`` and the upstream ``(device, observation[, noise[, num_steps]])``."""
+    if args and isinstance(args[0], str | torch.device):
+        args = args[1:]  # the device: the observation already says where to run
+    if not args or not isinstance(args[0], Observation) or len(args) > 3:
+        raise TypeError("sample_actions takes an Observation (optionally after a device, as upstream)")
+    observation, *rest = args
+    if rest:
+        noise = rest[0]
+    if len(rest) > 1:
+        num_steps = rest[1]
+    return observation, noise, num_steps

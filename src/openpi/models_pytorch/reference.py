@@ -119,7 +119,7 @@ def compare(model: PI0Pytorch, fixture: ReferenceFixture) -> dict[str, float]:
     with torch.no_grad():
         embs, pad, _, _ = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
         loss = model.forward(obs, io["input.actions"], noise=io["input.noise"], time=io["input.time"])
-        actions = model.sample_actions("cpu", obs, noise=io["input.sample_noise"], num_steps=fixture.num_flow_steps)
+        actions = model.sample_actions(obs, noise=io["input.sample_noise"], num_steps=fixture.num_flow_steps)
     ref_pad = io["output.prefix_pad_mask"].bool()
     if pad.shape != ref_pad.shape:
         raise ValueError(f"Prefix length {tuple(pad.shape)} differs from the reference {tuple(ref_pad.shape)}")

@@ -22,6 +22,8 @@ _RMS_EPS = 1e-6
 _NEVER = torch.finfo(torch.float32).min
 # Guards ceil(r * n) against float error, e.g. 0.1 * 30 = 3.0000000000000004 must keep 3, not 4.
 _CEIL_TOLERANCE = 1e-9
+# Training logs the telemetry as prune/<stat>.
+METRIC_PREFIX = "prune/"
 
 
 class PrunedPatches(NamedTuple):
@@ -195,6 +197,17 @@ class ImageTokenPruner(nn.Module):
             raise ValueError(f"keep_ratio must be None or a number in (0, 1], got {value!r}")
         self._keep_ratio = None if value is None else float(value)
 
+    def stats(self) -> dict[str, float]:
+        """The telemetry of the last forward that collected it, plus ``noise_scale`` (only ``noise_scale`` if none).
+
+        Keys are the metric names training logs with the ``prune/`` prefix (see docs/lightvla_pruning.md).
+        """
+        return {**(self.last_stats or {}), "noise_scale": self.noise_scale}
+
+    def metrics(self) -> dict[str, float]:
+        """:meth:`stats` under the logged names, ``prune/<name>``."""
+        return {f"{METRIC_PREFIX}{key}": value for key, value in self.stats().items()}
+
     def extra_repr(self) -> str:
         budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
         return f"noise_scale={self.noise_scale}, {budgets}, center_patches={self.center_patches}"
@@ -247,19 +260,20 @@ class ImageTokenPruner(nn.Module):
     def _select_eval(
         self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[PrunedPatches, torch.Tensor]:
-        votes = _count_votes(scores.argmax(dim=-1), patch_mask)
-        budget = self._budget(patch_mask)
+        votes = _count_votes(scores.argmax(dim=-1), patch_mask)  # [B, N]
+        budget = self._budget(patch_mask)  # [B] or None
         if budget is None:
             keep = votes > 0
         else:
             best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
             keep = _rank_patches(votes, best_score, patch_mask) < budget[:, None]
-        counts = keep.sum(dim=1)
-        num_kept = int(counts.max()) if counts.numel() else 0
+        counts = keep.sum(dim=1)  # [B]
+        num_kept = int(counts.max()) if counts.numel() else 0  # K: the batch's largest kept count
         # Stable sort puts the kept patches first, in their original order.
-        kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]
-        mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]
-        tokens = patches.gather(1, kept_indices[..., None].expand(-1, -1, patches.shape[-1])) * mask[..., None]
+        kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]  # [B, K]
+        mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]  # [B, K]
+        gather_index = kept_indices[..., None].expand(-1, -1, patches.shape[-1])  # [B, K, D]
+        tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
         return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
 
     def _budget(self, patch_mask: torch.Tensor) -> torch.Tensor | None:
@@ -318,8 +332,8 @@ def _telemetry(
     gap_rows = patch_mask & (valid[:, None] >= 2)
     gap = ((top2[..., 0] - top2[..., -1]) * gap_rows).sum(dim=1) / gap_rows.sum(dim=1)  # NaN if no such row
     per_sample = {
-        "kept_tokens": kept,
-        "kept_ratio": kept / valid.clamp(min=1.0),
+        "kept_tokens_overall": kept,
+        "kept_ratio_overall": kept / valid.clamp(min=1.0),
         "task_valid_len": task_mask.sum(dim=1).float(),
         "argmax_union": det_union,
         "argmax_top1_share": det_share,
@@ -328,18 +342,18 @@ def _telemetry(
         "queries_std": _masked_token_std(scoring.queries, patch_mask),
         "query_cosine_before_norm": _mean_pairwise_cosine(scoring.queries_raw, patch_mask),
         "query_cosine_after_norm": _mean_pairwise_cosine(scoring.queries, patch_mask),
-        "score_abs_max": torch.where(entry_mask, scores.abs(), 0.0).amax(dim=(1, 2)),
-        "score_top1_gap": gap,
+        "score_abs_max_det": torch.where(entry_mask, scores.abs(), 0.0).amax(dim=(1, 2)),
+        "score_top1_gap_det": gap,
     }
     if noisy_choice is not None:
         noisy_union, noisy_share = _argmax_stats(_count_votes(noisy_choice, patch_mask), valid)
-        per_sample["kept_tokens_noisy"] = noisy_union
+        per_sample["kept_tokens_overall_noisy"] = noisy_union
         per_sample["argmax_union_noisy"] = noisy_union
         per_sample["argmax_top1_share_noisy"] = noisy_share
     names = [_stat_key(name) for name in per_sample]
     means = torch.stack(list(per_sample.values())).nanmean(dim=1)
     values = torch.cat([means, kept.min()[None], kept.max()[None]]).tolist()  # the only host sync
-    return dict(zip([*names, "kept_tokens_min", "kept_tokens_max"], values, strict=True))
+    return dict(zip([*names, "kept_tokens_overall_min", "kept_tokens_overall_max"], values, strict=True))
 
 
 def _stat_key(name: str) -> str:

@@ -93,7 +93,7 @@ class Policy:
         noise_tensor = None if noise is None else torch.as_tensor(np.asarray(noise), dtype=torch.float32)
 
         start = time.perf_counter()
-        actions = self._model.sample_actions(self._device, observation, noise=noise_tensor, **self._sample_kwargs)
+        actions = self._model.sample_actions(observation, noise=noise_tensor, **self._sample_kwargs)
         actions = actions.float().cpu().numpy()
         extras: dict[str, Any] = {"policy_timing": {"infer_ms": (time.perf_counter() - start) * 1000.0}}
         if self._model.token_pruning_enabled:

@@ -176,13 +176,8 @@ def train_step(
 def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, collect_stats: bool) -> None:
     """Sets this step's exploration noise and whether the pruner records telemetry (only on log steps)."""
     if config.model.token_pruning_enabled:
-        model.set_token_pruner_noise_scale(pruner_noise_scale(config, step))
-        model.set_token_pruner_collect_stats(collect_stats)
-
-
-def pruning_metrics(model: PI0Pytorch) -> dict[str, float]:
-    """The pruner's telemetry of the last forward as ``prune/<name>`` floats."""
-    return {f"prune/{key}": float(value) for key, value in model.get_token_pruning_stats().items()}
+        model.pruner.noise_scale = pruner_noise_scale(config, step)
+        model.pruner.collect_stats = collect_stats
 
 
 # -------------------------------------------------------------------------------------------- the loop
@@ -291,7 +286,7 @@ class _Trainer:
             "samples_per_s": len(losses) * self.config.batch_size / max(elapsed, 1e-9),
         }
         if self.config.model.token_pruning_enabled:
-            metrics.update(pruning_metrics(model))
+            metrics.update(model.pruner.metrics())
         return metrics
 
     def _log(self, step: int, metrics: dict[str, float], progress: tqdm.tqdm, wandb_run: Any) -> None:
