@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import tyro
 
-from openpi.models.observation import IMAGE_KEYS, Observation
-from openpi.models.pi0_config import Pi0Config
+from openpi.models.observation import Observation, random_observation
+from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
 
@@ -37,30 +37,13 @@ class Args:
 def _config(args: Args) -> Pi0Config:
     if args.full_size:
         return Pi0Config(pi05=True, dtype="bfloat16")
-    return Pi0Config(
-        pi05=True,
-        paligemma_variant="dummy",
-        action_expert_variant="dummy",
-        vision_variant="tiny",
-        vocab_size=1024,
-        action_horizon=10,
-        max_token_len=48,
-        dtype="float32",
-    )
+    return tiny_config(action_horizon=10, max_token_len=48)
 
 
 def _observation(config: Pi0Config, args: Args) -> Observation:
-    gen = torch.Generator().manual_seed(args.seed)
-    names = IMAGE_KEYS[: args.num_cameras]
-    batch, length = args.batch_size, config.max_token_len
-    prompt_len = min(length, 32)
-    return Observation(
-        images={name: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for name in names},
-        image_masks={name: torch.ones(batch, dtype=torch.bool) for name in names},
-        state=torch.zeros(batch, config.action_dim),
-        tokenized_prompt=torch.randint(0, config.vocab_size, (batch, length), generator=gen),
-        tokenized_prompt_mask=torch.arange(length)[None].expand(batch, -1) < prompt_len,
-    ).to(args.device)
+    prompt_tokens = min(int(config.max_token_len), 32)
+    obs = random_observation(config, args.batch_size, num_cameras=args.num_cameras, valid_prompt_tokens=prompt_tokens)
+    return obs.to(args.device)
 
 
 def _run(model: PI0Pytorch, obs: Observation, device: str) -> tuple[int, int, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,12 @@ def reference_root() -> Path:
 def layouts_root() -> Path:
     """The published checkpoint layouts (shared/layouts/README.md)."""
     return _shared_folder("OPENPI_LAYOUTS_DIR", "layouts", "reference_pytorch_state_dict.json")
+
+
+@pytest.fixture(scope="session")
+def embedded_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Points ``$OPENPI_DATA_HOME`` at a session-wide temporary folder (embedded dataset cache)."""
+    home = tmp_path_factory.mktemp("openpi_data_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENPI_DATA_HOME", str(home))
+        yield home

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from openpi.models import tokenizer as _tokenizer
 
@@ -140,12 +138,3 @@ def write_tokenizer(directory: Path) -> Path:
     """Trains a tiny SentencePiece model (PaliGemma special ids) on a few robot prompts."""
     texts = ["put the bowl on the plate", "pick up the cube", "do something", "Task: move, State: 1 2 3;\nAction: "]
     return _tokenizer.train_sentencepiece(texts * 4, directory / "tiny_tokenizer", vocab_size=300)
-
-
-@pytest.fixture(scope="session")
-def embedded_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Points ``$OPENPI_DATA_HOME`` at a session-wide temporary folder (embedded dataset cache)."""
-    home = tmp_path_factory.mktemp("openpi_data_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OPENPI_DATA_HOME", str(home))
-        yield home

@@ -11,7 +11,7 @@ from openpi.envs import shapes_dataset
 from openpi.models import tokenizer as _tokenizer
 from openpi.policies import aloha_policy, data_config, libero_policy
 from openpi.training import config as _config
-from tests.lerobot_fixtures import embedded_data_home, write_tokenizer  # noqa: F401  (fixture)
+from tests.lerobot_fixtures import write_tokenizer
 
 REQUIRED = {
     "debug",
@@ -101,7 +101,7 @@ def test_pick_place_reads_norm_stats_from_its_assets_config(tmp_path):
     assert created.action_sequence_keys == ("action",)
 
 
-def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_home):  # noqa: F811
+def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_home):
     vocab = _tokenizer.PaligemmaTokenizer(8, shapes_dataset.ensure_tokenizer()).vocab_size
     for name in ("debug", "debug_pi05", "debug_pi05_lightvla"):
         config = _config.get_config(name)

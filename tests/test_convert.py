@@ -24,9 +24,6 @@ from openpi.models_pytorch.weights import load_weights
 from openpi.policies import libero_policy
 from openpi.shared import checkpoint_files
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference"
-LAYOUTS = SHARED / "layouts"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "convert_jax_model_to_pytorch.py"
 LM_HEADS = ("paligemma_with_expert.paligemma.lm_head.weight", "paligemma_with_expert.gemma_expert.lm_head.weight")
 LLM = "paligemma_with_expert.paligemma.model.language_model.layers.1"
@@ -76,10 +73,10 @@ def write_orbax(directory: Path, flat: dict[str, np.ndarray], value_wrapped: boo
 
 
 @pytest.mark.parametrize("name", ["pi05", "pi0"])
-def test_rules_reproduce_the_published_layouts(name: str) -> None:
+def test_rules_reproduce_the_published_layouts(name: str, layouts_root: Path) -> None:
     config = Pi0Config(pi05=name == "pi05")
-    jax_layout = json.loads((LAYOUTS / "reference_jax_params.json").read_text())[name]
-    torch_layout = json.loads((LAYOUTS / "reference_pytorch_state_dict.json").read_text())[name]
+    jax_layout = json.loads((layouts_root / "reference_jax_params.json").read_text())[name]
+    torch_layout = json.loads((layouts_root / "reference_pytorch_state_dict.json").read_text())[name]
     rules = convert_rules.build_rules(config)
     assert {r.source: list(r.shape) for r in rules} == {k: shape for k, (shape, _) in jax_layout.items()}
     ours = {t.key: [list(t.shape), str(convert_rules.target_dtype(t, "bfloat16"))] for r in rules for t in r.targets}
@@ -87,9 +84,9 @@ def test_rules_reproduce_the_published_layouts(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["jax_pi05_tiny", "jax_pi0_tiny"])
-def test_architecture_is_read_from_the_tree(name: str) -> None:
-    fixture = ReferenceFixture.load(REFERENCE / name)
-    infos = orbax_params.read_param_metadata(REFERENCE / name / "checkpoint" / "params")
+def test_architecture_is_read_from_the_tree(name: str, reference_root: Path) -> None:
+    fixture = ReferenceFixture.load(reference_root / name)
+    infos = orbax_params.read_param_metadata(reference_root / name / "checkpoint" / "params")
     shapes = {path: info.shape for path, info in infos.items()}
     assert shapes == {k: tuple(v) for k, v in fixture.raw_config["param_shapes"].items()}
     inferred = convert_rules.infer_model_config(shapes, action_horizon=fixture.config.action_horizon)
@@ -232,8 +229,8 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["jax_pi05_tiny", "jax_pi0_tiny"])
-def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Path) -> None:
-    fixture = ReferenceFixture.load(REFERENCE / name)
+def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Path, reference_root: Path) -> None:
+    fixture = ReferenceFixture.load(reference_root / name)
     weights = convert.convert_checkpoint(fixture.directory / "checkpoint", fixture.config, tmp_path, "float32")
     model = PI0Pytorch(fixture.config)
     load_weights(model, weights)
@@ -247,7 +244,7 @@ def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Pat
     assert relative_error(actions, io["output.sampled_actions"]) <= 2e-3
 
 
-def test_converted_folder_trains_and_serves(tmp_path: Path) -> None:
+def test_converted_folder_trains_and_serves(tmp_path: Path, reference_root: Path) -> None:
     """The converter's output folder is a valid pytorch_weight_path and a servable checkpoint (with its assets)."""
     from openpi.policies import policy_config
     from openpi.shared import normalize
@@ -256,7 +253,7 @@ def test_converted_folder_trains_and_serves(tmp_path: Path) -> None:
     from tests.lerobot_fixtures import write_tokenizer
     from tests.test_policy import libero_observation
 
-    fixture = ReferenceFixture.load(REFERENCE / "jax_pi05_tiny")
+    fixture = ReferenceFixture.load(reference_root / "jax_pi05_tiny")
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
@@ -287,11 +284,13 @@ def _load_example():
     return module
 
 
-def test_cli_accepts_underscore_spellings_and_inspects(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_cli_accepts_underscore_spellings_and_inspects(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, reference_root: Path
+) -> None:
     import tyro
 
     example = _load_example()
-    checkpoint = str(REFERENCE / "jax_pi0_tiny" / "checkpoint")
+    checkpoint = str(reference_root / "jax_pi0_tiny" / "checkpoint")
     args = tyro.cli(example.Args, args=["--checkpoint_dir", checkpoint, "--inspect_only"])
     example.main(args)
     printed = capsys.readouterr().out

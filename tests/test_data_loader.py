@@ -14,8 +14,7 @@ from openpi.policies import aloha_policy, data_config, droid_policy, libero_poli
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
-from tests.lerobot_fixtures import (  # noqa: F401  (fixture)
-    embedded_data_home,
+from tests.lerobot_fixtures import (
     write_aloha_dataset,
     write_libero_dataset,
     write_tokenizer,
@@ -66,7 +65,7 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
 
 
 @pytest.mark.parametrize("name", _config.list_configs())
-def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_home):  # noqa: F811
+def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_home):
     config = _local(name, datasets)
     if isinstance(
         config.data, droid_policy.DroidDataConfig

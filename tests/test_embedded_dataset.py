@@ -10,17 +10,16 @@ import pytest
 from openpi.envs import shapes, shapes_dataset
 from openpi.models import tokenizer as _tokenizer
 from openpi.shared import normalize
-from tests.lerobot_fixtures import embedded_data_home  # noqa: F401  (fixture)
 
 SPEC = shapes_dataset.EmbeddedDatasetSpec(num_episodes=3, episode_length=6, image_size=32, seed=1)
 
 
 @pytest.fixture(scope="module")
-def dataset_root(embedded_data_home):  # noqa: F811
+def dataset_root(embedded_data_home):
     return shapes_dataset.ensure_dataset(SPEC)
 
 
-def test_dataset_is_cached_in_versioned_folder(dataset_root, embedded_data_home, monkeypatch):  # noqa: F811
+def test_dataset_is_cached_in_versioned_folder(dataset_root, embedded_data_home, monkeypatch):
     assert dataset_root == embedded_data_home / "embedded_dataset" / shapes_dataset.VERSION / SPEC.folder_name
     assert not [p for p in dataset_root.parent.iterdir() if ".tmp-" in p.name]
 

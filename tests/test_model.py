@@ -9,34 +9,22 @@ import pytest
 import safetensors.torch
 import torch
 
-from openpi.models.observation import Observation
-from openpi.models.pi0_config import Pi0Config
+from openpi.models.observation import Observation, random_observation
+from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.models.variants import GemmaConfig, get_gemma_config, get_siglip_config, spell_variant
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch, make_attention_mask, sinusoidal_time_embedding
 from openpi.models_pytorch.weights import IGNORED_KEYS, load_weights, save_weights
 
-TINY = Pi0Config(
-    pi05=True,
-    paligemma_variant="dummy",
+TINY = tiny_config(
     action_expert_variant="width=32,depth=4,mlp_dim=64,num_heads=8,num_kv_heads=1,head_dim=16",
-    vision_variant="tiny",
     vocab_size=64,
     action_horizon=4,
     max_token_len=8,
-    dtype="float32",
 )
 
 
-def _observation(batch: int = 2, cameras: int = 2, tokens: int = 8, seed: int = 0) -> Observation:
-    gen = torch.Generator().manual_seed(seed)
-    names = ["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"][:cameras]
-    return Observation(
-        images={n: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for n in names},
-        image_masks={n: torch.ones(batch, dtype=torch.bool) for n in names},
-        state=torch.randn(batch, 32, generator=gen),
-        tokenized_prompt=torch.randint(0, 64, (batch, tokens), generator=gen),
-        tokenized_prompt_mask=torch.arange(tokens)[None].expand(batch, -1) < 5,
-    )
+def _observation(batch: int = 2, cameras: int = 2, seed: int = 0) -> Observation:
+    return random_observation(TINY, batch, num_cameras=cameras, valid_prompt_tokens=5, seed=seed)
 
 
 @pytest.mark.parametrize("variant", ["pi05", "pi0"])

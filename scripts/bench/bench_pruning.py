@@ -19,14 +19,12 @@ from pathlib import Path
 import torch
 import tyro
 
-from openpi.models.observation import IMAGE_KEYS, Observation
-from openpi.models.pi0_config import Pi0Config
+from openpi.models.observation import IMAGE_KEYS, Observation, random_observation
+from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 
 SIZES = {
-    "tiny": Pi0Config(
-        pi05=True, paligemma_variant="dummy", action_expert_variant="dummy", vision_variant="tiny", vocab_size=1024
-    ),
+    "tiny": tiny_config(),
     "mid": Pi0Config(
         pi05=True,
         paligemma_variant="width=512,depth=8,mlp_dim=2048,num_heads=8,num_kv_heads=1,head_dim=64",
@@ -50,14 +48,8 @@ class Args:
 
 
 def _observation(config: Pi0Config, prompt_tokens: int, device: str) -> Observation:
-    gen = torch.Generator().manual_seed(0)
-    return Observation(
-        images={name: torch.rand(1, 3, 224, 224, generator=gen) * 2 - 1 for name in IMAGE_KEYS},
-        image_masks={name: torch.ones(1, dtype=torch.bool) for name in IMAGE_KEYS},
-        state=torch.zeros(1, config.action_dim),
-        tokenized_prompt=torch.randint(0, config.vocab_size, (1, prompt_tokens), generator=gen),
-        tokenized_prompt_mask=torch.ones(1, prompt_tokens, dtype=torch.bool),
-    ).to(device)
+    config = dataclasses.replace(config, max_token_len=prompt_tokens)
+    return random_observation(config, num_cameras=len(IMAGE_KEYS)).to(device)
 
 
 def _timed(model: PI0Pytorch, obs: Observation, device: str) -> float:

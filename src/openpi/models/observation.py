@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from openpi.models.pi0_config import Pi0Config
+
 # Camera names the model is trained with, in prefix order. Robot-specific transforms map their cameras onto these.
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-IMAGE_RESOLUTION = (224, 224)
 
 
 @dataclasses.dataclass
@@ -99,3 +100,27 @@ def _to_float_chw(image: torch.Tensor) -> torch.Tensor:
     if image.dtype == torch.uint8:
         return image.float() / 127.5 - 1.0
     return image.float()
+
+
+def random_observation(
+    config: Pi0Config,
+    batch_size: int = 1,
+    *,
+    num_cameras: int = len(IMAGE_KEYS),
+    valid_prompt_tokens: int | None = None,
+    seed: int = 0,
+) -> Observation:
+    """A random, model-ready observation for ``config``: images at the vision tower's resolution, state ``[B,
+    action_dim]``, a ``max_token_len`` prompt of random ids whose first ``valid_prompt_tokens`` (default all) are
+    valid. For tests, benchmarks and demos."""
+    gen = torch.Generator().manual_seed(seed)
+    size, length = config.vision_config.image_size, int(config.max_token_len)
+    valid = length if valid_prompt_tokens is None else valid_prompt_tokens
+    names = IMAGE_KEYS[:num_cameras]
+    return Observation(
+        images={name: torch.rand(batch_size, 3, size, size, generator=gen) * 2 - 1 for name in names},
+        image_masks={name: torch.ones(batch_size, dtype=torch.bool) for name in names},
+        state=torch.randn(batch_size, config.action_dim, generator=gen),
+        tokenized_prompt=torch.randint(0, config.vocab_size, (batch_size, length), generator=gen),
+        tokenized_prompt_mask=torch.arange(length)[None].expand(batch_size, -1) < valid,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from openpi.models import variants
 
@@ -74,3 +74,17 @@ class Pi0Config:
     @property
     def vision_config(self) -> variants.SiglipConfig:
         return variants.get_siglip_config(self.vision_variant)
+
+
+def tiny_config(**overrides: Any) -> Pi0Config:
+    """The tiny π0.5 used by the debug configs, tests, benchmarks and demos: the ``dummy`` Gemma for both experts,
+    the ``tiny`` SigLIP (224 px), a 1024-token vocabulary, float32. ``overrides`` replace any field."""
+    fields: dict[str, Any] = {
+        "pi05": True,
+        "paligemma_variant": "dummy",
+        "action_expert_variant": "dummy",
+        "vision_variant": "tiny",
+        "vocab_size": 1024,
+        "dtype": "float32",
+    }
+    return Pi0Config(**{**fields, **overrides})

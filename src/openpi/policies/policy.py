@@ -49,8 +49,10 @@ class Policy:
         self._model = model.to(self._device).eval()
         if model.token_pruning_enabled:
             model.set_token_pruner_collect_stats(True)
-        self._input_transform = _transforms.compose(input_transforms)
-        self._output_transform = _transforms.compose(output_transforms)
+        self.input_transforms = tuple(input_transforms)
+        self.output_transforms = tuple(output_transforms)
+        self._input_transform = _transforms.compose(self.input_transforms)
+        self._output_transform = _transforms.compose(self.output_transforms)
         self._sample_kwargs = dict(sample_kwargs or {})
         self._metadata = dict(metadata or {})
         vision = model.config.vision_config

@@ -62,17 +62,6 @@ class TrainConfig:
         return Path(self.checkpoint_base_dir) / self.name / self.exp_name
 
 
-def _tiny_model(**kwargs: Any) -> pi0_config.Pi0Config:
-    return pi0_config.Pi0Config(
-        paligemma_variant="dummy",
-        action_expert_variant="dummy",
-        vision_variant="tiny_112",
-        vocab_size=1024,
-        dtype="float32",
-        **kwargs,
-    )
-
-
 _LIBERO_SCHEDULE = optimizer.CosineDecaySchedule(
     warmup_steps=10_000, peak_lr=5e-5, decay_steps=1_000_000, decay_lr=5e-5
 )
@@ -85,7 +74,7 @@ _PICK_PLACE_DATA = LeRobotAlohaDataConfig(
 def _debug_embedded(name: str, **model_kwargs: Any) -> TrainConfig:
     return TrainConfig(
         name=name,
-        model=_tiny_model(pi05=True, action_horizon=10, **model_kwargs),
+        model=pi0_config.tiny_config(vision_variant="tiny_112", action_horizon=10, **model_kwargs),
         data=EmbeddedDataConfig(),
         pytorch_training_precision="float32",
         lr_schedule=optimizer.CosineDecaySchedule(warmup_steps=20, peak_lr=1e-3, decay_steps=300, decay_lr=1e-4),
@@ -125,7 +114,7 @@ def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
 _CONFIGS: tuple[TrainConfig, ...] = (
     TrainConfig(
         name="debug",
-        model=_tiny_model(pi05=False, action_horizon=10),
+        model=pi0_config.tiny_config(pi05=False, vision_variant="tiny_112", action_horizon=10),
         data=FakeDataConfig(),
         pytorch_training_precision="float32",
         batch_size=2,
@@ -203,7 +192,11 @@ def _describe(config: TrainConfig) -> str:
 
 
 def _bool_values_to_flags(args: list[str]) -> list[str]:
-    """Rewrites ``--flag True`` / ``--flag False`` for boolean fields into tyro's ``--flag`` / ``--no-flag``."""
+    """Rewrites ``--flag True`` / ``--flag False`` for boolean fields into tyro's ``--flag`` / ``--no-flag``.
+
+    It stays because users type both spellings (upstream's ``--resume``; the seeds' ``--model.token_pruning_enabled
+    True``) and tyro accepts one per field: flags by default, values only with ``tyro.conf.FlagConversionOff``.
+    """
     bool_fields = set().union(*(_bool_field_paths(config) for config in _CONFIGS))
     out: list[str] = []
     i = 0
