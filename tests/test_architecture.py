@@ -90,7 +90,9 @@ def _identity_stats(dim: int) -> dict[str, normalize.NormStats]:
 def _resolved(name: str, tmp_path: Path) -> data_config.DataConfig:
     config = _config.get_config(name)
     data = config.data
-    if not isinstance(data, data_config.FakeDataConfig | libero_policy.EmbeddedDataConfig):  # PaliGemma tokenizer
+    if isinstance(data, libero_policy.EmbeddedDataConfig):  # the steps do not depend on the dataset's size
+        data = dataclasses.replace(data, num_episodes=2, episode_length=3)
+    elif not isinstance(data, data_config.FakeDataConfig):  # the PaliGemma tokenizer
         data = dataclasses.replace(data, tokenizer_path=str(write_tokenizer(tmp_path)))
     return data.create(tmp_path / "assets", config.model)
 

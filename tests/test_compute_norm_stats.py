@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
 from openpi.shared import normalize
 from openpi.training import config as _config
 from tests.lerobot_fixtures import write_libero_dataset, write_tokenizer
+from tests.script_loader import load_script
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compute_norm_stats.py"
-_spec = importlib.util.spec_from_file_location("compute_norm_stats", _SCRIPT)
-compute_norm_stats = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compute_norm_stats)
+compute_norm_stats = load_script("scripts/compute_norm_stats.py")
 
 
 def test_norm_stats_match_numpy_and_land_where_training_reads_them(tmp_path):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from openpi.models_pytorch.reference import ReferenceFixture, relative_error
 from openpi.models_pytorch.weights import load_weights
 from openpi.policies import libero_policy
 from openpi.shared import checkpoint_files
+from tests.script_loader import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "convert_jax_model_to_pytorch.py"
 LM_HEADS = ("paligemma_with_expert.paligemma.lm_head.weight", "paligemma_with_expert.gemma_expert.lm_head.weight")
@@ -277,11 +276,7 @@ def test_converted_folder_trains_and_serves(tmp_path: Path, reference_root: Path
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location("convert_jax_model_to_pytorch", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/convert_jax_model_to_pytorch.py")
 
 
 def test_cli_accepts_underscore_spellings_and_inspects(

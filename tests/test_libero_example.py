@@ -1,18 +1,13 @@
 """The LIBERO evaluation loop (examples/libero/eval_loop.py) against a fake simulator with LIBERO's interface."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_LOOP_PATH = Path(__file__).resolve().parents[1] / "examples" / "libero" / "eval_loop.py"
-_spec = importlib.util.spec_from_file_location("libero_eval_loop", _LOOP_PATH)
-eval_loop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = eval_loop
-_spec.loader.exec_module(eval_loop)
+from tests.script_loader import load_script
+
+eval_loop = load_script("examples/libero/eval_loop.py")
 
 HORIZON = 8
 

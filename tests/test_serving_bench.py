@@ -1,19 +1,12 @@
 """The serving load test (scripts/bench/bench_serving.py): accounting of replies, latency and overhead."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+from tests.script_loader import load_script
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "bench_serving.py"
-_spec = importlib.util.spec_from_file_location("bench_serving", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+bench = load_script("scripts/bench/bench_serving.py")
 
 
 class MixUpPolicy(bench.SyntheticPolicy):

@@ -102,6 +102,40 @@ def test_train_gradient_flows_through_softmax_of_scores():
     assert not torch.allclose(grad, gather_only)
 
 
+def _train_output_and_grads(noisy_softmax: bool):
+    patches, task, *rest = make_inputs()
+    patches.requires_grad_(True)
+    task.requires_grad_(True)
+    torch.manual_seed(0)  # the same selection noise for both variants
+    out = run(ImageTokenPruner(noise_scale=1.0, noisy_softmax=noisy_softmax), (patches, task, *rest), train=True)
+    (out.tokens * torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+    return out, patches.grad, task.grad
+
+
+def test_the_softmax_choice_changes_the_gradient_not_the_forward():
+    clean, clean_patch_grad, clean_task_grad = _train_output_and_grads(noisy_softmax=False)
+    noisy, noisy_patch_grad, noisy_task_grad = _train_output_and_grads(noisy_softmax=True)
+    assert torch.equal(clean.kept_indices, noisy.kept_indices)
+    torch.testing.assert_close(clean.tokens, noisy.tokens, rtol=0, atol=1e-6)  # hard + soft - soft, rounded
+    assert not torch.allclose(clean_task_grad, noisy_task_grad)
+    assert not torch.allclose(clean_patch_grad, noisy_patch_grad)
+
+
+def test_random_keep_keeps_as_many_valid_patches_as_the_selection():
+    inputs = make_inputs(batch=3, num_patches=48)
+    inputs[3][1, 24:] = False  # an absent camera in sample 1
+    pruner = ImageTokenPruner(keep_ratio=0.25).eval()
+    learned = pruner(*inputs)
+    pruner.random_keep, pruner.random_generator = True, torch.Generator().manual_seed(0)
+    random = pruner(*inputs)
+    assert torch.equal(random.mask.sum(1), learned.mask.sum(1))
+    chosen = [set(random.kept_indices[b][random.mask[b]].tolist()) for b in range(3)]
+    assert all(i < 24 for i in chosen[1]), "never an absent camera's patch"
+    assert chosen != [set(learned.kept_indices[b][learned.mask[b]].tolist()) for b in range(3)]
+    selection = pruner.last_selection
+    assert torch.equal(selection.kept_indices, random.kept_indices) and selection.votes.shape == (3, 48)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_bfloat16_patches_keep_their_dtype(train):
     patches, *rest = make_inputs()

@@ -191,6 +191,15 @@ class ResizeImages:
         return data
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskImages:
+    """Marks every camera absent (``image_mask`` False): the model sees no image. The blind control."""
+
+    def __call__(self, data: dict) -> dict:
+        data["image_mask"] = {name: np.False_ for name in data["image"]}
+        return data
+
+
 class Tokenizer(Protocol):
     def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -3,6 +3,10 @@
 The prompt names one object ("move to the red square"); the expert steps toward it and closes the gripper within
 reach. The target's position is only visible in the images (the state is the effector's position), so a policy has
 to look. Positions are in workspace units ``[0, 1]^2``; ``y`` grows downwards in the image.
+
+:class:`ShapesEnv` is the interactive version (``reset(seed)``, ``step(action)``, LIBERO-format observations,
+per-object pixel masks for measuring what a pruner keeps); the embedded dataset (:mod:`shapes_dataset`) is its
+expert's recorded episodes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ REACH_RADIUS = 0.05  # the gripper closes within this distance of the target
 OBJECT_RADIUS = 0.07
 MIN_OBJECT_DISTANCE = 0.25
 WRIST_FIELD_OF_VIEW = 0.4
+MOTION_NOISE = 0.005  # std of the effector's random drift per step
+CAMERAS = ("image", "wrist_image")  # the LIBERO feature names of the third-person and the wrist camera
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,15 +50,34 @@ class Scene:
         return f"move to the {target.color} {target.shape}"
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
-    """Draws 3-4 objects of distinct colours at well-separated positions and picks a target."""
-    num_objects = int(rng.integers(3, 5))
+@dataclasses.dataclass(frozen=True)
+class ShapesTask:
+    """Difficulty knobs of the scene.
+
+    ``shared_attributes``: a distractor shares the target's colour and another its shape (when there are enough
+    objects), so that only the whole prompt identifies the target. Otherwise colours are distinct.
+    """
+
+    min_objects: int = 3
+    max_objects: int = 4
+    shared_attributes: bool = False
+    image_size: int = 96
+    max_steps: int = 30
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_objects <= self.max_objects <= 6:
+            raise ValueError(f"Need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
+        if not self.shared_attributes and self.max_objects > len(COLORS):
+            raise ValueError(f"At most {len(COLORS)} objects have distinct colours")
+
+
+def sample_scene(rng: np.random.Generator, task: ShapesTask = ShapesTask()) -> Scene:
+    """Draws objects at well-separated positions and picks a target (colours distinct unless shared_attributes)."""
+    num_objects = int(rng.integers(task.min_objects, task.max_objects + 1))
+    if task.shared_attributes:
+        return _scene_with_shared_attributes(rng, num_objects)
     colors = rng.choice(list(COLORS), size=num_objects, replace=False)
-    centers: list[np.ndarray] = []
-    while len(centers) < num_objects:
-        candidate = rng.uniform(0.15, 0.85, size=2)
-        if all(np.linalg.norm(candidate - c) >= MIN_OBJECT_DISTANCE for c in centers):
-            centers.append(candidate)
+    centers = _separated_centers(rng, num_objects)
     objects = tuple(
         SceneObject(str(color), str(rng.choice(SHAPES)), (float(c[0]), float(c[1])))
         for color, c in zip(colors, centers, strict=True)
@@ -60,12 +85,38 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(objects, target=int(rng.integers(num_objects)))
 
 
-def render_table(scene: Scene, image_size: int) -> np.ndarray:
-    """Draws the objects on the table (without the end effector) as uint8 ``[S, S, 3]``."""
-    image = np.empty((image_size, image_size, 3), dtype=np.uint8)
-    image[:] = TABLE_COLOR
+def _scene_with_shared_attributes(rng: np.random.Generator, num_objects: int) -> Scene:
+    """Object 0 is the target; object 1 shares its colour, object 2 its shape; the rest are random; no duplicates."""
+    kinds: list[tuple[str, str]] = [(str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)))]
+    color, shape = kinds[0]
+    if num_objects > 1:
+        kinds.append((color, str(rng.choice([s for s in SHAPES if s != shape]))))
+    if num_objects > 2:
+        kinds.append((str(rng.choice([c for c in COLORS if c != color])), shape))
+    while len(kinds) < num_objects:
+        candidate = (str(rng.choice(list(COLORS))), str(rng.choice(SHAPES)))
+        if candidate not in kinds:
+            kinds.append(candidate)
+    order = rng.permutation(num_objects)
+    centers = _separated_centers(rng, num_objects)
+    objects = tuple(SceneObject(*kinds[i], (float(c[0]), float(c[1]))) for i, c in zip(order, centers, strict=True))
+    return Scene(objects, target=int(np.flatnonzero(order == 0)[0]))
+
+
+def _separated_centers(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    centers: list[np.ndarray] = []
+    while len(centers) < count:
+        candidate = rng.uniform(0.15, 0.85, size=2)
+        if all(np.linalg.norm(candidate - c) >= MIN_OBJECT_DISTANCE for c in centers):
+            centers.append(candidate)
+    return centers
+
+
+def object_masks(scene: Scene, image_size: int) -> np.ndarray:
+    """Bool ``[num_objects, S, S]``: the pixels each object covers in the third-person view."""
     ys, xs = np.mgrid[0:image_size, 0:image_size] + 0.5
     xs, ys = xs / image_size, ys / image_size
+    masks = []
     for obj in scene.objects:
         dx, dy = xs - obj.center[0], ys - obj.center[1]
         if obj.shape == "square":
@@ -74,8 +125,32 @@ def render_table(scene: Scene, image_size: int) -> np.ndarray:
             mask = dx**2 + dy**2 <= OBJECT_RADIUS**2
         else:  # triangle pointing up
             mask = (dy <= OBJECT_RADIUS * 0.8) & (dy >= -OBJECT_RADIUS) & (np.abs(dx) <= (dy + OBJECT_RADIUS) * 0.6)
+        masks.append(mask)
+    return np.stack(masks)
+
+
+def render_table(scene: Scene, image_size: int) -> np.ndarray:
+    """Draws the objects on the table (without the end effector) as uint8 ``[S, S, 3]``."""
+    image = np.empty((image_size, image_size, 3), dtype=np.uint8)
+    image[:] = TABLE_COLOR
+    for obj, mask in zip(scene.objects, object_masks(scene, image_size), strict=True):
         image[mask] = COLORS[obj.color]
     return image
+
+
+def wrist_view(table: np.ndarray, effector: np.ndarray) -> np.ndarray:
+    """The wrist camera's view of ``table`` (``[S, S, ...]`` image or mask): a crop around the effector, resized
+    back to ``S x S`` (nearest)."""
+    size = table.shape[0]
+    half = max(2, round(WRIST_FIELD_OF_VIEW * size / 2))
+    padding = ((half, half), (half, half)) + ((0, 0),) * (table.ndim - 2)
+    padded = np.pad(table, padding)
+    cx, cy = (int(np.clip(v * size, 0, size - 1)) + half for v in effector)
+    crop = padded[cy - half : cy + half, cx - half : cx + half]
+    if crop.dtype == bool:
+        resized = Image.fromarray(crop.astype(np.uint8) * 255).resize((size, size), resample=Image.Resampling.NEAREST)
+        return np.asarray(resized) > 0
+    return np.asarray(Image.fromarray(crop).resize((size, size), resample=Image.Resampling.NEAREST))
 
 
 def render_frame(table: np.ndarray, effector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,12 +160,7 @@ def render_frame(table: np.ndarray, effector: np.ndarray) -> tuple[np.ndarray, n
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     dist = np.hypot(xs / size - effector[0], ys / size - effector[1])
     image[(dist <= 0.035) & (dist >= 0.02)] = EFFECTOR_COLOR
-    half = max(2, round(WRIST_FIELD_OF_VIEW * size / 2))
-    padded = np.pad(table, ((half, half), (half, half), (0, 0)))
-    cx, cy = (int(np.clip(v * size, 0, size - 1)) + half for v in effector)
-    crop = padded[cy - half : cy + half, cx - half : cx + half]
-    wrist = np.asarray(Image.fromarray(crop).resize((size, size), resample=Image.Resampling.NEAREST))
-    return image, wrist
+    return image, wrist_view(table, effector)
 
 
 def expert_action(scene: Scene, effector: np.ndarray) -> np.ndarray:
@@ -101,3 +171,85 @@ def expert_action(scene: Scene, effector: np.ndarray) -> np.ndarray:
     action[:2] = np.clip(delta / MAX_STEP, -1.0, 1.0)
     action[-1] = 1.0 if np.linalg.norm(delta) < REACH_RADIUS else -1.0
     return action
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    observation: dict
+    done: bool
+    success: bool
+
+
+class ShapesEnv:
+    """The shapes scene as an environment with LIBERO-format observations.
+
+    ``step(action)`` moves the effector by ``clip(action[:2], -1, 1) * MAX_STEP`` plus a small random drift. The
+    episode ends when the gripper closes (``action[-1] > 0``): a success if the effector is within ``REACH_RADIUS``
+    of the named target, a failure otherwise; or after ``task.max_steps`` steps (a failure).
+    """
+
+    def __init__(self, task: ShapesTask = ShapesTask()) -> None:
+        self.task = task
+        self._rng = np.random.default_rng()
+        self.scene: Scene | None = None
+        self.effector = np.zeros(2)
+        self.steps = 0
+        self._table = np.zeros((task.image_size, task.image_size, 3), dtype=np.uint8)
+
+    def reset(self, seed: int | np.random.Generator) -> dict:
+        """Starts an episode from ``seed`` (or a generator, to continue one stream) and returns its observation."""
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.set_scene(sample_scene(self._rng, self.task))
+        self.effector = self._rng.uniform(0.1, 0.9, size=2)
+        self.steps = 0
+        return self.observation()
+
+    def set_scene(self, scene: Scene) -> None:
+        """Replaces the scene (e.g. the same objects with another target, for a prompt swap)."""
+        self.scene = scene
+        self._table = render_table(scene, self.task.image_size)
+
+    def observation(self) -> dict:
+        """``observation/image``, ``observation/wrist_image`` (uint8 ``[S, S, 3]``), ``observation/state`` (8) and
+        ``prompt``."""
+        image, wrist = render_frame(self._table, self.effector)
+        state = np.zeros(STATE_DIM, dtype=np.float32)
+        state[:2] = self.effector
+        return {
+            "observation/image": image,
+            "observation/wrist_image": wrist,
+            "observation/state": state,
+            "prompt": self._scene().prompt,
+        }
+
+    def expert_action(self) -> np.ndarray:
+        return expert_action(self._scene(), self.effector)
+
+    def move(self, action: np.ndarray) -> None:
+        """Applies the motion of ``action`` (no success check): the dataset recorder's step."""
+        step = np.clip(np.asarray(action)[:2], -1.0, 1.0) * MAX_STEP
+        self.effector = np.clip(self.effector + step + self._rng.normal(0, MOTION_NOISE, size=2), 0.0, 1.0)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Closes the gripper (ending the episode) or moves; returns the next observation."""
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
+            raise ValueError(f"action must be {ACTION_DIM} finite numbers, got shape {action.shape}")
+        self.steps += 1
+        if action[-1] > 0:
+            target = np.asarray(self._scene().objects[self._scene().target].center)
+            success = bool(np.linalg.norm(target - self.effector) < REACH_RADIUS)
+            return StepResult(self.observation(), done=True, success=success)
+        self.move(action)
+        return StepResult(self.observation(), done=self.steps >= self.task.max_steps, success=False)
+
+    def masks(self) -> dict[str, np.ndarray]:
+        """Per camera, bool ``[num_objects, S, S]`` pixel masks of the objects in the current view."""
+        table = object_masks(self._scene(), self.task.image_size)
+        wrist = np.stack([wrist_view(mask, self.effector) for mask in table])
+        return {"image": table, "wrist_image": wrist}
+
+    def _scene(self) -> Scene:
+        if self.scene is None:
+            raise RuntimeError("Call reset(seed) before using the environment")
+        return self.scene

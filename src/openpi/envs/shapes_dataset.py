@@ -23,17 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from openpi.envs.shapes import (
-    ACTION_DIM,
-    COLORS,
-    MAX_STEP,
-    SHAPES,
-    STATE_DIM,
-    expert_action,
-    render_frame,
-    render_table,
-    sample_scene,
-)
+from openpi.envs.shapes import ACTION_DIM, COLORS, SHAPES, STATE_DIM, ShapesEnv, ShapesTask
 from openpi.models import tokenizer as _tokenizer
 from openpi.shared import checkpoint_files
 from openpi.shared import normalize as _normalize
@@ -49,20 +39,35 @@ TOKENIZER_VOCAB_SIZE = 512
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedDatasetSpec:
-    """Size of the generated dataset; each distinct spec is cached in its own folder."""
+    """Size and difficulty of the generated dataset; each distinct spec is cached in its own folder."""
 
     num_episodes: int = 50
     episode_length: int = 20
     image_size: int = 96
     seed: int = 0
+    min_objects: int = 3
+    max_objects: int = 4
+    shared_attributes: bool = False
+    # End each episode this many frames after the expert first closes the gripper (at most episode_length frames);
+    # None records episode_length frames, most of them holding the gripper closed for short approaches.
+    frames_after_arrival: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_episodes < 1 or self.episode_length < 2 or self.image_size < 16:
             raise ValueError(f"Embedded dataset spec too small: {self}")
+        self.task  # noqa: B018  (validates the difficulty knobs)
+
+    @property
+    def task(self) -> ShapesTask:
+        return ShapesTask(self.min_objects, self.max_objects, self.shared_attributes, self.image_size)
 
     @property
     def folder_name(self) -> str:
-        return f"episodes{self.num_episodes}_frames{self.episode_length}_px{self.image_size}_seed{self.seed}"
+        name = f"episodes{self.num_episodes}_frames{self.episode_length}_px{self.image_size}_seed{self.seed}"
+        if (self.min_objects, self.max_objects) != (3, 4):
+            name += f"_objects{self.min_objects}-{self.max_objects}"
+        name += "_shared" if self.shared_attributes else ""
+        return name + ("" if self.frames_after_arrival is None else f"_after{self.frames_after_arrival}")
 
 
 def data_home() -> Path:
@@ -80,18 +85,26 @@ def tokenizer_path() -> Path:
 
 
 def generate_episode(rng: np.random.Generator, spec: EmbeddedDatasetSpec) -> Iterator[dict]:
-    """Yields the frames of one episode as LeRobot frame dicts (``image``, ``wrist_image``, ``state``, ``actions``,
-    ``task``)."""
-    scene = sample_scene(rng)
-    table = render_table(scene, spec.image_size)
-    effector = rng.uniform(0.1, 0.9, size=2)
+    """Yields the frames of one recorded expert episode of :class:`ShapesEnv` as LeRobot frame dicts (``image``,
+    ``wrist_image``, ``state``, ``actions``, ``task``): ``episode_length`` frames, the expert holding the gripper
+    closed once it has arrived, or fewer with ``frames_after_arrival``."""
+    env = ShapesEnv(spec.task)
+    observation = env.reset(rng)
+    closed_frames = 0
     for _ in range(spec.episode_length):
-        image, wrist = render_frame(table, effector)
-        action = expert_action(scene, effector)
-        state = np.zeros(STATE_DIM, dtype=np.float32)
-        state[:2] = effector
-        yield {"image": image, "wrist_image": wrist, "state": state, "actions": action, "task": scene.prompt}
-        effector = np.clip(effector + action[:2] * MAX_STEP + rng.normal(0, 0.005, size=2), 0.0, 1.0)
+        action = env.expert_action()
+        closed_frames += int(action[-1] > 0)
+        if spec.frames_after_arrival is not None and closed_frames > spec.frames_after_arrival + 1:
+            return
+        yield {
+            "image": observation["observation/image"],
+            "wrist_image": observation["observation/wrist_image"],
+            "state": observation["observation/state"],
+            "actions": action,
+            "task": observation["prompt"],
+        }
+        env.move(action)
+        observation = env.observation()
 
 
 def ensure_tokenizer() -> Path:

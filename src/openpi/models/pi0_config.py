@@ -40,6 +40,9 @@ class Pi0Config:
     # Score with mean-centred patches: prevents the collapse to a few patches (docs/lightvla_pruning.md). False is
     # the original LightVLA scoring.
     token_prune_center_patches: bool = True
+    # The soft (gradient) part of the straight-through weights from the noisy scores, as LightVLA's released code
+    # does; False uses the noise-free scores (docs/lightvla_pruning.md).
+    token_prune_noisy_softmax: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:

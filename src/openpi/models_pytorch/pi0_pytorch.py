@@ -92,6 +92,7 @@ class PI0Pytorch(nn.Module):
                 config.token_prune_keep_tokens,
                 config.token_prune_keep_ratio,
                 center_patches=config.token_prune_center_patches,
+                noisy_softmax=config.token_prune_noisy_softmax,
             )
             if config.token_pruning_enabled
             else None

@@ -26,6 +26,14 @@ _CEIL_TOLERANCE = 1e-9
 METRIC_PREFIX = "prune/"
 
 
+class Selection(NamedTuple):
+    """The last eval selection: which pooled patches were kept and how many rows voted for each."""
+
+    kept_indices: torch.Tensor  # [B, K] long, into the N pooled patches (camera-major)
+    mask: torch.Tensor  # [B, K] bool, False for padding
+    votes: torch.Tensor  # [B, N] long
+
+
 class PrunedPatches(NamedTuple):
     """Output of :class:`ImageTokenPruner`.
 
@@ -139,6 +147,13 @@ class ImageTokenPruner(nn.Module):
     ranked by support (number of valid rows voting for them), ties broken by the patch's best score over valid rows
     (``max_i S[i, j]``), then by lower index.
 
+    ``noisy_softmax``: the soft part of the straight-through weights is ``softmax`` of the *noisy* scores, as in
+    LightVLA's released code; False (the default) uses the noise-free scores. The forward value is the same either
+    way; only the gradient into the scores differs.
+
+    ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
+    at random among the valid ones (``random_generator`` makes it reproducible).
+
     ``center_patches``: score with the patches centred on each sample's mean valid patch (``P = rms(patches -
     mean)``). Patch embeddings share a dominant common direction, which makes every patch attend to the task the same
     way: identical queries, identical votes, a union of 2–3 patches (the collapse the seeds report). Centring removes
@@ -150,6 +165,7 @@ class ImageTokenPruner(nn.Module):
         keep_ratio: fixed eval budget as a fraction of the valid patches in (0, 1], or None.
         collect_stats: when True every forward writes telemetry (python floats) to ``last_stats``; otherwise
             ``last_stats`` is None and no extra work is done.
+        last_selection: the :class:`Selection` of the last eval forward (None after a train forward).
     """
 
     def __init__(
@@ -158,9 +174,14 @@ class ImageTokenPruner(nn.Module):
         keep_tokens: int | None = None,
         keep_ratio: float | None = None,
         center_patches: bool = False,
+        noisy_softmax: bool = False,
     ):
         super().__init__()
         self.center_patches = center_patches
+        self.noisy_softmax = noisy_softmax
+        self.random_keep = False
+        self.random_generator: torch.Generator | None = None
+        self.last_selection: Selection | None = None
         self.noise_scale = noise_scale
         self.keep_tokens = keep_tokens
         self.keep_ratio = keep_ratio
@@ -210,7 +231,8 @@ class ImageTokenPruner(nn.Module):
 
     def extra_repr(self) -> str:
         budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
-        return f"noise_scale={self.noise_scale}, {budgets}, center_patches={self.center_patches}"
+        variant = f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}"
+        return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
     def forward(
         self,
@@ -231,6 +253,7 @@ class ImageTokenPruner(nn.Module):
         """
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
         scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches)
+        self.last_selection = None
         if self.training:
             pruned, noisy_choice = self._select_train(patches, scoring.scores, patch_mask, patch_positions)
             kept_counts = None
@@ -250,7 +273,7 @@ class ImageTokenPruner(nn.Module):
         if self.noise_scale > 0:
             noisy = scores + torch.rand_like(scores) * self.noise_scale
         choice = noisy.argmax(dim=-1)  # [B, N]
-        soft = scores.softmax(dim=-1)
+        soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1)
         hard = torch.zeros_like(soft).scatter_(-1, choice[..., None], 1.0)
         weights = hard + soft - soft.detach()
         tokens = weights.to(patches.dtype) @ patches
@@ -268,13 +291,26 @@ class ImageTokenPruner(nn.Module):
             best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
             keep = _rank_patches(votes, best_score, patch_mask) < budget[:, None]
         counts = keep.sum(dim=1)  # [B]
+        if self.random_keep:
+            keep = self._random_subset(patch_mask, counts)
         num_kept = int(counts.max()) if counts.numel() else 0  # K: the batch's largest kept count
         # Stable sort puts the kept patches first, in their original order.
         kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]  # [B, K]
         mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]  # [B, K]
         gather_index = kept_indices[..., None].expand(-1, -1, patches.shape[-1])  # [B, K, D]
         tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
+        self.last_selection = Selection(kept_indices, mask, votes)
         return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
+
+    def _random_subset(self, patch_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: ``counts[b]`` valid patches of sample b, uniformly at random."""
+        device = self.random_generator.device if self.random_generator is not None else patch_mask.device
+        noise = torch.rand(patch_mask.shape, generator=self.random_generator, device=device).to(patch_mask.device)
+        order = noise.masked_fill(~patch_mask, -1.0).argsort(dim=1, descending=True)  # valid patches first
+        ranks = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+        )
+        return ranks < counts[:, None]
 
     def _budget(self, patch_mask: torch.Tensor) -> torch.Tensor | None:
         """``[B]`` patches to keep per sample under a fixed budget, or None for the implicit (union) selection."""

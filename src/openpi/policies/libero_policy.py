@@ -85,9 +85,29 @@ class EmbeddedDataConfig(DataConfigFactory):
     episode_length: int = 20
     image_size: int = 96
     seed: int = 0
+    # Scene difficulty (openpi.envs.shapes.ShapesTask).
+    min_objects: int = 3
+    max_objects: int = 4
+    shared_attributes: bool = False
+    frames_after_arrival: int | None = None
+    # Every camera masked (the blind control of the pruning experiment).
+    mask_images: bool = False
+
+    @property
+    def spec(self) -> shapes_dataset.EmbeddedDatasetSpec:
+        return shapes_dataset.EmbeddedDatasetSpec(
+            self.num_episodes,
+            self.episode_length,
+            self.image_size,
+            self.seed,
+            self.min_objects,
+            self.max_objects,
+            self.shared_attributes,
+            self.frames_after_arrival,
+        )
 
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
-        spec = shapes_dataset.EmbeddedDatasetSpec(self.num_episodes, self.episode_length, self.image_size, self.seed)
+        spec = self.spec
         root = shapes_dataset.ensure_dataset(spec)
         tokenizer_path = self.tokenizer_path or str(shapes_dataset.tokenizer_path())
         return DataConfig(
@@ -97,7 +117,9 @@ class EmbeddedDataConfig(DataConfigFactory):
             norm_stats_dir=str(root),
             norm_stats=load_norm_stats_if_present(root),
             repack_transforms=LIBERO_REPACK,
-            data_transforms=LIBERO_TRANSFORMS,
+            data_transforms=LIBERO_TRANSFORMS.push(inputs=(transforms.MaskImages(),))
+            if self.mask_images
+            else LIBERO_TRANSFORMS,
             model_transforms=model_transforms(model_config, tokenizer_path),
             use_quantile_norm=model_config.pi05,
             prompt_from_task=True,

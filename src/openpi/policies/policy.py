@@ -49,10 +49,10 @@ class Policy:
         self._model = model.to(self._device).eval()
         if model.token_pruning_enabled:
             model.set_token_pruner_collect_stats(True)
+        # With pruning on, outputs gain ``kept_patch_mask`` ([N] bool over the pooled patches) when True.
+        self.return_kept_patches = False
         self.input_transforms = tuple(input_transforms)
         self.output_transforms = tuple(output_transforms)
-        self._input_transform = _transforms.compose(self.input_transforms)
-        self._output_transform = _transforms.compose(self.output_transforms)
         self._sample_kwargs = dict(sample_kwargs or {})
         self._metadata = dict(metadata or {})
         vision = model.config.vision_config
@@ -88,7 +88,9 @@ class Policy:
 
     def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
         """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
-        model_inputs = _transforms.stack_samples([self._input_transform(_validated_copy(obs)) for obs in observations])
+        model_inputs = _transforms.stack_samples(
+            [_transforms.compose(self.input_transforms)(_validated_copy(obs)) for obs in observations]
+        )
         observation = preprocess_observation(
             Observation.from_dict(model_inputs), train=False, image_resolution=self._image_resolution
         ).to(self._device)
@@ -101,11 +103,21 @@ class Policy:
         if self._model.token_pruning_enabled:
             extras["token_pruning"] = {k: float(v) for k, v in self._model.get_token_pruning_stats().items()}
 
+        to_robot = _transforms.compose(self.output_transforms)
         outputs = [
-            self._output_transform({"state": model_inputs["state"][i], "actions": actions[i]})
-            for i in range(len(observations))
+            to_robot({"state": model_inputs["state"][i], "actions": actions[i]}) for i in range(len(observations))
         ]
+        if self.return_kept_patches and self._model.token_pruning_enabled:
+            for output, kept in zip(outputs, self._kept_patch_masks(), strict=True):
+                output["kept_patch_mask"] = kept
         return _transforms.stack_samples(outputs), extras
+
+    def _kept_patch_masks(self) -> np.ndarray:
+        """``[B, N]`` bool over the pooled patches (camera-major, in the model's camera order) the pruner kept."""
+        selection = self._model.pruner.last_selection
+        kept = torch.zeros(selection.votes.shape, dtype=torch.bool, device=selection.votes.device)
+        kept.scatter_(1, selection.kept_indices, selection.mask)
+        return kept.cpu().numpy()
 
 
 def _validated_copy(obs: Mapping, prefix: str = "") -> dict:

@@ -87,6 +87,30 @@ def _debug_embedded(name: str, **model_kwargs: Any) -> TrainConfig:
     )
 
 
+# The pruning testbed (docs/lightvla_pruning.md): many scenes so that memorising them cannot solve held-out ones.
+SHAPES_DATA = EmbeddedDataConfig(num_episodes=2000, episode_length=15, image_size=112, frames_after_arrival=1)
+SHAPES_STEPS = 1500
+
+
+def _shapes(name: str, **model_kwargs: Any) -> TrainConfig:
+    """A tiny π0.5 on the shapes testbed: one camera pair at 112 px, 4-step action chunks, CPU-sized."""
+    return TrainConfig(
+        name=name,
+        model=pi0_config.tiny_config(vision_variant="tiny_112", action_horizon=4, **model_kwargs),
+        data=SHAPES_DATA,
+        pytorch_training_precision="float32",
+        lr_schedule=optimizer.CosineDecaySchedule(
+            warmup_steps=50, peak_lr=1e-3, decay_steps=SHAPES_STEPS, decay_lr=1e-4
+        ),
+        batch_size=16,
+        num_workers=0,
+        num_train_steps=SHAPES_STEPS,
+        log_interval=50,
+        save_interval=SHAPES_STEPS,
+        keep_period=None,
+    )
+
+
 def _seeds_recipe(name: str, model: pi0_config.Pi0Config, data: DataConfigFactory) -> TrainConfig:
     """The seeds' fine-tuning recipe: cosine schedule (warmup 10k, peak 5e-5, decay over 1M steps to 5e-5), AdamW
     clipped at 1.0, 30k steps, batch 64 on one GPU (upstream uses 256)."""
@@ -126,6 +150,8 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     ),
     _debug_embedded("debug_pi05"),
     _debug_embedded("debug_pi05_lightvla", token_pruning_enabled=True),
+    _shapes("pi05_shapes"),
+    _shapes("pi05_shapes_lightvla", token_pruning_enabled=True),
     _libero("pi05_libero_pytorch", pi05=True),
     _libero("pi05_libero_pytorch_lightvla", pi05=True, token_pruning_enabled=True),
     _libero("pi0_libero_pytorch", pi05=False),

@@ -1,0 +1,282 @@
+"""Does learned pruning keep a policy's sight? Closed-loop success on held-out shapes scenes, with the controls.
+
+    uv run scripts/bench/bench_pruning_closed_loop.py --seeds 0 1 2 --episodes 200 --jobs 2
+
+Trains each training arm per seed with the project's trainer (``pi05_shapes`` / ``pi05_shapes_lightvla`` variants),
+then evaluates every evaluation arm closed loop on the same held-out scenes (``scripts/eval_closed_loop.py``'s
+seeds). Resumable: each (arm, seed) result is a JSON file under ``--work-dir``; finished ones are skipped, so the
+experiment can run across sessions. Writes the Markdown table to ``--output`` and the plot to ``--plot``.
+
+Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned``, ``released`` (LightVLA as
+released: no centring, softmax of the noisy scores), ``default`` (this project's default pruner),
+``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations).
+Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25``, and on the
+default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).parent / "results"
+
+# name -> (config, model overrides, data overrides)
+TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "blind": ("pi05_shapes", {}, {"mask_images": True}),
+    "unpruned": ("pi05_shapes", {}, {}),
+    "released": ("pi05_shapes_lightvla", {"token_prune_center_patches": False, "token_prune_noisy_softmax": True}, {}),
+    "default": ("pi05_shapes_lightvla", {}, {}),
+    "released_clean_softmax": (
+        "pi05_shapes_lightvla",
+        {"token_prune_center_patches": False, "token_prune_noisy_softmax": False},
+        {},
+    ),
+    "centred_noisy_softmax": (
+        "pi05_shapes_lightvla",
+        {"token_prune_center_patches": True, "token_prune_noisy_softmax": True},
+        {},
+    ),
+}
+CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "default")
+# name -> (training arm whose weights it uses, config it is evaluated as, eval options)
+EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "blind": ("blind", "blind", {}),
+    "unpruned": ("unpruned", "unpruned", {}),
+    "budget25": ("unpruned", "default", {"token_prune_keep_ratio": 0.25}),
+    "budget10": ("unpruned", "default", {"token_prune_keep_ratio": 0.10}),
+    "released": ("released", "released", {}),
+    "default": ("default", "default", {}),
+    "random_k": ("default", "default", {"random_keep": True}),
+    "released_clean_softmax": ("released_clean_softmax", "released_clean_softmax", {}),
+    "centred_noisy_softmax": ("centred_noisy_softmax", "centred_noisy_softmax", {}),
+}
+
+
+@dataclasses.dataclass
+class Args:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] = CORE_TRAINING_ARMS
+    """Training arms to run (their evaluation arms follow)."""
+    episodes: int = 200
+    steps: int | None = None
+    """Training steps (default: the config's)."""
+    jobs: int = 2
+    """Trainings run in parallel, each with cores // jobs threads."""
+    work_dir: Path = REPO / "outputs" / "pruning_closed_loop"
+    output: Path = RESULTS / "pruning_closed_loop.md"
+    plot: Path = REPO / "docs" / "pruning_closed_loop.png"
+
+
+def train_config(arm: str, seed: int, args: Args):
+    from openpi.training import config as _config
+
+    name, model_overrides, data_overrides = TRAINING_ARMS[arm]
+    config = _config.get_config(name)
+    steps = args.steps or config.num_train_steps
+    return dataclasses.replace(
+        config,
+        exp_name=f"{arm}_seed{seed}",
+        seed=seed,
+        model=dataclasses.replace(config.model, **model_overrides),
+        data=dataclasses.replace(config.data, **data_overrides),
+        num_train_steps=steps,
+        lr_schedule=dataclasses.replace(config.lr_schedule, decay_steps=steps),
+        save_interval=steps,
+        wandb_enabled=False,
+        checkpoint_base_dir=str(args.work_dir / "checkpoints"),
+        assets_base_dir=str(args.work_dir / "assets"),
+        overwrite=True,
+    )
+
+
+def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
+    """Trains one arm (in a worker process); returns its checkpoint, final loss and wall time."""
+    import torch
+
+    from openpi.training import trainer
+
+    torch.set_num_threads(threads)
+    config = train_config(arm, seed, args)
+    start = time.perf_counter()
+    result = trainer.train(config)
+    return {
+        "checkpoint": str(Path(config.checkpoint_dir) / str(config.num_train_steps)),
+        "final_loss": result.history[-1]["loss"],
+        "train_minutes": (time.perf_counter() - start) / 60,
+        "steps": config.num_train_steps,
+    }
+
+
+def _evaluate(arm: str, seed: int, trained: dict[str, dict], args: Args) -> dict[str, Any]:
+    from openpi.envs import rollout
+    from openpi.envs.shapes import ShapesEnv
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import eval_closed_loop
+
+    weights_arm, config_arm, options = EVAL_ARMS[arm]
+    config = train_config(config_arm, seed, args)
+    eval_args = eval_closed_loop.Args(episodes=args.episodes, seed=seed, **options)
+    eval_args.policy = eval_closed_loop.PolicyArgs(config.name, trained[weights_arm]["checkpoint"])
+    policy = eval_closed_loop._in_process(eval_args, config)
+    env = ShapesEnv(config.data.spec.task)
+    vision = config.model.vision_config
+    grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
+    results = [
+        rollout.run_episode(env, policy, s, replan_steps=eval_args.replan_steps, grid=grid)
+        for s in eval_closed_loop.held_out_seeds(eval_args)
+    ]
+    summary = rollout.summarize(results)
+    summary["successes"] = sum(r.success for r in results)
+    if config.model.token_pruning_enabled and not options.get("random_keep"):
+        summary["prompt_swap"] = rollout.prompt_swap(env, policy, eval_closed_loop.held_out_seeds(eval_args)[:50], grid)
+    return {**summary, **{f"train_{k}": v for k, v in trained[weights_arm].items() if k != "checkpoint"}}
+
+
+def main(args: Args) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    trained = _train_all(args)
+    eval_arms = [a for a, (weights, _, _) in EVAL_ARMS.items() if weights in args.arms]
+    for seed in args.seeds:
+        for arm in eval_arms:
+            path = args.work_dir / f"eval_{arm}_seed{seed}.json"
+            if not path.is_file():
+                result = _evaluate(arm, seed, trained[seed], args)
+                path.write_text(json.dumps(result, indent=1))
+                print(f"{arm} seed {seed}: success {result['success_rate']:.2f}", flush=True)
+    _report(args)
+
+
+def _train_all(args: Args) -> dict[int, dict[str, dict]]:
+    """Trains every (arm, seed) without a result file yet, ``args.jobs`` at a time; returns all training results."""
+    pending = [
+        (arm, seed)
+        for seed in args.seeds
+        for arm in args.arms
+        if not (args.work_dir / f"train_{arm}_seed{seed}.json").is_file()
+    ]
+    threads = max(1, multiprocessing.cpu_count() // args.jobs)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = {pool.submit(_train, arm, seed, args, threads): (arm, seed) for arm, seed in pending}
+        for future in concurrent.futures.as_completed(futures):
+            arm, seed = futures[future]
+            (args.work_dir / f"train_{arm}_seed{seed}.json").write_text(json.dumps(future.result()))
+            print(f"trained {arm} seed {seed}: {future.result()}", flush=True)
+    return {
+        seed: {arm: json.loads((args.work_dir / f"train_{arm}_seed{seed}.json").read_text()) for arm in args.arms}
+        for seed in args.seeds
+    }
+
+
+def _load(args: Args) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {}
+    for arm in EVAL_ARMS:
+        for path in sorted(args.work_dir.glob(f"eval_{arm}_seed*.json")):
+            results.setdefault(arm, []).append(json.loads(path.read_text()))
+    return results
+
+
+def _report(args: Args) -> None:
+    from openpi.envs.rollout import wilson_interval
+
+    results = _load(args)
+    pooled = {arm: (sum(r["successes"] for r in rs), sum(r["episodes"] for r in rs)) for arm, rs in results.items()}
+    rate = {arm: s / n for arm, (s, n) in pooled.items()}
+    gap = rate.get("unpruned", 0.0) - rate.get("blind", 0.0)
+    lines = _header(args, results)
+    for arm, runs in results.items():
+        successes, episodes = pooled[arm]
+        low, high = wilson_interval(successes, episodes)
+        per_seed = ", ".join(f"{r['success_rate']:.2f}" for r in runs)
+        kept = _mean_of(runs, "kept_tokens_mean")
+        ratio = _mean_of(runs, "kept_ratio_mean")
+        latency = _mean_of(runs, "infer_ms_p50")
+        base_latency = _mean_of(results.get("unpruned", []), "infer_ms_p50")
+        swap = [r["prompt_swap"]["recall_after_swap"] for r in runs if r.get("prompt_swap")]
+        share = (rate[arm] - rate.get("blind", 0.0)) / gap if gap > 0 and arm != "blind" else None
+        lines.append(
+            f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {_fmt(share)} "
+            f"| {_fmt(kept, 1)} | {_fmt(ratio)} | {_fmt(_mean_of(runs, 'target_recall'))} "
+            f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_fmt(statistics.mean(swap) if swap else None)} "
+            f"| {_fmt(latency / base_latency if latency and base_latency else None)} "
+            f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
+        )
+    args.output.write_text("\n".join([*lines, ""]))
+    _plot(results, pooled, args.plot)
+
+
+def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
+    runs = next(iter(results.values()), [{}])
+    return [
+        f"# Pruning on the shapes testbed, closed loop ({time.strftime('%Y-%m-%d')}, CPU)",
+        "",
+        "```",
+        "uv run scripts/bench/bench_pruning_closed_loop.py " + " ".join(sys.argv[1:]),
+        "```",
+        "",
+        f"{runs[0].get('episodes', '?')} held-out episodes per seed (scene seeds no training dataset draws from); "
+        f"{runs[0].get('train_steps', '?')} training steps per arm. Success: pooled over seeds, Wilson 95% CI. "
+        "Vision gap kept = (arm − blind) / (unpruned − blind). Recall: fraction of the target's patches kept, per "
+        "inference; hit: at least one kept. Swap recall: recall on another object after the prompt names it. "
+        "Latency: `sample_actions` p50 relative to unpruned (tiny model, CPU).",
+        "",
+        "| arm | seeds | success [95% CI] | per seed | vision gap kept | kept patches | kept ratio | target recall "
+        "| target hit | swap recall | latency ratio | train min/seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+
+def _mean_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from openpi.envs.rollout import wilson_interval
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, runs in results.items():
+        successes, episodes = pooled[arm]
+        rate = successes / episodes
+        low, high = wilson_interval(successes, episodes)
+        ratio = _mean_of(runs, "kept_ratio_mean")
+        x = 1.0 if ratio is None or arm in ("unpruned", "blind") else ratio
+        x = 0.0 if arm == "blind" else x
+        ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], fmt="o", capsize=4, label=arm)
+        ax.annotate(arm, (x, rate), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("kept patch ratio (blind = 0, unpruned = 1)")
+    ax.set_ylabel("closed-loop success on held-out scenes")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(-0.05, 1.1)
+    ax.grid(alpha=0.3)
+    ax.set_title("Shapes testbed: success vs kept patches (pooled seeds, Wilson 95% CI)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

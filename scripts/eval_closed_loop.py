@@ -1,0 +1,113 @@
+"""Closed-loop evaluation of a policy on held-out shapes scenes (the pruning testbed).
+
+    uv run scripts/eval_closed_loop.py --policy.config pi05_shapes_lightvla --policy.dir CKPT --episodes 100 --seed 0
+    uv run scripts/eval_closed_loop.py ... --token-prune-keep-ratio 0.25      # a fixed budget
+    uv run scripts/eval_closed_loop.py ... --random-keep                      # as many patches, chosen at random
+    uv run scripts/eval_closed_loop.py ... --mask-images                      # every camera masked (blind)
+    uv run scripts/eval_closed_loop.py --host 127.0.0.1 --port 8000 ...       # against serve_policy.py
+
+Episode ``i`` starts from scene seed ``HELD_OUT_SEED_BASE + seed * 100_000 + i``, a stream no training dataset draws
+from. The last line of the output is one JSON object: ``success_rate``, ``ci95`` (Wilson), ``episodes``,
+``mean_steps``, ``kept_tokens_mean``, ``kept_ratio_mean``, ``target_recall``, ``target_hit_rate``,
+``kept_on_object``, ``infer_ms_p50`` (and ``prompt_swap`` with ``--prompt-swap N``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import torch
+import tqdm
+import tyro
+
+from openpi import transforms
+from openpi.envs import rollout
+from openpi.envs.shapes import ShapesEnv, ShapesTask
+from openpi.policies import policy_config
+from openpi.policies.libero_policy import EmbeddedDataConfig
+from openpi.serving.websocket_client import WebsocketClientPolicy
+from openpi.training import config as _config
+
+# Training scenes come from np.random.default_rng(dataset seed) streams; evaluation scenes from these seeds.
+HELD_OUT_SEED_BASE = 1_000_000_000
+
+
+@dataclasses.dataclass
+class PolicyArgs:
+    config: str = "pi05_shapes_lightvla"
+    """Training config of the checkpoint (its scene difficulty and model)."""
+    dir: str = ""
+    """Checkpoint folder (in-process evaluation)."""
+
+
+@dataclasses.dataclass
+class Args:
+    policy: PolicyArgs = dataclasses.field(default_factory=PolicyArgs)
+    episodes: int = 100
+    seed: int = 0
+    token_prune_keep_ratio: float | None = None
+    token_prune_keep_tokens: int | None = None
+    mask_images: bool = False
+    """Mask every camera at inference."""
+    random_keep: bool = False
+    """Keep as many patches as the pruner would, chosen uniformly at random."""
+    replan_steps: int = 2
+    """Actions executed from each predicted chunk before the next inference."""
+    prompt_swap: int = 0
+    """Also run the prompt-swap test on this many scenes (pruning policies)."""
+    host: str | None = None
+    port: int = 8000
+
+
+def held_out_seeds(args: Args) -> list[int]:
+    return [HELD_OUT_SEED_BASE + args.seed * 100_000 + i for i in range(args.episodes)]
+
+
+def main(args: Args) -> dict:
+    train_config = _config.get_config(args.policy.config)
+    data = train_config.data
+    if not isinstance(data, EmbeddedDataConfig):
+        raise ValueError(f"Config {args.policy.config!r} does not train on the shapes scene")
+    env = ShapesEnv(dataclasses.replace(data.spec.task, max_steps=ShapesTask().max_steps))
+    vision = train_config.model.vision_config
+    grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
+    policy = _remote(args) if args.host else _in_process(args, train_config)
+    results = [
+        rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
+        for seed in tqdm.tqdm(held_out_seeds(args), desc="episodes", unit="episode")
+    ]
+    summary = rollout.summarize(results)
+    if args.prompt_swap:
+        summary["prompt_swap"] = rollout.prompt_swap(env, policy, held_out_seeds(args)[: args.prompt_swap], grid)
+    print(json.dumps(summary))
+    return summary
+
+
+def _in_process(args: Args, train_config: _config.TrainConfig):
+    torch.manual_seed(args.seed)
+    policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")
+    if args.mask_images:
+        policy.input_transforms = (*policy.input_transforms, transforms.MaskImages())
+    model = policy.model
+    if model.token_pruning_enabled:
+        model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
+        model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
+        model.pruner.random_keep = args.random_keep
+        model.pruner.random_generator = torch.Generator().manual_seed(args.seed)
+        policy.return_kept_patches = True
+    elif args.token_prune_keep_ratio or args.token_prune_keep_tokens or args.random_keep:
+        raise ValueError(f"{args.policy.config} has no pruner: budgets and --random-keep need a pruning config")
+    return policy
+
+
+def _remote(args: Args) -> WebsocketClientPolicy:
+    if args.mask_images or args.random_keep or args.token_prune_keep_ratio or args.token_prune_keep_tokens:
+        raise ValueError("Budgets, --random-keep and --mask-images are set on the server (serve_policy.py)")
+    return WebsocketClientPolicy(args.host, args.port)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main(tyro.cli(Args))

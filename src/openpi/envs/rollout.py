@@ -1,0 +1,183 @@
+"""Closed-loop evaluation on the shapes scene: episodes, success with a confidence interval, and target recall.
+
+The policy is anything with ``infer(observation) -> {"actions": [H, 7], ...}``: an in-process
+:class:`~openpi.policies.policy.Policy` or a websocket client. When its outputs carry ``kept_patch_mask`` (a pruning
+policy with ``return_kept_patches``), every inference is also scored against the scene's object masks: which
+fraction of the target's patches was kept (target recall), which fraction of the kept patches lies on any object,
+and whether at least one target patch was kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from openpi.envs.shapes import Scene, ShapesEnv
+
+
+class Policy(Protocol):
+    def infer(self, obs: dict) -> dict: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchGrid:
+    """How the model sees the env's cameras: square images of ``image_size`` px cut into ``patch_size`` patches,
+    the env cameras ``cameras`` in the model's camera-slot order, ``num_slots`` slots pooled camera-major."""
+
+    image_size: int
+    patch_size: int
+    cameras: tuple[str, ...] = ("image", "wrist_image")
+    num_slots: int = 3
+
+    @property
+    def patches_per_slot(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def object_patches(self, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """``[num_objects, num_slots * patches_per_slot]`` bool: the pooled patches covering any pixel of each object
+        (``masks``: camera -> ``[num_objects, S, S]`` pixel masks at the env's resolution)."""
+        side = self.image_size // self.patch_size
+        num_objects = next(iter(masks.values())).shape[0]
+        out = np.zeros((num_objects, self.num_slots, side * side), dtype=bool)
+        for slot, camera in enumerate(self.cameras):
+            for index, mask in enumerate(masks[camera]):
+                resized = np.asarray(
+                    Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                        (self.image_size, self.image_size), resample=Image.Resampling.NEAREST
+                    )
+                )
+                blocks = resized[: side * self.patch_size, : side * self.patch_size] > 0
+                blocks = blocks.reshape(side, self.patch_size, side, self.patch_size).any(axis=(1, 3))
+                out[index, slot] = blocks.reshape(-1)
+        return out.reshape(num_objects, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptPatchScore:
+    """How a kept set relates to the scene's objects at one inference."""
+
+    target_recall: float  # kept target patches / target patches
+    on_object: float  # kept patches on any object / kept patches
+    target_hit: bool  # at least one target patch kept
+    kept: int
+
+
+def score_kept_patches(kept: np.ndarray, objects: np.ndarray, target: int) -> KeptPatchScore:
+    """Scores ``kept`` (``[N]`` bool) against ``objects`` (``[num_objects, N]`` bool) for object ``target``."""
+    kept = np.asarray(kept, dtype=bool)
+    target_patches = objects[target]
+    hits = int((kept & target_patches).sum())
+    on_object = int((kept & objects.any(axis=0)).sum())
+    return KeptPatchScore(
+        target_recall=hits / max(1, int(target_patches.sum())),
+        on_object=on_object / max(1, int(kept.sum())),
+        target_hit=hits > 0,
+        kept=int(kept.sum()),
+    )
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    steps: int
+    infer_ms: list[float] = dataclasses.field(default_factory=list)
+    kept_patches: list[KeptPatchScore] = dataclasses.field(default_factory=list)
+    kept_ratio: list[float] = dataclasses.field(default_factory=list)
+
+
+def run_episode(
+    env: ShapesEnv, policy: Policy, seed: int, *, replan_steps: int, grid: PatchGrid | None = None
+) -> EpisodeResult:
+    """Runs one episode from ``seed``: infer a chunk, execute its first ``replan_steps`` actions, repeat."""
+    observation = env.reset(seed)
+    result = EpisodeResult(seed=seed, success=False, steps=0)
+    while True:
+        output = policy.infer(observation)
+        _record_inference(result, output, env, grid)
+        for action in np.asarray(output["actions"])[:replan_steps]:
+            step = env.step(action)
+            observation = step.observation
+            if step.done:
+                result.success, result.steps = step.success, env.steps
+                return result
+
+
+def _record_inference(result: EpisodeResult, output: dict, env: ShapesEnv, grid: PatchGrid | None) -> None:
+    timing = output.get("policy_timing", {})
+    if "infer_ms" in timing:
+        result.infer_ms.append(float(timing["infer_ms"]))
+    pruning = output.get("token_pruning", {})
+    if "kept_ratio_overall_mean" in pruning:
+        result.kept_ratio.append(float(pruning["kept_ratio_overall_mean"]))
+    if grid is not None and "kept_patch_mask" in output:
+        objects = grid.object_patches(env.masks())
+        result.kept_patches.append(score_kept_patches(output["kept_patch_mask"], objects, env.scene.target))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% for z = 1.96)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """The evaluation's summary: success rate with its Wilson 95% interval, steps, kept patches, recall, latency."""
+    successes = sum(r.success for r in results)
+    scores = [s for r in results for s in r.kept_patches]
+    infer_ms = [ms for r in results for ms in r.infer_ms]
+    ratios = [x for r in results for x in r.kept_ratio]
+    return {
+        "success_rate": successes / max(1, len(results)),
+        "ci95": list(wilson_interval(successes, len(results))),
+        "episodes": len(results),
+        "mean_steps": _mean(r.steps for r in results),
+        "kept_tokens_mean": _mean(s.kept for s in scores),
+        "kept_ratio_mean": _mean(ratios),
+        "target_recall": _mean(s.target_recall for s in scores),
+        "target_hit_rate": _mean(float(s.target_hit) for s in scores),
+        "kept_on_object": _mean(s.on_object for s in scores),
+        "infer_ms_p50": statistics.median(infer_ms) if infer_ms else None,
+    }
+
+
+def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: PatchGrid) -> dict[str, float | None]:
+    """Same scene, the prompt naming another object: does the kept set follow the prompt?
+
+    For each seed, scores the first observation's kept set against the named target, then names the next object
+    instead and scores the new kept set against that object. Returns the mean recalls and the mean fraction of the
+    kept set that changed (Jaccard distance).
+    """
+    original, swapped, changed = [], [], []
+    for seed in seeds:
+        observation = env.reset(seed)
+        scene = env.scene
+        before = np.asarray(policy.infer(observation)["kept_patch_mask"], dtype=bool)
+        objects = grid.object_patches(env.masks())
+        original.append(score_kept_patches(before, objects, scene.target).target_recall)
+        other = (scene.target + 1) % len(scene.objects)
+        env.set_scene(Scene(scene.objects, other))
+        after = np.asarray(policy.infer(env.observation())["kept_patch_mask"], dtype=bool)
+        swapped.append(score_kept_patches(after, objects, other).target_recall)
+        changed.append(1.0 - (before & after).sum() / max(1, (before | after).sum()))
+    return {
+        "recall_named_target": _mean(original),
+        "recall_after_swap": _mean(swapped),
+        "kept_set_changed": _mean(changed),
+    }
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None

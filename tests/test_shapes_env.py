@@ -1,0 +1,110 @@
+"""The shapes environment, its expert, and the target-recall measurement of the pruning testbed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from openpi.envs import rollout
+from openpi.envs.shapes import COLORS, REACH_RADIUS, Scene, ShapesEnv, ShapesTask, sample_scene
+
+GRID = rollout.PatchGrid(image_size=112, patch_size=14)
+
+
+class ExpertPolicy:
+    """Infers the env's own expert action, repeated as a chunk."""
+
+    def __init__(self, env: ShapesEnv, horizon: int = 4) -> None:
+        self.env, self.horizon = env, horizon
+
+    def infer(self, obs: dict) -> dict:
+        return {"actions": np.stack([self.env.expert_action()] * self.horizon)}
+
+
+@pytest.mark.parametrize("task", [ShapesTask(), ShapesTask(min_objects=4, max_objects=5, shared_attributes=True)])
+def test_the_expert_solves_its_own_scenes(task):
+    env = ShapesEnv(task)
+    results = [rollout.run_episode(env, ExpertPolicy(env), seed, replan_steps=1) for seed in range(40)]
+    assert all(r.success for r in results)
+    assert max(r.steps for r in results) < task.max_steps
+
+
+def test_closing_away_from_the_target_fails_and_ends_the_episode():
+    env = ShapesEnv()
+    env.reset(3)
+    target = np.asarray(env.scene.objects[env.scene.target].center)
+    env.effector = np.clip(target + 0.2, 0, 1)
+    step = env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))
+    assert step.done and not step.success
+
+
+def test_a_policy_that_never_closes_runs_out_of_steps():
+    env = ShapesEnv(ShapesTask(max_steps=5))
+    idle = type("Idle", (), {"infer": lambda self, obs: {"actions": np.full((4, 7), -1.0)}})()
+    result = rollout.run_episode(env, idle, 0, replan_steps=4)
+    assert not result.success and result.steps == 5
+
+
+def test_shared_attributes_give_every_prompt_word_a_distractor():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = sample_scene(rng, ShapesTask(min_objects=3, max_objects=4, shared_attributes=True))
+        target = scene.objects[scene.target]
+        others = [o for i, o in enumerate(scene.objects) if i != scene.target]
+        assert any(o.color == target.color for o in others) and any(o.shape == target.shape for o in others)
+        assert len({(o.color, o.shape) for o in scene.objects}) == len(scene.objects)
+
+
+def test_masks_cover_the_rendered_objects_in_both_cameras():
+    env = ShapesEnv(ShapesTask(image_size=112))
+    obs = env.reset(1)
+    masks = env.masks()
+    for index, obj in enumerate(env.scene.objects):  # colours are distinct by default
+        colour_pixels = np.all(obs["observation/image"] == np.array(COLORS[obj.color]), axis=-1)
+        mask = masks["image"][index]
+        assert np.array_equal(colour_pixels, colour_pixels & mask), "every pixel of the colour is in the mask"
+        assert colour_pixels.sum() >= 0.7 * mask.sum() > 0, "the mask is the object (less the effector ring)"
+    assert masks["wrist_image"].shape == masks["image"].shape
+
+
+def test_target_recall_is_one_for_exactly_the_target_and_zero_for_background():
+    env = ShapesEnv(ShapesTask(image_size=112))
+    env.reset(7)
+    objects = GRID.object_patches(env.masks())
+    target = env.scene.target
+    exact = rollout.score_kept_patches(objects[target], objects, target)
+    assert exact.target_recall == 1.0 and exact.on_object == 1.0 and exact.target_hit
+    background = ~objects.any(axis=0)
+    background[2 * GRID.patches_per_slot :] = False  # the absent third slot holds no patches of the scene
+    none = rollout.score_kept_patches(background, objects, target)
+    assert none.target_recall == 0.0 and none.on_object == 0.0 and not none.target_hit
+    half = objects[target] & (np.cumsum(objects[target]) <= objects[target].sum() // 2)
+    assert rollout.score_kept_patches(half, objects, target).target_recall == pytest.approx(
+        (objects[target].sum() // 2) / objects[target].sum()
+    )
+
+
+def test_object_patches_follow_the_model_grid():
+    env = ShapesEnv(ShapesTask(image_size=112))
+    env.reset(0)
+    env.set_scene(Scene((dataclasses.replace(env.scene.objects[0], center=(0.0625, 0.0625)),), 0))
+    patches = GRID.object_patches(env.masks())[0]
+    side = 112 // 14
+    base = patches[: side * side].reshape(side, side)
+    assert base[0, 0] and base[0:2, 0:2].sum() == base.sum(), "an object at the top-left corner lies in those patches"
+
+
+def test_wilson_interval():
+    low, high = rollout.wilson_interval(80, 100)
+    assert low == pytest.approx(0.7112, abs=1e-3) and high == pytest.approx(0.8666, abs=1e-3)
+    assert rollout.wilson_interval(0, 10)[0] == 0.0 and rollout.wilson_interval(10, 10)[1] == 1.0
+
+
+def test_reach_radius_is_the_success_criterion():
+    env = ShapesEnv()
+    env.reset(5)
+    target = np.asarray(env.scene.objects[env.scene.target].center)
+    env.effector = target + np.array([REACH_RADIUS * 0.9, 0.0])
+    assert env.step(np.array([0, 0, 0, 0, 0, 0, 1.0])).success
