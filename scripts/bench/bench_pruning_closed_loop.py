@@ -4,8 +4,9 @@
 
 Trains each training arm per seed with the project's trainer (``pi05_shapes`` / ``pi05_shapes_lightvla`` variants),
 then evaluates every evaluation arm closed loop on the same held-out scenes (``scripts/eval_closed_loop.py``'s
-seeds). Resumable: each (arm, seed) result is a JSON file under ``--work-dir``; finished ones are skipped, so the
-experiment can run across sessions. Writes the Markdown table to ``--output`` and the plot to ``--plot``.
+seeds). Resumable across sessions: each (evaluation arm, seed) result is a JSON file committed under
+``--results-dir``; checkpoints live under ``--work-dir`` and a training arm is (re)trained only while an evaluation
+that needs its weights is missing. Writes the Markdown table to ``--output`` and the plot to ``--plot``.
 
 Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned``, ``released`` (LightVLA as
 released: no centring, softmax of the noisy scores), ``default`` (this project's default pruner),
@@ -75,6 +76,7 @@ class Args:
     jobs: int = 2
     """Trainings run in parallel, each with cores // jobs threads."""
     work_dir: Path = REPO / "outputs" / "pruning_closed_loop"
+    results_dir: Path = RESULTS / "pruning_closed_loop"
     output: Path = RESULTS / "pruning_closed_loop.md"
     plot: Path = REPO / "docs" / "pruning_closed_loop.png"
 
@@ -148,11 +150,11 @@ def _evaluate(arm: str, seed: int, trained: dict[str, dict], args: Args) -> dict
 def main(args: Args) -> None:
     logging.basicConfig(level=logging.WARNING)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     trained = _train_all(args)
-    eval_arms = [a for a, (weights, _, _) in EVAL_ARMS.items() if weights in args.arms]
     for seed in args.seeds:
-        for arm in eval_arms:
-            path = args.work_dir / f"eval_{arm}_seed{seed}.json"
+        for arm in _eval_arms(args):
+            path = _eval_path(args, arm, seed)
             if not path.is_file():
                 result = _evaluate(arm, seed, trained[seed], args)
                 path.write_text(json.dumps(result, indent=1))
@@ -166,7 +168,7 @@ def _train_all(args: Args) -> dict[int, dict[str, dict]]:
         (arm, seed)
         for seed in args.seeds
         for arm in args.arms
-        if not (args.work_dir / f"train_{arm}_seed{seed}.json").is_file()
+        if not (args.work_dir / f"train_{arm}_seed{seed}.json").is_file() and _needs_weights(args, arm, seed)
     ]
     threads = max(1, multiprocessing.cpu_count() // args.jobs)
     context = multiprocessing.get_context("spawn")
@@ -177,15 +179,34 @@ def _train_all(args: Args) -> dict[int, dict[str, dict]]:
             (args.work_dir / f"train_{arm}_seed{seed}.json").write_text(json.dumps(future.result()))
             print(f"trained {arm} seed {seed}: {future.result()}", flush=True)
     return {
-        seed: {arm: json.loads((args.work_dir / f"train_{arm}_seed{seed}.json").read_text()) for arm in args.arms}
+        seed: {
+            arm: json.loads(path.read_text())
+            for arm in args.arms
+            if (path := args.work_dir / f"train_{arm}_seed{seed}.json").is_file()
+        }
         for seed in args.seeds
     }
+
+
+def _eval_arms(args: Args) -> list[str]:
+    return [arm for arm, (weights, _, _) in EVAL_ARMS.items() if weights in args.arms]
+
+
+def _eval_path(args: Args, arm: str, seed: int) -> Path:
+    return args.results_dir / f"{arm}_seed{seed}.json"
+
+
+def _needs_weights(args: Args, training_arm: str, seed: int) -> bool:
+    """Whether an evaluation that uses ``training_arm``'s weights for ``seed`` is still missing."""
+    return any(
+        EVAL_ARMS[arm][0] == training_arm and not _eval_path(args, arm, seed).is_file() for arm in _eval_arms(args)
+    )
 
 
 def _load(args: Args) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {}
     for arm in EVAL_ARMS:
-        for path in sorted(args.work_dir.glob(f"eval_{arm}_seed*.json")):
+        for path in sorted(args.results_dir.glob(f"{arm}_seed*.json")):
             results.setdefault(arm, []).append(json.loads(path.read_text()))
     return results
 
