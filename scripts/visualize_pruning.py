@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import tyro
+from eval_closed_loop import PolicyArgs
 
 from openpi.envs import rollout
 from openpi.envs.shapes import Scene, ShapesEnv
@@ -21,12 +22,6 @@ from openpi.policies import policy_config
 from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap
 from openpi.training import config as _config
 from openpi.transforms import resize_with_pad
-
-
-@dataclasses.dataclass
-class PolicyArgs:
-    config: str = "pi05_shapes_lightvla"
-    dir: str = ""
 
 
 @dataclasses.dataclass

@@ -11,8 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative_path: str) -> ModuleType:
-    """Imports ``REPO/relative_path`` as a module named after its file (registered, so its dataclasses work)."""
+    """Imports ``REPO/relative_path`` as a module named after its file (registered, so its dataclasses work), with
+    its folder importable as when Python runs the file."""
     path = REPO / relative_path
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

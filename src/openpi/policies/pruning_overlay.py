@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+
+from openpi.models.observation import Observation
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 
 KEPT_OUTLINE = (255, 230, 0)
 DIMMED = 0.3  # brightness of the patches that were dropped
@@ -44,3 +48,34 @@ def side_by_side(panels: list[Image.Image], gap: int = 6) -> Image.Image:
         canvas.paste(panel, (x, 0))
         x += panel.width + gap
     return canvas
+
+
+@torch.no_grad()
+def kept_patch_pictures(model: PI0Pytorch, observation: Observation) -> dict[str, Image.Image]:
+    """What the pruner keeps for the first sample of ``observation`` at inference: per present camera, the frame with
+    the kept patches outlined beside the votes. Runs the prefix once in eval mode and restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        model.encode_prefix(observation.select(slice(0, 1)))
+    finally:
+        model.train(was_training)
+    selection = model.pruner.last_selection
+    kept = (
+        torch.zeros(selection.votes.shape, dtype=torch.bool)
+        .scatter_(1, selection.kept_indices.cpu(), selection.mask.cpu())[0]
+        .numpy()
+    )
+    votes = selection.votes[0].cpu().numpy()
+    vision = model.config.vision_config
+    per_camera = vision.num_patches
+    pictures = {}
+    for slot, (name, image) in enumerate(observation.images.items()):
+        if not bool(observation.image_masks[name][0]):
+            continue
+        frame = ((image[0].float().cpu() + 1.0) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        part = slice(slot * per_camera, (slot + 1) * per_camera)
+        pictures[name] = side_by_side(
+            [overlay_kept_patches(frame, kept[part], vision.patch_size), vote_heatmap(votes[part], vision.image_size)]
+        )
+    return pictures

@@ -50,6 +50,8 @@ class TrainConfig:
     assets_base_dir: str = "./assets"
     checkpoint_base_dir: str = "./checkpoints"
     gradient_checkpointing: bool = False
+    # With pruning and wandb on: log a picture of the kept patches of the batch's first sample every N steps.
+    viz_interval: int | None = 1000
 
     @property
     def assets_dirs(self) -> Path:

@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from openpi.models.observation import Observation
 from openpi.models_pytorch import preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.policies import data_config
+from openpi.policies import data_config, pruning_overlay
 from openpi.training import checkpoints, data_loader
 from openpi.training import config as _config
 
@@ -267,6 +267,8 @@ class _Trainer:
                     metrics = self._metrics(model, losses, grad_norm, lr, time.perf_counter() - window_start)
                     self._log(step, metrics, progress, wandb_run)
                     losses, window_start = [], time.perf_counter()
+                if wandb_run is not None and self._is_picture_step(step):
+                    self._log_pictures(model, observation.to(ctx.device), step, wandb_run)
                 completed = step + 1
                 if completed % config.save_interval == 0 or completed == config.num_train_steps:
                     self._save(model, optimizer, completed, data_config)
@@ -288,6 +290,17 @@ class _Trainer:
         if self.config.model.token_pruning_enabled:
             metrics.update(model.pruner.metrics())
         return metrics
+
+    def _is_picture_step(self, step: int) -> bool:
+        interval = self.config.viz_interval
+        return self.config.model.token_pruning_enabled and interval is not None and step % interval == 0
+
+    def _log_pictures(self, model: PI0Pytorch, observation: Observation, step: int, wandb_run: Any) -> None:
+        """Logs ``prune/kept_<camera>``: the kept patches and votes of the batch's first sample (eval selection)."""
+        import wandb
+
+        pictures = pruning_overlay.kept_patch_pictures(model, observation)
+        wandb_run.log({f"prune/kept_{name}": wandb.Image(p) for name, p in pictures.items()}, step=step)
 
     def _log(self, step: int, metrics: dict[str, float], progress: tqdm.tqdm, wandb_run: Any) -> None:
         self.history.append({"step": float(step), **metrics})
