@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from openpi.envs.shapes import ShapesEnv, ShapesTask
@@ -16,6 +15,7 @@ from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from openpi.training import config as _config
+from tests.model_helpers import randomized
 from tests.script_loader import load_script
 
 SUMMARY_KEYS = {
@@ -40,11 +40,7 @@ def _script():
 def checkpoint(tmp_path_factory, embedded_data_home) -> Path:
     """Random weights of the LightVLA testbed config (a small dataset), saved as a checkpoint."""
     directory = tmp_path_factory.mktemp("testbed") / "checkpoint"
-    model = PI0Pytorch(_small("pi05_shapes_lightvla").model)
-    generator = torch.Generator().manual_seed(0)
-    for parameter in model.parameters():  # every path live (the fresh model zero-initialises some layers)
-        parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
-    weights.save_weights(model, directory)
+    weights.save_weights(randomized(PI0Pytorch(_small("pi05_shapes_lightvla").model)), directory)
     return directory
 
 

@@ -10,7 +10,9 @@ that needs its weights is missing. Writes the Markdown table to ``--output`` and
 
 Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned``, ``released`` (LightVLA as
 released: no centring, softmax of the noisy scores), ``default`` (this project's default pruner),
-``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations).
+``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in
+the pruner's context in training, the sampling's starting noise at inference) and ``plan_1`` (a projected state
+token in the pruner's context): the seeds' proposals.
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25``, and on the
 default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random).
 """
@@ -49,6 +51,8 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"token_prune_center_patches": True, "token_prune_noisy_softmax": True},
         {},
     ),
+    "plan_b": ("pi05_shapes_lightvla", {"token_prune_action_context": True}, {}),
+    "plan_1": ("pi05_shapes_lightvla", {"token_prune_state_token": True}, {}),
 }
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "default")
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
@@ -62,6 +66,8 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "random_k": ("default", "default", {"random_keep": True}),
     "released_clean_softmax": ("released_clean_softmax", "released_clean_softmax", {}),
     "centred_noisy_softmax": ("centred_noisy_softmax", "centred_noisy_softmax", {}),
+    "plan_b": ("plan_b", "plan_b", {}),
+    "plan_1": ("plan_1", "plan_1", {}),
 }
 
 

@@ -43,6 +43,11 @@ class Pi0Config:
     # The soft (gradient) part of the straight-through weights from the noisy scores, as LightVLA's released code
     # does; False uses the noise-free scores (docs/lightvla_pruning.md).
     token_prune_noisy_softmax: bool = False
+    # The seeds' proposals, as ablations: the pruner also sees a projected state token ("plan 1"), or the projected
+    # noisy actions of the flow-matching step in training and the sampling's starting noise at inference ("plan B").
+    # Each adds one Linear(action_dim -> width) that only the pruner uses.
+    token_prune_state_token: bool = False
+    token_prune_action_context: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -63,6 +68,8 @@ class Pi0Config:
         self.vision_config  # noqa: B018  (validates the variant)
         if self.token_prune_keep_tokens is not None and self.token_prune_keep_tokens < 1:
             raise ValueError(f"token_prune_keep_tokens must be >= 1, got {self.token_prune_keep_tokens}")
+        if (self.token_prune_state_token or self.token_prune_action_context) and not self.token_pruning_enabled:
+            raise ValueError("token_prune_state_token / token_prune_action_context need token_pruning_enabled")
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
             raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
 

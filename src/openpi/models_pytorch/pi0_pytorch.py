@@ -86,6 +86,12 @@ class PI0Pytorch(nn.Module):
             self.state_proj = nn.Linear(config.action_dim, expert_width)
             self.action_time_mlp_in = nn.Linear(2 * expert_width, expert_width)
             self.action_time_mlp_out = nn.Linear(expert_width, expert_width)
+        llm_width = config.llm_config.width
+        # The seeds' proposals for what the pruner may see besides the prompt (ablations; docs/lightvla_pruning.md).
+        if config.token_prune_state_token:
+            self.prune_state_proj = nn.Linear(config.action_dim, llm_width)
+        if config.token_prune_action_context:
+            self.prune_action_proj = nn.Linear(config.action_dim, llm_width)
         self.token_pruner = (
             ImageTokenPruner(
                 config.token_prune_noise_scale,
@@ -161,8 +167,13 @@ class PI0Pytorch(nn.Module):
         img_masks: list[torch.Tensor],
         lang_tokens: torch.Tensor,
         lang_masks: torch.Tensor,
+        state: torch.Tensor | None = None,
+        noisy_actions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeds the prefix (all cameras' patches, pruned if enabled, then the prompt).
+
+        ``state [B, A]`` and ``noisy_actions [B, H, A]`` reach only the pruner's task context, and only with
+        ``token_prune_state_token`` / ``token_prune_action_context``.
 
         Returns:
             ``embs [B, L, W]``, ``pad_masks [B, L]``, ``block_starts [B, L]`` (all zero: the prefix is one
@@ -181,13 +192,37 @@ class PI0Pytorch(nn.Module):
         positions = torch.cumsum(torch.cat([patch_mask, lang_masks], dim=1).long(), dim=1) - 1  # [B, N + T]
         patch_positions, lang_positions = positions[:, : patches.shape[1]], positions[:, patches.shape[1] :]
         if self.token_pruner is not None:
-            pruned = self.token_pruner(patches, lang_embs, lang_masks, patch_mask, patch_positions)
+            task, task_mask = self._pruner_task_context(lang_embs, lang_masks, state, noisy_actions)
+            pruned = self.token_pruner(patches, task, task_mask, patch_mask, patch_positions)
             patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions  # [B, K, W], [B, K]
 
         embs = torch.cat([patches.to(lang_embs.dtype), lang_embs], dim=1)  # [B, K + T, W]
         pad_masks = torch.cat([patch_mask, lang_masks], dim=1)
         block_starts = torch.zeros_like(pad_masks)
         return embs, pad_masks, block_starts, torch.cat([patch_positions, lang_positions], dim=1)
+
+    def _pruner_task_context(
+        self,
+        lang_embs: torch.Tensor,
+        lang_masks: torch.Tensor,
+        state: torch.Tensor | None,
+        noisy_actions: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pruner's task tokens ``[B, T (+1) (+H), W]``: the prompt, then (plan 1) a projected state token and
+        (plan B) the projected noisy actions."""
+        tokens, masks = [lang_embs], [lang_masks]
+        extras = []
+        if self.config.token_prune_state_token:
+            extras.append(
+                self.prune_state_proj(_required(state, "state")[:, None].to(self.prune_state_proj.weight.dtype))
+            )
+        if self.config.token_prune_action_context:
+            actions = _required(noisy_actions, "noisy_actions").to(self.prune_action_proj.weight.dtype)
+            extras.append(self.prune_action_proj(actions))
+        for extra in extras:
+            tokens.append(extra.to(lang_embs.dtype))
+            masks.append(torch.ones(extra.shape[:2], dtype=torch.bool, device=lang_masks.device))
+        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
 
     # ------------------------------------------------------------------------------------------------- suffix
     def embed_suffix(
@@ -238,7 +273,9 @@ class PI0Pytorch(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1.0 - t) * actions
 
-        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(images, img_masks, tokens, token_masks)
+        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(
+            images, img_masks, tokens, token_masks, state, x_t
+        )
         suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
         mask = make_attention_mask(torch.cat([prefix_pad, suffix_pad], 1), torch.cat([prefix_starts, suffix_starts], 1))
         positions = torch.cat([prefix_pos, _suffix_positions(prefix_pos, prefix_pad, suffix_pad)], dim=1)
@@ -261,20 +298,29 @@ class PI0Pytorch(nn.Module):
         spelling ``sample_actions(device, observation, noise, num_steps)`` is accepted too.
         """
         observation, noise, num_steps = _sample_actions_args(args, noise, num_steps)
-        prefix = self.encode_prefix(observation)
-        shape = (prefix.state.shape[0], self.config.action_horizon, self.config.action_dim)
-        device = prefix.state.device
+        shape = (observation.state.shape[0], self.config.action_horizon, self.config.action_dim)
+        device = observation.state.device
         x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)  # [B, H, A]
+        prefix = self.encode_prefix(observation, x_t)
         dt = -1.0 / num_steps
         for step in range(num_steps):
             time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=device)
             x_t = x_t + dt * self.denoise_step(prefix, x_t, time)
         return x_t
 
-    def encode_prefix(self, observation: Observation) -> PrefixCache:
-        """Embeds (and, if enabled, prunes) the prefix and runs the language model over it once."""
+    def encode_prefix(self, observation: Observation, noise: torch.Tensor | None = None) -> PrefixCache:
+        """Embeds (and, if enabled, prunes) the prefix and runs the language model over it once.
+
+        ``noise [B, H, A]`` is where sampling starts; only a pruner with ``token_prune_action_context`` reads it.
+        """
         images, img_masks, tokens, token_masks, state = self._unpack(observation)
-        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(images, img_masks, tokens, token_masks)
+        if noise is None and self.config.token_prune_action_context:
+            noise = self.sample_noise(
+                (state.shape[0], self.config.action_horizon, self.config.action_dim), state.device
+            )
+        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(
+            images, img_masks, tokens, token_masks, state, noise
+        )
         prefix_mask = make_attention_mask(prefix_pad, prefix_starts)
         _, kv_cache = self.paligemma_with_expert([prefix_embs, None], prefix_mask, prefix_pos, [None, None])
         return PrefixCache(kv_cache, prefix_pad, prefix_pos, state)
@@ -326,3 +372,9 @@ def _sample_actions_args(
     if len(rest) > 1:
         num_steps = rest[1]
     return observation, noise, num_steps
+
+
+def _required(value: torch.Tensor | None, name: str) -> torch.Tensor:
+    if value is None:
+        raise ValueError(f"The pruner's task context needs {name} (token_prune_state_token / _action_context)")
+    return value
