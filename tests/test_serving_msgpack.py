@@ -56,7 +56,11 @@ def test_object_and_complex_arrays_are_refused():
     [
         ({b"__ndarray__": True, b"data": b"\x00" * 7, b"dtype": "<f4", b"shape": [2]}, "needs 8 bytes, got 7"),
         ({b"__ndarray__": True, b"data": b"", b"dtype": "|O", b"shape": [0]}, "unsupported dtype"),
-        ({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}, "invalid dtype"),
+        ({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}, "unsupported dtype"),
+        ({b"__ndarray__": True, b"data": b"", b"dtype": "i4,)", b"shape": [0]}, "unsupported dtype"),
+        ({b"__npgeneric__": True, b"data": 1000, b"dtype": "|u1"}, "does not fit dtype uint8"),
+        ({b"__npgeneric__": True, b"data": -1, b"dtype": "<u4"}, "does not fit dtype uint32"),
+        ({b"__npgeneric__": True, b"data": [1], b"dtype": "<f4"}, "has data of type list"),
         ({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}, "invalid shape"),
     ],
 )
@@ -68,3 +72,58 @@ def test_malformed_arrays_raise_value_error(payload, message):
 def test_garbage_bytes_raise_value_error():
     with pytest.raises(ValueError, match="not valid msgpack"):
         msgpack_numpy.unpackb(b"\xc1\xff\x00garbage")
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (b"\xc1", "FormatError"),
+        (b"\x91" * 100_000 + b"\xc0", "nested too deeply"),
+        (b"\xdf\xff\xff\xff\xff" + b"\x80" * 1000, "exceeds max_map_len"),
+        (b"\xdd\x00\xff\xff\xff" + b"\x80" * 1000, "exceeds max_array_len"),
+        (b"", "Unpack"),
+    ],
+)
+def test_every_malformed_frame_is_a_named_value_error(frame, message):
+    with pytest.raises(ValueError, match=f"Message is not valid msgpack-numpy: .*{message}"):
+        msgpack_numpy.unpackb(frame)
+
+
+def _random_object(rng: np.random.Generator, depth: int = 0):
+    """Random msgpack-numpy-shaped objects: valid, almost valid and junk arrays/scalars in maps and lists."""
+    kind = rng.integers(8 if depth < 3 else 4)
+    if kind == 0:
+        return rng.choice([0, -1, 2**40, 1.5, "text", b"\x00\xff", None, True])
+    if kind == 1:
+        dtype = rng.choice(["<f4", "|u1", "<i8", "|b1", "<U3", "i4,)", "|O", "<c8", "x", "<f99", 5])
+        shape = [int(d) for d in rng.integers(-1, 4, rng.integers(0, 3))]
+        return {
+            b"__ndarray__": True,
+            b"data": bytes(rng.integers(0, 256, rng.integers(0, 40)).tolist()),
+            b"dtype": dtype,
+            b"shape": shape if rng.random() < 0.9 else "3",
+        }
+    if kind == 2:
+        dtype = rng.choice(["|u1", "<i2", "<f4", "|b1", "<U2", "junk"])
+        return {b"__npgeneric__": True, b"data": rng.choice([0, 300, -5, 1e40, "s", b"b"]), b"dtype": dtype}
+    if kind == 3:
+        return bytes(rng.integers(0, 256, rng.integers(0, 8)).tolist())
+    if kind < 6:
+        return {f"k{i}": _random_object(rng, depth + 1) for i in range(rng.integers(0, 4))}
+    return [_random_object(rng, depth + 1) for _ in range(rng.integers(0, 4))]
+
+
+def test_decoder_fuzz_raises_only_named_value_errors():
+    rng = np.random.default_rng(0)
+    decoded = failed = 0
+    for _ in range(20_000):
+        frame = msgpack.packb(_random_object(rng), use_bin_type=True)
+        if rng.random() < 0.3:  # corrupt some bytes too
+            frame = bytes(b if rng.random() > 0.05 else int(rng.integers(256)) for b in frame)
+        try:
+            msgpack_numpy.unpackb(frame)
+            decoded += 1
+        except ValueError as e:
+            assert str(e).startswith("Message is not valid msgpack-numpy: ") and len(str(e)) > 40, str(e)
+            failed += 1
+    assert decoded > 1000 and failed > 1000, "the fuzz exercises both paths"

@@ -12,6 +12,7 @@ bytes only, never pickles. Decoded arrays are zero-copy, read-only views of the 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import msgpack
@@ -20,6 +21,11 @@ import numpy as np
 _ARRAY_TAG = b"__ndarray__"
 _SCALAR_TAG = b"__npgeneric__"
 _UNSUPPORTED_KINDS = ("V", "O", "c")
+# Plain numeric, bool and text dtypes as ``dtype.str`` writes them ('<f4', '|u1', '|b1', '<U12', '|S3').
+_DTYPE_PATTERN = re.compile(r"[<>|=][biufUS]\d{1,4}")
+# Observations are small maps of arrays: a container claiming more entries than this is junk, refused before the
+# decoder allocates anything for it.
+MAX_CONTAINER_LEN = 1 << 16
 
 
 def packb(obj: Any) -> bytes:
@@ -31,12 +37,33 @@ def unpackb(data: bytes) -> Any:
     """Deserialises msgpack bytes written by :func:`packb` or by ``openpi_client.msgpack_numpy``.
 
     Raises:
-        ValueError: the bytes are not valid msgpack or an encoded array is malformed.
+        ValueError: the bytes are not valid msgpack (every decoder failure, named), or an encoded array or scalar is
+            malformed.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError(f"Message must be bytes, got {type(data).__name__}")
     try:
-        return msgpack.unpackb(data, object_hook=_decode_numpy, raw=False, strict_map_key=False)
-    except (ValueError, TypeError) as e:  # msgpack's format errors are ValueErrors; unhashable map keys TypeErrors
-        raise ValueError(f"Message is not valid msgpack-numpy: {e}") from e
+        return msgpack.unpackb(
+            data,
+            object_hook=_decode_numpy,
+            raw=False,
+            strict_map_key=False,
+            max_map_len=MAX_CONTAINER_LEN,
+            max_array_len=MAX_CONTAINER_LEN,
+        )
+    except RecursionError as e:
+        raise ValueError("Message is not valid msgpack-numpy: nested too deeply") from e
+    except Exception as e:  # any decoder failure is the sender's, and must never drop the connection
+        raise ValueError(f"Message is not valid msgpack-numpy: {_explain(e)}") from e
+
+
+def _explain(error: Exception) -> str:
+    """What went wrong, in words (msgpack's format errors often carry no message)."""
+    if isinstance(error, msgpack.exceptions.StackError):
+        return "nested too deeply"
+    if isinstance(error, ValueError) and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else f"{type(error).__name__} (malformed msgpack data)"
 
 
 def _encode_numpy(obj: Any) -> Any:
@@ -53,8 +80,21 @@ def _decode_numpy(obj: dict) -> Any:
     if _ARRAY_TAG in obj:
         return _decode_array(obj)
     if _SCALAR_TAG in obj:
-        return _parse_dtype(obj.get(b"dtype")).type(obj.get(b"data"))
+        return _decode_scalar(obj)
     return obj
+
+
+def _decode_scalar(obj: dict) -> np.generic:
+    dtype, data = _parse_dtype(obj.get(b"dtype")), obj.get(b"data")
+    if not isinstance(data, bool | int | float | str | bytes):
+        raise ValueError(f"Encoded scalar of dtype {dtype} has data of type {type(data).__name__}")
+    try:
+        value = dtype.type(data)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise ValueError(f"Encoded scalar {data!r} does not fit dtype {dtype}") from e
+    if dtype.kind in "iub" and value != data:  # numpy may wrap out-of-range integers instead of raising
+        raise ValueError(f"Encoded scalar {data!r} does not fit dtype {dtype}")
+    return value
 
 
 def _decode_array(obj: dict) -> np.ndarray:
@@ -72,10 +112,10 @@ def _decode_array(obj: dict) -> np.ndarray:
 
 
 def _parse_dtype(spec: Any) -> np.dtype:
+    """The dtype of a plain numeric/bool/text ``dtype.str``; anything else is refused before NumPy parses it."""
+    if not isinstance(spec, str) or not _DTYPE_PATTERN.fullmatch(spec):
+        raise ValueError(f"Encoded array has an unsupported dtype {spec!r} (expected e.g. '<f4', '|u1', '<U8')")
     try:
-        dtype = np.dtype(spec)
+        return np.dtype(spec)
     except TypeError as e:
         raise ValueError(f"Encoded array has an invalid dtype {spec!r}") from e
-    if not isinstance(spec, str) or dtype.kind in _UNSUPPORTED_KINDS:
-        raise ValueError(f"Encoded array has an unsupported dtype {spec!r}")
-    return dtype

@@ -89,6 +89,8 @@ class WebsocketPolicyServer:
         self._recorder = recorder
         self._connection_ids = itertools.count(1)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
+        # Frames are decoded here, off the event loop and not queued behind inference.
+        self._decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-decode")
         self._server: websockets.asyncio.server.Server | None = None
 
     async def start(self) -> None:
@@ -111,6 +113,7 @@ class WebsocketPolicyServer:
             await self._server.wait_closed()
             self._server = None
         self._executor.shutdown(wait=True)
+        self._decoder.shutdown(wait=True)
 
     async def run(self) -> None:
         """Serves until SIGINT (Ctrl-C) or SIGTERM, then closes connections and returns."""
@@ -178,12 +181,12 @@ class WebsocketPolicyServer:
 
     async def _answer(self, request: bytes | str, prev_total_ms: float | None) -> bytes | str:
         """Returns the reply frame for one request: msgpack bytes, or the error text."""
+        loop = asyncio.get_running_loop()
         try:
-            obs = _decode_observation(request)
+            obs = await loop.run_in_executor(self._decoder, _decode_observation, request)
         except ValueError as e:
             logger.warning("Undecodable request: %s", e)
             return f"Invalid request: {e}"
-        loop = asyncio.get_running_loop()
         try:
             result, timing = await loop.run_in_executor(self._executor, self._timed_infer, obs, time.perf_counter())
         except INPUT_ERRORS as e:
