@@ -89,7 +89,7 @@ def test_tokenize_prompt_passes_state_only_for_discrete_input(discrete):
         np.testing.assert_array_equal(passed, state)
     else:
         assert passed is None
-    with pytest.raises(KeyError, match="prompt"):
+    with pytest.raises(ValueError, match=r"has no .prompt. and the policy has no default prompt"):
         transforms.TokenizePrompt(tokenizer)({"state": state})
 
 

@@ -216,7 +216,7 @@ class TokenizePrompt:
 
     def __call__(self, data: dict) -> dict:
         if "prompt" not in data:
-            raise KeyError("Sample has no 'prompt'; set a default prompt or derive it from the dataset's task")
+            raise ValueError("The observation has no 'prompt' and the policy has no default prompt")
         prompt = data.pop("prompt")
         if isinstance(prompt, bytes):
             prompt = prompt.decode()

@@ -18,9 +18,7 @@ from openpi import transforms as _transforms
 from openpi.models.observation import Observation
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.preprocessing import preprocess_observation
-
-# Array kinds an observation may hold: bool, signed and unsigned integers, floats.
-_NUMERIC_KINDS = "biuf"
+from openpi.policies import observation_contract
 
 
 class Policy:
@@ -88,8 +86,9 @@ class Policy:
 
     def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
         """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
+        to_model = _transforms.compose(self.input_transforms)
         model_inputs = _transforms.stack_samples(
-            [_transforms.compose(self.input_transforms)(_validated_copy(obs)) for obs in observations]
+            [to_model(observation_contract.validated_copy(obs)) for obs in observations]
         )
         observation = preprocess_observation(
             Observation.from_dict(model_inputs), train=False, image_resolution=self._image_resolution
@@ -118,24 +117,6 @@ class Policy:
         kept = torch.zeros(selection.votes.shape, dtype=torch.bool, device=selection.votes.device)
         kept.scatter_(1, selection.kept_indices, selection.mask)
         return kept.cpu().numpy()
-
-
-def _validated_copy(obs: Mapping, prefix: str = "") -> dict:
-    """Copies the observation's dicts (transforms may modify them) and checks that every array is numeric (text only
-    for the prompt), naming the offending key."""
-    if not isinstance(obs, Mapping):
-        raise ValueError(f"An observation must be a dict, got {type(obs).__name__}")
-    copy = {}
-    for key, value in obs.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            copy[key] = _validated_copy(value, f"{name}/")
-            continue
-        allowed = _NUMERIC_KINDS + ("US" if key == "prompt" else "")
-        if isinstance(value, np.ndarray) and value.dtype.kind not in allowed:
-            raise ValueError(f"Observation key {name!r} has dtype {value.dtype}; expected a numeric or bool array")
-        copy[key] = value
-    return copy
 
 
 def _first(value: Any) -> Any:
