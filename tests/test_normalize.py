@@ -122,3 +122,25 @@ def test_running_stats_errors() -> None:
         running.get_statistics()
     with pytest.raises(ValueError, match="dims"):
         running.update(np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is not valid JSON"),
+        ('{"norm_stats": {"state": {"mean": [0.0], "std"', "is not valid JSON"),
+        ('{"norm_stats": [1]}', "must hold"),
+        ("[1, 2]", "must hold"),
+        ('{"norm_stats": {"state": [1]}}', "'state' are invalid: an entry must be a dict"),
+        ('{"norm_stats": {"state": {"mean": [0.0]}}}', r"'state' are invalid: .*lacks \['std'\]"),
+        ('{"norm_stats": {"actions": {"mean": [0], "std": [1], "q01": [NaN], "q99": [1]}}}', "q01 holds NaN"),
+        ('{"norm_stats": {"actions": {"mean": [0], "std": [-1]}}}', "std has negative values"),
+        ('{"norm_stats": {"actions": {"mean": [0], "std": [1], "q01": [2], "q99": [1]}}}', "q01 exceeds q99"),
+        ('{"norm_stats": {"actions": {"mean": [0, 1], "std": [1]}}}', "same length"),
+    ],
+)
+def test_corrupted_norm_stats_are_refused_naming_the_file(tmp_path, content, message):
+    (tmp_path / "norm_stats.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        norm.load(tmp_path)
+    assert str(tmp_path / "norm_stats.json") in str(error.value)

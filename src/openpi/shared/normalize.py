@@ -71,14 +71,44 @@ def save(directory: str | Path, stats: dict[str, NormStats]) -> Path:
 
 
 def load(directory: str | Path) -> dict[str, NormStats]:
-    """Reads ``directory/norm_stats.json``."""
+    """Reads and validates ``directory/norm_stats.json``.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: naming the file: not JSON, not ``{"norm_stats": {key: {"mean", "std", ...}}}``, or values that
+            are not finite, negative standard deviations, or ``q01 > q99``.
+    """
     path = norm_stats_path(directory)
     if not path.is_file():
         raise FileNotFoundError(f"Norm stats file not found: {path} (compute it with scripts/compute_norm_stats.py)")
-    data = json.loads(path.read_text())
-    if "norm_stats" not in data:
-        raise ValueError(f"{path} has no top-level 'norm_stats' key")
-    return {key: NormStats.from_json(value) for key, value in data["norm_stats"].items()}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); recompute it with scripts/compute_norm_stats.py") from e
+    entries = data.get("norm_stats") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path} must hold {{'norm_stats': {{key: {{'mean', 'std', ...}}}}}}")
+    stats = {}
+    for key, value in entries.items():
+        try:
+            if not isinstance(value, dict):
+                raise ValueError(f"an entry must be a dict of lists, got {type(value).__name__}")
+            stats[key] = _checked(NormStats.from_json(value))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: norm stats {key!r} are invalid: {e}") from e
+    return stats
+
+
+def _checked(stats: NormStats) -> NormStats:
+    for name in ("mean", "std", "q01", "q99"):
+        value = getattr(stats, name)
+        if value is not None and not np.isfinite(value).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+    if (stats.std < 0).any():
+        raise ValueError("std has negative values")
+    if stats.has_quantiles and (stats.q01 > stats.q99).any():
+        raise ValueError("q01 exceeds q99")
+    return stats
 
 
 def normalize(x: np.ndarray, stats: NormStats, use_quantiles: bool) -> np.ndarray:
