@@ -35,6 +35,8 @@ class Args:
     precision: convert_rules.Precision = "bfloat16"
     # Print the parameter tree (paths, shapes, dtypes, total parameters) and exit without converting.
     inspect_only: bool = False
+    allow_nonfinite: bool = False
+    """Convert weights holding NaN or infinity instead of refusing them."""
 
 
 def model_config(config_name: str) -> Pi0Config:
@@ -52,7 +54,9 @@ def main(args: Args) -> None:
     if args.output_path is None:
         raise SystemExit("--output-path is required unless --inspect-only is given")
     config = model_config(args.config_name) if args.config_name is not None else None
-    weights = convert.convert_checkpoint(args.checkpoint_dir, config, args.output_path, args.precision)
+    weights = convert.convert_checkpoint(
+        args.checkpoint_dir, config, args.output_path, args.precision, args.allow_nonfinite
+    )
     logging.info("Converted checkpoint written to %s", weights.parent)
 
 

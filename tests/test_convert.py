@@ -297,3 +297,25 @@ def test_cli_accepts_underscore_spellings_and_inspects(
     assert args.precision == "bfloat16"
     example.main(args)
     assert (tmp_path / "out" / checkpoint_files.WEIGHTS_FILE).is_file()
+
+
+def test_nonfinite_weights_are_refused_naming_the_leaf(tmp_path: Path) -> None:
+    config = odd_config(pi05=True)
+    flat = random_params(config)
+    leaf = "PaliGemma/llm/layers/attn/q_einsum/w"
+    flat[leaf] = flat[leaf].copy()
+    flat[leaf].reshape(-1)[:64] = np.nan
+    checkpoint = write_orbax(tmp_path / "checkpoint", flat)
+    with pytest.raises(convert_rules.CheckpointMismatchError, match=f"{leaf} holds 64 NaN/infinite values"):
+        convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "float32")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "float32", allow_nonfinite=True)
+
+
+def test_damaged_metadata_is_named(tmp_path: Path) -> None:
+    config = odd_config(pi05=False)
+    checkpoint = write_orbax(tmp_path / "checkpoint", random_params(config))
+    metadata = checkpoint / "params" / "_METADATA"
+    metadata.write_bytes(metadata.read_bytes()[:40])
+    with pytest.raises(convert_rules.CheckpointMismatchError, match=r"Cannot read the orbax metadata of .*damaged"):
+        orbax_params.read_param_metadata(checkpoint / "params")

@@ -86,6 +86,7 @@ def convert_checkpoint(
     config: Pi0Config | None,
     output_dir: str | os.PathLike,
     precision: Precision = "bfloat16",
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Converts ``<checkpoint_dir>/params`` into ``output_dir/{model.safetensors, config.json, assets/}``.
 
@@ -110,7 +111,7 @@ def convert_checkpoint(
     try:
         for rule in tqdm.tqdm(rules, desc="Converting", unit="array"):
             (array,) = read_leaves(params_dir, [infos[rule.source].stored_path])
-            for key, tensor in convert_leaf(rule, array, precision):
+            for key, tensor in convert_leaf(rule, array, precision, allow_nonfinite):
                 writer.write(key, tensor)
             del array
     except BaseException:

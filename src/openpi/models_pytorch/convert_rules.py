@@ -441,9 +441,17 @@ def target_dtype(target: TensorTarget, precision: Precision) -> np.dtype:
     return NUMPY_DTYPES["float32" if target.keep_float32 else precision]
 
 
-def convert_leaf(rule: ParamRule, array: np.ndarray, precision: Precision) -> Iterator[tuple[str, np.ndarray]]:
+def convert_leaf(
+    rule: ParamRule, array: np.ndarray, precision: Precision, allow_nonfinite: bool = False
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The PyTorch tensors of one JAX leaf. Refuses a leaf holding NaN or infinity unless ``allow_nonfinite``."""
     if not np.issubdtype(array.dtype, np.floating) and array.dtype != NUMPY_DTYPES["bfloat16"]:
         raise CheckpointMismatchError(f"{rule.source} has non-float dtype {array.dtype}")
+    if not allow_nonfinite and not np.isfinite(array.astype(np.float32, copy=False)).all():
+        bad = int((~np.isfinite(array.astype(np.float32, copy=False))).sum())
+        raise CheckpointMismatchError(
+            f"{rule.source} holds {bad} NaN/infinite values (a corrupted file?); --allow-nonfinite converts anyway"
+        )
     for target in rule.targets:
         tensor = target.extract(array).astype(target_dtype(target, precision), copy=False)
         yield target.key, np.ascontiguousarray(tensor)

@@ -53,7 +53,13 @@ def read_param_metadata(params_dir: str | os.PathLike) -> dict[str, ParamInfo]:
     """
     import orbax.checkpoint as ocp
 
-    tree = ocp.PyTreeCheckpointer().metadata(Path(params_dir).absolute()).item_metadata.tree
+    try:
+        tree = ocp.PyTreeCheckpointer().metadata(Path(params_dir).absolute()).item_metadata.tree
+    except Exception as e:  # orbax reports damaged metadata as whatever its parser hit
+        raise CheckpointMismatchError(
+            f"Cannot read the orbax metadata of {params_dir} ({type(e).__name__}: {e}); the checkpoint is incomplete "
+            "or damaged"
+        ) from e
     leaves = list(flatten_tree(tree))
     if not leaves:
         raise CheckpointMismatchError(f"The orbax tree at {params_dir} holds no parameters")
