@@ -135,6 +135,20 @@ def test_interrupted_run_resumes_bit_identical(tmp_path: Path, monkeypatch: pyte
         torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
 
 
+def test_logged_losses_after_a_resume_match_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Logs at steps 0, 3 and 5; checkpoints after 2 and 4 steps: the resume starts inside a logging window.
+    config = _pruned_fake_data_config(tmp_path, num_train_steps=6, save_interval=2, log_interval=3, keep_period=None)
+    reference = trainer.train(dataclasses.replace(config, exp_name="uninterrupted"))
+    interrupted = dataclasses.replace(config, exp_name="interrupted")
+    with monkeypatch.context() as patch:
+        _crash_after(3, patch)
+        with pytest.raises(_Crash):
+            trainer.train(interrupted)
+    resumed = trainer.train(dataclasses.replace(interrupted, resume=True))
+    logged = {h["step"]: h["loss"] for h in resumed.history}
+    assert logged == {h["step"]: h["loss"] for h in reference.history if h["step"] >= 2}
+
+
 # -------------------------------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

@@ -49,6 +49,9 @@ class TrainingState:
     step: int
     rng_states: list[RngState]
     scheduler: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Per rank, the losses of the steps since the last log step: the first log after a resume averages the same
+    # window an uninterrupted run would.
+    loss_windows: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------- RNG

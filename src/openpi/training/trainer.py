@@ -197,6 +197,7 @@ class _Trainer:
         self.ctx = ctx
         self.exp_dir = Path(config.checkpoint_dir)
         self.history: list[dict[str, float]] = []
+        self._resumed_window: list[float] = []
 
     def run(self) -> TrainResult:
         config, ctx = self.config, self.ctx
@@ -239,7 +240,7 @@ class _Trainer:
         model.train()
         image_size = config.model.vision_config.image_size
         image_resolution = (image_size, image_size)
-        losses: list[torch.Tensor] = []
+        losses: list[torch.Tensor] = [torch.tensor(loss, device=ctx.device) for loss in self._resumed_window]
         window_start = time.perf_counter()
         progress = tqdm.tqdm(
             total=config.num_train_steps, initial=start_step, disable=not ctx.is_main, dynamic_ncols=True, desc="train"
@@ -271,7 +272,7 @@ class _Trainer:
                     self._log_pictures(model, observation.to(ctx.device), step, wandb_run)
                 completed = step + 1
                 if completed % config.save_interval == 0 or completed == config.num_train_steps:
-                    self._save(model, optimizer, completed, data_config)
+                    self._save(model, optimizer, completed, data_config, losses)
 
     # --------------------------------------------------------------------------------------------- metrics
     def _metrics(
@@ -342,19 +343,31 @@ class _Trainer:
                 len(state.rng_states),
                 self.ctx.world_size,
             )
+        if len(state.loss_windows) == self.ctx.world_size:
+            self._resumed_window = list(state.loss_windows[self.ctx.rank])
         return state.step
 
     def _save(
-        self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int, data_config: data_config.DataConfig
+        self,
+        model: PI0Pytorch,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        data_config: data_config.DataConfig,
+        losses: list[torch.Tensor],
     ) -> None:
-        rng_state = checkpoints.capture_rng_state()
+        rank_state = (checkpoints.capture_rng_state(), [float(loss) for loss in losses])
         if self.ctx.is_distributed:
-            rng_states: list[Any] = [None] * self.ctx.world_size
-            dist.all_gather_object(rng_states, rng_state)
+            gathered: list[Any] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, rank_state)
         else:
-            rng_states = [rng_state]
+            gathered = [rank_state]
         if self.ctx.is_main:
-            state = checkpoints.TrainingState(step=step, rng_states=rng_states, scheduler=self._scheduler_state(step))
+            state = checkpoints.TrainingState(
+                step=step,
+                rng_states=[rng for rng, _ in gathered],
+                scheduler=self._scheduler_state(step),
+                loss_windows=[window for _, window in gathered],
+            )
             norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
             checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats)
             checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
