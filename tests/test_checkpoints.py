@@ -125,12 +125,36 @@ def test_resaving_a_step_replaces_it(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("keep_period", "expected"),
-    [(None, [50]), (20, [20, 40, 50]), (25, [50])],
+    [(None, [40, 50]), (20, [20, 40, 50]), (25, [40, 50])],
 )
-def test_prune_keeps_latest_and_multiples_of_keep_period(tmp_path: Path, keep_period: int | None, expected: list[int]):
+def test_prune_keeps_the_latest_two_and_multiples_of_keep_period(
+    tmp_path: Path, keep_period: int | None, expected: list[int]
+):
     model, optimizer = _model_and_optimizer()
     for step in (10, 20, 30, 40, 50):
         checkpoints.save_checkpoint(tmp_path, _state(step), model, optimizer)
     checkpoints.prune_checkpoints(tmp_path, keep_period)
     assert checkpoints.complete_steps(tmp_path) == expected
     assert sorted(int(p.name) for p in tmp_path.iterdir()) == expected
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    model, optimizer = _model_and_optimizer()
+    for step in (10, 20):
+        checkpoints.save_checkpoint(tmp_path, _state(step), model, optimizer)
+    assert checkpoints.verify_checkpoint(tmp_path / "20") == []
+    weights_file = tmp_path / "20" / "model.safetensors"
+    data = bytearray(weights_file.read_bytes())
+    data[-64:] = bytes(64)  # complete-looking, but 64 bytes changed
+    weights_file.write_bytes(bytes(data))
+    assert checkpoints.latest_complete_step(tmp_path) == 20
+    assert checkpoints.latest_verified_step(tmp_path) == 10
+    assert f"{weights_file} does not match its checksum" in caplog.text
+
+
+def test_a_missing_file_is_a_damaged_checkpoint(tmp_path: Path):
+    model, optimizer = _model_and_optimizer()
+    checkpoints.save_checkpoint(tmp_path, _state(10), model, optimizer)
+    (tmp_path / "10" / checkpoints.OPTIMIZER_FILENAME).unlink()
+    assert checkpoints.verify_checkpoint(tmp_path / "10") == [f"{tmp_path / '10' / 'optimizer.pt'} is missing"]
+    assert checkpoints.latest_verified_step(tmp_path) is None

@@ -149,6 +149,16 @@ def test_logged_losses_after_a_resume_match_the_uninterrupted_run(tmp_path: Path
     assert logged == {h["step"]: h["loss"] for h in reference.history if h["step"] >= 2}
 
 
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    config = _pruned_fake_data_config(tmp_path, num_train_steps=4, save_interval=2, keep_period=None)
+    trainer.train(config)
+    damaged = config.checkpoint_dir / "4" / checkpoints.OPTIMIZER_FILENAME
+    damaged.write_bytes(damaged.read_bytes()[:-16] + bytes(16))
+    resumed = trainer.train(dataclasses.replace(config, num_train_steps=6, resume=True))
+    assert resumed.history[0]["step"] == 2.0, "resumed from checkpoint 2, not the damaged 4"
+    assert f"{damaged} does not match its checksum" in caplog.text
+
+
 # -------------------------------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

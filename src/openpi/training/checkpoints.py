@@ -6,6 +6,7 @@ Layout of an experiment directory (``checkpoints/<config>/<exp>/``)::
     <step>/optimizer.pt               optimizer state dict
     <step>/training_state.pt          step, learning-rate schedule state and every rank's RNG states
     <step>/assets/<asset_id>/norm_stats.json
+    <step>/MANIFEST.sha256.json       sha256 of every file above, written before the marker
     <step>/CHECKPOINT_COMPLETE        written last; a step directory without it is ignored
 
 A checkpoint is written into a hidden temporary directory, every file is fsynced, the completeness marker is added,
@@ -16,6 +17,8 @@ a complete one; leftovers of interrupted saves are removed by :func:`remove_inco
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import random
@@ -32,6 +35,7 @@ from openpi.models_pytorch import weights
 from openpi.shared import normalize
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+MANIFEST_FILENAME = "MANIFEST.sha256.json"
 OPTIMIZER_FILENAME = "optimizer.pt"
 TRAINING_STATE_FILENAME = "training_state.pt"
 _TMP_PREFIX = ".tmp_"
@@ -161,6 +165,7 @@ def save_checkpoint(
             normalize.save(tmp_dir / "assets" / asset_id, dict(stats))
         if before_commit is not None:
             before_commit(tmp_dir)
+        _write_manifest(tmp_dir)
         _fsync_tree(tmp_dir)
         (tmp_dir / COMPLETE_MARKER).write_text(f"{state.step}\n")
         _fsync_path(tmp_dir / COMPLETE_MARKER)
@@ -194,15 +199,56 @@ def remove_incomplete(exp_dir: str | Path) -> list[Path]:
 
 
 def prune_checkpoints(exp_dir: str | Path, keep_period: int | None) -> list[int]:
-    """Deletes complete checkpoints except the latest and those whose step is divisible by ``keep_period``.
-
-    With ``keep_period=None`` only the latest is kept. Returns the deleted steps.
+    """Deletes complete checkpoints except the latest two (the newest and a fallback should it turn out damaged) and
+    those whose step is divisible by ``keep_period``. Returns the deleted steps.
     """
     steps = complete_steps(exp_dir)
-    doomed = [s for s in steps[:-1] if keep_period is None or s % keep_period != 0]
+    doomed = [s for s in steps[:-2] if keep_period is None or s % keep_period != 0]
     for step in doomed:
         _remove_dir(step_dir(exp_dir, step))
     return doomed
+
+
+# ------------------------------------------------------------------------------------------------ integrity
+def _write_manifest(directory: Path) -> None:
+    manifest = {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+    (directory / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checkpoint(checkpoint_dir: str | Path) -> list[str]:
+    """The problems of a complete checkpoint against its manifest: missing or altered files (empty when intact;
+    checkpoints written before manifests existed are trusted)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    manifest_path = checkpoint_dir / MANIFEST_FILENAME
+    if not manifest_path.is_file():
+        return []
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return [f"{manifest_path} is not valid JSON"]
+    problems = []
+    for name, digest in manifest.items():
+        path = checkpoint_dir / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{path} does not match its checksum")
+    return problems
+
+
+def latest_verified_step(exp_dir: str | Path) -> int | None:
+    """The newest complete checkpoint whose files match their checksums; damaged newer ones are named in a warning."""
+    for step in reversed(complete_steps(exp_dir)):
+        problems = verify_checkpoint(step_dir(exp_dir, step))
+        if not problems:
+            return step
+        logger.warning("Checkpoint %s is damaged (%s); falling back to an earlier one", step, "; ".join(problems))
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -118,9 +118,9 @@ def prepare_experiment_dir(config: _config.TrainConfig) -> int | None:
     if not config.resume:
         return None
     checkpoints.remove_incomplete(exp_dir)
-    step = checkpoints.latest_complete_step(exp_dir)
+    step = checkpoints.latest_verified_step(exp_dir)
     if step is None:
-        logger.warning("--resume given but %s has no complete checkpoint; starting from scratch", exp_dir)
+        logger.warning("--resume given but %s has no complete, intact checkpoint; starting from scratch", exp_dir)
     return step
 
 
