@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -92,3 +93,15 @@ def test_actions_step_toward_target_and_close_gripper_on_arrival():
     distances = [np.abs(f["actions"][:2]).sum() for f in frames]
     assert distances[-1] < distances[0]
     assert np.any(frames[0]["wrist_image"] != frames[-1]["wrist_image"])
+
+
+def test_a_killed_generation_leaves_no_partial_copy_behind(embedded_data_home):
+    spec = shapes_dataset.EmbeddedDatasetSpec(num_episodes=2, episode_length=3, image_size=16, seed=7)
+    root = shapes_dataset.dataset_dir(spec)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    dead = root.parent / f".{root.name}.tmp-999999999-abc"  # no such process
+    alive = root.parent / f".{root.name}.tmp-{os.getpid()}-def"  # a generation still running (this process)
+    dead.mkdir()
+    alive.mkdir()
+    assert shapes_dataset.ensure_dataset(spec) == root
+    assert not dead.exists() and alive.exists()

@@ -229,6 +229,8 @@ def test_existing_experiment_dir_needs_resume_or_overwrite(tmp_path: Path):
     assert (config.checkpoint_dir / "notes.txt").exists()
     trainer.prepare_experiment_dir(dataclasses.replace(config, overwrite=True))
     assert config.checkpoint_dir.is_dir() and not any(config.checkpoint_dir.iterdir())
+    # What a run that failed before writing anything leaves: an empty folder, reused without --resume.
+    assert trainer.prepare_experiment_dir(config) is None
 
 
 def test_resume_picks_latest_complete_checkpoint(tmp_path: Path):

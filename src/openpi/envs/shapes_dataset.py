@@ -134,7 +134,8 @@ def ensure_dataset(spec: EmbeddedDatasetSpec | None = None) -> Path:
     if (root / "meta" / "info.json").is_file() and checkpoint_files.norm_stats_path(root).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
+    _remove_abandoned_tmp_dirs(root)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         _write_dataset(spec, tmp)
         try:
@@ -144,6 +145,25 @@ def ensure_dataset(spec: EmbeddedDatasetSpec | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _remove_abandoned_tmp_dirs(root: Path) -> None:
+    """Deletes half-written copies of ``root`` whose generating process is gone (a killed first use)."""
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        pid = tmp.name.removeprefix(f".{root.name}.tmp-").split("-", 1)[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            logger.info("Removing abandoned partial dataset %s", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _write_dataset(spec: EmbeddedDatasetSpec, root: Path) -> None:

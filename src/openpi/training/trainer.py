@@ -109,7 +109,7 @@ def prepare_experiment_dir(config: _config.TrainConfig) -> int | None:
     if exp_dir.exists() and config.overwrite:
         logger.info("Wiping experiment directory %s (--overwrite)", exp_dir)
         shutil.rmtree(exp_dir)
-    elif exp_dir.exists() and not config.resume:
+    elif exp_dir.exists() and not config.resume and not _is_empty(exp_dir):
         raise ExperimentDirError(
             f"Experiment directory {exp_dir} already exists. Pass --resume to continue from its latest complete "
             "checkpoint, --overwrite to delete it and start over, or choose another --exp-name."
@@ -122,6 +122,11 @@ def prepare_experiment_dir(config: _config.TrainConfig) -> int | None:
     if step is None:
         logger.warning("--resume given but %s has no complete, intact checkpoint; starting from scratch", exp_dir)
     return step
+
+
+def _is_empty(directory: Path) -> bool:
+    """An experiment directory left empty (a run that failed before writing anything) is reused as new."""
+    return not any(directory.iterdir())
 
 
 def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretrained: bool = True) -> PI0Pytorch:
