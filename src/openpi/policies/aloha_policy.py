@@ -177,6 +177,7 @@ class LeRobotAlohaDataConfig(DataConfigFactory):
             data_transforms=data_transforms,
             action_sequence_keys=("action",),
             prompt_from_task=self.prompt_from_task,
+            robot_action_dim=ACTION_DIM,
         )
 
     def _camera_keys(self) -> dict[str, str]:

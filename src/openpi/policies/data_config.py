@@ -62,6 +62,8 @@ class DataConfig:
     prompt_from_task: bool = False
     # Prompt for samples and observations that carry none.
     default_prompt: str | None = None
+    # The robot's action dimension (what its outputs keep); the action norm stats must cover it.
+    robot_action_dim: int | None = None
     tokenizer_path: str | None = None
 
 

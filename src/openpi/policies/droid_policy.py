@@ -65,4 +65,5 @@ class DroidDataConfig(DataConfigFactory):
         return DataConfig(
             **self._lerobot_fields(assets_dirs, model_config),
             data_transforms=transforms.Group(inputs=(DroidInputs(),), outputs=(DroidOutputs(),)),
+            robot_action_dim=ACTION_DIM,
         )

@@ -73,6 +73,7 @@ class LeRobotLiberoDataConfig(DataConfigFactory):
             repack_transforms=LIBERO_REPACK,
             data_transforms=LIBERO_TRANSFORMS,
             prompt_from_task=True,
+            robot_action_dim=ACTION_DIM,
         )
 
 
@@ -125,6 +126,7 @@ class EmbeddedDataConfig(DataConfigFactory):
             prompt_from_task=True,
             default_prompt=self.default_prompt,
             tokenizer_path=tokenizer_path,
+            robot_action_dim=ACTION_DIM,
         )
 
 

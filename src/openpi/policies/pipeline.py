@@ -27,6 +27,15 @@ class CheckStateDim:
         return data
 
 
+def _check_action_stats(norm_stats: Mapping[str, _normalize.NormStats], robot_action_dim: int | None) -> None:
+    actions = norm_stats.get("actions")
+    if robot_action_dim is not None and actions is not None and len(actions.mean) < robot_action_dim:
+        raise ValueError(
+            f"The 'actions' norm stats have {len(actions.mean)} dims but the robot has {robot_action_dim} action "
+            "dims; recompute them with scripts/compute_norm_stats.py"
+        )
+
+
 def build_pipeline(
     data_config: DataConfig,
     norm_stats: Mapping[str, _normalize.NormStats] | None,
@@ -63,6 +72,7 @@ def build_pipeline(
         return _transforms.Group(inputs=tuple(inputs), outputs=tuple(data_config.data_transforms.outputs))
     outputs = [*data_config.model_transforms.outputs]
     if norm_stats is not None:
+        _check_action_stats(norm_stats, data_config.robot_action_dim)
         quantiles = data_config.use_quantile_norm
         if "state" in norm_stats:
             inputs.append(CheckStateDim(len(norm_stats["state"].mean)))
