@@ -242,8 +242,22 @@ def _report(args: Args) -> None:
             f"| {_fmt(latency / base_latency if latency and base_latency else None)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
+    lines += ["", _precondition(rate)]
     args.output.write_text("\n".join([*lines, ""]))
     _plot(results, pooled, args.plot)
+
+
+def _precondition(rate: dict[str, float]) -> str:
+    """The experiment's precondition, stated: without it no comparison in the table is a finding."""
+    unpruned, blind = rate.get("unpruned"), rate.get("blind")
+    if unpruned is None or blind is None:
+        return "**Precondition: not yet measured** (needs the unpruned and blind arms)."
+    met = unpruned >= 0.8 and unpruned - blind >= 0.3
+    verdict = "met" if met else "NOT MET: no comparison in this table is a finding about pruning"
+    return (
+        f"**Precondition (unpruned ≥ 0.80 success and ≥ 30 points above blind): {verdict}** "
+        f"(unpruned {unpruned:.2f}, blind {blind:.2f})."
+    )
 
 
 def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
