@@ -78,34 +78,20 @@ class LeRobotLiberoDataConfig(DataConfigFactory):
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddedDataConfig(DataConfigFactory):
-    """The embedded shapes dataset (LIBERO's features), generated on first use with its norm stats and tokenizer."""
+class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
+    """The embedded shapes dataset (LIBERO's features), generated on first use with its norm stats and tokenizer.
+
+    Its fields are the dataset's (:class:`~openpi.envs.shapes_dataset.EmbeddedDatasetSpec`: size and scene
+    difficulty) plus ``mask_images``, which masks every camera (the blind control of the pruning experiment).
+    """
 
     repo_id: str | None = shapes_dataset.REPO_ID
-    num_episodes: int = 50
-    episode_length: int = 20
-    image_size: int = 96
-    seed: int = 0
-    # Scene difficulty (openpi.envs.shapes.ShapesTask).
-    min_objects: int = 3
-    max_objects: int = 4
-    shared_attributes: bool = False
-    frames_after_arrival: int | None = None
-    # Every camera masked (the blind control of the pruning experiment).
     mask_images: bool = False
 
     @property
     def spec(self) -> shapes_dataset.EmbeddedDatasetSpec:
-        return shapes_dataset.EmbeddedDatasetSpec(
-            self.num_episodes,
-            self.episode_length,
-            self.image_size,
-            self.seed,
-            self.min_objects,
-            self.max_objects,
-            self.shared_attributes,
-            self.frames_after_arrival,
-        )
+        fields = dataclasses.fields(shapes_dataset.EmbeddedDatasetSpec)
+        return shapes_dataset.EmbeddedDatasetSpec(**{f.name: getattr(self, f.name) for f in fields})
 
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
         spec = self.spec
