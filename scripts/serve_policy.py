@@ -73,6 +73,8 @@ class Args:
     """Save every request and reply under --record-dir (see openpi.serving.recorder)."""
     record_dir: str = "policy_records"
     """Folder for --record."""
+    record_max_mb: int = 1024
+    """--record stops (with a warning) once it has written this many MiB."""
     token_prune_keep_ratio: float | None = None
     """LightVLA serving budget: keep this fraction of the valid image tokens."""
     token_prune_keep_tokens: int | None = None
@@ -147,7 +149,7 @@ def create_server(args: Args) -> WebsocketPolicyServer:
         metadata=metadata,
         api_key=args.api_key,
         max_message_bytes=args.max_message_bytes,
-        recorder=RequestRecorder(args.record_dir) if args.record else None,
+        recorder=RequestRecorder(args.record_dir, args.record_max_mb * 2**20) if args.record else None,
     )
 
 

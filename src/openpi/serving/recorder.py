@@ -35,15 +35,25 @@ class Record:
 
 
 class RequestRecorder:
-    """Writes every request frame and the server's answer to ``directory``."""
+    """Writes every request frame and the server's answer to ``directory``, up to ``max_bytes`` in all."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, max_bytes: int | None = 1 << 30) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        logger.info("Recording requests and replies to %s", self.directory)
+        self.max_bytes = max_bytes
+        self.written_bytes = 0
+        logger.info("Recording requests and replies to %s (cap %s bytes)", self.directory, max_bytes)
 
     def record(self, connection_id: int, index: int, request: bytes | str, answer: bytes | str) -> None:
-        """Saves one request frame and the frame sent back (bytes: a reply, text: an error)."""
+        """Saves one request frame and the frame sent back (bytes: a reply, text: an error); once the cap would
+        be exceeded, records nothing more (and says so once)."""
+        size = len(request) + len(answer)
+        if self.max_bytes is not None and self.written_bytes + size > self.max_bytes:
+            if self.written_bytes <= self.max_bytes:
+                logger.warning("Recording stopped: %s holds %d bytes, the cap", self.directory, self.written_bytes)
+                self.written_bytes = self.max_bytes + 1
+            return
+        self.written_bytes += size
         stem = f"{connection_id:04d}-{index:06d}"
         _write_frame(self.directory / f"{stem}.request", request)
         _write_frame(self.directory / (f"{stem}.reply" if isinstance(answer, bytes) else f"{stem}.error"), answer)
