@@ -232,8 +232,8 @@ def test_serve_forever_stops_cleanly_on_sigterm():
 
 def test_recording_stops_at_its_size_cap(tmp_path, caplog):
     recorder = RequestRecorder(tmp_path, max_bytes=100)
-    recorder.record(0, 0, b"x" * 40, b"y" * 40)
-    recorder.record(0, 1, b"x" * 40, b"y" * 40)  # would exceed the cap
-    recorder.record(0, 2, b"x" * 40, b"y" * 40)
+    recorder.record(0, 0, b"x" * 40, "e" * 40)
+    recorder.record(0, 1, b"x" * 40, "e" * 40)  # would exceed the cap
+    recorder.record(0, 2, b"x" * 40, "e" * 40)
     assert [r.name for r in read_records(tmp_path)] == ["0000-000000"]
     assert caplog.text.count("Recording stopped") == 1
