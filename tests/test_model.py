@@ -14,6 +14,7 @@ from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.models.variants import GemmaConfig, get_gemma_config, get_siglip_config, spell_variant
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch, make_attention_mask, sinusoidal_time_embedding
 from openpi.models_pytorch.weights import IGNORED_KEYS, load_weights, save_weights
+from tests.model_helpers import randomized
 
 TINY = tiny_config(
     action_expert_variant="width=32,depth=4,mlp_dim=64,num_heads=8,num_kv_heads=1,head_dim=16",
@@ -196,3 +197,21 @@ def test_observation_from_dict_accepts_uint8_channels_last():
     assert torch.all(obs.images["base_0_rgb"] == 1.0) and obs.image_masks["base_0_rgb"].all()
     with pytest.raises(ValueError, match="without image_masks"):
         Observation(images={"a": torch.zeros(1, 3, 2, 2)}, image_masks={}, state=torch.zeros(1, 2))
+
+
+def test_trimming_prompt_padding_changes_nothing_but_the_length():
+    config = dataclasses.replace(TINY, max_token_len=48)
+    trimmed = randomized(PI0Pytorch(config)).eval()
+    full = PI0Pytorch(dataclasses.replace(config, prompt_trim_multiple=None)).eval()
+    full.load_state_dict(trimmed.state_dict())
+    obs = random_observation(config, 2, num_cameras=2, seed=3)
+    obs.tokenized_prompt_mask[0, 5:] = False  # prompts of 5 and 20 valid tokens
+    obs.tokenized_prompt_mask[1, 20:] = False
+    noise, actions, time = torch.randn(2, 4, 32), torch.randn(2, 4, 32), torch.tensor([0.3, 0.8])
+    assert trimmed.encode_prefix(obs).pad_masks.shape[1] == full.encode_prefix(obs).pad_masks.shape[1] - 48 + 32
+    torch.testing.assert_close(
+        trimmed.sample_actions(obs, noise=noise), full.sample_actions(obs, noise=noise), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        trimmed.train()(obs, actions, noise, time), full.train()(obs, actions, noise, time), rtol=1e-5, atol=1e-6
+    )

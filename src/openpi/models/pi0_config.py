@@ -31,6 +31,9 @@ class Pi0Config:
     discrete_state_input: bool | None = None
     # When set, `sample_actions` is wrapped in `torch.compile` with this mode (e.g. "max-autotune", "default").
     pytorch_compile_mode: str | None = None
+    # Cut the prompt's right-padding to the batch's longest valid prompt, rounded up to this multiple (exact; π0.5
+    # pads prompts to 200 tokens). None runs every padded token through the model.
+    prompt_trim_multiple: int | None = 16
 
     # LightVLA visual-token pruning (see docs/lightvla_pruning.md).
     token_pruning_enabled: bool = False

@@ -345,7 +345,26 @@ class PI0Pytorch(nn.Module):
         state = observation.state.float()
         if state.shape[-1] != self.config.action_dim:
             raise ValueError(f"State must be padded to action_dim={self.config.action_dim}, got {state.shape[-1]}")
-        return images, img_masks, observation.tokenized_prompt, observation.tokenized_prompt_mask.bool(), state
+        tokens, token_masks = trim_prompt_padding(
+            observation.tokenized_prompt, observation.tokenized_prompt_mask.bool(), self.config.prompt_trim_multiple
+        )
+        return images, img_masks, tokens, token_masks, state
+
+
+def trim_prompt_padding(
+    tokens: torch.Tensor, masks: torch.Tensor, multiple: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cuts the columns of ``tokens``/``masks [B, L]`` after the last valid token of any sample, keeping a multiple
+    of ``multiple`` (bounded shapes for compiled graphs); ``multiple=None`` keeps every column.
+
+    Exact: the cut columns are padding in every sample, padding is never attended to, and positions count valid
+    tokens only.
+    """
+    if multiple is None or tokens.shape[1] == 0:
+        return tokens, masks
+    last_valid = int((masks * torch.arange(1, masks.shape[1] + 1, device=masks.device)).amax())  # 0 if none valid
+    keep = min(masks.shape[1], max(multiple, -(-last_valid // multiple) * multiple))
+    return tokens[:, :keep], masks[:, :keep]
 
 
 def _suffix_positions(prefix_pos: torch.Tensor, prefix_pad: torch.Tensor, suffix_pad: torch.Tensor) -> torch.Tensor:
