@@ -79,6 +79,10 @@ class Args:
     episodes: int = 200
     steps: int | None = None
     """Training steps (default: the config's)."""
+    objects: int | None = None
+    """Objects per scene (default: the config's 3-4); 1 asks only whether the policy can localise."""
+    num_episodes: int | None = None
+    """Training scenes (default: the config's)."""
     jobs: int = 2
     """Trainings run in parallel, each with cores // jobs threads."""
     work_dir: Path = REPO / "outputs" / "pruning_closed_loop"
@@ -92,6 +96,10 @@ def train_config(arm: str, seed: int, args: Args):
 
     name, model_overrides, data_overrides = TRAINING_ARMS[arm]
     config = _config.get_config(name)
+    if args.objects is not None:
+        data_overrides = {**data_overrides, "min_objects": args.objects, "max_objects": args.objects}
+    if args.num_episodes is not None:
+        data_overrides = {**data_overrides, "num_episodes": args.num_episodes}
     steps = args.steps or config.num_train_steps
     return dataclasses.replace(
         config,
