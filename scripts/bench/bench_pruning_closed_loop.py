@@ -241,7 +241,9 @@ def _report(args: Args) -> None:
         ratio = _mean_of(runs, "kept_ratio_mean")
         latency = _mean_of(runs, "infer_ms_p50")
         base_latency = _mean_of(results.get("unpruned", []), "infer_ms_p50")
-        swap = [r["prompt_swap"]["recall_after_swap"] for r in runs if r.get("prompt_swap")]
+        swap = [
+            r["prompt_swap"]["recall_after_swap"] for r in runs if (r.get("prompt_swap") or {}).get("recall_after_swap")
+        ]
         share = (rate[arm] - rate.get("blind", 0.0)) / gap if gap > 0 and arm != "blind" else None
         lines.append(
             f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {_fmt(share)} "

@@ -156,13 +156,15 @@ def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: Patc
     """Same scene, the prompt naming another object: does the kept set follow the prompt?
 
     For each seed, scores the first observation's kept set against the named target, then names the next object
-    instead and scores the new kept set against that object. Returns the mean recalls and the mean fraction of the
-    kept set that changed (Jaccard distance).
+    instead and scores the new kept set against that object (scenes with a single object are skipped). Returns the
+    mean recalls and the mean fraction of the kept set that changed (Jaccard distance).
     """
     original, swapped, changed = [], [], []
     for seed in seeds:
         observation = env.reset(seed)
         scene = env.scene
+        if len(scene.objects) < 2:  # nothing else to name
+            continue
         before = np.asarray(policy.infer(observation)["kept_patch_mask"], dtype=bool)
         objects = grid.object_patches(env.masks())
         original.append(score_kept_patches(before, objects, scene.target).target_recall)
