@@ -24,7 +24,7 @@ import tyro
 
 from openpi import transforms
 from openpi.envs import rollout
-from openpi.envs.shapes import ShapesEnv, ShapesTask
+from openpi.envs.shapes import ShapesEnv
 from openpi.policies import policy_config
 from openpi.policies.libero_policy import EmbeddedDataConfig
 from openpi.serving.websocket_client import WebsocketClientPolicy
@@ -67,13 +67,20 @@ def held_out_seeds(args: Args) -> list[int]:
 
 def main(args: Args) -> dict:
     train_config = _config.get_config(args.policy.config)
-    data = train_config.data
-    if not isinstance(data, EmbeddedDataConfig):
+    if not isinstance(train_config.data, EmbeddedDataConfig):
         raise ValueError(f"Config {args.policy.config!r} does not train on the shapes scene")
-    env = ShapesEnv(dataclasses.replace(data.spec.task, max_steps=ShapesTask().max_steps))
+    policy = _remote(args) if args.host else _in_process(args, train_config)
+    summary = evaluate(args, train_config, policy)
+    print(json.dumps(summary))
+    return summary
+
+
+def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Policy) -> dict:
+    """Runs ``args.episodes`` held-out episodes of ``train_config``'s scene (and the prompt-swap test) and
+    summarises them."""
+    env = ShapesEnv(train_config.data.spec.task)
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
-    policy = _remote(args) if args.host else _in_process(args, train_config)
     results = [
         rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
         for seed in tqdm.tqdm(held_out_seeds(args), desc="episodes", unit="episode")
@@ -81,7 +88,6 @@ def main(args: Args) -> dict:
     summary = rollout.summarize(results)
     if args.prompt_swap:
         summary["prompt_swap"] = rollout.prompt_swap(env, policy, held_out_seeds(args)[: args.prompt_swap], grid)
-    print(json.dumps(summary))
     return summary
 
 

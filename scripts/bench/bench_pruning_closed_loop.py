@@ -136,28 +136,15 @@ def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
 
 
 def _evaluate(arm: str, seed: int, trained: dict[str, dict], args: Args) -> dict[str, Any]:
-    from openpi.envs import rollout
-    from openpi.envs.shapes import ShapesEnv
-
     sys.path.insert(0, str(REPO / "scripts"))
     import eval_closed_loop
 
     weights_arm, config_arm, options = EVAL_ARMS[arm]
     config = train_config(config_arm, seed, args)
-    eval_args = eval_closed_loop.Args(episodes=args.episodes, seed=seed, **options)
+    swap = 50 if config.model.token_pruning_enabled and not options.get("random_keep") else 0
+    eval_args = eval_closed_loop.Args(episodes=args.episodes, seed=seed, prompt_swap=swap, **options)
     eval_args.policy = eval_closed_loop.PolicyArgs(config.name, trained[weights_arm]["checkpoint"])
-    policy = eval_closed_loop._in_process(eval_args, config)
-    env = ShapesEnv(config.data.spec.task)
-    vision = config.model.vision_config
-    grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
-    results = [
-        rollout.run_episode(env, policy, s, replan_steps=eval_args.replan_steps, grid=grid)
-        for s in eval_closed_loop.held_out_seeds(eval_args)
-    ]
-    summary = rollout.summarize(results)
-    summary["successes"] = sum(r.success for r in results)
-    if config.model.token_pruning_enabled and not options.get("random_keep"):
-        summary["prompt_swap"] = rollout.prompt_swap(env, policy, eval_closed_loop.held_out_seeds(eval_args)[:50], grid)
+    summary = eval_closed_loop.evaluate(eval_args, config, eval_closed_loop._in_process(eval_args, config))
     return {**summary, **{f"train_{k}": v for k, v in trained[weights_arm].items() if k != "checkpoint"}}
 
 

@@ -140,6 +140,7 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     ratios = [x for r in results for x in r.kept_ratio]
     return {
         "success_rate": successes / max(1, len(results)),
+        "successes": successes,
         "ci95": list(wilson_interval(successes, len(results))),
         "episodes": len(results),
         "mean_steps": _mean(r.steps for r in results),
