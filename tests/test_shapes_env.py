@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from openpi.envs import rollout
-from openpi.envs.shapes import COLORS, REACH_RADIUS, Scene, ShapesEnv, ShapesTask, sample_scene
+from openpi.envs.shapes import COLORS, GRASP_RADIUS, Scene, SceneObject, ShapesEnv, ShapesTask, sample_scene
 
 GRID = rollout.PatchGrid(image_size=112, patch_size=14)
 
@@ -31,13 +31,36 @@ def test_the_expert_solves_its_own_scenes(task):
     assert max(r.steps for r in results) < task.max_steps
 
 
-def test_closing_away_from_the_target_fails_and_ends_the_episode():
+CLOSE = np.array([0, 0, 0, 0, 0, 0, 1.0])
+
+
+def _two_object_env() -> ShapesEnv:
     env = ShapesEnv()
     env.reset(3)
-    target = np.asarray(env.scene.objects[env.scene.target].center)
-    env.effector = np.clip(target + 0.2, 0, 1)
-    step = env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))
+    objects = (SceneObject("red", "square", (0.3, 0.3)), SceneObject("blue", "circle", (0.7, 0.7)))
+    env.set_scene(Scene(objects, target=0))
+    return env
+
+
+def test_grasping_another_object_fails_and_ends_the_episode():
+    env = _two_object_env()
+    env.effector = np.array([0.7, 0.7 + GRASP_RADIUS * 0.9])
+    step = env.step(CLOSE)
     assert step.done and not step.success
+
+
+def test_closing_over_the_bare_table_grasps_nothing_and_the_episode_goes_on():
+    env = _two_object_env()
+    env.effector = np.array([0.3 + GRASP_RADIUS * 1.1, 0.3])
+    step = env.step(CLOSE)
+    assert not step.done and not step.success and env.steps == 1
+
+
+def test_grasping_within_the_radius_of_the_target_succeeds():
+    env = _two_object_env()
+    env.effector = np.array([0.3, 0.3 - GRASP_RADIUS * 0.9])
+    step = env.step(CLOSE)
+    assert step.done and step.success
 
 
 def test_a_policy_that_never_closes_runs_out_of_steps():
@@ -100,11 +123,3 @@ def test_wilson_interval():
     low, high = rollout.wilson_interval(80, 100)
     assert low == pytest.approx(0.7112, abs=1e-3) and high == pytest.approx(0.8666, abs=1e-3)
     assert rollout.wilson_interval(0, 10)[0] == 0.0 and rollout.wilson_interval(10, 10)[1] == 1.0
-
-
-def test_reach_radius_is_the_success_criterion():
-    env = ShapesEnv()
-    env.reset(5)
-    target = np.asarray(env.scene.objects[env.scene.target].center)
-    env.effector = target + np.array([REACH_RADIUS * 0.9, 0.0])
-    assert env.step(np.array([0, 0, 0, 0, 0, 0, 1.0])).success

@@ -1,8 +1,10 @@
 """The shapes scene: coloured shapes on a table, an end effector that moves over them, and a scripted expert.
 
 The prompt names one object ("move to the red square"); the expert steps toward it and closes the gripper within
-reach. The target's position is only visible in the images (the state is the effector's position), so a policy has
-to look. Positions are in workspace units ``[0, 1]^2``; ``y`` grows downwards in the image.
+reach. Closing the gripper over an object grasps it (the named target: success; another object: failure); closing it
+over the bare table grasps nothing and the episode goes on. The target's position is only visible in the images
+(the state is the effector's position), so a policy has to look. Positions are in workspace units ``[0, 1]^2``;
+``y`` grows downwards in the image.
 
 :class:`ShapesEnv` is the interactive version (``reset(seed)``, ``step(action)``, LIBERO-format observations,
 per-object pixel masks for measuring what a pruner keeps); the embedded dataset (:mod:`shapes_dataset`) is its
@@ -24,8 +26,9 @@ SHAPES = ("square", "circle", "triangle")
 TABLE_COLOR = (150, 110, 70)
 EFFECTOR_COLOR = (20, 20, 20)
 MAX_STEP = 0.1  # workspace units per frame at |action| = 1
-REACH_RADIUS = 0.05  # the gripper closes within this distance of the target
+REACH_RADIUS = 0.05  # the expert closes the gripper within this distance of the target's centre
 OBJECT_RADIUS = 0.07
+GRASP_RADIUS = OBJECT_RADIUS  # a closing gripper grasps the object whose centre is this close
 MIN_OBJECT_DISTANCE = 0.25
 WRIST_FIELD_OF_VIEW = 0.4
 MOTION_NOISE = 0.005  # std of the effector's random drift per step
@@ -183,9 +186,10 @@ class StepResult:
 class ShapesEnv:
     """The shapes scene as an environment with LIBERO-format observations.
 
-    ``step(action)`` moves the effector by ``clip(action[:2], -1, 1) * MAX_STEP`` plus a small random drift. The
-    episode ends when the gripper closes (``action[-1] > 0``): a success if the effector is within ``REACH_RADIUS``
-    of the named target, a failure otherwise; or after ``task.max_steps`` steps (a failure).
+    ``step(action)`` moves the effector by ``clip(action[:2], -1, 1) * MAX_STEP`` plus a small random drift. Closing
+    the gripper (``action[-1] > 0``) within ``GRASP_RADIUS`` of an object's centre grasps it and ends the episode: a
+    success for the named target, a failure for any other object. Closing it over the bare table grasps nothing (the
+    effector moves as usual). After ``task.max_steps`` steps the episode ends as a failure.
     """
 
     def __init__(self, task: ShapesTask = ShapesTask()) -> None:
@@ -231,17 +235,23 @@ class ShapesEnv:
         self.effector = np.clip(self.effector + step + self._rng.normal(0, MOTION_NOISE, size=2), 0.0, 1.0)
 
     def step(self, action: np.ndarray) -> StepResult:
-        """Closes the gripper (ending the episode) or moves; returns the next observation."""
+        """Grasps (ending the episode) or moves; returns the next observation."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
             raise ValueError(f"action must be {ACTION_DIM} finite numbers, got shape {action.shape}")
         self.steps += 1
-        if action[-1] > 0:
-            target = np.asarray(self._scene().objects[self._scene().target].center)
-            success = bool(np.linalg.norm(target - self.effector) < REACH_RADIUS)
-            return StepResult(self.observation(), done=True, success=success)
+        grasped = self.object_under_gripper() if action[-1] > 0 else None
+        if grasped is not None:
+            return StepResult(self.observation(), done=True, success=grasped == self._scene().target)
         self.move(action)
         return StepResult(self.observation(), done=self.steps >= self.task.max_steps, success=False)
+
+    def object_under_gripper(self) -> int | None:
+        """The index of the object a closing gripper would grasp, or None over the bare table."""
+        for index, obj in enumerate(self._scene().objects):
+            if np.linalg.norm(np.asarray(obj.center) - self.effector) < GRASP_RADIUS:
+                return index
+        return None
 
     def masks(self) -> dict[str, np.ndarray]:
         """Per camera, bool ``[num_objects, S, S]`` pixel masks of the objects in the current view."""
