@@ -60,7 +60,7 @@ class StepPolicy:
         actions = np.zeros((HORIZON, 7), np.float32)
         actions[:, 0] = 1.0
         actions[:, 1] = np.arange(HORIZON)  # chunk index, to check which actions were executed
-        return {"actions": actions}
+        return {"actions": actions, "server_timing": {"infer_ms": 2.5}}
 
 
 def _identity(image: np.ndarray) -> np.ndarray:
@@ -71,11 +71,11 @@ def test_episode_replans_every_n_steps_and_stops_on_success():
     env, policy = FakeLiberoEnv(goal=12.0), StepPolicy()
     task = eval_loop.Task("put the bowl on the plate", [np.zeros(3)])
     config = eval_loop.EvalConfig(max_steps=50, replan_steps=5, num_steps_wait=3)
-    success, frames = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
-    assert success
+    episode = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
+    assert episode.success and episode.steps == 12
     settle, executed = env.actions[:3], env.actions[3:]
     assert settle == [list(eval_loop.SETTLE_ACTION)] * 3
-    assert len(executed) == 12 and len(frames) == 12
+    assert len(executed) == 12 and len(episode.frames) == 12
     assert [a[1] for a in executed] == [0, 1, 2, 3, 4] * 2 + [0, 1]
     assert len(policy.requests) == 3
     request = policy.requests[0]
@@ -89,9 +89,9 @@ def test_episode_fails_after_max_steps():
     env, policy = FakeLiberoEnv(goal=1e9), StepPolicy()
     task = eval_loop.Task("unreachable", [np.zeros(3)])
     config = eval_loop.EvalConfig(max_steps=20, replan_steps=4, num_steps_wait=0)
-    success, frames = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
-    assert not success
-    assert len(env.actions) == 20 and len(frames) == 20 and len(policy.requests) == 5
+    episode = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
+    assert not episode.success and episode.steps == 20
+    assert len(env.actions) == 20 and len(episode.frames) == 20 and len(policy.requests) == 5
 
 
 def test_suite_reports_per_task_success_rates_and_saves_videos():
@@ -119,6 +119,8 @@ def test_suite_reports_per_task_success_rates_and_saves_videos():
     ]
     assert videos["task01_ep000_failure"] == 10
     assert all(env.closed for env in envs)
+    assert summary["tasks"][1]["episode_steps"] == [10, 10]
+    assert summary["infer_ms"]["requests"] == 2 * 5 + 3 + 2 and summary["infer_ms"]["p50"] == 2.5
 
 
 def test_short_action_chunk_is_an_error():
@@ -138,3 +140,32 @@ def test_quaternion_to_axis_angle():
         eval_loop.quat_to_axis_angle(np.array([0, 0, math.sin(half), math.cos(half)])), [0, 0, math.pi / 2], atol=1e-6
     )
     np.testing.assert_array_equal(eval_loop.quat_to_axis_angle(np.array([0, 0, 0, 1.0])), np.zeros(3))
+
+
+class PruningPolicy(StepPolicy):
+    """Answers a request for kept patches with a mask keeping the agent view's top-left patch only."""
+
+    def infer(self, obs: dict) -> dict:
+        reply = super().infer(obs)
+        if obs.get(eval_loop.KEPT_PATCHES_REQUEST_KEY):
+            kept = np.zeros(eval_loop.CAMERA_SLOTS * 4 * 4, dtype=bool)
+            kept[0] = True
+            reply["kept_patch_mask"] = kept
+        return reply
+
+
+def test_kept_patches_are_asked_for_and_drawn_over_the_frames():
+    env, policy = FakeLiberoEnv(goal=1e9), PruningPolicy()
+    task = eval_loop.Task("t", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=4, replan_steps=2, num_steps_wait=0, draw_kept_patches=True)
+    bright = lambda image: np.full((16, 16, 3), 200, np.uint8)  # noqa: E731
+    episode = eval_loop.run_episode(env, policy, task, task.init_states[0], config, bright)
+    assert all(r[eval_loop.KEPT_PATCHES_REQUEST_KEY] for r in policy.requests)
+    frame = episode.frames[0]
+    assert (frame[:4, :4] == 200).all(), "the kept patch is untouched"
+    assert (frame[4:, :] < 100).all() and (frame[:, 4:] < 100).all(), "dropped patches are dimmed"
+
+
+def test_a_mask_that_does_not_tile_the_frame_is_an_error():
+    with pytest.raises(ValueError, match="does not tile"):
+        eval_loop.draw_kept_patches(np.zeros((16, 16, 3), np.uint8), np.ones(3 * 25, dtype=bool))

@@ -142,3 +142,16 @@ def test_missing_checkpoint_files_are_reported(tmp_path, train_config):
     weights.save_weights(PI0Pytorch(train_config.model), tmp_path)
     with pytest.raises(FileNotFoundError, match=r"norm_stats\.json"):
         policy_config.create_trained_policy(train_config, tmp_path)
+
+
+def test_a_request_can_ask_a_pruning_policy_for_its_kept_patches(tmp_path, tokenizer_path):
+    config = make_train_config(tokenizer_path, "debug_pi05_lightvla")
+    policy = policy_config.create_trained_policy(
+        config, write_checkpoint(tmp_path, config), sample_kwargs=SAMPLE_KWARGS, pytorch_device="cpu"
+    )
+    assert "kept_patch_mask" not in policy.infer(libero_observation(0))
+    asked = policy.infer({**libero_observation(0), "return_kept_patches": True})
+    vision = config.model.vision_config
+    patches = 3 * (vision.image_size // vision.patch_size) ** 2
+    assert asked["kept_patch_mask"].shape == (patches,) and asked["kept_patch_mask"].dtype == bool
+    assert 0 < asked["kept_patch_mask"].sum() == round(asked["token_pruning"]["kept_tokens_overall_mean"])

@@ -2,8 +2,12 @@
 
 The simulator environment, the policy (anything with ``infer(obs) -> {"actions": [H, 7]}``), the image preprocessing
 and the video writer are injected, so the loop runs against the real LIBERO ``OffScreenRenderEnv`` (see ``main.py``)
-or a fake environment with the same interface (see ``tests/test_libero_example.py``). Written for Python >= 3.8, the
-version LIBERO supports.
+or a fake environment with the same interface (see ``tests/test_libero_example.py``).
+
+The protocol is upstream's: 10 gripper-open no-ops while the objects settle, both cameras rotated by 180 degrees (the
+published LIBERO checkpoints were trained on upright images) and resized with padding on the client, the state as
+end-effector position (3) + axis-angle orientation (3) + gripper finger positions (2), replanning every
+``replan_steps`` actions of a chunk, and a per-suite step limit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import collections
 import dataclasses
 import logging
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -27,6 +32,9 @@ MAX_STEPS = {
 }
 # Gripper-open no-op sent while the objects settle at the start of an episode.
 SETTLE_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+# π0 / π0.5 pool three camera slots (agent view, left wrist, right wrist) into the patch mask a pruning server returns.
+CAMERA_SLOTS = 3
+KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ class Task:
 
     description: str
     init_states: Sequence[np.ndarray]
+    task_id: int | None = None  # the task's number in its suite (default: its position in the evaluated list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +72,36 @@ class EvalConfig:
     # No-op steps at the start of each episode while objects fall into place.
     num_steps_wait: int = 10
     num_trials_per_task: int = 50
+    # Ask the server for the patches its pruner kept and draw them over the video frames.
+    draw_kept_patches: bool = False
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    success: bool
+    steps: int  # policy actions executed (after the settle phase)
+    frames: list  # the agent-view images the policy was sent, kept patches drawn when asked for
+    infer_ms: list  # the server's time inside the policy, per request
 
 
 @dataclasses.dataclass
 class TaskResult:
     description: str
+    task_id: int
     episodes: int = 0
     successes: int = 0
+    episode_steps: list = dataclasses.field(default_factory=list)
+    infer_ms: list = dataclasses.field(default_factory=list)
 
     @property
     def success_rate(self) -> float:
         return self.successes / self.episodes if self.episodes else 0.0
+
+    def add(self, episode: EpisodeResult) -> None:
+        self.episodes += 1
+        self.successes += int(episode.success)
+        self.episode_steps.append(episode.steps)
+        self.infer_ms.extend(episode.infer_ms)
 
 
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -87,10 +115,8 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     return np.array([x, y, z], dtype=np.float32) * (angle / sin_half)
 
 
-def make_request(
-    obs: dict, prompt: str, preprocess_image: Callable[[np.ndarray], np.ndarray]
-) -> tuple[dict, np.ndarray]:
-    """Builds the policy request from a LIBERO observation; also returns the upright agent-view frame for videos.
+def make_request(obs: dict, prompt: str, preprocess_image: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Builds the policy request from a LIBERO observation.
 
     LIBERO renders images upside down, so both cameras are rotated by 180 degrees, as in the training data. The state
     is end-effector position (3), orientation as axis-angle (3) and the two gripper finger positions (2).
@@ -100,13 +126,12 @@ def make_request(
     state = np.concatenate(
         [obs["robot0_eef_pos"], quat_to_axis_angle(obs["robot0_eef_quat"]), obs["robot0_gripper_qpos"]]
     ).astype(np.float32)
-    request = {
+    return {
         "observation/image": preprocess_image(agent_view),
         "observation/wrist_image": preprocess_image(wrist_view),
         "observation/state": state,
         "prompt": prompt,
     }
-    return request, agent_view
 
 
 def run_episode(
@@ -116,24 +141,52 @@ def run_episode(
     init_state: np.ndarray,
     config: EvalConfig,
     preprocess_image: Callable[[np.ndarray], np.ndarray],
-) -> tuple[bool, list]:
-    """Runs one episode; returns (success, agent-view frames seen by the policy)."""
+) -> EpisodeResult:
+    """Runs one episode from ``init_state`` until LIBERO reports success or ``config.max_steps`` actions ran."""
     env.reset()
     obs = env.set_init_state(init_state)
+    for _ in range(config.num_steps_wait):
+        obs, _, _, _ = env.step(list(SETTLE_ACTION))
     plan: collections.deque = collections.deque()
-    frames = []
-    for step in range(config.max_steps + config.num_steps_wait):
-        if step < config.num_steps_wait:
-            obs, _, _, _ = env.step(list(SETTLE_ACTION))
-            continue
-        request, frame = make_request(obs, task.description, preprocess_image)
-        frames.append(frame)
+    result = EpisodeResult(success=False, steps=0, frames=[], infer_ms=[])
+    kept = None
+    while result.steps < config.max_steps:
+        request = make_request(obs, task.description, preprocess_image)
         if not plan:
-            plan.extend(_chunk_head(policy.infer(request)["actions"], config.replan_steps))
+            if config.draw_kept_patches:
+                request[KEPT_PATCHES_REQUEST_KEY] = True
+            reply = policy.infer(request)
+            plan.extend(_chunk_head(reply["actions"], config.replan_steps))
+            result.infer_ms.extend(_infer_ms(reply))
+            kept = reply.get("kept_patch_mask")
+        frame = request["observation/image"]
+        result.frames.append(frame if kept is None else draw_kept_patches(frame, np.asarray(kept)))
         obs, _, done, _ = env.step(plan.popleft().tolist())
+        result.steps += 1
         if done:
-            return True, frames
-    return False, frames
+            result.success = True
+            break
+    return result
+
+
+def draw_kept_patches(frame: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Dims the patches of ``frame`` (the agent view as sent, ``[S, S, 3]`` uint8) that the pruner dropped.
+
+    ``kept``: ``[CAMERA_SLOTS * side * side]`` bool, camera-major, the agent view first (the model's camera order).
+    """
+    side = math.isqrt(kept.size // CAMERA_SLOTS)
+    if side * side * CAMERA_SLOTS != kept.size or frame.shape[0] % side:
+        raise ValueError(f"A kept-patch mask of {kept.size} entries does not tile a {frame.shape[0]} px frame")
+    patch = frame.shape[0] // side
+    agent_view = kept[: side * side].reshape(side, side)
+    pixels = np.repeat(np.repeat(agent_view, patch, axis=0), patch, axis=1)
+    dimmed = frame.astype(np.float32) * np.where(pixels, 1.0, 0.3)[..., None]
+    return dimmed.astype(np.uint8)
+
+
+def _infer_ms(reply: dict) -> list:
+    timing = reply.get("server_timing") or reply.get("policy_timing") or {}
+    return [float(timing["infer_ms"])] if "infer_ms" in timing else []
 
 
 def evaluate_suite(
@@ -151,27 +204,53 @@ def evaluate_suite(
     results = []
     for task_index, task in enumerate(tasks):
         env = make_env(task_index)
-        result = TaskResult(task.description)
+        task_id = task_index if task.task_id is None else task.task_id
+        result = TaskResult(task.description, task_id)
         for episode in range(min(config.num_trials_per_task, len(task.init_states))):
-            success, frames = run_episode(env, policy, task, task.init_states[episode], config, preprocess_image)
-            result.episodes += 1
-            result.successes += int(success)
-            save_video(f"task{task_index:02d}_ep{episode:03d}_{'success' if success else 'failure'}", frames)
+            outcome = run_episode(env, policy, task, task.init_states[episode], config, preprocess_image)
+            result.add(outcome)
+            save_video(
+                f"task{task_id:02d}_ep{episode:03d}_{'success' if outcome.success else 'failure'}", outcome.frames
+            )
         env.close()
-        logger.info("Task %d (%s): %d/%d", task_index, task.description, result.successes, result.episodes)
+        logger.info("Task %d (%s): %d/%d", task_id, task.description, result.successes, result.episodes)
         results.append(result)
     return results
 
 
 def summary(results: Sequence[TaskResult]) -> dict:
-    """Per-task and total success rates as a JSON-serialisable dict."""
+    """Per-task and total success rates, episode lengths and the server's inference times, JSON-serialisable."""
     episodes = sum(r.episodes for r in results)
     successes = sum(r.successes for r in results)
     return {
-        "tasks": [{**dataclasses.asdict(r), "success_rate": r.success_rate} for r in results],
+        "tasks": [
+            {
+                "task_id": r.task_id,
+                "description": r.description,
+                "episodes": r.episodes,
+                "successes": r.successes,
+                "success_rate": r.success_rate,
+                "episode_steps": r.episode_steps,
+            }
+            for r in results
+        ],
         "episodes": episodes,
         "successes": successes,
         "success_rate": successes / episodes if episodes else 0.0,
+        "mean_episode_steps": statistics.fmean(s for r in results for s in r.episode_steps) if episodes else None,
+        "infer_ms": _timing_stats([ms for r in results for ms in r.infer_ms]),
+    }
+
+
+def _timing_stats(values: list) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "requests": len(ordered),
+        "mean": statistics.fmean(ordered),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
     }
 
 

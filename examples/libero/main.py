@@ -1,10 +1,12 @@
 """Evaluates a served policy on a LIBERO task suite with the published ``openpi-client``.
 
-Start the server (``uv run scripts/serve_policy.py --env LIBERO``), then, in the LIBERO environment (see README.md):
+Start the server (``uv run scripts/serve_policy.py --env LIBERO``), then run this in the LIBERO environment that
+``setup_env.sh`` creates:
 
-    python examples/libero/main.py --task-suite-name libero_spatial --replan-steps 5
+    examples/libero/.venv/bin/python examples/libero/main.py --task-suite-name libero_spatial --replan-steps 5
 
-Writes one rollout video per episode and ``results.json`` (per-task and total success rates) to ``--out-dir``.
+Writes one rollout video per episode and ``results.json`` (per-task and total success, episode lengths, the server's
+inference times) to ``--out-dir``/<suite>/. Renders headless (EGL) unless ``MUJOCO_GL`` says otherwise.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
-from typing import Optional
+import sys
 
 import eval_loop
 import imageio
@@ -26,10 +29,16 @@ from openpi_client import image_tools, websocket_client_policy
 class Args:
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: Optional[str] = None  # noqa: UP045  (LIBERO runs on Python 3.8, where tyro cannot read `str | None`)
+    api_key: str | None = None
     """Sent as `Authorization: Api-Key <key>` when the server requires one."""
     task_suite_name: str = "libero_spatial"
     """One of libero_spatial, libero_object, libero_goal, libero_10, libero_90."""
+    task_ids: tuple[int, ...] | None = None
+    """Evaluate only these tasks of the suite (default: all)."""
+    max_steps: int | None = None
+    """Override the suite's maximum episode length (e.g. for a smoke run)."""
+    draw_kept_patches: bool = False
+    """Ask a pruning server for its kept patches and dim the dropped ones in the videos."""
     replan_steps: int = 5
     """Execute this many actions of each predicted chunk before querying the policy again."""
     num_steps_wait: int = 10
@@ -47,6 +56,10 @@ class Args:
 
 
 def main(args: Args) -> None:
+    # Before LIBERO / robosuite are imported: headless rendering, and LIBERO's config inside its venv (setup_env.sh).
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    os.environ.setdefault("LIBERO_CONFIG_PATH", str(pathlib.Path(sys.prefix) / "libero-config"))
     from libero.libero import benchmark, get_libero_path
     from libero.libero.envs import OffScreenRenderEnv
 
@@ -54,10 +67,13 @@ def main(args: Args) -> None:
         raise ValueError(f"Unknown task suite {args.task_suite_name!r}; known: {sorted(eval_loop.MAX_STEPS)}")
     np.random.seed(args.seed)
     suite = benchmark.get_benchmark_dict()[args.task_suite_name]()
-    tasks = [eval_loop.Task(suite.get_task(i).language, suite.get_task_init_states(i)) for i in range(suite.n_tasks)]
+    task_ids = list(args.task_ids) if args.task_ids is not None else list(range(suite.n_tasks))
+    if unknown := [i for i in task_ids if not 0 <= i < suite.n_tasks]:
+        raise ValueError(f"{args.task_suite_name} has tasks 0..{suite.n_tasks - 1}; got {unknown}")
+    tasks = [eval_loop.Task(suite.get_task(i).language, suite.get_task_init_states(i), i) for i in task_ids]
 
-    def make_env(task_index: int) -> eval_loop.LiberoEnv:
-        task = suite.get_task(task_index)
+    def make_env(index: int) -> eval_loop.LiberoEnv:
+        task = suite.get_task(task_ids[index])
         bddl_file = pathlib.Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
         env = OffScreenRenderEnv(
             bddl_file_name=str(bddl_file), camera_heights=args.camera_resolution, camera_widths=args.camera_resolution
@@ -77,13 +93,14 @@ def main(args: Args) -> None:
     policy = websocket_client_policy.WebsocketClientPolicy(args.host, args.port, api_key=args.api_key)
     logging.info("Server metadata: %s", policy.get_server_metadata())
     config = eval_loop.EvalConfig(
-        max_steps=eval_loop.MAX_STEPS[args.task_suite_name],
+        max_steps=args.max_steps or eval_loop.MAX_STEPS[args.task_suite_name],
         replan_steps=args.replan_steps,
         num_steps_wait=args.num_steps_wait,
         num_trials_per_task=args.num_trials_per_task,
+        draw_kept_patches=args.draw_kept_patches,
     )
     results = eval_loop.evaluate_suite(tasks, make_env, policy, config, preprocess_image, save_video)
-    summary = eval_loop.summary(results)
+    summary = {"suite": args.task_suite_name, "task_ids": task_ids, **eval_loop.summary(results)}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     logging.info(
         "Success rate %.3f (%d/%d); results in %s",

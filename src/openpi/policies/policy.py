@@ -20,6 +20,9 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.preprocessing import preprocess_observation
 from openpi.policies import observation_contract
 
+# A request key (a bool, beside the observation) asking a pruning policy to return ``kept_patch_mask`` for that call.
+KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
+
 
 class Policy:
     """Runs ``model`` on raw observations; see the module docstring."""
@@ -47,7 +50,8 @@ class Policy:
         self._model = model.to(self._device).eval()
         if model.token_pruning_enabled:
             model.set_token_pruner_collect_stats(True)
-        # With pruning on, outputs gain ``kept_patch_mask`` ([N] bool over the pooled patches) when True.
+        # With pruning on, outputs gain ``kept_patch_mask`` ([N] bool over the pooled patches) when True, or for a
+        # request that sets KEPT_PATCHES_REQUEST_KEY.
         self.return_kept_patches = False
         self.input_transforms = tuple(input_transforms)
         self.output_transforms = tuple(output_transforms)
@@ -68,7 +72,8 @@ class Policy:
         """Returns ``{"actions": [H, action_dim], ..., "policy_timing": {"infer_ms"}}`` for one observation.
 
         ``noise`` (``[H, model_action_dim]``) fixes the sampling start point. With token pruning enabled the result
-        also holds ``token_pruning`` (the pruner's statistics for this call).
+        also holds ``token_pruning`` (the pruner's statistics for this call), and ``kept_patch_mask`` when
+        :attr:`return_kept_patches` is set or ``obs[KEPT_PATCHES_REQUEST_KEY]`` is true.
 
         Raises:
             KeyError, ValueError: the observation lacks a key or has a wrong shape or dtype.
@@ -87,9 +92,9 @@ class Policy:
     def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
         """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
         to_model = _transforms.compose(self.input_transforms)
-        model_inputs = _transforms.stack_samples(
-            [to_model(observation_contract.validated_copy(obs)) for obs in observations]
-        )
+        validated = [observation_contract.validated_copy(obs) for obs in observations]
+        kept_requested = [bool(obs.pop(KEPT_PATCHES_REQUEST_KEY, False)) for obs in validated]
+        model_inputs = _transforms.stack_samples([to_model(obs) for obs in validated])
         observation = preprocess_observation(
             Observation.from_dict(model_inputs), train=False, image_resolution=self._image_resolution
         ).to(self._device)
@@ -106,7 +111,7 @@ class Policy:
         outputs = [
             to_robot({"state": model_inputs["state"][i], "actions": actions[i]}) for i in range(len(observations))
         ]
-        if self.return_kept_patches and self._model.token_pruning_enabled:
+        if (self.return_kept_patches or any(kept_requested)) and self._model.token_pruning_enabled:
             for output, kept in zip(outputs, self._kept_patch_masks(), strict=True):
                 output["kept_patch_mask"] = kept
         return _transforms.stack_samples(outputs), extras
