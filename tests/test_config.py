@@ -114,15 +114,22 @@ def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_hom
     assert lightvla.save_interval <= lightvla.num_train_steps and lightvla.pytorch_training_precision == "float32"
 
 
-@pytest.mark.parametrize(("name", "quantiles"), [("pi05_libero_pytorch", True), ("pi0_libero_pytorch", False)])
-def test_pi05_uses_quantile_norm_and_discrete_state(tmp_path, name, quantiles):
+@pytest.mark.parametrize(
+    ("name", "quantiles", "discrete_state"),
+    [
+        ("pi05_libero_pytorch", True, False),  # upstream pi05_libero: discrete_state_input=False
+        ("pi05_libero_pytorch_lightvla", True, False),
+        ("pi0_libero_pytorch", False, False),
+    ],
+)
+def test_pi05_uses_quantile_norm_and_the_published_state_input(tmp_path, name, quantiles, discrete_state):
     config = _config.get_config(name)
     data = dataclasses.replace(config.data, tokenizer_path=str(write_tokenizer(tmp_path)))
     created = data.create(tmp_path / "assets", config.model)
     assert created.use_quantile_norm is quantiles
     assert created.norm_stats is None and created.norm_stats_dir == str(tmp_path / "assets" / config.data.repo_id)
     tokenize = next(t for t in created.model_transforms.inputs if isinstance(t, transforms.TokenizePrompt))
-    assert tokenize.discrete_state_input is quantiles
+    assert tokenize.discrete_state_input is discrete_state
     assert tokenize.tokenizer.max_len == (200 if quantiles else 48)
 
 

@@ -154,8 +154,9 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     _debug_embedded("debug_pi05_lightvla", token_pruning_enabled=True),
     _shapes("pi05_shapes"),
     _shapes("pi05_shapes_lightvla", token_pruning_enabled=True),
-    _libero("pi05_libero_pytorch", pi05=True),
-    _libero("pi05_libero_pytorch_lightvla", pi05=True, token_pruning_enabled=True),
+    # The published pi05_libero checkpoint was trained without the state in its prompt.
+    _libero("pi05_libero_pytorch", pi05=True, discrete_state_input=False),
+    _libero("pi05_libero_pytorch_lightvla", pi05=True, discrete_state_input=False, token_pruning_enabled=True),
     _libero("pi0_libero_pytorch", pi05=False),
     _libero("pi0_libero_pytorch_lightvla", pi05=False, token_pruning_enabled=True),
     TrainConfig(
