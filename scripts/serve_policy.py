@@ -81,6 +81,10 @@ class Args:
     """LightVLA serving budget: keep this many image tokens."""
     num_steps: int | None = None
     """Denoising steps per action chunk; None keeps the model's default."""
+    max_batch: int = 16
+    """Requests that queue while the model is busy are answered by one batched call of at most this many (1: off)."""
+    batch_window_ms: float = 0.0
+    """Wait this long for more requests before running a batch (0: batch only what already waits)."""
     pytorch_device: str | None = None
     """e.g. cuda, cuda:1, cpu; default: CUDA when available."""
     policy: Checkpoint | Default = dataclasses.field(default_factory=Default)
@@ -128,6 +132,8 @@ def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
         **policy.metadata,
         "token_prune_keep_ratio": model_config.token_prune_keep_ratio if ratio is None else ratio,
         "token_prune_keep_tokens": model_config.token_prune_keep_tokens if tokens is None else tokens,
+        "max_batch": args.max_batch,
+        "batch_window_ms": args.batch_window_ms,
     }
 
 
@@ -150,6 +156,8 @@ def create_server(args: Args) -> WebsocketPolicyServer:
         api_key=args.api_key,
         max_message_bytes=args.max_message_bytes,
         recorder=RequestRecorder(args.record_dir, args.record_max_mb * 2**20) if args.record else None,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
     )
 
 

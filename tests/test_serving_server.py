@@ -79,7 +79,7 @@ def test_metadata_then_actions_with_server_timing(echo_server):
         first = _request(conn, {"state": _state(1.0)})
         second = _request(conn, {"state": _state(2.0)})
     np.testing.assert_array_equal(first["actions"], np.ones((HORIZON, 8), np.float32))
-    assert set(first["server_timing"]) == {"infer_ms", "queue_ms"}
+    assert set(first["server_timing"]) == {"infer_ms", "queue_ms", "batch_size"}
     assert second["server_timing"]["infer_ms"] >= 0
     assert second["server_timing"]["prev_total_ms"] >= first["server_timing"]["infer_ms"]
 

@@ -79,18 +79,25 @@ class Policy:
             KeyError, ValueError: the observation lacks a key or has a wrong shape or dtype.
         """
         outputs, extras = self._run([obs], None if noise is None else np.asarray(noise)[None])
-        return {**_first(outputs), **extras}
+        return {**_sample(outputs, 0), **extras}
+
+    def infer_many(self, observations: Sequence[dict], *, noise: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Like :meth:`infer` for each observation, run through the model together (the server's batching): one reply
+        per observation, sharing the call's ``policy_timing`` and ``token_pruning``. ``noise`` is
+        ``[B, H, model_action_dim]``."""
+        outputs, extras = self._run(observations, noise)
+        return [{**_sample(outputs, i), **extras} for i in range(len(observations))]
 
     def infer_batch(self, observations: Sequence[dict], *, noise: np.ndarray | None = None) -> dict[str, Any]:
         """Like :meth:`infer` for several observations run through the model together; the outputs gain a leading
         batch axis (``actions [B, H, action_dim]``) and ``noise`` is ``[B, H, model_action_dim]``."""
-        if not observations:
-            raise ValueError("infer_batch needs at least one observation")
         outputs, extras = self._run(observations, noise)
         return {**outputs, **extras}
 
     def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
         """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
+        if not observations:
+            raise ValueError("A policy call needs at least one observation")
         to_model = _transforms.compose(self.input_transforms)
         validated = [observation_contract.validated_copy(obs) for obs in observations]
         kept_requested = [bool(obs.pop(KEPT_PATCHES_REQUEST_KEY, False)) for obs in validated]
@@ -124,7 +131,8 @@ class Policy:
         return kept.cpu().numpy()
 
 
-def _first(value: Any) -> Any:
+def _sample(value: Any, index: int) -> Any:
+    """Sample ``index`` of a batched output (nested dicts of arrays with a leading batch axis)."""
     if isinstance(value, Mapping):
-        return {key: _first(v) for key, v in value.items()}
-    return value[0]
+        return {key: _sample(v, index) for key, v in value.items()}
+    return value[index]

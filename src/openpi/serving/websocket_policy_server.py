@@ -4,9 +4,10 @@ Protocol (per connection):
 
 1. On connect the server sends the policy metadata as one binary msgpack frame (:mod:`openpi.serving.msgpack_numpy`).
 2. Each binary frame the client sends is an observation dict. The server answers with a binary frame holding the
-   policy's output dict plus ``server_timing``: ``infer_ms`` (time inside ``policy.infer``), ``queue_ms`` (time
-   waiting for the inference worker, busy with other clients' requests) and, from the second request on,
-   ``prev_total_ms`` (receive-to-sent time of the previous request on this connection).
+   policy's output dict plus ``server_timing``: ``infer_ms`` (the model call that answered it), ``queue_ms`` (time
+   waiting for the inference worker, busy with other clients' requests), ``batch_size`` (requests answered by that
+   call; see :mod:`openpi.serving.batching`) and, from the second request on, ``prev_total_ms`` (receive-to-sent
+   time of the previous request on this connection).
 3. A request that cannot be answered (undecodable frame, text frame, missing key, wrong shape or dtype, failing
    inference) gets a *text* frame describing the problem; the published client raises it as an error. The
    connection stays open for the next request.
@@ -17,6 +18,7 @@ with code 1009 (message too big), as the websocket protocol prescribes.
 
 Inference runs on one dedicated worker thread, so the model sees one call at a time while every connection's network
 I/O stays on the event loop: a slow or silent client never delays another client's replies beyond the shared model.
+With ``max_batch > 1`` the requests that queue while the model is busy are answered by one batched call.
 """
 
 from __future__ import annotations
@@ -32,31 +34,20 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import websockets.asyncio.server
 import websockets.exceptions
 import websockets.http11
 
 from openpi.serving import msgpack_numpy
+from openpi.serving.batching import INPUT_ERRORS, BatchingInferrer, ServablePolicy
 from openpi.serving.recorder import RequestRecorder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 HEALTH_PATH = "/healthz"
-# Exceptions a policy raises for an observation it cannot use; other exceptions are logged as server errors.
-INPUT_ERRORS = (KeyError, ValueError, TypeError, IndexError)
-
-
-class ServablePolicy(Protocol):
-    """What the server needs from a policy."""
-
-    def infer(self, obs: dict) -> dict: ...
-
-    @property
-    def metadata(self) -> dict[str, Any]: ...
-
 
 class WebsocketPolicyServer:
     """Serves ``policy`` over websocket; see the module docstring for the protocol."""
@@ -71,14 +62,19 @@ class WebsocketPolicyServer:
         api_key: str | None = None,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         recorder: RequestRecorder | None = None,
+        max_batch: int = 1,
+        batch_window_ms: float = 0.0,
     ) -> None:
         """Args:
-        policy: answers ``infer(obs)``; called from a single worker thread, one call at a time.
+        policy: answers ``infer(obs)`` (and ``infer_many(observations)`` for batching); called from a single worker
+            thread, one call at a time.
         host, port: where to listen; port 0 picks a free port (read it from :attr:`port` after :meth:`start`).
         metadata: sent to every client on connect; defaults to ``policy.metadata``.
         api_key: when set, clients must send ``Authorization: Api-Key <api_key>``.
         max_message_bytes: largest accepted frame; None disables the limit.
         recorder: saves every request and answer when given.
+        max_batch: most requests answered by one model call (1: no batching).
+        batch_window_ms: how long a batch waits for more requests before it runs (0: only those already queued).
         """
         self._policy = policy
         self._host = host
@@ -88,7 +84,7 @@ class WebsocketPolicyServer:
         self._max_message_bytes = max_message_bytes
         self._recorder = recorder
         self._connection_ids = itertools.count(1)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
+        self._inferrer = BatchingInferrer(policy, max_batch=max_batch, window_ms=batch_window_ms)
         # Frames are decoded here, off the event loop and not queued behind inference.
         self._decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-decode")
         self._server: websockets.asyncio.server.Server | None = None
@@ -104,6 +100,7 @@ class WebsocketPolicyServer:
             process_request=self._check_request,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._inferrer.start()
         logger.info("Policy server listening on %s:%d", self._host, self.port)
 
     async def close(self) -> None:
@@ -112,7 +109,7 @@ class WebsocketPolicyServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        self._executor.shutdown(wait=True)
+        await self._inferrer.close()
         self._decoder.shutdown(wait=True)
 
     async def run(self) -> None:
@@ -188,7 +185,7 @@ class WebsocketPolicyServer:
             logger.warning("Undecodable request: %s", e)
             return f"Invalid request: {e}"
         try:
-            result, timing = await loop.run_in_executor(self._executor, self._timed_infer, obs, time.perf_counter())
+            result, timing = await self._inferrer.infer(obs)
         except INPUT_ERRORS as e:
             logger.warning("Invalid observation: %s: %s", type(e).__name__, e)
             return f"Invalid observation: {_describe(e)}"
@@ -202,13 +199,6 @@ class WebsocketPolicyServer:
         except TypeError as e:
             logger.exception("Cannot serialise the policy output")
             return f"Inference failed: the policy output cannot be serialised: {e}"
-
-    def _timed_infer(self, obs: dict, submitted: float) -> tuple[dict, dict[str, float]]:
-        """Runs the policy on the worker thread; returns its output and ``queue_ms`` / ``infer_ms``."""
-        start = time.perf_counter()
-        result = self._policy.infer(obs)
-        end = time.perf_counter()
-        return result, {"queue_ms": (start - submitted) * 1000.0, "infer_ms": (end - start) * 1000.0}
 
 
 def _decode_observation(frame: bytes | str) -> dict:

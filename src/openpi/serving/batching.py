@@ -1,0 +1,133 @@
+"""Dynamic batching: requests that arrive while the model is busy run together in its next forward.
+
+One consumer takes the queued requests (up to ``max_batch``; after waiting ``window_ms`` for more when that is set)
+and runs them on the single inference thread: through ``policy.infer_many`` when the policy has it and more than one
+request is waiting, else through ``policy.infer``. With ``window_ms = 0`` a lone client never waits for a batch to
+fill: batching only groups requests that would otherwise have queued behind each other.
+
+A request the policy rejects (an input error) fails alone: when a batch raises one, its requests are rerun one at a
+time, so each bad request gets its own error and the others their replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+from typing import Any, Protocol
+
+# Exceptions a policy raises for an observation it cannot use; other exceptions are server errors.
+INPUT_ERRORS = (KeyError, ValueError, TypeError, IndexError)
+
+
+class ServablePolicy(Protocol):
+    """What the server needs from a policy (``infer_many(observations) -> list of replies`` enables batching)."""
+
+    def infer(self, obs: dict) -> dict: ...
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class _Request:
+    obs: dict
+    future: asyncio.Future
+    submitted: float
+
+
+class BatchingInferrer:
+    """Runs ``policy`` on one worker thread, batching queued requests; see the module docstring."""
+
+    def __init__(self, policy: ServablePolicy, *, max_batch: int = 1, window_ms: float = 0.0) -> None:
+        if max_batch < 1 or window_ms < 0:
+            raise ValueError(f"Need max_batch >= 1 and window_ms >= 0, got {max_batch}, {window_ms}")
+        self._policy = policy
+        self._infer_many = getattr(policy, "infer_many", None)
+        self.max_batch = max_batch if self._infer_many is not None else 1
+        self.window_s = window_ms / 1000.0
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._consumer: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Starts the consumer on the running event loop."""
+        self._queue = asyncio.Queue()
+        self._consumer = asyncio.get_running_loop().create_task(self._consume())
+
+    async def close(self) -> None:
+        """Stops the consumer and the inference thread (requests still queued are cancelled)."""
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+            self._consumer = None
+        while self._queue is not None and not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, obs: dict) -> tuple[dict, dict[str, float]]:
+        """Returns the policy's reply to ``obs`` and its timing: ``queue_ms`` (waiting for the model),
+        ``infer_ms`` (the forward that answered it) and ``batch_size`` (requests in that forward).
+
+        Raises what the policy raised for this request.
+        """
+        if self._queue is None:
+            raise RuntimeError("BatchingInferrer.start() was not called")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(obs, future, time.perf_counter()))
+        return await future
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            outcomes = await loop.run_in_executor(self._executor, self._run, [r.obs for r in batch])
+            for request, (outcome, infer_ms, started) in zip(batch, outcomes, strict=True):
+                if request.future.done():  # the client went away
+                    continue
+                if isinstance(outcome, BaseException):
+                    request.future.set_exception(outcome)
+                else:
+                    timing = {"queue_ms": (started - request.submitted) * 1000.0, "infer_ms": infer_ms}
+                    request.future.set_result((outcome, {**timing, "batch_size": len(batch)}))
+
+    async def _collect(self) -> list[_Request]:
+        """The next batch: the first queued request, more arriving within the window, and all others queued."""
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.window_s
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    def _run(self, observations: list[dict]) -> list[tuple[Any, float, float]]:
+        """On the inference thread: ``(reply or exception, infer_ms, start time)`` per observation."""
+        if len(observations) > 1:
+            started = time.perf_counter()
+            try:
+                replies = self._infer_many(observations)
+            except INPUT_ERRORS:
+                pass  # some request is bad: rerun one at a time so that it fails alone
+            except Exception as e:
+                return [(e, 0.0, started)] * len(observations)
+            else:
+                infer_ms = (time.perf_counter() - started) * 1000.0
+                return [(reply, infer_ms, started) for reply in replies]
+        return [self._run_one(obs) for obs in observations]
+
+    def _run_one(self, obs: dict) -> tuple[Any, float, float]:
+        started = time.perf_counter()
+        try:
+            reply = self._policy.infer(obs)
+        except Exception as e:
+            return e, (time.perf_counter() - started) * 1000.0, started
+        return reply, (time.perf_counter() - started) * 1000.0, started
