@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 HEALTH_PATH = "/healthz"
 
+
 class WebsocketPolicyServer:
     """Serves ``policy`` over websocket; see the module docstring for the protocol."""
 
