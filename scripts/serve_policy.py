@@ -40,6 +40,9 @@ class Checkpoint:
     """Training config name (e.g. pi05_libero_pytorch)."""
     dir: str
     """Checkpoint folder with model.safetensors and assets/<asset_id>/norm_stats.json."""
+    raw_weights: bool = False
+    """Serve model_raw.safetensors (the optimised weights) instead of the moving average a training run with
+    ema_decay saved as model.safetensors."""
 
 
 @dataclasses.dataclass
@@ -116,6 +119,7 @@ def create_policy(args: Args) -> Policy:
         default_prompt=args.default_prompt,
         sample_kwargs=sample_kwargs,
         pytorch_device=args.pytorch_device,
+        raw_weights=checkpoint.raw_weights,
     )
     if args.token_prune_keep_ratio is not None:
         policy.model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)

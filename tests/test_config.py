@@ -85,6 +85,10 @@ def test_libero_hyperparameters():
     assert _config.get_config("pi05_libero_pytorch_lightvla").model.token_pruning_enabled
     assert not _config.get_config("pi05_libero_pytorch").model.token_pruning_enabled
     assert not _config.get_config("pi0_libero_pytorch").model.pi05
+    # Upstream: pi05_libero keeps an EMA with decay 0.999, pi0_libero upstream's default 0.99.
+    assert _config.get_config("pi05_libero_pytorch").ema_decay == 0.999
+    assert _config.get_config("pi0_libero_pytorch").ema_decay == 0.99
+    assert _config.get_config("debug_pi05_lightvla").ema_decay is None
 
 
 def test_pick_place_reads_norm_stats_from_its_assets_config(tmp_path):

@@ -59,12 +59,12 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError("Checkpoint does not match the model:\n" + "\n".join(problems))
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
-    """Loads a ``model.safetensors`` (or a folder holding one) strictly into ``model``.
+def load_weights(model: nn.Module, path: str | os.PathLike, filename: str = WEIGHTS_FILE) -> list[str]:
+    """Loads a ``model.safetensors`` (or ``filename`` in a folder, or a file) strictly into ``model``.
 
     Values are cast to each parameter's dtype and device. Returns the ignored known extras (``lm_head`` weights).
     """
-    file = weights_path(path)
+    file = weights_path(path, filename)
     if not file.is_file():
         raise FileNotFoundError(f"No weights file at {file}")
     state = safetensors.torch.load_file(file)
@@ -76,13 +76,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
     return ignored
 
 
-def save_weights(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Writes ``directory/model.safetensors`` atomically (temporary file, then rename) and returns its path."""
+def save_weights(
+    model: nn.Module | dict[str, torch.Tensor], directory: str | os.PathLike, filename: str = WEIGHTS_FILE
+) -> Path:
+    """Writes the weights of ``model`` (a module or a state dict) to ``directory/filename`` atomically (temporary
+    file, then rename) and returns its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / WEIGHTS_FILE
-    tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    target = directory / filename
+    tmp = directory / f".{filename}.tmp"
+    named = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {key: value.detach().contiguous().cpu() for key, value in named.items()}
     safetensors.torch.save_file(state, tmp)
     os.replace(tmp, target)
     return target

@@ -36,9 +36,11 @@ def create_trained_policy(
     default_prompt: str | None = None,
     sample_kwargs: dict[str, Any] | None = None,
     pytorch_device: str | None = None,
+    raw_weights: bool = False,
 ) -> Policy:
-    """Loads ``checkpoint_dir/model.safetensors`` and the norm stats in ``checkpoint_dir/assets/<asset_id>/`` into a
-    policy that accepts observations in the robot's format (e.g. LIBERO's ``observation/image``).
+    """Loads ``checkpoint_dir/model.safetensors`` (the EMA weights when training kept one) and the norm stats in
+    ``checkpoint_dir/assets/<asset_id>/`` into a policy that accepts observations in the robot's format (e.g.
+    LIBERO's ``observation/image``).
 
     Args:
         train_config: the config the checkpoint was trained with (model architecture and data pipeline).
@@ -46,17 +48,21 @@ def create_trained_policy(
         default_prompt: prompt for observations without one.
         sample_kwargs: extra ``sample_actions`` arguments, e.g. ``{"num_steps": 10}``.
         pytorch_device: e.g. ``"cuda"``, ``"cpu"``; defaults to CUDA when available.
+        raw_weights: load ``model_raw.safetensors`` (the optimised weights of a checkpoint trained with an EMA)
+            instead of the moving average.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    weights_file = checkpoint_files.weights_path(checkpoint_dir)
+    filename = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
+    weights_file = checkpoint_files.weights_path(checkpoint_dir, filename)
     if not weights_file.is_file():
-        raise FileNotFoundError(f"No {checkpoint_files.WEIGHTS_FILE} in checkpoint folder {checkpoint_dir}")
+        hint = " (raw weights exist only in checkpoints trained with ema_decay)" if raw_weights else ""
+        raise FileNotFoundError(f"No {filename} in checkpoint folder {checkpoint_dir}{hint}")
     device = pytorch_device or ("cuda" if torch.cuda.is_available() else "cpu")
     data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
     norm_stats = _load_norm_stats(checkpoint_dir, data_config)
 
     model = PI0Pytorch(train_config.model)
-    weights.load_weights(model, checkpoint_dir)
+    weights.load_weights(model, weights_file)
     logger.info("Loaded %s (config %s) on %s", weights_file, train_config.name, device)
 
     pipeline = build_pipeline(data_config, norm_stats, from_dataset=False, default_prompt=default_prompt)

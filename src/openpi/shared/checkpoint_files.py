@@ -2,7 +2,8 @@
 
 A checkpoint folder (a training step, a converted JAX checkpoint, or anything ``serve_policy.py`` loads)::
 
-    <checkpoint>/model.safetensors                      the weights (published PyTorch key layout)
+    <checkpoint>/model.safetensors                      the weights to serve (the EMA when training kept one)
+    <checkpoint>/model_raw.safetensors                  training checkpoints with EMA: the raw (optimised) weights
     <checkpoint>/config.json                            the Pi0Config (written by the converter)
     <checkpoint>/assets/<asset_id>/norm_stats.json      normalisation statistics of the robot's data
 """
@@ -13,15 +14,16 @@ import os
 from pathlib import Path
 
 WEIGHTS_FILE = "model.safetensors"
+RAW_WEIGHTS_FILE = "model_raw.safetensors"
 CONFIG_FILE = "config.json"
 ASSETS_DIR = "assets"
 NORM_STATS_FILE = "norm_stats.json"
 
 
-def weights_path(path: str | os.PathLike) -> Path:
-    """``path`` itself if it is a file, else ``path/model.safetensors``."""
+def weights_path(path: str | os.PathLike, filename: str = WEIGHTS_FILE) -> Path:
+    """``path`` itself if it is a file, else ``path/<filename>`` (default ``model.safetensors``)."""
     path = Path(path)
-    return path / WEIGHTS_FILE if path.is_dir() else path
+    return path / filename if path.is_dir() else path
 
 
 def assets_dir(checkpoint_dir: str | os.PathLike) -> Path:

@@ -2,7 +2,8 @@
 
 Layout of an experiment directory (``checkpoints/<config>/<exp>/``)::
 
-    <step>/model.safetensors          weights after ``step`` optimizer steps
+    <step>/model.safetensors          weights after ``step`` optimizer steps (their moving average with ema_decay)
+    <step>/model_raw.safetensors      with ema_decay only: the weights themselves, what training resumes from
     <step>/optimizer.pt               optimizer state dict
     <step>/training_state.pt          step, learning-rate schedule state and every rank's RNG states
     <step>/assets/<asset_id>/norm_stats.json
@@ -28,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
 from openpi.models_pytorch import weights
 from openpi.shared import normalize
+from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, WEIGHTS_FILE
+from openpi.training.ema import ExponentialMovingAverage
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 MANIFEST_FILENAME = "MANIFEST.sha256.json"
@@ -137,6 +141,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None = None,
     *,
+    ema: ExponentialMovingAverage | None = None,
     before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes a complete checkpoint for ``state.step`` atomically and returns its directory.
@@ -147,6 +152,8 @@ def save_checkpoint(
         model: the (unwrapped) model whose weights are saved.
         optimizer: its optimizer.
         norm_stats: ``(asset_id, stats)`` written to ``assets/<asset_id>/norm_stats.json``, or None.
+        ema: the moving average of the weights, saved as ``model.safetensors`` (the model's own weights then go to
+            ``model_raw.safetensors``).
         before_commit: called with the temporary directory after the files are written and before the marker and
             the rename (lets tests simulate a crash there).
     """
@@ -157,7 +164,11 @@ def save_checkpoint(
         shutil.rmtree(tmp_dir)
     tmp_dir.mkdir()
     try:
-        weights.save_weights(model, tmp_dir)
+        if ema is None:
+            weights.save_weights(model, tmp_dir)
+        else:
+            weights.save_weights(ema.state_dict(), tmp_dir)
+            weights.save_weights(model, tmp_dir, RAW_WEIGHTS_FILE)
         torch.save(optimizer.state_dict(), tmp_dir / OPTIMIZER_FILENAME)
         torch.save(dataclasses.asdict(state), tmp_dir / TRAINING_STATE_FILENAME)
         if norm_stats is not None:
@@ -253,19 +264,35 @@ def latest_verified_step(exp_dir: str | Path) -> int | None:
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_checkpoint(
-    checkpoint_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    checkpoint_dir: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: ExponentialMovingAverage | None = None,
 ) -> TrainingState:
-    """Loads weights (and the optimizer state) from a complete checkpoint directory and returns its training state.
+    """Loads the training weights (and the optimizer state, and the weights' moving average) from a complete
+    checkpoint directory and returns its training state.
 
-    RNG states are returned, not applied; see :func:`restore_rng_state`.
+    The model gets ``model_raw.safetensors`` when the checkpoint has one (it was trained with an EMA), else
+    ``model.safetensors``; ``ema`` gets ``model.safetensors`` when the checkpoint has an EMA, else starts from the
+    loaded weights. RNG states are returned, not applied; see :func:`restore_rng_state`.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if not is_complete(checkpoint_dir):
         raise FileNotFoundError(f"{checkpoint_dir} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
-    weights.load_weights(model, checkpoint_dir)
+    has_ema = (checkpoint_dir / RAW_WEIGHTS_FILE).is_file()
+    weights.load_weights(model, checkpoint_dir, RAW_WEIGHTS_FILE if has_ema else WEIGHTS_FILE)
+    if ema is not None and has_ema:
+        ema.load_state_dict(safetensors.torch.load_file(checkpoint_dir / WEIGHTS_FILE, device=str(_device_of(model))))
+    elif ema is not None:
+        logger.warning("%s has no moving average of the weights; the EMA starts from its weights", checkpoint_dir)
+        ema.load_state_dict({key: value.float() for key, value in model.state_dict().items()})
     if optimizer is not None:
         optimizer.load_state_dict(_load_tensors(checkpoint_dir / OPTIMIZER_FILENAME))
     return TrainingState(**_load_tensors(checkpoint_dir / TRAINING_STATE_FILENAME))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _load_tensors(path: Path) -> Any:

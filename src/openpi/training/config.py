@@ -50,6 +50,9 @@ class TrainConfig:
     assets_base_dir: str = "./assets"
     checkpoint_base_dir: str = "./checkpoints"
     gradient_checkpointing: bool = False
+    # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.
+    # Upstream's default is 0.99; here the published fine-tuning configs set theirs and the others keep none.
+    ema_decay: float | None = None
     # With pruning and wandb on: log a picture of the kept patches of the batch's first sample every N steps.
     viz_interval: int | None = 1000
 
@@ -113,9 +116,12 @@ def _shapes(name: str, **model_kwargs: Any) -> TrainConfig:
     )
 
 
-def _seeds_recipe(name: str, model: pi0_config.Pi0Config, data: DataConfigFactory) -> TrainConfig:
+def _seeds_recipe(
+    name: str, model: pi0_config.Pi0Config, data: DataConfigFactory, ema_decay: float | None = 0.99
+) -> TrainConfig:
     """The seeds' fine-tuning recipe: cosine schedule (warmup 10k, peak 5e-5, decay over 1M steps to 5e-5), AdamW
-    clipped at 1.0, 30k steps, batch 64 on one GPU (upstream uses 256)."""
+    clipped at 1.0, 30k steps, batch 64 on one GPU (upstream uses 256), EMA of the weights (upstream's 0.99 unless
+    the published config says otherwise)."""
     return TrainConfig(
         name=name,
         model=model,
@@ -124,12 +130,13 @@ def _seeds_recipe(name: str, model: pi0_config.Pi0Config, data: DataConfigFactor
         optimizer=optimizer.AdamW(clip_gradient_norm=1.0),
         batch_size=64,
         num_train_steps=30_000,
+        ema_decay=ema_decay,
     )
 
 
 def _libero(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
     model = pi0_config.Pi0Config(pi05=pi05, action_horizon=10, **model_kwargs)
-    return _seeds_recipe(name, model, LeRobotLiberoDataConfig())
+    return _seeds_recipe(name, model, LeRobotLiberoDataConfig(), ema_decay=0.999 if pi05 else 0.99)
 
 
 def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:

@@ -31,6 +31,7 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import data_config, pruning_overlay
 from openpi.training import checkpoints, data_loader
 from openpi.training import config as _config
+from openpi.training.ema import ExponentialMovingAverage
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class _Trainer:
         self.exp_dir = Path(config.checkpoint_dir)
         self.history: list[dict[str, float]] = []
         self._resumed_window: list[float] = []
+        self.ema: ExponentialMovingAverage | None = None
 
     def run(self) -> TrainResult:
         config, ctx = self.config, self.ctx
@@ -211,6 +213,7 @@ class _Trainer:
         torch.manual_seed(config.seed)
         model = build_model(config, ctx.device, load_pretrained=resume_step is None)
         optimizer = config.optimizer.build(model.parameters(), lr=config.lr_schedule.lr_at(0))
+        self.ema = None if config.ema_decay is None else ExponentialMovingAverage(model, config.ema_decay)
         start_step = 0
         if resume_step is not None:
             start_step = self._restore(model, optimizer, resume_step)
@@ -267,6 +270,8 @@ class _Trainer:
                     image_resolution=image_resolution,
                     generator=augmentation_generator(config.seed, step, ctx.rank),
                 )
+                if self.ema is not None:
+                    self.ema.update(model)
                 losses.append(loss)
                 progress.update(1)
                 if is_log_step:
@@ -339,7 +344,7 @@ class _Trainer:
     def _restore(self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int) -> int:
         path = checkpoints.step_dir(self.exp_dir, step)
         logger.info("Resuming from %s", path)
-        state = checkpoints.load_checkpoint(path, model, optimizer)
+        state = checkpoints.load_checkpoint(path, model, optimizer, self.ema)
         if len(state.rng_states) == self.ctx.world_size:
             checkpoints.restore_rng_state(state.rng_states[self.ctx.rank])
         else:
@@ -374,7 +379,7 @@ class _Trainer:
                 loss_windows=[window for _, window in gathered],
             )
             norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
-            checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats)
+            checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats, ema=self.ema)
             checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
         if self.ctx.is_distributed:
             dist.barrier()
