@@ -32,8 +32,8 @@ def test_concurrent_load_completes_every_request_with_timings():
     assert np.all(result.infer_ms >= 2.0)
     assert np.all(result.latency_ms >= result.infer_ms + result.queue_ms)
     assert np.all(result.overhead_ms >= 0)
-    row = bench.markdown_row(4, 5, result)
-    assert row.startswith("| 4 | 5 | 20/20 |")
+    row = bench.markdown_row("max_batch 1", 4, 5, result)
+    assert row.startswith("| max_batch 1 | 4 | 5 | 20/20 |")
     assert row.count("|") == bench.MARKDOWN_HEADER.splitlines()[0].count("|")
 
 
@@ -47,3 +47,11 @@ def test_mixed_up_replies_are_counted_as_errors():
 def test_load_is_bounded():
     with pytest.raises(ValueError, match="clients"):
         bench.run_load(1, num_clients=bench.MAX_CLIENTS + 1, num_requests=1)
+
+
+def test_a_real_tiny_model_serves_concurrent_clients_in_batches(tmp_path):
+    policy = bench.model_policy("tiny", 0.25, tmp_path)
+    with WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=4).running_in_background() as port:
+        result = bench.run_load(port, num_clients=4, num_requests=3, check_ids=False)
+    assert result.errors == () and result.completed == 12
+    assert np.all((result.batch_size >= 1) & (result.batch_size <= 4))

@@ -20,20 +20,10 @@ import torch
 import tyro
 
 from openpi.models.observation import IMAGE_KEYS, Observation, random_observation
-from openpi.models.pi0_config import Pi0Config, tiny_config
+from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 
-SIZES = {
-    "tiny": tiny_config(),
-    "mid": Pi0Config(
-        pi05=True,
-        paligemma_variant="width=512,depth=8,mlp_dim=2048,num_heads=8,num_kv_heads=1,head_dim=64",
-        action_expert_variant="width=256,depth=8,mlp_dim=1024,num_heads=8,num_kv_heads=1,head_dim=64",
-        vision_variant="hidden_size=384,num_hidden_layers=6,num_attention_heads=6,intermediate_size=1536",
-        vocab_size=4096,
-    ),
-    "full": Pi0Config(pi05=True),
-}
+SIZES = {"tiny": tiny_config(), "mid": mid_config(), "full": Pi0Config(pi05=True)}
 BUDGETS: tuple[float | None, ...] = (None, 0.5, 0.25, 0.1)
 
 

@@ -1,11 +1,17 @@
 """Load test of the websocket policy server on loopback: N concurrent clients x M requests each.
 
-Starts the server in a separate process around a synthetic policy that takes ``--infer-ms`` per call (so the numbers
-isolate the server: framing, msgpack, threading), sends LIBERO-shaped observations (two 224x224 RGB images, 8-dim
-state, a prompt), checks that every request gets its own reply, and prints latency percentiles, the time requests
-waited for the (serialised) model, and the overhead beyond the server-reported ``infer_ms`` and ``queue_ms``:
+Starts the server in a separate process around a policy, sends LIBERO-shaped observations (two 224x224 RGB images,
+8-dim state, a prompt), and prints throughput, latency percentiles, the time requests waited for the (serialised)
+model, the batch sizes the server formed, and the overhead beyond the server-reported ``infer_ms`` and ``queue_ms``:
 
-    uv run scripts/bench/bench_serving.py --clients 1 8 --requests 200 --infer-ms 20
+    uv run scripts/bench/bench_serving.py --clients 1 8 --requests 200 --infer-ms 20      # synthetic policy
+    uv run scripts/bench/bench_serving.py --model mid --max-batch 1 16 --clients 1 4 16   # a real model, batching
+
+``--model synthetic`` sleeps ``--infer-ms`` per call and answers a chunk holding the request id, so the numbers
+isolate the server and every reply is checked to be the request's own. ``--model tiny|mid`` serves a real π0.5 of
+that size (random weights) through the LIBERO pipeline (prompts padded to 200 tokens, then trimmed as the model does),
+optionally pruned (``--keep-ratio``); one server per ``--max-batch`` value, so batched and unbatched serving are
+measured in one run.
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -54,6 +64,7 @@ class LoadResult:
     latency_ms: np.ndarray
     infer_ms: np.ndarray
     queue_ms: np.ndarray
+    batch_size: np.ndarray
     wall_s: float
     expected: int
     errors: tuple[str, ...]
@@ -79,15 +90,16 @@ def libero_observation(rng: np.random.Generator, request_id: int) -> dict:
     }
 
 
-def run_load(port: int, num_clients: int, num_requests: int, seed: int = 0) -> LoadResult:
-    """Runs ``num_clients`` concurrent connections to ``127.0.0.1:port``, each sending ``num_requests`` requests."""
+def run_load(port: int, num_clients: int, num_requests: int, seed: int = 0, check_ids: bool = True) -> LoadResult:
+    """Runs ``num_clients`` concurrent connections to ``127.0.0.1:port``, each sending ``num_requests`` requests;
+    ``check_ids``: every reply must hold its request's id (the synthetic policy's answer)."""
     if not 1 <= num_clients <= MAX_CLIENTS or not 1 <= num_requests <= MAX_REQUESTS_PER_CLIENT:
         raise ValueError(f"Need 1..{MAX_CLIENTS} clients and 1..{MAX_REQUESTS_PER_CLIENT} requests per client")
     start_barrier = threading.Barrier(num_clients)
 
-    def client(client_index: int) -> tuple[list[float], list[float], list[float], list[str]]:
+    def client(client_index: int) -> tuple[list[float], list[float], list[float], list[int], list[str]]:
         rng = np.random.default_rng(seed + client_index)
-        latencies, infers, queues, errors = [], [], [], []
+        latencies, infers, queues, batches, errors = [], [], [], [], []
         uri = f"ws://{LOOPBACK}:{port}"
         with websockets.sync.client.connect(uri, compression=None, max_size=None) as conn:
             conn.recv(timeout=REPLY_TIMEOUT_S)  # metadata
@@ -103,46 +115,49 @@ def run_load(port: int, num_clients: int, num_requests: int, seed: int = 0) -> L
                     errors.append(reply)
                     continue
                 result = msgpack_numpy.unpackb(reply)
-                if not np.all(result["actions"] == request_id):
+                if check_ids and not np.all(result["actions"] == request_id):
                     errors.append(f"client {client_index} request {i} got another request's reply")
                     continue
                 latencies.append(latency)
                 infers.append(result["server_timing"]["infer_ms"])
                 queues.append(result["server_timing"]["queue_ms"])
-        return latencies, infers, queues, errors
+                batches.append(result["server_timing"].get("batch_size", 1))
+        return latencies, infers, queues, batches, errors
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(num_clients) as pool:
         outcomes = list(pool.map(client, range(num_clients)))
     wall_s = time.perf_counter() - start
-    latencies, infers, queues, errors = ([x for part in parts for x in part] for parts in zip(*outcomes, strict=True))
+    parts = ([x for part in parts for x in part] for parts in zip(*outcomes, strict=True))
+    latencies, infers, queues, batches, errors = parts
     return LoadResult(
         latency_ms=np.array(latencies),
         infer_ms=np.array(infers),
         queue_ms=np.array(queues),
+        batch_size=np.array(batches),
         wall_s=wall_s,
         expected=num_clients * num_requests,
         errors=tuple(errors),
     )
 
 
-def markdown_row(num_clients: int, num_requests: int, result: LoadResult) -> str:
-    """One results-table row: load, completion, throughput, latency and overhead percentiles."""
+def markdown_row(label: str, num_clients: int, num_requests: int, result: LoadResult) -> str:
+    """One results-table row: setting, load, completion, throughput, latency, batch and overhead percentiles."""
 
     def pct(values: np.ndarray, q: float) -> str:
         return f"{np.percentile(values, q):.2f}" if len(values) else "-"
 
     return (
-        f"| {num_clients} | {num_requests} | {result.completed}/{result.expected} | "
+        f"| {label} | {num_clients} | {num_requests} | {result.completed}/{result.expected} | "
         f"{result.completed / result.wall_s:.1f} | {pct(result.latency_ms, 50)} | {pct(result.latency_ms, 99)} | "
-        f"{pct(result.infer_ms, 50)} | {pct(result.queue_ms, 50)} | {pct(result.overhead_ms, 50)} | "
-        f"{pct(result.overhead_ms, 99)} |"
+        f"{pct(result.infer_ms, 50)} | {pct(result.queue_ms, 50)} | {np.mean(result.batch_size):.2f} | "
+        f"{pct(result.overhead_ms, 50)} | {pct(result.overhead_ms, 99)} |"
     )
 
 
 MARKDOWN_HEADER = (
-    "| clients | requests/client | completed | req/s | latency p50 (ms) | latency p99 (ms) | infer_ms p50 | "
-    "queue_ms p50 | overhead p50 (ms) | overhead p99 (ms) |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| server | clients | requests/client | completed | req/s | latency p50 (ms) | latency p99 (ms) | infer_ms p50 | "
+    "queue_ms p50 | mean batch | overhead p50 (ms) | overhead p99 (ms) |\n" + "|---" * 12 + "|"
 )
 
 
@@ -152,27 +167,69 @@ class Args:
     """Concurrent client counts to measure, one run each."""
     requests: int = 100
     """Requests per client."""
+    model: Literal["synthetic", "tiny", "mid"] = "synthetic"
     infer_ms: float = 20.0
     """Time the synthetic policy spends per call."""
+    max_batch: tuple[int, ...] = (1,)
+    """Server batching settings to compare (1: off), one server each."""
+    keep_ratio: float | None = None
+    """Serve the real model pruned to this fraction of the image tokens."""
+    threads: int = 2
+    """Torch threads of the server process."""
     seed: int = 0
+    output: Path | None = None
+    """Append the table (with the command line) to this Markdown file."""
 
 
-def _serve_synthetic(infer_ms: float, port_queue: multiprocessing.Queue, stop: threading.Event) -> None:
-    server = WebsocketPolicyServer(SyntheticPolicy(infer_ms), LOOPBACK, 0)
-    with server.running_in_background() as port:
-        port_queue.put(port)
-        stop.wait()
+def model_policy(size: str, keep_ratio: float | None, workdir: Path):
+    """A real π0.5 of ``size`` (random weights, seeded) behind the LIBERO pipeline, loaded as a checkpoint is."""
+    import torch
+
+    from openpi.envs import shapes_dataset
+    from openpi.models import pi0_config
+    from openpi.models_pytorch import weights
+    from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+    from openpi.policies import libero_policy, policy_config
+    from openpi.shared import normalize
+    from openpi.training import config as _config
+
+    make = {"tiny": pi0_config.tiny_config, "mid": pi0_config.mid_config}[size]
+    pruning = {"token_pruning_enabled": True, "token_prune_keep_ratio": keep_ratio} if keep_ratio else {}
+    model = make(action_horizon=10, **pruning)
+    data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(shapes_dataset.ensure_tokenizer()))
+    train_config = dataclasses.replace(_config.get_config("pi05_libero_pytorch"), model=model, data=data)
+    torch.manual_seed(0)
+    weights.save_weights(PI0Pytorch(model), workdir)
+    stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
+    actions = normalize.NormStats(mean=np.zeros(7), std=np.ones(7), q01=-np.ones(7), q99=np.ones(7))
+    normalize.save(workdir / "assets" / data.repo_id, {"state": stats, "actions": actions})
+    return policy_config.create_trained_policy(train_config, workdir, pytorch_device="cpu")
+
+
+def _serve(args: Args, max_batch: int, port_queue: multiprocessing.Queue, stop: threading.Event) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.model == "synthetic":
+            policy = SyntheticPolicy(args.infer_ms)
+        else:
+            policy = model_policy(args.model, args.keep_ratio, Path(workdir))
+        server = WebsocketPolicyServer(policy, LOOPBACK, 0, max_batch=max_batch)
+        with server.running_in_background() as port:
+            port_queue.put(port)
+            stop.wait()
 
 
 @contextlib.contextmanager
-def synthetic_server_process(infer_ms: float) -> Iterator[int]:
-    """Runs a server around :class:`SyntheticPolicy` in a child process (its own GIL); yields its port."""
+def server_process(args: Args, max_batch: int) -> Iterator[int]:
+    """Runs the server in a child process (its own GIL); yields its port."""
     context = multiprocessing.get_context("spawn")
     port_queue, stop = context.Queue(), context.Event()
-    process = context.Process(target=_serve_synthetic, args=(infer_ms, port_queue, stop), daemon=True)
+    process = context.Process(target=_serve, args=(args, max_batch, port_queue, stop), daemon=True)
     process.start()
     try:
-        yield port_queue.get(timeout=REPLY_TIMEOUT_S)
+        yield port_queue.get(timeout=600)
     finally:
         stop.set()
         process.join(timeout=REPLY_TIMEOUT_S)
@@ -180,14 +237,22 @@ def synthetic_server_process(infer_ms: float) -> Iterator[int]:
 
 def main(args: Args) -> None:
     rows = []
-    with synthetic_server_process(args.infer_ms) as port:
-        for num_clients in args.clients:
-            result = run_load(port, num_clients, args.requests, args.seed)
-            if result.errors or result.completed != result.expected:
-                raise RuntimeError(f"{num_clients} clients: lost or failed requests: {result.errors[:5]}")
-            rows.append(markdown_row(num_clients, args.requests, result))
-            logger.info("%d clients done in %.1f s", num_clients, result.wall_s)
-    print("\n".join([MARKDOWN_HEADER, *rows]))
+    for max_batch in args.max_batch:
+        with server_process(args, max_batch) as port:
+            run_load(port, 1, 2, args.seed, check_ids=False)  # warm-up
+            for num_clients in args.clients:
+                result = run_load(port, num_clients, args.requests, args.seed, check_ids=args.model == "synthetic")
+                if result.errors or result.completed != result.expected:
+                    raise RuntimeError(f"{num_clients} clients: lost or failed requests: {result.errors[:5]}")
+                label = f"max_batch {max_batch}"
+                rows.append(markdown_row(label, num_clients, args.requests, result))
+                logger.info("%s, %d clients: %.1f req/s", label, num_clients, result.completed / result.wall_s)
+    table = "\n".join([MARKDOWN_HEADER, *rows])
+    print(table)
+    if args.output is not None:
+        command = "uv run scripts/bench/bench_serving.py " + " ".join(sys.argv[1:])
+        with args.output.open("a") as f:
+            f.write(f"\n```\n{command}\n```\n\n{table}\n")
 
 
 if __name__ == "__main__":

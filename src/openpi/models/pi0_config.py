@@ -101,3 +101,17 @@ def tiny_config(**overrides: Any) -> Pi0Config:
         "dtype": "float32",
     }
     return Pi0Config(**{**fields, **overrides})
+
+
+def mid_config(**overrides: Any) -> Pi0Config:
+    """A mid-size π0.5 for CPU benchmarks (≈ 1/6 of the full width): Gemma width 512 × 8 layers, expert width 256 ×
+    8 layers, SigLIP width 384 × 6 layers (224 px), a 4096-token vocabulary, float32."""
+    fields: dict[str, Any] = {
+        "pi05": True,
+        "paligemma_variant": "width=512,depth=8,mlp_dim=2048,num_heads=8,num_kv_heads=1,head_dim=64",
+        "action_expert_variant": "width=256,depth=8,mlp_dim=1024,num_heads=8,num_kv_heads=1,head_dim=64",
+        "vision_variant": "hidden_size=384,num_hidden_layers=6,num_attention_heads=6,intermediate_size=1536",
+        "vocab_size": 4096,
+        "dtype": "float32",
+    }
+    return Pi0Config(**{**fields, **overrides})
