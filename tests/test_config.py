@@ -91,6 +91,25 @@ def test_libero_hyperparameters():
     assert _config.get_config("debug_pi05_lightvla").ema_decay is None
 
 
+@pytest.mark.parametrize("name", ["pi0_libero_pytorch", "pi0_libero_pytorch_lightvla", "pi05_libero_pytorch"])
+def test_libero_configs_match_the_published_ones(tmp_path, name):
+    """Upstream pi0_libero: horizon 50, delta actions on the first six dims (gripper absolute), EMA 0.99;
+    pi05_libero: horizon 10, no delta transform, EMA 0.999."""
+    config = _config.get_config(name)
+    pi05 = config.model.pi05
+    assert (config.model.action_horizon, config.ema_decay) == ((10, 0.999) if pi05 else (50, 0.99))
+    data = dataclasses.replace(config.data, tokenizer_path=str(write_tokenizer(tmp_path)))
+    created = data.create(tmp_path / "assets", config.model)
+    deltas = [t for t in created.data_transforms.inputs if isinstance(t, transforms.DeltaActions)]
+    absolutes = [t for t in created.data_transforms.outputs if isinstance(t, transforms.AbsoluteActions)]
+    if pi05:
+        assert deltas == absolutes == []
+    else:
+        assert [t.mask for t in deltas] == [t.mask for t in absolutes] == [(True,) * 6 + (False,)]
+        assert isinstance(created.data_transforms.inputs[-1], transforms.DeltaActions), "after the robot mapping"
+        assert isinstance(created.data_transforms.outputs[0], transforms.AbsoluteActions), "before the mapping back"
+
+
 def test_pick_place_reads_norm_stats_from_its_assets_config(tmp_path):
     pruning = _config.get_config("pi05_pick_place_pytorch_pruning")
     assert pruning.model.token_pruning_enabled and pruning.model.token_prune_noise_scale == 0.5

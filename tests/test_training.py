@@ -257,3 +257,14 @@ def test_wandb_is_offline_without_credentials(tmp_path: Path, monkeypatch: pytes
     assert trainer.wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert trainer.wandb_mode() == "disabled"
+
+
+def test_a_fine_tuning_config_without_base_weights_refuses_to_start(tmp_path: Path):
+    base = _config.cli(["pi05_libero_pytorch", "--exp-name", "x", "--checkpoint-base-dir", str(tmp_path)])
+    assert not base.allow_random_init and base.gradient_checkpointing
+    with pytest.raises(ValueError, match=r"--pytorch-weight-path is not set\. Convert the base checkpoint"):
+        trainer.train(dataclasses.replace(base, wandb_enabled=False))
+    allowed = _config.cli(["pi05_libero_pytorch", "--exp-name", "x", "--allow-random-init"])
+    assert allowed.allow_random_init
+    trainer.check_base_weights(allowed)
+    trainer.check_base_weights(dataclasses.replace(base, pytorch_weight_path="checkpoints/base"))

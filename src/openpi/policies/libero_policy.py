@@ -63,15 +63,26 @@ LIBERO_TRANSFORMS = transforms.Group(inputs=(LiberoInputs(),), outputs=(LiberoOu
 
 @dataclasses.dataclass(frozen=True)
 class LeRobotLiberoDataConfig(DataConfigFactory):
-    """LIBERO in LeRobot format (features ``image``, ``wrist_image``, ``state``, ``actions``; task text as prompt)."""
+    """LIBERO in LeRobot format (features ``image``, ``wrist_image``, ``state``, ``actions``; task text as prompt).
+
+    ``extra_delta_transform`` (upstream's name; its ``pi0_libero`` sets it): the model learns the first six action
+    dims minus the state's, the gripper as it is; the outputs add the state back.
+    """
 
     repo_id: str | None = "physical-intelligence/libero"
+    extra_delta_transform: bool = False
 
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+        data_transforms = LIBERO_TRANSFORMS
+        if self.extra_delta_transform:
+            mask = transforms.make_bool_mask(6, -1)
+            data_transforms = data_transforms.push(
+                inputs=(transforms.DeltaActions(mask),), outputs=(transforms.AbsoluteActions(mask),)
+            )
         return DataConfig(
             **self._lerobot_fields(assets_dirs, model_config),
             repack_transforms=LIBERO_REPACK,
-            data_transforms=LIBERO_TRANSFORMS,
+            data_transforms=data_transforms,
             prompt_from_task=True,
             robot_action_dim=ACTION_DIM,
         )

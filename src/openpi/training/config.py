@@ -32,6 +32,8 @@ class TrainConfig:
     data: DataConfigFactory = dataclasses.field(default_factory=FakeDataConfig)
     # Folder with model.safetensors of the base model (e.g. converted from a JAX checkpoint); None trains from scratch.
     pytorch_weight_path: str | None = None
+    # Fine-tuning configs set this False: starting them without pytorch_weight_path is an error, not a random 3.3B.
+    allow_random_init: bool = True
     pytorch_training_precision: Literal["bfloat16", "float32"] = "bfloat16"
     lr_schedule: optimizer.CosineDecaySchedule = dataclasses.field(default_factory=optimizer.CosineDecaySchedule)
     optimizer: optimizer.AdamW = dataclasses.field(default_factory=optimizer.AdamW)
@@ -121,7 +123,7 @@ def _seeds_recipe(
 ) -> TrainConfig:
     """The seeds' fine-tuning recipe: cosine schedule (warmup 10k, peak 5e-5, decay over 1M steps to 5e-5), AdamW
     clipped at 1.0, 30k steps, batch 64 on one GPU (upstream uses 256), EMA of the weights (upstream's 0.99 unless
-    the published config says otherwise)."""
+    the published config says otherwise), gradient checkpointing on, and base weights required."""
     return TrainConfig(
         name=name,
         model=model,
@@ -131,12 +133,19 @@ def _seeds_recipe(
         batch_size=64,
         num_train_steps=30_000,
         ema_decay=ema_decay,
+        gradient_checkpointing=True,
+        allow_random_init=False,
     )
 
 
 def _libero(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
-    model = pi0_config.Pi0Config(pi05=pi05, action_horizon=10, **model_kwargs)
-    return _seeds_recipe(name, model, LeRobotLiberoDataConfig(), ema_decay=0.999 if pi05 else 0.99)
+    """Upstream's pi05_libero (horizon 10, no delta transform, EMA 0.999) or pi0_libero (horizon 50, delta actions on
+    the first six dims, EMA 0.99) with the seeds' single-GPU recipe."""
+    if pi05:
+        model = pi0_config.Pi0Config(pi05=True, action_horizon=10, **model_kwargs)
+        return _seeds_recipe(name, model, LeRobotLiberoDataConfig(), ema_decay=0.999)
+    model = pi0_config.Pi0Config(pi05=False, **model_kwargs)
+    return _seeds_recipe(name, model, LeRobotLiberoDataConfig(extra_delta_transform=True), ema_decay=0.99)
 
 
 def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:

@@ -147,6 +147,17 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     return model.to(device)
 
 
+def check_base_weights(config: _config.TrainConfig) -> None:
+    """Refuses to fine-tune random weights: a config with ``allow_random_init=False`` needs ``pytorch_weight_path``."""
+    if config.pytorch_weight_path is None and not config.allow_random_init:
+        raise ValueError(
+            f"Config {config.name!r} fine-tunes a pretrained model, but --pytorch-weight-path is not set. Convert the "
+            "base checkpoint (uv run examples/convert_jax_model_to_pytorch.py --checkpoint-dir JAX_CKPT/params "
+            f"--config-name {config.name} --output-path checkpoints/base) and pass --pytorch-weight-path "
+            "checkpoints/base, or pass --allow-random-init to train from random weights on purpose."
+        )
+
+
 def pruner_noise_scale(config: _config.TrainConfig, step: int) -> float:
     """The pruner's exploration noise at ``step``: the configured scale, decayed linearly to 0 over training."""
     return config.model.token_prune_noise_scale * max(0.0, 1.0 - step / config.num_train_steps)
@@ -210,6 +221,8 @@ class _Trainer:
         config, ctx = self.config, self.ctx
         _check_batch_size(config, ctx)
         resume_step = self._broadcast(self._prepare_dir_on_main())
+        if resume_step is None:
+            check_base_weights(config)
         torch.manual_seed(config.seed)
         model = build_model(config, ctx.device, load_pretrained=resume_step is None)
         optimizer = config.optimizer.build(model.parameters(), lr=config.lr_schedule.lr_at(0))
