@@ -13,8 +13,10 @@ released: no centring, softmax of the noisy scores), ``default`` (this project's
 ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in
 the pruner's context in training, the sampling's starting noise at inference) and ``plan_1`` (a projected state
 token in the pruner's context): the seeds' proposals.
-Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25``, and on the
-default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random).
+Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
+scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random),
+and on the default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random) and
+``default_budget25`` (its learned scores ranking a 25% budget instead of the union of its votes).
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "unpruned": ("unpruned", "unpruned", {}),
     "budget25": ("unpruned", "default", {"token_prune_keep_ratio": 0.25}),
     "budget10": ("unpruned", "default", {"token_prune_keep_ratio": 0.10}),
+    "random25": ("unpruned", "default", {"token_prune_keep_ratio": 0.25, "random_keep": True}),
     "released": ("released", "released", {}),
     "default": ("default", "default", {}),
     "random_k": ("default", "default", {"random_keep": True}),
+    "default_budget25": ("default", "default", {"token_prune_keep_ratio": 0.25}),
     "released_clean_softmax": ("released_clean_softmax", "released_clean_softmax", {}),
     "centred_noisy_softmax": ("centred_noisy_softmax", "centred_noisy_softmax", {}),
     "plan_b": ("plan_b", "plan_b", {}),
