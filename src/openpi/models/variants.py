@@ -13,7 +13,9 @@ from typing import TypeVar
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-    """Dimensions of a Gemma decoder."""
+    """Dimensions of a Gemma decoder, and its low-rank adapters (``lora_rank`` 0: none) on the attention (q, k, v,
+    o) and MLP (gate, up, down) projections, scaled by ``lora_alpha / lora_rank`` (``/ sqrt(rank)`` with
+    ``lora_rslora``)."""
 
     width: int
     depth: int
@@ -21,6 +23,9 @@ class GemmaConfig:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    lora_rank: int = 0
+    lora_alpha: int = 0
+    lora_rslora: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,13 @@ class SiglipConfig:
 GEMMA_VARIANTS: dict[str, GemmaConfig] = {
     "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256),
     "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
+    # Upstream's LoRA variants: rank 16 / alpha 16 on the language model, rank 32 / alpha 32 on the action expert.
+    "gemma_2b_lora": GemmaConfig(
+        width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256, lora_rank=16, lora_alpha=16
+    ),
+    "gemma_300m_lora": GemmaConfig(
+        width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256, lora_rank=32, lora_alpha=32
+    ),
     "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
 }
 
@@ -87,5 +99,10 @@ def get_siglip_config(variant: str) -> SiglipConfig:
 
 
 def spell_variant(config: GemmaConfig | SiglipConfig) -> str:
-    """Spells a config out as an explicit variant string (the inverse of the ``get_*_config`` parsers)."""
-    return ",".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
+    """Spells a config out as an explicit variant string (the inverse of the ``get_*_config`` parsers); fields at
+    their defaults are left out."""
+    return ",".join(
+        f"{f.name}={getattr(config, f.name)}"
+        for f in dataclasses.fields(config)
+        if f.default is dataclasses.MISSING or getattr(config, f.name) != f.default
+    )

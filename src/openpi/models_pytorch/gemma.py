@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openpi.models.variants import GemmaConfig
+from openpi.models_pytorch.lora import projection
 
 RMS_EPS = 1e-6
 ROPE_BASE = 10_000.0
@@ -75,10 +76,10 @@ class GemmaAttentionProjections(nn.Module):
     def __init__(self, config: GemmaConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-        self.q_proj = nn.Linear(config.width, config.num_heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.width, config.num_kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.width, config.num_kv_heads * config.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.width, bias=False)
+        self.q_proj = projection(config.width, config.num_heads * config.head_dim, config)
+        self.k_proj = projection(config.width, config.num_kv_heads * config.head_dim, config)
+        self.v_proj = projection(config.width, config.num_kv_heads * config.head_dim, config)
+        self.o_proj = projection(config.num_heads * config.head_dim, config.width, config)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projects ``x [B, L, width]`` to queries ``[B, H, L, D]`` and keys/values ``[B, KV, L, D]``."""
@@ -99,9 +100,9 @@ class GemmaMLP(nn.Module):
 
     def __init__(self, config: GemmaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.width, config.mlp_dim, bias=False)
-        self.up_proj = nn.Linear(config.width, config.mlp_dim, bias=False)
-        self.down_proj = nn.Linear(config.mlp_dim, config.width, bias=False)
+        self.gate_proj = projection(config.width, config.mlp_dim, config)
+        self.up_proj = projection(config.width, config.mlp_dim, config)
+        self.down_proj = projection(config.mlp_dim, config.width, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import safetensors.torch
@@ -59,10 +60,18 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError("Checkpoint does not match the model:\n" + "\n".join(problems))
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, filename: str = WEIGHTS_FILE) -> list[str]:
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    filename: str = WEIGHTS_FILE,
+    *,
+    keep_if_missing: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Loads a ``model.safetensors`` (or ``filename`` in a folder, or a file) strictly into ``model``.
 
-    Values are cast to each parameter's dtype and device. Returns the ignored known extras (``lm_head`` weights).
+    Values are cast to each parameter's dtype and device. Keys the file lacks are errors, except those for which
+    ``keep_if_missing(key)`` holds (e.g. LoRA adapters when a base checkpoint initialises an adapted model): they
+    keep the model's values. Returns the ignored known extras (``lm_head`` weights).
     """
     file = weights_path(path, filename)
     if not file.is_file():
@@ -71,6 +80,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, filename: str = WEIG
     ignored = [key for key in IGNORED_KEYS if state.pop(key, None) is not None]
     if ignored:
         logger.info("Ignoring %s (tied to the token embedding or unused by π0)", ", ".join(ignored))
+    if keep_if_missing is not None:
+        kept = {key: value for key, value in model.state_dict().items() if key not in state and keep_if_missing(key)}
+        if kept:
+            logger.info("%d tensors absent from %s keep their initial values", len(kept), file)
+        state.update(kept)
     check_state_dict(model, state)
     model.load_state_dict(state, strict=True)
     return ignored

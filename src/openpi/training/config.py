@@ -52,6 +52,8 @@ class TrainConfig:
     assets_base_dir: str = "./assets"
     checkpoint_base_dir: str = "./checkpoints"
     gradient_checkpointing: bool = False
+    # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex.
+    freeze_filter: str | None = None
     # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.
     # Upstream's default is 0.99; here the published fine-tuning configs set theirs and the others keep none.
     ema_decay: float | None = None
@@ -148,6 +150,13 @@ def _libero(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
     return _seeds_recipe(name, model, LeRobotLiberoDataConfig(extra_delta_transform=True), ema_decay=0.99)
 
 
+def _libero_low_mem(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
+    """Upstream's low-memory LoRA fine-tune: LoRA variants of both experts, their base weights frozen, no EMA."""
+    lora = {"paligemma_variant": "gemma_2b_lora", "action_expert_variant": "gemma_300m_lora", **model_kwargs}
+    config = _libero(name, pi05, **lora)
+    return dataclasses.replace(config, freeze_filter="lora", ema_decay=None)
+
+
 def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
     return _seeds_recipe(name, pi0_config.Pi0Config(pi05=pi05, **model_kwargs), _PICK_PLACE_DATA)
 
@@ -174,6 +183,8 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     _libero("pi05_libero_pytorch", pi05=True, discrete_state_input=False),
     _libero("pi05_libero_pytorch_lightvla", pi05=True, discrete_state_input=False, token_pruning_enabled=True),
     _libero("pi0_libero_pytorch", pi05=False),
+    _libero_low_mem("pi0_libero_low_mem_finetune_pytorch", pi05=False),
+    _libero_low_mem("pi05_libero_low_mem_finetune_pytorch", pi05=True, discrete_state_input=False),
     _libero("pi0_libero_pytorch_lightvla", pi05=False, token_pruning_enabled=True),
     TrainConfig(
         name="pi0_aloha_sim_pytorch",

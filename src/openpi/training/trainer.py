@@ -26,10 +26,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openpi.models.observation import Observation
-from openpi.models_pytorch import preprocessing, weights
+from openpi.models_pytorch import lora, preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import data_config, pruning_overlay
-from openpi.training import checkpoints, data_loader
+from openpi.training import checkpoints, data_loader, freezing
 from openpi.training import config as _config
 from openpi.training.ema import ExponentialMovingAverage
 
@@ -139,7 +139,9 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     model = PI0Pytorch(model_config)
     if load_pretrained and config.pytorch_weight_path is not None:
         logger.info("Loading weights from %s", config.pytorch_weight_path)
-        weights.load_weights(model, config.pytorch_weight_path)
+        weights.load_weights(model, config.pytorch_weight_path, keep_if_missing=lora.is_lora_parameter)
+    if config.freeze_filter is not None:
+        freezing.freeze_parameters(model, config.freeze_filter)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if model_config.token_pruning_enabled:
@@ -225,7 +227,8 @@ class _Trainer:
             check_base_weights(config)
         torch.manual_seed(config.seed)
         model = build_model(config, ctx.device, load_pretrained=resume_step is None)
-        optimizer = config.optimizer.build(model.parameters(), lr=config.lr_schedule.lr_at(0))
+        trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones get no optimizer state
+        optimizer = config.optimizer.build(trainable, lr=config.lr_schedule.lr_at(0))
         self.ema = None if config.ema_decay is None else ExponentialMovingAverage(model, config.ema_decay)
         start_step = 0
         if resume_step is not None:
