@@ -162,6 +162,7 @@ def create_server(args: Args) -> WebsocketPolicyServer:
         recorder=RequestRecorder(args.record_dir, args.record_max_mb * 2**20) if args.record else None,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
+        warmup=policy.warmup,
     )
 
 

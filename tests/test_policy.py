@@ -85,7 +85,9 @@ def test_infer_returns_a_robot_action_chunk_and_timing(policy, train_config):
     result = policy.infer(libero_observation(0))
     assert result["actions"].shape == (train_config.model.action_horizon, libero_policy.ACTION_DIM)
     assert np.all(np.isfinite(result["actions"]))
-    assert result["policy_timing"]["infer_ms"] > 0
+    timing = result["policy_timing"]
+    assert timing["infer_ms"] > 0 and timing["prefix_ms"] > 0 and timing["denoise_ms"] > 0
+    assert timing["prefix_ms"] + timing["denoise_ms"] <= timing["infer_ms"]
     assert policy.metadata["config"] == CONFIG_NAME
     assert policy.metadata["action_horizon"] == train_config.model.action_horizon
 
@@ -155,3 +157,8 @@ def test_a_request_can_ask_a_pruning_policy_for_its_kept_patches(tmp_path, token
     patches = 3 * (vision.image_size // vision.patch_size) ** 2
     assert asked["kept_patch_mask"].shape == (patches,) and asked["kept_patch_mask"].dtype == bool
     assert 0 < asked["kept_patch_mask"].sum() == round(asked["token_pruning"]["kept_tokens_overall_mean"])
+
+
+def test_warmup_runs_the_model_at_each_batch_size(policy):
+    policy.warmup(batch_sizes=(1, 2))
+    assert policy.model.last_timing_ms["prefix_ms"] > 0

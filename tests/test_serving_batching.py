@@ -134,5 +134,6 @@ def test_batched_replies_equal_a_serial_servers(tmp_path, config_name):
     finally:
         torch.set_num_threads(previous)
     assert max(r["server_timing"]["batch_size"] for r in replies) > 1
+    assert all(r["server_timing"]["prefix_ms"] > 0 and r["server_timing"]["denoise_ms"] > 0 for r in replies)
     for reply, expected in zip(replies, serial, strict=True):
         np.testing.assert_allclose(reply["actions"], expected, rtol=1e-5, atol=1e-5)

@@ -237,3 +237,27 @@ def test_recording_stops_at_its_size_cap(tmp_path, caplog):
     recorder.record(0, 2, b"x" * 40, "e" * 40)
     assert [r.name for r in read_records(tmp_path)] == ["0000-000000"]
     assert caplog.text.count("Recording stopped") == 1
+
+
+def test_healthz_answers_503_until_the_warm_up_has_run():
+    release, calls = threading.Event(), []
+
+    def warmup() -> None:
+        release.wait(timeout=10)
+        calls.append("warm")
+
+    policy = EchoPolicy()
+    server = WebsocketPolicyServer(policy, "127.0.0.1", 0, warmup=warmup)
+    with server.running_in_background() as port:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert error.value.code == 503
+        release.set()
+        deadline = time.perf_counter() + 10
+        while not server.ready and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200
+        with _connect(port) as (conn, _):
+            assert _request(conn, {"state": _state(3.0)})["actions"][0, 0] == 3.0
+    assert calls == ["warm"]

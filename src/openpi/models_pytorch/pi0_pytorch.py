@@ -8,6 +8,7 @@ integrates it with Euler steps from t=1 (noise) to t=0, computing the prefix key
 from __future__ import annotations
 
 import math
+from time import perf_counter
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -73,6 +74,7 @@ class PI0Pytorch(nn.Module):
     def __init__(self, config: Pi0Config):
         super().__init__()
         self.config = config
+        self.last_timing_ms: dict[str, float] = {}  # sample_actions' prefix_ms / denoise_ms
         expert_width = config.expert_config.width
         self.paligemma_with_expert = PaliGemmaWithExpertModel(
             config.vision_config, config.llm_config, config.expert_config, config.vocab_size, use_adarms=config.pi05
@@ -295,17 +297,23 @@ class PI0Pytorch(nn.Module):
 
         Integrates the flow from noise (t=1) to actions (t=0) with ``num_steps`` Euler steps; the prefix is embedded
         (and pruned) once and its keys/values cached for every step. Runs on the observation's device. The upstream
-        spelling ``sample_actions(device, observation, noise, num_steps)`` is accepted too.
+        spelling ``sample_actions(device, observation, noise, num_steps)`` is accepted too. Afterwards
+        ``last_timing_ms`` holds the wall time of the prefix (``prefix_ms``) and of the denoising loop
+        (``denoise_ms``).
         """
         observation, noise, num_steps = _sample_actions_args(args, noise, num_steps)
         shape = (observation.state.shape[0], self.config.action_horizon, self.config.action_dim)
         device = observation.state.device
         x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)  # [B, H, A]
+        start = perf_counter()
         prefix = self.encode_prefix(observation, x_t)
+        prefix_done = _synchronized(device)
         dt = -1.0 / num_steps
         for step in range(num_steps):
             time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=device)
             x_t = x_t + dt * self.denoise_step(prefix, x_t, time)
+        end = _synchronized(device)
+        self.last_timing_ms = {"prefix_ms": (prefix_done - start) * 1e3, "denoise_ms": (end - prefix_done) * 1e3}
         return x_t
 
     def encode_prefix(self, observation: Observation, noise: torch.Tensor | None = None) -> PrefixCache:
@@ -375,6 +383,13 @@ def _suffix_positions(prefix_pos: torch.Tensor, prefix_pad: torch.Tensor, suffix
 
 def _or(value: _T | None, default: _T) -> _T:
     return default if value is None else value
+
+
+def _synchronized(device: torch.device) -> float:
+    """``perf_counter()`` once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return perf_counter()
 
 
 def _sample_actions_args(

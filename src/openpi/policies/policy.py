@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from openpi import transforms as _transforms
-from openpi.models.observation import Observation
+from openpi.models.observation import Observation, random_observation
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.preprocessing import preprocess_observation
 from openpi.policies import observation_contract
@@ -69,7 +69,8 @@ class Policy:
         return self._model
 
     def infer(self, obs: dict, *, noise: np.ndarray | None = None) -> dict[str, Any]:
-        """Returns ``{"actions": [H, action_dim], ..., "policy_timing": {"infer_ms"}}`` for one observation.
+        """Returns ``{"actions": [H, action_dim], ..., "policy_timing": {"infer_ms", "prefix_ms", "denoise_ms"}}`` for
+        one observation (``prefix_ms``: images, prompt and the language model's pass; ``denoise_ms``: the flow steps).
 
         ``noise`` (``[H, model_action_dim]``) fixes the sampling start point. With token pruning enabled the result
         also holds ``token_pruning`` (the pruner's statistics for this call), and ``kept_patch_mask`` when
@@ -80,6 +81,13 @@ class Policy:
         """
         outputs, extras = self._run([obs], None if noise is None else np.asarray(noise)[None])
         return {**_sample(outputs, 0), **extras}
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Runs the model once per batch size on a random model-ready observation (first-call allocations, kernel
+        selection, compilation), so that the first real request does not pay for them."""
+        for batch_size in batch_sizes:
+            observation = random_observation(self._model.config, batch_size).to(self._device)
+            self._model.sample_actions(observation)
 
     def infer_many(self, observations: Sequence[dict], *, noise: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Like :meth:`infer` for each observation, run through the model together (the server's batching): one reply
@@ -110,7 +118,8 @@ class Policy:
         start = time.perf_counter()
         actions = self._model.sample_actions(observation, noise=noise_tensor, **self._sample_kwargs)
         actions = actions.float().cpu().numpy()
-        extras: dict[str, Any] = {"policy_timing": {"infer_ms": (time.perf_counter() - start) * 1000.0}}
+        timing = {"infer_ms": (time.perf_counter() - start) * 1000.0, **self._model.last_timing_ms}
+        extras: dict[str, Any] = {"policy_timing": timing}
         if self._model.token_pruning_enabled:
             extras["token_pruning"] = {k: float(v) for k, v in self._model.get_token_pruning_stats().items()}
 

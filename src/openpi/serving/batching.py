@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 # Exceptions a policy raises for an observation it cannot use; other exceptions are server errors.
@@ -66,9 +67,14 @@ class BatchingInferrer:
             self._queue.get_nowait().future.cancel()
         self._executor.shutdown(wait=True)
 
+    async def run_on_worker(self, function: Callable[[], Any]) -> Any:
+        """Runs ``function`` on the inference thread (queued requests wait behind it)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
     async def infer(self, obs: dict) -> tuple[dict, dict[str, float]]:
         """Returns the policy's reply to ``obs`` and its timing: ``queue_ms`` (waiting for the model),
-        ``infer_ms`` (the forward that answered it) and ``batch_size`` (requests in that forward).
+        ``infer_ms`` (the forward that answered it), ``batch_size`` (requests in that forward) and, from a policy that
+        reports them, ``prefix_ms`` / ``denoise_ms`` (that forward's split).
 
         Raises what the policy raised for this request.
         """
@@ -90,7 +96,7 @@ class BatchingInferrer:
                     request.future.set_exception(outcome)
                 else:
                     timing = {"queue_ms": (started - request.submitted) * 1000.0, "infer_ms": infer_ms}
-                    request.future.set_result((outcome, {**timing, "batch_size": len(batch)}))
+                    request.future.set_result((outcome, {**timing, **_model_timing(outcome), "batch_size": len(batch)}))
 
     async def _collect(self) -> list[_Request]:
         """The next batch: the first queued request, more arriving within the window, and all others queued."""
@@ -131,3 +137,9 @@ class BatchingInferrer:
         except Exception as e:
             return e, (time.perf_counter() - started) * 1000.0, started
         return reply, (time.perf_counter() - started) * 1000.0, started
+
+
+def _model_timing(reply: Any) -> dict[str, float]:
+    """The model's own split of the call (``prefix_ms``, ``denoise_ms``) when the policy reports one."""
+    timing = reply.get("policy_timing", {}) if isinstance(reply, dict) else {}
+    return {key: float(timing[key]) for key in ("prefix_ms", "denoise_ms") if key in timing}

@@ -12,9 +12,10 @@ Protocol (per connection):
    inference) gets a *text* frame describing the problem; the published client raises it as an error. The
    connection stays open for the next request.
 
-``GET /healthz`` answers ``200 OK``. With an API key, websocket handshakes without the header
-``Authorization: Api-Key <key>`` are refused with 401. Frames larger than ``max_message_bytes`` close the connection
-with code 1009 (message too big), as the websocket protocol prescribes.
+``GET /healthz`` answers ``200 OK`` once the server is ready: with a ``warmup`` callable, ``503`` until it has run
+on the inference thread (requests that arrive meanwhile wait behind it). With an API key, websocket handshakes
+without the header ``Authorization: Api-Key <key>`` are refused with 401. Frames larger than ``max_message_bytes``
+close the connection with code 1009 (message too big), as the websocket protocol prescribes.
 
 Inference runs on one dedicated worker thread, so the model sees one call at a time while every connection's network
 I/O stays on the event loop: a slow or silent client never delays another client's replies beyond the shared model.
@@ -33,7 +34,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import websockets.asyncio.server
@@ -65,6 +66,7 @@ class WebsocketPolicyServer:
         recorder: RequestRecorder | None = None,
         max_batch: int = 1,
         batch_window_ms: float = 0.0,
+        warmup: Callable[[], Any] | None = None,
     ) -> None:
         """Args:
         policy: answers ``infer(obs)`` (and ``infer_many(observations)`` for batching); called from a single worker
@@ -76,6 +78,7 @@ class WebsocketPolicyServer:
         recorder: saves every request and answer when given.
         max_batch: most requests answered by one model call (1: no batching).
         batch_window_ms: how long a batch waits for more requests before it runs (0: only those already queued).
+        warmup: run on the inference thread before the server reports healthy (e.g. ``Policy.warmup``).
         """
         self._policy = policy
         self._host = host
@@ -86,6 +89,9 @@ class WebsocketPolicyServer:
         self._recorder = recorder
         self._connection_ids = itertools.count(1)
         self._inferrer = BatchingInferrer(policy, max_batch=max_batch, window_ms=batch_window_ms)
+        self._warmup = warmup
+        self._warmup_task: asyncio.Task | None = None
+        self.ready = warmup is None
         # Frames are decoded here, off the event loop and not queued behind inference.
         self._decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-decode")
         self._server: websockets.asyncio.server.Server | None = None
@@ -102,6 +108,8 @@ class WebsocketPolicyServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._inferrer.start()
+        if self._warmup is not None:
+            self._warmup_task = asyncio.get_running_loop().create_task(self._warm_up())
         logger.info("Policy server listening on %s:%d", self._host, self.port)
 
     async def close(self) -> None:
@@ -110,6 +118,8 @@ class WebsocketPolicyServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._warmup_task is not None:
+            await asyncio.gather(self._warmup_task, return_exceptions=True)
         await self._inferrer.close()
         self._decoder.shutdown(wait=True)
 
@@ -145,11 +155,23 @@ class WebsocketPolicyServer:
             thread.join()
             loop.close()
 
+    async def _warm_up(self) -> None:
+        start = time.perf_counter()
+        try:
+            await self._inferrer.run_on_worker(self._warmup)
+        except Exception:
+            logger.exception("Warm-up failed; /healthz keeps answering 503")
+            return
+        self.ready = True
+        logger.info("Warm-up done in %.1f s; ready", time.perf_counter() - start)
+
     def _check_request(
         self, connection: websockets.asyncio.server.ServerConnection, request: websockets.http11.Request
     ) -> websockets.http11.Response | None:
         """Answers health checks and refuses handshakes without the API key; None lets the handshake proceed."""
         if request.path == HEALTH_PATH:
+            if not self.ready:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Warming up\n")
             return connection.respond(http.HTTPStatus.OK, "OK\n")
         if self._api_key is not None and not self._has_api_key(request.headers.get("Authorization")):
             logger.warning("Refused connection from %s: missing or wrong API key", connection.remote_address)
