@@ -1,11 +1,15 @@
-"""Inference cost of LightVLA pruning: sample_actions latency and prefix KV-cache size, pruned vs unpruned.
+"""Inference cost of LightVLA pruning: sample_actions latency and prefix KV-cache size, pruned vs unpruned, with the
+prompt padding trimmed or not.
 
     uv run scripts/bench/bench_pruning.py                       # tiny + mid-size on CPU
-    uv run scripts/bench/bench_pruning.py --sizes full --device cuda --repeats 20
+    uv run scripts/bench/bench_pruning.py --sizes full --dtype bfloat16 --repeats 3   # full size, fits 24 GB
+    uv run scripts/bench/bench_pruning.py --sizes full --device cuda --dtype bfloat16 --repeats 20
 
-All variants of one size share the same weights and inputs (3 cameras, batch 1) and are timed round-robin in the
-same process, so the ratios are comparable even on a busy machine. Results are appended as a Markdown table to
-``--output`` together with the command line.
+The prompt is padded to ``--prompt-tokens`` (200, what the π0.5 pipeline pads to) with ``--valid-prompt-tokens``
+valid ones (a LIBERO prompt). One set of weights per size: the variants are views of it (models built on the meta
+device and given the same tensors) whose budget and prompt trimming differ, timed round-robin on the same inputs
+(3 cameras, batch 1), so the ratios are comparable even on a busy machine. Results are appended as a Markdown table
+to ``--output`` together with the command line.
 """
 
 from __future__ import annotations
@@ -33,13 +37,25 @@ class Args:
     device: str = "cpu"
     dtype: str = "float32"
     repeats: int = 5
-    prompt_tokens: int = 48
+    prompt_tokens: int = 200
+    """The padded prompt length (the π0.5 pipeline's max_token_len)."""
+    valid_prompt_tokens: int = 20
+    """Valid tokens of the padded prompt (a LIBERO task prompt)."""
     output: Path = Path(__file__).parent / "results" / "pruning.md"
 
 
-def _observation(config: Pi0Config, prompt_tokens: int, device: str) -> Observation:
-    config = dataclasses.replace(config, max_token_len=prompt_tokens)
-    return random_observation(config, num_cameras=len(IMAGE_KEYS)).to(device)
+def _observation(config: Pi0Config, args: Args) -> Observation:
+    config = dataclasses.replace(config, max_token_len=args.prompt_tokens)
+    observation = random_observation(config, num_cameras=len(IMAGE_KEYS), valid_prompt_tokens=args.valid_prompt_tokens)
+    return observation.to(args.device)
+
+
+def _view(base: PI0Pytorch, config: Pi0Config) -> PI0Pytorch:
+    """A model of ``config`` that shares ``base``'s weights (no copy: built on the meta device, then assigned)."""
+    with torch.device("meta"):
+        model = PI0Pytorch(config)
+    model.load_state_dict(base.state_dict(), assign=True, strict=True)
+    return model.eval()
 
 
 def _timed(model: PI0Pytorch, obs: Observation, device: str) -> float:
@@ -57,31 +73,38 @@ def bench_size(name: str, args: Args) -> list[str]:
     torch.manual_seed(0)
     with torch.device(args.device):
         base = PI0Pytorch(config).eval()
-    variants = {"unpruned": base}
+    untrimmed = dataclasses.replace(config, prompt_trim_multiple=None)
+    pruned, pruned_untrimmed = (
+        _view(base, dataclasses.replace(c, token_pruning_enabled=True)) for c in (config, untrimmed)
+    )
+    variants: dict[str, tuple[PI0Pytorch, float | None]] = {
+        "unpruned": (base, None),
+        "unpruned, prompt untrimmed": (_view(base, untrimmed), None),
+    }
     for ratio in BUDGETS:
-        pruned_config = dataclasses.replace(config, token_pruning_enabled=True, token_prune_keep_ratio=ratio)
-        with torch.device(args.device):
-            model = PI0Pytorch(pruned_config).eval()
-        model.load_state_dict(base.state_dict())
-        variants["argmax union" if ratio is None else f"keep {ratio:.0%}"] = model
-    obs = _observation(config, args.prompt_tokens, args.device)
+        label = "argmax union" if ratio is None else f"keep {ratio:.0%}"
+        variants[label] = (pruned, ratio)
+        variants[f"{label}, prompt untrimmed"] = (pruned_untrimmed, ratio)
+    obs = _observation(config, args)
     times: dict[str, list[float]] = {key: [] for key in variants}
+    caches = {}
     with torch.inference_mode():
-        for model in variants.values():
-            _timed(model, obs, args.device)  # warm-up
-        for _ in range(args.repeats):
-            for key, model in variants.items():
+        for _ in range(args.repeats + 1):  # the first round warms up
+            for key, (model, ratio) in variants.items():
+                if model.token_pruning_enabled:
+                    model.set_token_pruner_keep_ratio(ratio)
                 times[key].append(_timed(model, obs, args.device))
-        caches = {key: model.encode_prefix(obs) for key, model in variants.items()}
+                caches.setdefault(key, model.encode_prefix(obs))
 
-    base_ms, base_bytes = statistics.median(times["unpruned"]), caches["unpruned"].num_bytes
+    base_ms, base_bytes = statistics.median(times["unpruned"][1:]), caches["unpruned"].num_bytes
     rows = []
     for key in variants:
-        ms, cache = statistics.median(times[key]), caches[key]
-        image_tokens = int(cache.pad_masks.sum()) - args.prompt_tokens
+        ms, cache = statistics.median(times[key][1:]), caches[key]
+        image_tokens = int(cache.pad_masks.sum()) - args.valid_prompt_tokens
+        prefix = cache.pad_masks.shape[1]
         rows.append(
-            f"| {name} | {key} | {image_tokens} | {cache.num_bytes / 2**20:.2f} | {cache.num_bytes / base_bytes:.3f} "
-            f"| {ms:.1f} | {ms / base_ms:.3f} |"
+            f"| {name} | {key} | {image_tokens} | {prefix} | {cache.num_bytes / 2**20:.2f} | "
+            f"{cache.num_bytes / base_bytes:.3f} | {ms:.1f} | {ms / base_ms:.3f} |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -91,15 +114,16 @@ def main(args: Args) -> None:
     cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     header = [
-        f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch 1, 3 cameras (768 image tokens), "
-        f"{args.prompt_tokens} prompt tokens, 10 denoising steps, median of {args.repeats}",
+        f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch 1, 3 cameras, prompt padded to "
+        f"{args.prompt_tokens} tokens ({args.valid_prompt_tokens} valid), 10 denoising steps, median of {args.repeats}",
         "",
         "```",
         "uv run scripts/bench/bench_pruning.py " + " ".join(sys.argv[1:]),
         "```",
         "",
-        "| size | prefix | image tokens kept | KV cache (MiB) | KV ratio | sample_actions (ms) | latency ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| size | variant | image tokens kept | prefix length | KV cache (MiB) | KV ratio | sample_actions (ms) "
+        "| latency ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [row for size in args.sizes for row in bench_size(size, args)]
     args.output.parent.mkdir(parents=True, exist_ok=True)
