@@ -12,6 +12,7 @@ import enum
 import logging
 from typing import Any
 
+import torch
 import tyro
 
 from openpi.policies import policy_config
@@ -21,6 +22,7 @@ from openpi.serving.websocket_policy_server import DEFAULT_MAX_MESSAGE_BYTES, We
 from openpi.training import config as _config
 
 logger = logging.getLogger("serve_policy")
+KEPT_BUCKET = 16  # with --compile-mode, a pruned model's kept patch count is padded to a multiple of this
 
 
 class EnvMode(enum.Enum):
@@ -84,6 +86,9 @@ class Args:
     """LightVLA serving budget: keep this many image tokens."""
     num_steps: int | None = None
     """Denoising steps per action chunk; None keeps the model's default."""
+    compile_mode: str | None = None
+    """torch.compile mode for sample_actions (e.g. default, max-autotune); a pruned model then pads its kept patch
+    count to multiples of 16 (exact), so it compiles once per bucket, not per observation."""
     max_batch: int = 16
     """Requests that queue while the model is busy are answered by one batched call of at most this many (1: off)."""
     batch_window_ms: float = 0.0
@@ -114,7 +119,7 @@ def create_policy(args: Args) -> Policy:
     checkpoint = resolve_checkpoint(args)
     sample_kwargs = {} if args.num_steps is None else {"num_steps": args.num_steps}
     policy = policy_config.create_trained_policy(
-        _config.get_config(checkpoint.config),
+        with_compile(_config.get_config(checkpoint.config), args.compile_mode),
         checkpoint.dir,
         default_prompt=args.default_prompt,
         sample_kwargs=sample_kwargs,
@@ -128,6 +133,18 @@ def create_policy(args: Args) -> Policy:
     return policy
 
 
+def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _config.TrainConfig:
+    """``config`` whose model compiles ``sample_actions`` with ``compile_mode`` (and buckets its kept count)."""
+    if compile_mode is None:
+        return config
+    model = dataclasses.replace(
+        config.model,
+        pytorch_compile_mode=compile_mode,
+        token_prune_kept_multiple=config.model.token_prune_kept_multiple or KEPT_BUCKET,
+    )
+    return dataclasses.replace(config, model=model)
+
+
 def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
     """The policy's metadata plus the pruning budget in effect (the flag's, else the model config's)."""
     model_config = policy.model.config
@@ -136,6 +153,8 @@ def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
         **policy.metadata,
         "token_prune_keep_ratio": model_config.token_prune_keep_ratio if ratio is None else ratio,
         "token_prune_keep_tokens": model_config.token_prune_keep_tokens if tokens is None else tokens,
+        "compile_mode": model_config.pytorch_compile_mode,
+        "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
         "max_batch": args.max_batch,
         "batch_window_ms": args.batch_window_ms,
     }
@@ -168,6 +187,9 @@ def create_server(args: Args) -> WebsocketPolicyServer:
 
 def main(args: Args) -> None:
     create_server(args).serve_forever()
+    if args.compile_mode is not None:
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        logger.info("torch.compile built %d graphs over this run", graphs)
 
 
 if __name__ == "__main__":

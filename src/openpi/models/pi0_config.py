@@ -40,6 +40,9 @@ class Pi0Config:
     token_prune_noise_scale: float = 1.0
     token_prune_keep_tokens: int | None = None
     token_prune_keep_ratio: float | None = None
+    # At inference, pad the kept patch count up to a multiple of this (the padding rows are masked: exact), so that a
+    # compiled model meets a few prefix lengths instead of one per kept count. None: no padding.
+    token_prune_kept_multiple: int | None = None
     # Score with mean-centred patches: prevents the collapse to a few patches (docs/lightvla_pruning.md). False is
     # the original LightVLA scoring.
     token_prune_center_patches: bool = True

@@ -101,6 +101,7 @@ class PI0Pytorch(nn.Module):
                 config.token_prune_keep_ratio,
                 center_patches=config.token_prune_center_patches,
                 noisy_softmax=config.token_prune_noisy_softmax,
+                kept_multiple=config.token_prune_kept_multiple,
             )
             if config.token_pruning_enabled
             else None
@@ -370,8 +371,9 @@ def trim_prompt_padding(
     """
     if multiple is None or tokens.shape[1] == 0:
         return tokens, masks
-    last_valid = int((masks * torch.arange(1, masks.shape[1] + 1, device=masks.device)).amax())  # 0 if none valid
-    keep = min(masks.shape[1], max(multiple, -(-last_valid // multiple) * multiple))
+    last_valid = (masks * torch.arange(1, masks.shape[1] + 1, device=masks.device)).amax()  # 0 if none valid
+    # Rounded before it becomes a Python int, so a compiled model is specialised on the multiple, not the length.
+    keep = int(((last_valid + multiple - 1) // multiple * multiple).clamp(min=multiple, max=masks.shape[1]))
     return tokens[:, :keep], masks[:, :keep]
 
 

@@ -175,9 +175,11 @@ class ImageTokenPruner(nn.Module):
         keep_ratio: float | None = None,
         center_patches: bool = False,
         noisy_softmax: bool = False,
+        kept_multiple: int | None = None,
     ):
         super().__init__()
         self.center_patches = center_patches
+        self.kept_multiple = kept_multiple
         self.noisy_softmax = noisy_softmax
         self.random_keep = False
         self.random_generator: torch.Generator | None = None
@@ -293,7 +295,7 @@ class ImageTokenPruner(nn.Module):
         counts = keep.sum(dim=1)  # [B]
         if self.random_keep:
             keep = self._random_subset(patch_mask, counts)
-        num_kept = int(counts.max()) if counts.numel() else 0  # K: the batch's largest kept count
+        num_kept = self._bucketed(counts.max(), patches.shape[1]) if counts.numel() else 0  # K
         # Stable sort puts the kept patches first, in their original order.
         kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]  # [B, K]
         mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]  # [B, K]
@@ -301,6 +303,14 @@ class ImageTokenPruner(nn.Module):
         tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
         self.last_selection = Selection(kept_indices, mask, votes)
         return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
+
+    def _bucketed(self, largest: torch.Tensor, num_patches: int) -> int:
+        """K: the batch's largest kept count, rounded up to ``kept_multiple`` (rows past a sample's own count are
+        masked padding). Rounded before it becomes a Python int, so a compiled model is specialised on the bucket."""
+        if self.kept_multiple:
+            multiple = self.kept_multiple
+            largest = ((largest + multiple - 1) // multiple * multiple).clamp(max=num_patches)
+        return int(largest)
 
     def _random_subset(self, patch_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` bool: ``counts[b]`` valid patches of sample b, uniformly at random."""

@@ -1,0 +1,83 @@
+"""Bounded shapes for compiled pruned inference: the kept count and the prompt are padded to multiples (exactly), so
+a compiled model recompiles once per bucket, not once per observation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from openpi.models.observation import random_observation
+from openpi.models.pi0_config import tiny_config
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from tests.model_helpers import randomized
+
+CONFIG = tiny_config(
+    vision_variant="tiny_112",
+    action_horizon=4,
+    max_token_len=32,
+    token_pruning_enabled=True,
+    token_prune_center_patches=False,  # uncentred random scores vote for varied counts
+)
+
+
+def _observation(seed: int, batch_size: int = 1):
+    return random_observation(CONFIG, batch_size, seed=seed, valid_prompt_tokens=8 + seed % 8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_padding_the_kept_count_leaves_the_actions_unchanged():
+    plain = randomized(PI0Pytorch(CONFIG)).eval()
+    bucketed = PI0Pytorch(dataclasses.replace(CONFIG, token_prune_kept_multiple=16)).eval()
+    bucketed.load_state_dict(plain.state_dict())
+    observation = _observation(3, batch_size=2)
+    noise = torch.randn(2, CONFIG.action_horizon, CONFIG.action_dim, generator=torch.Generator().manual_seed(0))
+    expected = plain.sample_actions(observation, noise=noise, num_steps=2)
+    actual = bucketed.sample_actions(observation, noise=noise, num_steps=2)
+    assert bucketed.pruner.last_selection.mask.shape[1] % 16 == 0
+    assert bucketed.pruner.last_selection.mask.shape[1] > plain.pruner.last_selection.mask.shape[1]
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("multiple", [16, None])
+def test_a_compiled_model_recompiles_once_per_bucket(multiple):
+    model = randomized(PI0Pytorch(dataclasses.replace(CONFIG, token_prune_kept_multiple=multiple))).eval()
+    compiles: list[int] = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiles.append(1)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    encode = torch.compile(model.encode_prefix, backend=counting_backend, dynamic=False)
+    seen, grew_on_new_shape = set(), []
+    for seed in range(8):
+        before = len(compiles)
+        encode(_observation(seed))
+        shape = model.pruner.last_selection.mask.shape[1]
+        grew_on_new_shape.append((len(compiles) > before, shape not in seen))
+        seen.add(shape)
+    assert all(grew == new for grew, new in grew_on_new_shape[1:]), grew_on_new_shape
+    if multiple is not None:
+        assert len(seen) <= 2 < 8
+    else:
+        assert len(seen) > 2, "the control: without buckets the kept count varies with the observation"
+
+
+def test_serving_with_a_compile_mode_buckets_the_kept_count():
+    from openpi.training import config as _config
+    from tests.script_loader import load_script
+
+    serve_policy = load_script("scripts/serve_policy.py")
+    config = _config.get_config("pi05_libero_pytorch_lightvla")
+    assert serve_policy.with_compile(config, None) is config
+    compiled = serve_policy.with_compile(config, "max-autotune").model
+    assert compiled.pytorch_compile_mode == "max-autotune" and compiled.token_prune_kept_multiple == 16
