@@ -268,3 +268,11 @@ def test_a_fine_tuning_config_without_base_weights_refuses_to_start(tmp_path: Pa
     assert allowed.allow_random_init
     trainer.check_base_weights(allowed)
     trainer.check_base_weights(dataclasses.replace(base, pytorch_weight_path="checkpoints/base"))
+
+
+def test_mixed_precision_keeps_float32_weights_and_trains(tmp_path: Path):
+    config = _pruned_fake_data_config(tmp_path, num_train_steps=3, pytorch_training_precision="mixed")
+    result = trainer.train(config)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    assert trainer.gpu_memory_metrics(torch.device("cpu")) == {}

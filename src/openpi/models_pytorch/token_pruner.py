@@ -90,7 +90,7 @@ def _score(
     queries_raw = F.scaled_dot_product_attention(patches_n, task_n, task_n, attn_mask=attend[:, None, :])
     queries_raw = queries_raw * has_task[:, None, None]
     queries = _rms_norm(queries_raw)
-    scores = queries @ patches_n.transpose(1, 2) / math.sqrt(patches.shape[-1])
+    scores = (queries @ patches_n.transpose(1, 2)).float() / math.sqrt(patches.shape[-1])  # float32 under autocast
     scores = scores.masked_fill(~patch_mask[:, None, :], _NEVER)
     return _Scoring(patches_n, task_n, queries_raw, queries, scores)
 

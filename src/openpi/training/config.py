@@ -34,7 +34,9 @@ class TrainConfig:
     pytorch_weight_path: str | None = None
     # Fine-tuning configs set this False: starting them without pytorch_weight_path is an error, not a random 3.3B.
     allow_random_init: bool = True
-    pytorch_training_precision: Literal["bfloat16", "float32"] = "bfloat16"
+    # bfloat16: bf16 weights (norms and projections float32); float32; mixed: float32 master weights, the forward and
+    # backward under bf16 autocast.
+    pytorch_training_precision: Literal["bfloat16", "float32", "mixed"] = "bfloat16"
     lr_schedule: optimizer.CosineDecaySchedule = dataclasses.field(default_factory=optimizer.CosineDecaySchedule)
     optimizer: optimizer.AdamW = dataclasses.field(default_factory=optimizer.AdamW)
     seed: int = 42

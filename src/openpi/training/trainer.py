@@ -135,7 +135,8 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
 
     With ``load_pretrained``, the weights in ``config.pytorch_weight_path`` (if set) are loaded.
     """
-    model_config = dataclasses.replace(config.model, dtype=config.pytorch_training_precision)
+    weights_dtype = "float32" if config.pytorch_training_precision == "mixed" else config.pytorch_training_precision
+    model_config = dataclasses.replace(config.model, dtype=weights_dtype)
     model = PI0Pytorch(model_config)
     if load_pretrained and config.pytorch_weight_path is not None:
         logger.info("Loading weights from %s", config.pytorch_weight_path)
@@ -147,6 +148,21 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     if model_config.token_pruning_enabled:
         logger.info("Enabled LightVLA-style token pruning (hidden_size=%d)", model_config.llm_config.width)
     return model.to(device)
+
+
+def gpu_memory_metrics(device: torch.device) -> dict[str, float]:
+    """``memory/allocated_gib``, ``memory/reserved_gib`` and ``memory/peak_allocated_gib`` on a CUDA device (the peak
+    since the last log, then reset); nothing on the CPU."""
+    if device.type != "cuda":
+        return {}
+    gib = 2**30
+    metrics = {
+        "memory/allocated_gib": torch.cuda.memory_allocated(device) / gib,
+        "memory/reserved_gib": torch.cuda.memory_reserved(device) / gib,
+        "memory/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / gib,
+    }
+    torch.cuda.reset_peak_memory_stats(device)
+    return metrics
 
 
 def check_base_weights(config: _config.TrainConfig) -> None:
@@ -176,15 +192,17 @@ def train_step(
     clip_gradient_norm: float,
     image_resolution: tuple[int, int],
     generator: torch.Generator | None,
+    autocast_bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resizes and augments the images, runs forward/backward (loss = mean of the per-element loss), clips the
-    gradient norm and updates; returns (loss, grad_norm) as detached tensors."""
+    """Resizes and augments the images, runs forward/backward (loss = mean of the per-element loss; under bf16
+    autocast with ``autocast_bf16``), clips the gradient norm and updates; returns (loss, grad_norm) detached."""
     observation = preprocessing.preprocess_observation(
         observation, train=True, image_resolution=image_resolution, generator=generator
     )
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = model(observation, actions).mean()
+    with torch.autocast(actions.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        loss = model(observation, actions).float().mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_gradient_norm)
@@ -285,6 +303,7 @@ class _Trainer:
                     clip_gradient_norm=config.optimizer.clip_gradient_norm,
                     image_resolution=image_resolution,
                     generator=augmentation_generator(config.seed, step, ctx.rank),
+                    autocast_bf16=config.pytorch_training_precision == "mixed",
                 )
                 if self.ema is not None:
                     self.ema.update(model)
@@ -316,6 +335,7 @@ class _Trainer:
         }
         if self.config.model.token_pruning_enabled:
             metrics.update(model.pruner.metrics())
+        metrics.update(gpu_memory_metrics(self.ctx.device))
         return metrics
 
     def _is_picture_step(self, step: int) -> bool:
