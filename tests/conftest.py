@@ -43,3 +43,12 @@ def embedded_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENPI_DATA_HOME", str(home))
         yield home
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread: on a busy 2-core machine (e.g. ``pytest -n 2``) more threads spin-wait and run far slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

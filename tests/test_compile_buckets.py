@@ -13,6 +13,8 @@ from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from tests.model_helpers import randomized
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CONFIG = tiny_config(
     vision_variant="tiny_112",
     action_horizon=4,
@@ -24,14 +26,6 @@ CONFIG = tiny_config(
 
 def _observation(seed: int, batch_size: int = 1):
     return random_observation(CONFIG, batch_size, seed=seed, valid_prompt_tokens=8 + seed % 8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_padding_the_kept_count_leaves_the_actions_unchanged():

@@ -20,6 +20,8 @@ from openpi.training.ema import ExponentialMovingAverage
 from tests.test_policy import PROMPTS, make_train_config, write_checkpoint
 from tests.test_training import _Crash, _crash_after, _pruned_fake_data_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DECAY = 0.5
 
 

@@ -21,6 +21,8 @@ from tests.model_helpers import randomized
 from tests.script_loader import load_script
 from tests.test_training import SMALL_VISION, _small_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DUMMY = "width=64,depth=2,mlp_dim=128,num_heads=8,num_kv_heads=1,head_dim=16"
 BASE = tiny_config(paligemma_variant=DUMMY, action_expert_variant=DUMMY, action_horizon=4)
 ADAPTED = dataclasses.replace(

@@ -20,13 +20,7 @@ from openpi.training import config as _config
 SMALL_VISION = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,image_size=56"
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """One torch thread: on a busy 2-core machine (e.g. ``pytest -n 2``) more threads spin-wait and run far slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small_config(base: str, tmp_path: Path, **overrides) -> _config.TrainConfig:
