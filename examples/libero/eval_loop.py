@@ -34,6 +34,7 @@ MAX_STEPS = {
 SETTLE_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 # π0 / π0.5 pool three camera slots (agent view, left wrist, right wrist) into the patch mask a pruning server returns.
 CAMERA_SLOTS = 3
+# The request key of openpi.policies.policy (this environment cannot import openpi).
 KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
 
 logger = logging.getLogger(__name__)
