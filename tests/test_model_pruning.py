@@ -62,15 +62,21 @@ def test_batch_with_different_kept_counts_equals_per_sample_runs(fixture):
         assert reference.relative_error(batched[i : i + 1], alone) < 1e-4
 
 
-def test_training_forward_keeps_length_and_trains_the_vision_tower(fixture):
-    model = _pruned_model(fixture, token_prune_noise_scale=0.5).train()
+@pytest.mark.parametrize("dedup", [False, True])
+def test_training_forward_selects_voted_patches_and_trains_the_vision_tower(fixture, dedup):
+    model = _pruned_model(fixture, token_prune_noise_scale=0.5, token_prune_dedup_training=dedup).train()
     obs, io = fixture.observation(), fixture.io
     images = list(obs.images.values())
     masks = [obs.image_masks[n] for n in obs.images]
-    embs, _, _, positions = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
-    assert embs.shape[1] == 768 + obs.tokenized_prompt.shape[1]
-    # Rows take the positions of the patches they selected, so some positions repeat.
-    assert positions[1, :768].unique().numel() < 768
+    prefix = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
+    text = obs.tokenized_prompt.shape[1]
+    if dedup:  # one token per voted patch, its logit raised by log(votes)
+        patch_positions = prefix.positions[1, :-text][prefix.pad_masks[1, :-text]]
+        assert patch_positions.unique().numel() == patch_positions.numel() < 768
+        assert prefix.key_bias is not None and prefix.key_bias[:, :-text].max() > 0
+    else:  # rows take the positions of the patches they selected, so some positions repeat
+        assert prefix.embs.shape[1] == 768 + text and prefix.key_bias is None
+        assert prefix.positions[1, :768].unique().numel() < 768
     loss = model(obs, io["input.actions"], io["input.noise"], io["input.time"]).mean()
     loss.backward()
     patch_embedding = model.paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding

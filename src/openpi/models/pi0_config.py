@@ -43,6 +43,9 @@ class Pi0Config:
     # At inference, pad the kept patch count up to a multiple of this (the padding rows are masked: exact), so that a
     # compiled model meets a few prefix lengths instead of one per kept count. None: no padding.
     token_prune_kept_multiple: int | None = None
+    # In training, run the prefix on the distinct voted patches (each once, its attention logit raised by log of its
+    # vote count) instead of one row per vote: the same loss and gradients, a shorter prefix (docs/lightvla_pruning.md).
+    token_prune_dedup_training: bool = True
     # Score with mean-centred patches: prevents the collapse to a few patches (docs/lightvla_pruning.md). False is
     # the original LightVLA scoring.
     token_prune_center_patches: bool = True

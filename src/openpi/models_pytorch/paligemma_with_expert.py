@@ -78,6 +78,7 @@ class PaliGemmaWithExpertModel(nn.Module):
         positions: torch.Tensor,
         adarms_cond: list[torch.Tensor | None],
         past_key_values: KVCache | None = None,
+        key_bias: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor | None], KVCache]:
         """Runs all layers over ``[prefix, suffix]`` streams (either may be None).
 
@@ -87,12 +88,17 @@ class PaliGemmaWithExpertModel(nn.Module):
             positions: rotary positions ``[B, Lq]`` of the queried tokens.
             adarms_cond: per-stream conditioning for adaptive norms (None for plain norms).
             past_key_values: keys/values of earlier tokens (the prefix cache) that the queries may attend to.
+            key_bias: float ``[B, Lk]`` added to every attention logit into each key: ``log(k)`` makes a key count as
+                k identical keys (the deduplicated pruned prefix in training); None adds nothing.
 
         Returns:
             The final-normed output of each given stream, and the keys/values of this call (cache included).
         """
         reference = next(s for s in streams if s is not None)
-        bias = torch.zeros(attention_mask.shape, dtype=reference.dtype, device=reference.device)
+        if key_bias is None:
+            bias = torch.zeros(attention_mask.shape, dtype=reference.dtype, device=reference.device)
+        else:
+            bias = key_bias.to(reference.dtype)[:, None, :].expand(attention_mask.shape)
         bias = bias.masked_fill(~attention_mask, _MASKED_LOGIT)[:, None]  # [B, 1, Lq, Lk], broadcast over heads
         rope = rotary_cos_sin(positions, self._language_model.config.head_dim)
         experts = (self._language_model, self.gemma_expert.model)

@@ -24,13 +24,25 @@ from openpi.models_pytorch.weights import keeps_float32
 _T = TypeVar("_T")
 
 
+class EmbeddedPrefix(NamedTuple):
+    """The prefix tokens as the transformer takes them."""
+
+    embs: torch.Tensor  # [B, L, W]
+    pad_masks: torch.Tensor  # [B, L] bool
+    block_starts: torch.Tensor  # [B, L], all zero: the prefix is one bidirectional block
+    positions: torch.Tensor  # [B, L] long, rotary positions in the unpruned prefix
+    key_bias: torch.Tensor | None = None  # [B, L] float: log of how many identical tokens each one stands for
+
+
 class PrefixCache(NamedTuple):
-    """The prefix as the denoising steps see it: per-layer keys/values, validity, positions, and the robot state."""
+    """The prefix as the denoising steps see it: per-layer keys/values, validity, positions, the robot state, and
+    the prefix's attention-logit bias (None: no bias)."""
 
     kv_cache: KVCache
     pad_masks: torch.Tensor
     positions: torch.Tensor
     state: torch.Tensor
+    key_bias: torch.Tensor | None = None
 
     @property
     def num_bytes(self) -> int:
@@ -102,6 +114,7 @@ class PI0Pytorch(nn.Module):
                 center_patches=config.token_prune_center_patches,
                 noisy_softmax=config.token_prune_noisy_softmax,
                 kept_multiple=config.token_prune_kept_multiple,
+                dedup_training=config.token_prune_dedup_training,
             )
             if config.token_pruning_enabled
             else None
@@ -172,16 +185,13 @@ class PI0Pytorch(nn.Module):
         lang_masks: torch.Tensor,
         state: torch.Tensor | None = None,
         noisy_actions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> EmbeddedPrefix:
         """Embeds the prefix (all cameras' patches, pruned if enabled, then the prompt).
 
         ``state [B, A]`` and ``noisy_actions [B, H, A]`` reach only the pruner's task context, and only with
-        ``token_prune_state_token`` / ``token_prune_action_context``.
-
-        Returns:
-            ``embs [B, L, W]``, ``pad_masks [B, L]``, ``block_starts [B, L]`` (all zero: the prefix is one
-            bidirectional block) and rotary ``positions [B, L]``. Positions are those of the unpruned prefix
-            (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens.
+        ``token_prune_state_token`` / ``token_prune_action_context``. Positions are those of the unpruned prefix
+        (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens. The
+        key bias is set when the pruner merged duplicate votes (training with ``token_prune_dedup_training``).
         """
         pwe = self.paligemma_with_expert
         image_embs = [pwe.embed_image(image) for image in images]  # C x [B, P, W], P patches per camera
@@ -194,15 +204,19 @@ class PI0Pytorch(nn.Module):
 
         positions = torch.cumsum(torch.cat([patch_mask, lang_masks], dim=1).long(), dim=1) - 1  # [B, N + T]
         patch_positions, lang_positions = positions[:, : patches.shape[1]], positions[:, patches.shape[1] :]
+        key_bias = None
         if self.token_pruner is not None:
             task, task_mask = self._pruner_task_context(lang_embs, lang_masks, state, noisy_actions)
             pruned = self.token_pruner(patches, task, task_mask, patch_mask, patch_positions)
             patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions  # [B, K, W], [B, K]
+            if pruned.counts is not None:
+                patch_bias = pruned.counts.clamp(min=1).float().log()  # [B, K]
+                key_bias = F.pad(patch_bias, (0, lang_embs.shape[1]))  # [B, K + T], the prompt unbiased
 
         embs = torch.cat([patches.to(lang_embs.dtype), lang_embs], dim=1)  # [B, K + T, W]
         pad_masks = torch.cat([patch_mask, lang_masks], dim=1)
-        block_starts = torch.zeros_like(pad_masks)
-        return embs, pad_masks, block_starts, torch.cat([patch_positions, lang_positions], dim=1)
+        positions = torch.cat([patch_positions, lang_positions], dim=1)
+        return EmbeddedPrefix(embs, pad_masks, torch.zeros_like(pad_masks), positions, key_bias)
 
     def _pruner_task_context(
         self,
@@ -276,13 +290,20 @@ class PI0Pytorch(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1.0 - t) * actions
 
-        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(
-            images, img_masks, tokens, token_masks, state, x_t
-        )
+        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, state, x_t)
+        self._record_prefix_length(prefix.embs.shape[1])
         suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
-        mask = make_attention_mask(torch.cat([prefix_pad, suffix_pad], 1), torch.cat([prefix_starts, suffix_starts], 1))
-        positions = torch.cat([prefix_pos, _suffix_positions(prefix_pos, prefix_pad, suffix_pad)], dim=1)
-        (_, suffix_out), _ = self.paligemma_with_expert([prefix_embs, suffix_embs], mask, positions, [None, cond])
+        mask = make_attention_mask(
+            torch.cat([prefix.pad_masks, suffix_pad], 1), torch.cat([prefix.block_starts, suffix_starts], 1)
+        )
+        suffix_pos = _suffix_positions(prefix.positions, prefix.pad_masks, suffix_pad)
+        (_, suffix_out), _ = self.paligemma_with_expert(
+            [prefix.embs, suffix_embs],
+            mask,
+            torch.cat([prefix.positions, suffix_pos], dim=1),
+            [None, cond],
+            key_bias=_append_unbiased_keys(prefix.key_bias, suffix_embs.shape[1]),
+        )
         v_t = self.action_out_proj(suffix_out[:, -self.config.action_horizon :].to(self.action_out_proj.weight.dtype))
         return F.mse_loss(v_t.float(), noise - actions, reduction="none")
 
@@ -327,12 +348,12 @@ class PI0Pytorch(nn.Module):
             noise = self.sample_noise(
                 (state.shape[0], self.config.action_horizon, self.config.action_dim), state.device
             )
-        prefix_embs, prefix_pad, prefix_starts, prefix_pos = self.embed_prefix(
-            images, img_masks, tokens, token_masks, state, noise
+        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, state, noise)
+        prefix_mask = make_attention_mask(prefix.pad_masks, prefix.block_starts)
+        _, kv_cache = self.paligemma_with_expert(
+            [prefix.embs, None], prefix_mask, prefix.positions, [None, None], key_bias=prefix.key_bias
         )
-        prefix_mask = make_attention_mask(prefix_pad, prefix_starts)
-        _, kv_cache = self.paligemma_with_expert([prefix_embs, None], prefix_mask, prefix_pos, [None, None])
-        return PrefixCache(kv_cache, prefix_pad, prefix_pos, state)
+        return PrefixCache(kv_cache, prefix.pad_masks, prefix.positions, state, prefix.key_bias)
 
     def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """The predicted flow ``v_t [B, H, action_dim]`` at ``x_t [B, H, action_dim]`` and ``time [B]``, attending
@@ -342,8 +363,16 @@ class PI0Pytorch(nn.Module):
         prefix_visible = prefix.pad_masks[:, None, :].expand(-1, suffix_embs.shape[1], -1)  # [B, S, L]
         mask = torch.cat([prefix_visible, suffix_mask], dim=2)  # [B, S, L + S]
         positions = _suffix_positions(prefix.positions, prefix.pad_masks, suffix_pad)
-        (_, out), _ = self.paligemma_with_expert([None, suffix_embs], mask, positions, [None, cond], prefix.kv_cache)
+        key_bias = _append_unbiased_keys(prefix.key_bias, suffix_embs.shape[1])
+        (_, out), _ = self.paligemma_with_expert(
+            [None, suffix_embs], mask, positions, [None, cond], prefix.kv_cache, key_bias=key_bias
+        )
         return self.action_out_proj(out[:, -self.config.action_horizon :].to(self.action_out_proj.weight.dtype)).float()
+
+    def _record_prefix_length(self, length: int) -> None:
+        """Adds the prefix length the transformer runs to the telemetry (``prune/train_prefix_tokens_mean``)."""
+        if self.token_pruner is not None and self.token_pruner.last_stats is not None:
+            self.token_pruner.last_stats["train_prefix_tokens_mean"] = float(length)
 
     # ------------------------------------------------------------------------------------------------ inputs
     def _unpack(self, observation: Observation):
@@ -375,6 +404,11 @@ def trim_prompt_padding(
     # Rounded before it becomes a Python int, so a compiled model is specialised on the multiple, not the length.
     keep = int(((last_valid + multiple - 1) // multiple * multiple).clamp(min=multiple, max=masks.shape[1]))
     return tokens[:, :keep], masks[:, :keep]
+
+
+def _append_unbiased_keys(key_bias: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """``[B, L]`` key bias -> ``[B, L + length]``, the appended keys unbiased (None stays None)."""
+    return None if key_bias is None else F.pad(key_bias, (0, length))
 
 
 def _suffix_positions(prefix_pos: torch.Tensor, prefix_pad: torch.Tensor, suffix_pad: torch.Tensor) -> torch.Tensor:

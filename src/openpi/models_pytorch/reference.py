@@ -117,7 +117,8 @@ def compare(model: PI0Pytorch, fixture: ReferenceFixture) -> dict[str, float]:
     images = list(obs.images.values())
     masks = [obs.image_masks[name] for name in obs.images]
     with torch.no_grad():
-        embs, pad, _, _ = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
+        prefix = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
+        embs, pad = prefix.embs, prefix.pad_masks
         loss = model.forward(obs, io["input.actions"], noise=io["input.noise"], time=io["input.time"])
         actions = model.sample_actions(obs, noise=io["input.sample_noise"], num_steps=fixture.num_flow_steps)
     ref_pad = io["output.prefix_pad_mask"].bool()

@@ -43,12 +43,15 @@ class PrunedPatches(NamedTuple):
         mask: ``[B, K]`` bool, False for padding and for rows that came from invalid patches.
         positions: ``[B, K]`` long, the unpruned-prefix positions of the selected patches.
         kept_indices: ``[B, K]`` long, index into the N input patches (arbitrary where ``mask`` is False).
+        counts: ``[B, K]`` long, how many rows each token stands for (train with ``dedup_training``: the rows that
+            voted for the same patch, merged into one; 0 for padding), or None when every token is one row.
     """
 
     tokens: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
     kept_indices: torch.Tensor
+    counts: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +154,12 @@ class ImageTokenPruner(nn.Module):
     LightVLA's released code; False (the default) uses the noise-free scores. The forward value is the same either
     way; only the gradient into the scores differs.
 
+    ``dedup_training``: in train mode, return each voted patch once instead of once per voting row (K = the number
+    of distinct votes U, padded to the batch's largest, bucketed like the eval count), as the mean of its rows, with
+    ``counts``. The rows it merges are the same token at the same position, so a transformer that adds ``log(count)``
+    to the attention logit of each such key computes exactly what it would on the N rows, on U tokens; the mean
+    gives every row its share of the token's gradient, so the straight-through gradient is unchanged.
+
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
@@ -176,9 +185,11 @@ class ImageTokenPruner(nn.Module):
         center_patches: bool = False,
         noisy_softmax: bool = False,
         kept_multiple: int | None = None,
+        dedup_training: bool = False,
     ):
         super().__init__()
         self.center_patches = center_patches
+        self.dedup_training = dedup_training
         self.kept_multiple = kept_multiple
         self.noisy_softmax = noisy_softmax
         self.random_keep = False
@@ -278,9 +289,30 @@ class ImageTokenPruner(nn.Module):
         soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1)
         hard = torch.zeros_like(soft).scatter_(-1, choice[..., None], 1.0)
         weights = hard + soft - soft.detach()
-        tokens = weights.to(patches.dtype) @ patches
-        mask = patch_mask & patch_mask.gather(1, choice)
-        return PrunedPatches(tokens, mask, positions.gather(1, choice), choice), choice
+        tokens = weights.to(patches.dtype) @ patches  # [B, N, D], row i = patches[choice_i] in value
+        row_valid = patch_mask & patch_mask.gather(1, choice)
+        if self.dedup_training:
+            return self._merge_duplicate_rows(tokens, row_valid, choice, positions), choice
+        return PrunedPatches(tokens, row_valid, positions.gather(1, choice), choice), choice
+
+    def _merge_duplicate_rows(
+        self, tokens: torch.Tensor, row_valid: torch.Tensor, choice: torch.Tensor, positions: torch.Tensor
+    ) -> PrunedPatches:
+        """One token per voted patch: the mean of the valid rows that voted for it, at its position, with their
+        count. Voted patches keep their original order; samples are padded to the batch's largest (bucketed) U."""
+        batch, num_patches, dim = tokens.shape
+        votes = _count_votes(choice, row_valid)  # [B, N]
+        voted = votes > 0
+        num_voted = voted.sum(dim=1)  # [B]
+        width = self._bucketed(num_voted.max(), num_patches) if batch else 0  # U
+        unique = torch.sort((~voted).int(), dim=1, stable=True).indices[:, :width]  # [B, U] voted patches first
+        mask = torch.arange(width, device=tokens.device)[None, :] < num_voted[:, None]  # [B, U]
+        slot = torch.cumsum(voted.long(), dim=1) - 1  # [B, N] each voted patch's place among the voted ones
+        row_slot = slot.gather(1, choice).masked_fill(~row_valid, width)  # [B, N], invalid rows to a spare slot
+        summed = tokens.new_zeros(batch, width + 1, dim).scatter_add(1, row_slot[..., None].expand(-1, -1, dim), tokens)
+        counts = votes.gather(1, unique) * mask  # [B, U]
+        merged = summed[:, :width] / counts.clamp(min=1)[..., None].to(tokens.dtype)  # [B, U, D]
+        return PrunedPatches(merged, mask, positions.gather(1, unique), unique, counts)
 
     def _select_eval(
         self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
