@@ -11,6 +11,7 @@ import torch
 
 from openpi.models import tokenizer
 from openpi.policies import policy_config
+from openpi.serving import msgpack_numpy
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from tests.test_policy import PROMPTS, SAMPLE_KWARGS, libero_observation, make_train_config, write_checkpoint
 from tests.test_serving_server import EchoPolicy, _connect, _request, _state
@@ -37,14 +38,21 @@ class BatchingEchoPolicy(EchoPolicy):
 
 
 def _concurrent_requests(port: int, observations: list[dict], release: threading.Event) -> list[dict | str]:
-    """Sends each observation from its own client at once; releases the model once they are all queued."""
+    """Sends each observation from its own client at once; releases the model once every client has sent (and the
+    server has had a moment to read them), so that they queue behind the blocked first call even on a loaded machine."""
+    sent = threading.Semaphore(0)
     with concurrent.futures.ThreadPoolExecutor(len(observations)) as pool:
 
         def client(obs: dict) -> dict | str:
             with _connect(port) as (conn, _):
-                return _request(conn, obs)
+                conn.send(msgpack_numpy.packb(obs))
+                sent.release()
+                reply = conn.recv(timeout=30)
+                return reply if isinstance(reply, str) else msgpack_numpy.unpackb(reply)
 
         futures = [pool.submit(client, obs) for obs in observations]
+        for _ in observations:
+            assert sent.acquire(timeout=30), "a client could not send"
         time.sleep(0.5)
         release.set()
         return [f.result(timeout=30) for f in futures]
