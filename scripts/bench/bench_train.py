@@ -1,13 +1,17 @@
-"""Training throughput of the PyTorch trainer's step, with and without LightVLA pruning.
+"""Training throughput of the PyTorch trainer's step: unpruned, pruned, prompt trimming and deduplicated pruning.
 
     uv run scripts/bench/bench_train.py                                  # tiny + mid-size on CPU
     uv run scripts/bench/bench_train.py --device cuda --dtype bfloat16 --batch-size 32
 
 One step is exactly the trainer's (``trainer.train_step``): image augmentation, forward, backward, gradient clipping
-and AdamW, with the pruner's noise schedule (and no telemetry, as on non-log steps). Batches are synthetic (3 cameras
-at 224x224, a full prompt), made once and reused, so data loading is not part of the measurement. Every (size,
-pruning) case runs in a fresh child process, so its peak memory is its own: on CPU the peak resident set size above
-the process's size before the model was built, on CUDA ``torch.cuda.max_memory_allocated``. Results are appended as a
+and AdamW. Batches are synthetic (3 cameras at 224x224, a π0.5 prompt padded to 200 tokens of which 20 are valid, as
+the pipeline pads LIBERO prompts), made once and reused, so data loading is not part of the measurement. The pruner's
+noise is fixed at ``--noise-scale`` (the schedule's value halfway through training by default) and telemetry is off,
+as on non-log steps. Cases: unpruned and pruned, each with the prompt's padding run through the model or trimmed
+(``prompt_trim_multiple``), and pruned with the full-length prefix or the deduplicated one
+(``token_prune_dedup_training``). "prefix" is the length the transformer runs (patch rows + prompt columns).
+Every case runs in a fresh child process, so its peak memory is its own: on CPU the peak resident set size above the
+process's size before the model was built, on CUDA ``torch.cuda.max_memory_allocated``. Results are appended as a
 Markdown table to ``--output`` together with the command line.
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 import tyro
 
-from openpi.models.observation import IMAGE_KEYS, Observation
+from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import config as _config
@@ -57,7 +61,9 @@ class Args:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 4
-    prompt_tokens: int = 48
+    prompt_tokens: int = 200
+    valid_prompt_tokens: int = 20
+    noise_scale: float = 0.5
     # Untimed steps before measuring (first-step overheads: allocator warm-up, lazy imports).
     warmup_steps: int = 2
     steps: int = 5
@@ -65,25 +71,41 @@ class Args:
 
 
 @dataclasses.dataclass(frozen=True)
+class Case:
+    pruning: bool
+    trim: bool
+    dedup: bool
+
+    @property
+    def label(self) -> str:
+        if not self.pruning:
+            return f"| off | {'on' if self.trim else 'off'} | – "
+        return f"| on | {'on' if self.trim else 'off'} | {'on' if self.dedup else 'off'} "
+
+
+CASES = (
+    Case(pruning=False, trim=False, dedup=False),
+    Case(pruning=False, trim=True, dedup=False),
+    Case(pruning=True, trim=False, dedup=False),
+    Case(pruning=True, trim=True, dedup=False),
+    Case(pruning=True, trim=True, dedup=True),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class CaseResult:
     size: str
-    pruning: bool
+    case: Case
     step_s: float
     samples_per_s: float
     peak_mib: float
+    prefix_tokens: float
 
 
 def _batch(config: Pi0Config, args: Args) -> tuple[Observation, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    b = args.batch_size
-    observation = Observation(
-        images={name: torch.rand(b, 3, 224, 224, generator=gen) * 2 - 1 for name in IMAGE_KEYS},
-        image_masks={name: torch.ones(b, dtype=torch.bool) for name in IMAGE_KEYS},
-        state=torch.rand(b, config.action_dim, generator=gen) * 2 - 1,
-        tokenized_prompt=torch.randint(0, config.vocab_size, (b, args.prompt_tokens), generator=gen),
-        tokenized_prompt_mask=torch.ones(b, args.prompt_tokens, dtype=torch.bool),
-    )
-    actions = torch.rand(b, config.action_horizon, config.action_dim, generator=gen) * 2 - 1
+    observation = random_observation(config, args.batch_size, valid_prompt_tokens=args.valid_prompt_tokens)
+    gen = torch.Generator().manual_seed(1)
+    actions = torch.rand(args.batch_size, config.action_horizon, config.action_dim, generator=gen) * 2 - 1
     return observation.to(args.device), actions.to(args.device)
 
 
@@ -93,23 +115,31 @@ def _current_rss_mib() -> float:
     return pages * resource.getpagesize() / MIB
 
 
-def run_case(size: str, pruning: bool, args: Args) -> CaseResult:
+def run_case(size: str, case: Case, args: Args) -> CaseResult:
     """Times ``args.steps`` training steps of one case (run in a fresh process)."""
     device = torch.device(args.device)
     model_config = dataclasses.replace(
-        SIZES[size], dtype=args.dtype, max_token_len=args.prompt_tokens, token_pruning_enabled=pruning
+        SIZES[size],
+        dtype=args.dtype,
+        max_token_len=args.prompt_tokens,
+        prompt_trim_multiple=16 if case.trim else None,
+        token_pruning_enabled=case.pruning,
+        token_prune_dedup_training=case.dedup,
     )
-    total_steps = args.warmup_steps + args.steps
-    train_config = _config.TrainConfig(name="bench", model=model_config, num_train_steps=total_steps)
+    train_config = _config.TrainConfig(name="bench", model=model_config)
     rss_before = _current_rss_mib()
     torch.manual_seed(0)
     model = PI0Pytorch(model_config).to(device).train()
+    if case.pruning:
+        model.set_token_pruner_noise_scale(args.noise_scale)
+    prefix_lengths: list[int] = []
+    transformer = model.paligemma_with_expert
+    transformer.register_forward_pre_hook(lambda _, inputs: prefix_lengths.append(inputs[0][0].shape[1]))
     optimizer = train_config.optimizer.build(model.parameters(), lr=1e-5)
     observation, actions = _batch(model_config, args)
     image_size = model_config.vision_config.image_size
     times = []
-    for step in range(total_steps):
-        trainer.configure_pruner(model, train_config, step, collect_stats=False)
+    for step in range(args.warmup_steps + args.steps):
         _synchronize(device)
         start = time.perf_counter()
         trainer.train_step(
@@ -130,7 +160,7 @@ def run_case(size: str, pruning: bool, args: Args) -> CaseResult:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before  # ru_maxrss is in KiB
     step_s = statistics.median(times)
-    return CaseResult(size, pruning, step_s, args.batch_size / step_s, peak)
+    return CaseResult(size, case, step_s, args.batch_size / step_s, peak, statistics.mean(prefix_lengths))
 
 
 def _synchronize(device: torch.device) -> None:
@@ -147,27 +177,30 @@ def main(args: Args) -> None:
     memory_label = "peak CUDA alloc (MiB)" if on_cuda else "peak RSS increase (MiB)"
     header = [
         f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch {args.batch_size}, 3 cameras at 224x224, "
-        f"{args.prompt_tokens} prompt tokens, median of {args.steps} steps after {args.warmup_steps} warm-up",
+        f"{args.prompt_tokens}-token prompt ({args.valid_prompt_tokens} valid), pruner noise {args.noise_scale}, "
+        f"median of {args.steps} steps after {args.warmup_steps} warm-up",
         "",
         "```",
         "uv run scripts/bench/bench_train.py " + " ".join(sys.argv[1:]),
         "```",
         "",
-        f"| size | pruning | step (s) | samples/s | throughput ratio | {memory_label} | memory ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| size | pruning | prompt trim | dedup | prefix tokens | step (s) | samples/s | vs unpruned untrimmed "
+        f"| vs unpruned trimmed | {memory_label} | memory vs unpruned untrimmed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     context = multiprocessing.get_context("spawn")
     for size in args.sizes:
         results = []
-        for pruning in (False, True):
+        for case in CASES:
             with context.Pool(1) as pool:
-                results.append(pool.apply(run_case, (size, pruning, args)))
-        base = results[0]
+                results.append(pool.apply(run_case, (size, case, args)))
+        base, trimmed = results[0], results[1]
         for r in results:
             rows.append(
-                f"| {size} | {'on' if r.pruning else 'off'} | {r.step_s:.3f} | {r.samples_per_s:.2f} | "
-                f"{r.samples_per_s / base.samples_per_s:.3f} | {r.peak_mib:.0f} | {r.peak_mib / base.peak_mib:.3f} |"
+                f"| {size} {r.case.label}| {r.prefix_tokens:.0f} | {r.step_s:.3f} | {r.samples_per_s:.2f} "
+                f"| {r.samples_per_s / base.samples_per_s:.2f}x | {r.samples_per_s / trimmed.samples_per_s:.2f}x "
+                f"| {r.peak_mib:.0f} | {r.peak_mib / base.peak_mib:.2f} |"
             )
             print(rows[-1], flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
