@@ -155,3 +155,20 @@ def _error(value: torch.Tensor, expected: torch.Tensor, floor: float = 1e-6) -> 
     """Norm-wise relative error; ``floor`` bounds the denominator for tensors that are (near) zero."""
     difference = torch.linalg.vector_norm((value - expected).double())
     return float(difference / torch.linalg.vector_norm(expected.double()).clamp(min=floor))
+
+
+def test_merged_patches_are_the_voted_patches_padded_to_the_bucket():
+    pruner = token_pruner.ImageTokenPruner(noise_scale=0.5, kept_multiple=16, dedup_training=True).train()
+    gen = torch.Generator().manual_seed(0)
+    patches, task = torch.randn(2, 40, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    patch_mask = torch.ones(2, 40, dtype=torch.bool)
+    patch_mask[1, 20:] = False  # an absent camera
+    positions = torch.arange(40).expand(2, -1)
+    out = pruner(patches, task, torch.ones(2, 3, dtype=torch.bool), patch_mask, positions)
+    assert out.tokens.shape[1] % 16 == 0
+    for b in range(2):
+        kept = out.kept_indices[b][out.mask[b]]
+        assert kept.unique().numel() == kept.numel() and bool(patch_mask[b, kept].all())
+        torch.testing.assert_close(out.tokens[b][out.mask[b]], patches[b, kept])
+        assert out.positions[b][out.mask[b]].tolist() == kept.tolist()
+    assert out.counts.sum(dim=1).tolist() == [40, 20] and int(out.counts[~out.mask].abs().sum()) == 0

@@ -200,6 +200,7 @@ def test_observation_from_dict_accepts_uint8_channels_last():
 
 
 def test_trimming_prompt_padding_changes_nothing_but_the_length():
+    """Actions, training loss and every gradient are those of the untrimmed prompt."""
     config = dataclasses.replace(TINY, max_token_len=48)
     trimmed = randomized(PI0Pytorch(config)).eval()
     full = PI0Pytorch(dataclasses.replace(config, prompt_trim_multiple=None)).eval()
@@ -212,6 +213,13 @@ def test_trimming_prompt_padding_changes_nothing_but_the_length():
     torch.testing.assert_close(
         trimmed.sample_actions(obs, noise=noise), full.sample_actions(obs, noise=noise), rtol=1e-5, atol=1e-5
     )
-    torch.testing.assert_close(
-        trimmed.train()(obs, actions, noise, time), full.train()(obs, actions, noise, time), rtol=1e-5, atol=1e-6
-    )
+    losses = [model.train()(obs, actions, noise, time) for model in (trimmed, full)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for loss in losses:
+        loss.sum().backward()
+    for (name, trimmed_param), full_param in zip(trimmed.named_parameters(), full.parameters(), strict=True):
+        if full_param.grad is None:
+            assert trimmed_param.grad is None, name
+            continue
+        difference = torch.linalg.vector_norm(trimmed_param.grad - full_param.grad)
+        assert difference <= 1e-5 * torch.linalg.vector_norm(full_param.grad).clamp(min=1e-3), name
