@@ -88,9 +88,13 @@ class Args:
     """Denoising steps per action chunk; None keeps the model's default."""
     compile_mode: str | None = None
     """torch.compile mode for sample_actions (e.g. default, max-autotune); a pruned model then pads its kept patch
-    count to multiples of 16 (exact), so it compiles once per bucket, not per observation."""
+    count to multiples of 16 and each batch to a power of two (both exact, see --batch-buckets), so it compiles once
+    per bucket, not per observation."""
     max_batch: int = 16
     """Requests that queue while the model is busy are answered by one batched call of at most this many (1: off)."""
+    batch_buckets: tuple[int, ...] | None = None
+    """Batch sizes the model runs at (a batch is padded up to the next one); default: the powers of two up to
+    --max-batch with --compile-mode, else none (eager runs every size as it comes)."""
     batch_window_ms: float = 0.0
     """Wait this long for more requests before running a batch (0: batch only what already waits)."""
     pytorch_device: str | None = None
@@ -125,12 +129,25 @@ def create_policy(args: Args) -> Policy:
         sample_kwargs=sample_kwargs,
         pytorch_device=args.pytorch_device,
         raw_weights=checkpoint.raw_weights,
+        batch_buckets=batch_buckets(args),
     )
     if args.token_prune_keep_ratio is not None:
         policy.model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
     if args.token_prune_keep_tokens is not None:
         policy.model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
     return policy
+
+
+def batch_buckets(args: Args) -> tuple[int, ...] | None:
+    """The batch sizes the model runs at: the flag's, else the powers of two up to --max-batch when compiling."""
+    if args.batch_buckets is not None:
+        if args.batch_buckets[-1] < args.max_batch:
+            raise ValueError(f"--batch-buckets {args.batch_buckets} must reach --max-batch {args.max_batch}")
+        return args.batch_buckets
+    if args.compile_mode is None:
+        return None
+    powers = [2**i for i in range(args.max_batch.bit_length()) if 2**i < args.max_batch]
+    return (*powers, args.max_batch)
 
 
 def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _config.TrainConfig:
@@ -156,6 +173,7 @@ def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
         "compile_mode": model_config.pytorch_compile_mode,
         "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
         "max_batch": args.max_batch,
+        "batch_buckets": policy.batch_buckets,
         "batch_window_ms": args.batch_window_ms,
     }
 

@@ -75,3 +75,16 @@ def test_serving_with_a_compile_mode_buckets_the_kept_count():
     assert serve_policy.with_compile(config, None) is config
     compiled = serve_policy.with_compile(config, "max-autotune").model
     assert compiled.pytorch_compile_mode == "max-autotune" and compiled.token_prune_kept_multiple == 16
+
+
+def test_serving_with_a_compile_mode_buckets_the_batch():
+    from tests.script_loader import load_script
+
+    serve_policy = load_script("scripts/serve_policy.py")
+    buckets = serve_policy.batch_buckets
+    assert buckets(serve_policy.Args()) is None
+    assert buckets(serve_policy.Args(compile_mode="default")) == (1, 2, 4, 8, 16)
+    assert buckets(serve_policy.Args(compile_mode="default", max_batch=6)) == (1, 2, 4, 6)
+    assert buckets(serve_policy.Args(batch_buckets=(2, 16))) == (2, 16)
+    with pytest.raises(ValueError, match="must reach --max-batch 16"):
+        buckets(serve_policy.Args(batch_buckets=(1, 8)))

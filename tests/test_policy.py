@@ -162,3 +162,32 @@ def test_a_request_can_ask_a_pruning_policy_for_its_kept_patches(tmp_path, token
 def test_warmup_runs_the_model_at_each_batch_size(policy):
     policy.warmup(batch_sizes=(1, 2))
     assert policy.model.last_timing_ms["prefix_ms"] > 0
+
+
+def test_batch_buckets_pad_a_call_without_changing_any_reply(tmp_path, tokenizer_path, monkeypatch):
+    config = make_train_config(tokenizer_path, "debug_pi05_lightvla")
+    checkpoint = write_checkpoint(tmp_path, config)
+    plain, bucketed = (
+        policy_config.create_trained_policy(
+            config, checkpoint, sample_kwargs=SAMPLE_KWARGS, pytorch_device="cpu", batch_buckets=buckets
+        )
+        for buckets in (None, (1, 4))
+    )
+    run_sizes = []
+    sample = bucketed.model.sample_actions
+    monkeypatch.setattr(
+        bucketed.model, "sample_actions", lambda obs, **kw: run_sizes.append(len(obs.state)) or sample(obs, **kw)
+    )
+    observations = [{**libero_observation(i, prompt=PROMPTS[i]), "return_kept_patches": True} for i in range(3)]
+    noise = np.stack([_noise(config, i) for i in range(3)])
+    expected, actual = plain.infer_many(observations, noise=noise), bucketed.infer_many(observations, noise=noise)
+    assert run_sizes == [4] and len(actual) == 3
+    for want, got in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(got["actions"], want["actions"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["kept_patch_mask"], want["kept_patch_mask"])
+    bucketed.warmup()
+    assert run_sizes == [4, 1, 4]
+    with pytest.raises(ValueError, match="largest batch bucket 4"):
+        bucketed.infer_many([libero_observation(0)] * 5)
+    with pytest.raises(ValueError, match="ascending"):
+        policy_config.create_trained_policy(config, checkpoint, pytorch_device="cpu", batch_buckets=(4, 2))

@@ -36,6 +36,7 @@ class Policy:
         sample_kwargs: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         pytorch_device: str | torch.device = "cpu",
+        batch_buckets: Sequence[int] | None = None,
     ) -> None:
         """Args:
         model: the π0 model; it is moved to ``pytorch_device`` and put in eval mode (with pruning telemetry on).
@@ -45,7 +46,15 @@ class Policy:
         sample_kwargs: extra arguments of ``model.sample_actions`` (e.g. ``num_steps``).
         metadata: sent to clients by the server.
         pytorch_device: where the model runs.
+        batch_buckets: batch sizes the model runs at (ascending); a call with B observations is padded to the
+            smallest bucket >= B with copies of its last observation, whose results are dropped (exact: samples do not
+            interact), so that a compiled model meets these batch sizes only. None runs every B as it comes.
         """
+        if batch_buckets is not None and (not batch_buckets or list(batch_buckets) != sorted(set(batch_buckets))):
+            raise ValueError(f"batch_buckets must be distinct ascending sizes, got {batch_buckets!r}")
+        if batch_buckets is not None and batch_buckets[0] < 1:
+            raise ValueError(f"batch_buckets must be >= 1, got {batch_buckets!r}")
+        self.batch_buckets = None if batch_buckets is None else tuple(batch_buckets)
         self._device = torch.device(pytorch_device)
         self._model = model.to(self._device).eval()
         if model.token_pruning_enabled:
@@ -82,10 +91,11 @@ class Policy:
         outputs, extras = self._run([obs], None if noise is None else np.asarray(noise)[None])
         return {**_sample(outputs, 0), **extras}
 
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Runs the model once per batch size on a random model-ready observation (first-call allocations, kernel
-        selection, compilation), so that the first real request does not pay for them."""
-        for batch_size in batch_sizes:
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """Runs the model once per batch size (default: every batch bucket, or 1) on a random model-ready observation
+        (first-call allocations, kernel selection, compilation), so that the first real request does not pay for
+        them."""
+        for batch_size in batch_sizes or self.batch_buckets or (1,):
             observation = random_observation(self._model.config, batch_size).to(self._device)
             self._model.sample_actions(observation)
 
@@ -110,14 +120,21 @@ class Policy:
         validated = [observation_contract.validated_copy(obs) for obs in observations]
         kept_requested = [bool(obs.pop(KEPT_PATCHES_REQUEST_KEY, False)) for obs in validated]
         model_inputs = _transforms.stack_samples([to_model(obs) for obs in validated])
+        batch_size = len(observations)
+        padded_size = self._bucket(batch_size)
         observation = preprocess_observation(
-            Observation.from_dict(model_inputs), train=False, image_resolution=self._image_resolution
+            Observation.from_dict(_pad_batch(model_inputs, padded_size)),
+            train=False,
+            image_resolution=self._image_resolution,
         ).to(self._device)
-        noise_tensor = None if noise is None else torch.as_tensor(np.asarray(noise), dtype=torch.float32)
+        if noise is None and padded_size > batch_size:  # draw the real samples' noise as an unpadded call would
+            config = self._model.config
+            noise = self._model.sample_noise((batch_size, config.action_horizon, config.action_dim), "cpu").numpy()
+        noise_tensor = None if noise is None else torch.as_tensor(_pad_batch(np.asarray(noise), padded_size))
 
         start = time.perf_counter()
         actions = self._model.sample_actions(observation, noise=noise_tensor, **self._sample_kwargs)
-        actions = actions.float().cpu().numpy()
+        actions = actions[:batch_size].float().cpu().numpy()
         timing = {"infer_ms": (time.perf_counter() - start) * 1000.0, **self._model.last_timing_ms}
         extras: dict[str, Any] = {"policy_timing": timing}
         if self._model.token_pruning_enabled:
@@ -128,9 +145,18 @@ class Policy:
             to_robot({"state": model_inputs["state"][i], "actions": actions[i]}) for i in range(len(observations))
         ]
         if (self.return_kept_patches or any(kept_requested)) and self._model.token_pruning_enabled:
-            for output, kept in zip(outputs, self._kept_patch_masks(), strict=True):
+            for output, kept in zip(outputs, self._kept_patch_masks()[:batch_size], strict=True):
                 output["kept_patch_mask"] = kept
         return _transforms.stack_samples(outputs), extras
+
+    def _bucket(self, batch_size: int) -> int:
+        """The batch size a call with ``batch_size`` observations runs at."""
+        if self.batch_buckets is None:
+            return batch_size
+        for bucket in self.batch_buckets:
+            if bucket >= batch_size:
+                return bucket
+        raise ValueError(f"{batch_size} observations exceed the largest batch bucket {self.batch_buckets[-1]}")
 
     def _kept_patch_masks(self) -> np.ndarray:
         """``[B, N]`` bool over the pooled patches (camera-major, in the model's camera order) the pruner kept."""
@@ -138,6 +164,19 @@ class Policy:
         kept = torch.zeros(selection.votes.shape, dtype=torch.bool, device=selection.votes.device)
         kept.scatter_(1, selection.kept_indices, selection.mask)
         return kept.cpu().numpy()
+
+
+def _pad_batch(value: Any, size: int) -> Any:
+    """Pads the leading batch axis of every array or list in ``value`` (nested dicts) to ``size`` with copies of its
+    last row."""
+    if isinstance(value, Mapping):
+        return {key: _pad_batch(v, size) for key, v in value.items()}
+    missing = size - len(value)
+    if missing == 0:
+        return value
+    if isinstance(value, list):  # text
+        return value + value[-1:] * missing
+    return np.concatenate([value, np.repeat(value[-1:], missing, axis=0)])
 
 
 def _sample(value: Any, index: int) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ def create_trained_policy(
     sample_kwargs: dict[str, Any] | None = None,
     pytorch_device: str | None = None,
     raw_weights: bool = False,
+    batch_buckets: Sequence[int] | None = None,
 ) -> Policy:
     """Loads ``checkpoint_dir/model.safetensors`` (the EMA weights when training kept one) and the norm stats in
     ``checkpoint_dir/assets/<asset_id>/`` into a policy that accepts observations in the robot's format (e.g.
@@ -50,6 +52,7 @@ def create_trained_policy(
         pytorch_device: e.g. ``"cuda"``, ``"cpu"``; defaults to CUDA when available.
         raw_weights: load ``model_raw.safetensors`` (the optimised weights of a checkpoint trained with an EMA)
             instead of the moving average.
+        batch_buckets: batch sizes the model runs at (see :class:`Policy`); None runs each call's size.
     """
     checkpoint_dir = Path(checkpoint_dir)
     filename = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
@@ -82,6 +85,7 @@ def create_trained_policy(
         sample_kwargs=sample_kwargs,
         metadata=metadata,
         pytorch_device=device,
+        batch_buckets=batch_buckets,
     )
 
 
