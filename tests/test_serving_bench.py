@@ -49,8 +49,16 @@ def test_load_is_bounded():
         bench.run_load(1, num_clients=bench.MAX_CLIENTS + 1, num_requests=1)
 
 
+def test_server_settings_parse_and_unknown_ones_are_refused():
+    setting = bench.ServerSetting.parse("b16+p0.25+untrimmed+compiled")
+    assert setting == bench.ServerSetting(max_batch=16, keep_ratio=0.25, trim=False, compiled=True)
+    assert bench.ServerSetting.parse("b1") == bench.ServerSetting()
+    with pytest.raises(ValueError, match="'fast'"):
+        bench.ServerSetting.parse("b16+fast")
+
+
 def test_a_real_tiny_model_serves_concurrent_clients_in_batches(tmp_path):
-    policy = bench.model_policy("tiny", 0.25, tmp_path)
+    policy = bench.model_policy("tiny", bench.ServerSetting(max_batch=4, keep_ratio=0.25), tmp_path)
     with WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=4).running_in_background() as port:
         result = bench.run_load(port, num_clients=4, num_requests=3, check_ids=False)
     assert result.errors == () and result.completed == 12

@@ -5,13 +5,15 @@ Starts the server in a separate process around a policy, sends LIBERO-shaped obs
 model, the batch sizes the server formed, and the overhead beyond the server-reported ``infer_ms`` and ``queue_ms``:
 
     uv run scripts/bench/bench_serving.py --clients 1 8 --requests 200 --infer-ms 20      # synthetic policy
-    uv run scripts/bench/bench_serving.py --model mid --max-batch 1 16 --clients 1 4 16   # a real model, batching
+    uv run scripts/bench/bench_serving.py --model mid --servers b1 b16 b16+p0.25 --clients 1 4 16
 
 ``--model synthetic`` sleeps ``--infer-ms`` per call and answers a chunk holding the request id, so the numbers
 isolate the server and every reply is checked to be the request's own. ``--model tiny|mid`` serves a real π0.5 of
-that size (random weights) through the LIBERO pipeline (prompts padded to 200 tokens, then trimmed as the model does),
-optionally pruned (``--keep-ratio``); one server per ``--max-batch`` value, so batched and unbatched serving are
-measured in one run.
+that size (random weights) through the LIBERO pipeline (prompts padded to 200 tokens); one server per ``--servers``
+setting, so the settings are compared in one run. A setting joins with ``+``: ``bN`` batches up to N requests per
+call (``b1``: off), ``pR`` prunes to the fraction R of the image patches, ``untrimmed`` runs the prompt's padding
+through the model, ``compiled`` wraps ``sample_actions`` in ``torch.compile`` with the serving buckets (kept count
+in 16s, batch in powers of two; warmed up before the clients start).
 """
 
 from __future__ import annotations
@@ -161,6 +163,38 @@ MARKDOWN_HEADER = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerSetting:
+    """One server to measure; see the module docstring for the ``b16+p0.25+untrimmed+compiled`` spelling."""
+
+    max_batch: int = 1
+    keep_ratio: float | None = None
+    trim: bool = True
+    compiled: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> ServerSetting:
+        fields: dict = {}
+        for part in spec.split("+"):
+            if part[:1] == "b" and part[1:].isdigit():
+                fields["max_batch"] = int(part[1:])
+            elif part[:1] == "p" and _is_float(part[1:]):
+                fields["keep_ratio"] = float(part[1:])
+            elif part in ("untrimmed", "compiled"):
+                fields["trim" if part == "untrimmed" else "compiled"] = part == "compiled"
+            else:
+                raise ValueError(f"Unknown server setting {part!r} in {spec!r}: use bN, pR, untrimmed, compiled")
+        return cls(**fields)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclasses.dataclass
 class Args:
     clients: tuple[int, ...] = (1, 4, 16)
@@ -170,10 +204,8 @@ class Args:
     model: Literal["synthetic", "tiny", "mid"] = "synthetic"
     infer_ms: float = 20.0
     """Time the synthetic policy spends per call."""
-    max_batch: tuple[int, ...] = (1,)
-    """Server batching settings to compare (1: off), one server each."""
-    keep_ratio: float | None = None
-    """Serve the real model pruned to this fraction of the image tokens."""
+    servers: tuple[str, ...] = ("b1",)
+    """Server settings to compare, one server each (e.g. b1 b16 b16+p0.25 b16+untrimmed b16+compiled)."""
     threads: int = 2
     """Torch threads of the server process."""
     seed: int = 0
@@ -181,8 +213,9 @@ class Args:
     """Append the table (with the command line) to this Markdown file."""
 
 
-def model_policy(size: str, keep_ratio: float | None, workdir: Path):
-    """A real π0.5 of ``size`` (random weights, seeded) behind the LIBERO pipeline, loaded as a checkpoint is."""
+def model_policy(size: str, setting: ServerSetting, workdir: Path):
+    """A real π0.5 of ``size`` (random weights, seeded) behind the LIBERO pipeline, loaded as a checkpoint is, set
+    up as ``setting`` says (pruning, prompt trimming, compilation with the serving buckets)."""
     import torch
 
     from openpi.envs import shapes_dataset
@@ -194,39 +227,56 @@ def model_policy(size: str, keep_ratio: float | None, workdir: Path):
     from openpi.training import config as _config
 
     make = {"tiny": pi0_config.tiny_config, "mid": pi0_config.mid_config}[size]
-    pruning = {"token_pruning_enabled": True, "token_prune_keep_ratio": keep_ratio} if keep_ratio else {}
-    model = make(action_horizon=10, **pruning)
+    ratio = setting.keep_ratio
+    pruning = {"token_pruning_enabled": True, "token_prune_keep_ratio": ratio} if ratio else {}
+    model = make(action_horizon=10, prompt_trim_multiple=16 if setting.trim else None, **pruning)
     data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(shapes_dataset.ensure_tokenizer()))
     train_config = dataclasses.replace(_config.get_config("pi05_libero_pytorch"), model=model, data=data)
     torch.manual_seed(0)
     weights.save_weights(PI0Pytorch(model), workdir)
+    if setting.compiled:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import serve_policy
+
+        serve_args = serve_policy.Args(compile_mode="default", max_batch=setting.max_batch)
+        train_config = serve_policy.with_compile(train_config, serve_args.compile_mode)
+        buckets = serve_policy.batch_buckets(serve_args)
+    else:
+        buckets = None
     stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
     actions = normalize.NormStats(mean=np.zeros(7), std=np.ones(7), q01=-np.ones(7), q99=np.ones(7))
     normalize.save(workdir / "assets" / data.repo_id, {"state": stats, "actions": actions})
-    return policy_config.create_trained_policy(train_config, workdir, pytorch_device="cpu")
+    return policy_config.create_trained_policy(train_config, workdir, pytorch_device="cpu", batch_buckets=buckets)
 
 
-def _serve(args: Args, max_batch: int, port_queue: multiprocessing.Queue, stop: threading.Event) -> None:
+def _serve(args: Args, setting: ServerSetting, port_queue: multiprocessing.Queue, stop: threading.Event) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as workdir:
         if args.model == "synthetic":
-            policy = SyntheticPolicy(args.infer_ms)
+            policy, warmup = SyntheticPolicy(args.infer_ms), None
         else:
-            policy = model_policy(args.model, args.keep_ratio, Path(workdir))
-        server = WebsocketPolicyServer(policy, LOOPBACK, 0, max_batch=max_batch)
+            policy = model_policy(args.model, setting, Path(workdir))
+            warmup = policy.warmup if setting.compiled else None
+        server = WebsocketPolicyServer(policy, LOOPBACK, 0, max_batch=setting.max_batch, warmup=warmup)
         with server.running_in_background() as port:
+            while not server.ready:  # compiled: the warm-up compiles every batch bucket first
+                time.sleep(0.1)
             port_queue.put(port)
             stop.wait()
+        if setting.compiled:
+            logger.info(
+                "%s: torch.compile built %d graphs", setting, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            )
 
 
 @contextlib.contextmanager
-def server_process(args: Args, max_batch: int) -> Iterator[int]:
-    """Runs the server in a child process (its own GIL); yields its port."""
+def server_process(args: Args, setting: ServerSetting) -> Iterator[int]:
+    """Runs the server in a child process (its own GIL); yields its port once it is ready."""
     context = multiprocessing.get_context("spawn")
     port_queue, stop = context.Queue(), context.Event()
-    process = context.Process(target=_serve, args=(args, max_batch, port_queue, stop), daemon=True)
+    process = context.Process(target=_serve, args=(args, setting, port_queue, stop), daemon=True)
     process.start()
     try:
         yield port_queue.get(timeout=600)
@@ -237,14 +287,14 @@ def server_process(args: Args, max_batch: int) -> Iterator[int]:
 
 def main(args: Args) -> None:
     rows = []
-    for max_batch in args.max_batch:
-        with server_process(args, max_batch) as port:
+    for spec in args.servers:
+        with server_process(args, ServerSetting.parse(spec)) as port:
             run_load(port, 1, 2, args.seed, check_ids=False)  # warm-up
             for num_clients in args.clients:
                 result = run_load(port, num_clients, args.requests, args.seed, check_ids=args.model == "synthetic")
                 if result.errors or result.completed != result.expected:
                     raise RuntimeError(f"{num_clients} clients: lost or failed requests: {result.errors[:5]}")
-                label = f"max_batch {max_batch}"
+                label = spec
                 rows.append(markdown_row(label, num_clients, args.requests, result))
                 logger.info("%s, %d clients: %.1f req/s", label, num_clients, result.completed / result.wall_s)
     table = "\n".join([MARKDOWN_HEADER, *rows])
