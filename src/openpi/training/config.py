@@ -54,6 +54,9 @@ class TrainConfig:
     assets_base_dir: str = "./assets"
     checkpoint_base_dir: str = "./checkpoints"
     gradient_checkpointing: bool = False
+    # torch.compile the training forward with this mode (e.g. "default", "max-autotune"); a pruned model then buckets
+    # its deduplicated patch count in 16s so that the step recompiles once per bucket. None: eager.
+    pytorch_training_compile_mode: str | None = None
     # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex.
     freeze_filter: str | None = None
     # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.

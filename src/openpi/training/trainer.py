@@ -33,6 +33,8 @@ from openpi.training import checkpoints, data_loader, freezing
 from openpi.training import config as _config
 from openpi.training.ema import ExponentialMovingAverage
 
+# With a compiled training step, a pruned model pads its deduplicated patch count to a multiple of this.
+COMPILED_KEPT_MULTIPLE = 16
 logger = logging.getLogger(__name__)
 
 WANDB_ID_FILENAME = "wandb_id.txt"
@@ -137,6 +139,9 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     """
     weights_dtype = "float32" if config.pytorch_training_precision == "mixed" else config.pytorch_training_precision
     model_config = dataclasses.replace(config.model, dtype=weights_dtype)
+    if config.pytorch_training_compile_mode is not None:
+        kept_multiple = model_config.token_prune_kept_multiple or COMPILED_KEPT_MULTIPLE
+        model_config = dataclasses.replace(model_config, token_prune_kept_multiple=kept_multiple)
     model = PI0Pytorch(model_config)
     if load_pretrained and config.pytorch_weight_path is not None:
         logger.info("Loading weights from %s", config.pytorch_weight_path)
@@ -147,7 +152,19 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
         model.gradient_checkpointing_enable()
     if model_config.token_pruning_enabled:
         logger.info("Enabled LightVLA-style token pruning (hidden_size=%d)", model_config.llm_config.width)
+    if config.pytorch_training_compile_mode is not None:
+        compile_training_forward(model, mode=config.pytorch_training_compile_mode)
     return model.to(device)
+
+
+def compile_training_forward(model: PI0Pytorch, *, mode: str | None = None, backend: str = "inductor") -> None:
+    """Compiles ``model.forward`` (the training loss) with ``torch.compile``; ``sample_actions`` stays as it is.
+
+    Shapes that vary per batch are bucketed by the model (the prompt by ``prompt_trim_multiple``, the deduplicated
+    patches by ``token_prune_kept_multiple``), so the step compiles once per bucket; the Python ints that set those
+    shapes are graph breaks. Shapes are static (``dynamic=False``, as CUDA graphs need): one graph per bucket.
+    """
+    model.forward = torch.compile(model.forward, mode=mode, backend=backend, dynamic=False)
 
 
 def gpu_memory_metrics(device: torch.device) -> dict[str, float]:
