@@ -87,6 +87,8 @@ class Args:
     """Objects per scene (default: the config's 3-4); 1 asks only whether the policy can localise."""
     num_episodes: int | None = None
     """Training scenes (default: the config's)."""
+    ema_decay: float | None = None
+    """EMA of the weights (evaluated in place of the raw weights); default: the config's (none)."""
     jobs: int = 2
     """Trainings run in parallel, each with cores // jobs threads."""
     work_dir: Path = REPO / "outputs" / "pruning_closed_loop"
@@ -112,6 +114,7 @@ def train_config(arm: str, seed: int, args: Args):
         model=dataclasses.replace(config.model, **model_overrides),
         data=dataclasses.replace(config.data, **data_overrides),
         num_train_steps=steps,
+        ema_decay=args.ema_decay if args.ema_decay is not None else config.ema_decay,
         lr_schedule=dataclasses.replace(config.lr_schedule, decay_steps=steps),
         save_interval=steps,
         wandb_enabled=False,
