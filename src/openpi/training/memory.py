@@ -1,0 +1,169 @@
+"""How much memory a training step of a config needs: weights, gradients, optimizer state, EMA and activations.
+
+The model is built on the meta device (no memory, any size), exactly as the trainer builds it (precision, LoRA
+variants, freeze filter), so parameter counts and bytes are exact. Activations are measured, not modelled: one
+training forward runs on meta tensors of the requested batch and prompt length, and every tensor autograd saves for
+the backward pass is counted once (by storage; parameters excluded). With gradient checkpointing, the tensors saved
+outside the checkpointed layers are counted the same way, plus each checkpointed layer's inputs (kept for the
+recomputation) and the largest single layer's activations (live while that layer is recomputed).
+
+Assumptions, stated: AdamW keeps two states per trainable parameter in the parameter's dtype; gradients exist for
+trainable parameters only; the EMA is a float32 copy of the whole state dict; FSDP divides weights, gradients,
+optimizer state and EMA by the ranks (activations are per rank). A pruned model is measured at the full training
+length (deduplication shortens the prefix by a data-dependent amount, so this is its upper bound); ``mixed``
+precision is measured with bfloat16 activations. Temporary buffers (kernel workspaces, the optimizer step's
+intermediates, allocator fragmentation) are not included: compare with measured peaks
+(``scripts/bench/results/memory.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from openpi.models.observation import IMAGE_KEYS, random_observation
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.siglip import SiglipEncoderLayer
+from openpi.training import config as _config
+from openpi.training import trainer
+
+_OUTSIDE_LAYERS = "outside"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of one training step on one rank."""
+
+    parameters: int
+    trainable_parameters: int
+    weight_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    ema_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.gradient_bytes + self.optimizer_bytes + self.ema_bytes + self.activation_bytes
+
+
+def estimate(
+    config: _config.TrainConfig,
+    *,
+    batch_size: int | None = None,
+    prompt_tokens: int | None = None,
+    fsdp_ranks: int = 1,
+) -> MemoryEstimate:
+    """Estimates one training step of ``config`` at ``batch_size`` per rank (default: the config's batch over
+    ``fsdp_ranks``) with ``prompt_tokens`` prompt columns after trimming (default: ``max_token_len``)."""
+    if fsdp_ranks < 1:
+        raise ValueError(f"fsdp_ranks must be >= 1, got {fsdp_ranks}")
+    batch_size = batch_size or max(1, config.batch_size // fsdp_ranks)
+    prompt_tokens = prompt_tokens or config.model.max_token_len
+    measured = dataclasses.replace(
+        config,
+        model=dataclasses.replace(
+            config.model, max_token_len=prompt_tokens, prompt_trim_multiple=None, token_prune_dedup_training=False
+        ),
+        pytorch_training_compile_mode=None,
+        pytorch_weight_path=None,
+    )
+    with torch.device("meta"):
+        model = trainer.build_model(measured, torch.device("meta"), load_pretrained=False).train()
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    trainable_bytes = sum(_nbytes(p) for p in trainable)
+    ema_bytes = 4 * sum(t.numel() for t in model.state_dict().values()) if config.ema_decay is not None else 0
+    return MemoryEstimate(
+        parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in trainable),
+        weight_bytes=sum(_nbytes(p) for p in params) // fsdp_ranks,
+        gradient_bytes=trainable_bytes // fsdp_ranks,
+        optimizer_bytes=2 * trainable_bytes // fsdp_ranks,
+        ema_bytes=ema_bytes // fsdp_ranks,
+        activation_bytes=_activation_bytes(model, batch_size, config.gradient_checkpointing),
+    )
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _activation_bytes(model: PI0Pytorch, batch_size: int, checkpointing: bool) -> int:
+    """Bytes autograd keeps for the backward pass of one training forward on meta tensors."""
+    model.gradient_checkpointing_disable()
+    per_layer = _saved_bytes_by_layer(model, batch_size)
+    if not checkpointing:
+        return sum(per_layer.values())
+    model.gradient_checkpointing_enable()
+    outside = sum(_saved_bytes_by_layer(model, batch_size).values())
+    largest_layer = max((b for layer, b in per_layer.items() if layer != _OUTSIDE_LAYERS), default=0)
+    return outside + _checkpointed_inputs_bytes(model, batch_size) + largest_layer
+
+
+def _saved_bytes_by_layer(model: PI0Pytorch, batch_size: int) -> dict[str, int]:
+    """Saved-for-backward bytes of one forward, by the transformer layer that saved them (``outside`` otherwise)."""
+    config = model.config
+    observation = random_observation(config, batch_size).to("meta")
+    actions = torch.zeros(batch_size, config.action_horizon, config.action_dim, device="meta")
+    parameters = {p.untyped_storage()._cdata for p in model.parameters()}
+    seen: dict[int, str] = {}
+    sizes: dict[int, int] = {}
+    current = [_OUTSIDE_LAYERS]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in parameters and storage._cdata not in seen:
+            seen[storage._cdata], sizes[storage._cdata] = current[0], storage.nbytes()
+        return tensor
+
+    calls: dict[str, int] = defaultdict(int)
+
+    def enter(name: str) -> None:  # each call is its own layer run (SigLIP runs once per camera)
+        calls[name] += 1
+        current[0] = name if name == _OUTSIDE_LAYERS else f"{name}#{calls[name]}"
+
+    handles = [
+        module.register_forward_pre_hook(lambda _, args, name=name: enter(name))
+        for name, module in _layer_entry_points(model)
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            time = torch.full((batch_size,), 0.5, device="meta")
+            model(observation, actions, noise=torch.zeros_like(actions), time=time)
+    finally:
+        for handle in handles:
+            handle.remove()
+    by_layer: dict[str, int] = defaultdict(int)
+    for key, layer in seen.items():
+        by_layer[layer] += sizes[key]
+    return dict(by_layer)
+
+
+def _layer_entry_points(model: PI0Pytorch) -> list[tuple[str, nn.Module]]:
+    """The module called first in each checkpointed layer (SigLIP encoder layers; the language model's input norm
+    of each joint layer), and the first module after each run of layers (SigLIP's final norm, the token embedding,
+    the action head), which leaves the layers."""
+    paligemma = model.paligemma_with_expert.paligemma.model
+    vision = [(f"vision.{i}", m) for i, m in enumerate(model.modules()) if isinstance(m, SiglipEncoderLayer)]
+    joint = [(f"joint.{i}", layer.input_layernorm) for i, layer in enumerate(paligemma.language_model.layers)]
+    leave = [paligemma.vision_tower.vision_model.post_layernorm, paligemma.language_model.embed_tokens]
+    return [*vision, *joint, *((_OUTSIDE_LAYERS, m) for m in (*leave, model.action_out_proj))]
+
+
+def _checkpointed_inputs_bytes(model: PI0Pytorch, batch_size: int) -> int:
+    """The hidden states each checkpointed layer keeps as its input: per SigLIP layer ``[B, patches, width]`` per
+    camera, per joint layer the prefix ``[B, L, width]`` and the suffix ``[B, S, expert width]``."""
+    config = model.config
+    element = torch.empty(0, dtype=model.compute_dtype).element_size()
+    vision = config.vision_config
+    cameras, patches = len(IMAGE_KEYS), vision.num_patches
+    vision_bytes = vision.num_hidden_layers * cameras * batch_size * patches * vision.hidden_size * element
+    prefix = cameras * patches + config.max_token_len
+    suffix = config.action_horizon + (0 if config.pi05 else 1)
+    llm, expert = config.llm_config, config.expert_config
+    joint_bytes = llm.depth * batch_size * (prefix * llm.width + suffix * expert.width) * element
+    return vision_bytes + joint_bytes
