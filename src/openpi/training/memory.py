@@ -112,12 +112,14 @@ def _saved_bytes_by_layer(model: PI0Pytorch, batch_size: int) -> dict[str, int]:
     parameters = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: dict[int, str] = {}
     sizes: dict[int, int] = {}
+    alive: list[torch.UntypedStorage] = []  # a freed storage's address could be reused and miscounted as seen
     current = [_OUTSIDE_LAYERS]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         if storage._cdata not in parameters and storage._cdata not in seen:
             seen[storage._cdata], sizes[storage._cdata] = current[0], storage.nbytes()
+            alive.append(storage)
         return tensor
 
     calls: dict[str, int] = defaultdict(int)
