@@ -5,12 +5,10 @@ The client needs numpy<2, so it runs once for the whole module in its own enviro
 """
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from openpi.models import tokenizer
 from openpi.policies import libero_policy
 from openpi.serving import msgpack_numpy
 from openpi.training.config import get_config
+from tests.script_loader import load_script
 from tests.test_policy import PROMPTS, libero_observation, make_train_config, write_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,15 +66,7 @@ PROBE = {
 }
 
 
-def _load_serve_policy():
-    spec = importlib.util.spec_from_file_location("serve_policy", REPO_ROOT / "scripts" / "serve_policy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_policy = _load_serve_policy()
+serve_policy = load_script("scripts/serve_policy.py")
 
 
 def _serve_args(checkpoint: Path, *flags: str):
