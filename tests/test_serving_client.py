@@ -22,7 +22,6 @@ from openpi.training.config import get_config
 from tests.script_loader import load_script
 from tests.test_policy import PROMPTS, libero_observation, make_train_config, write_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_NAME = "debug_pi05_lightvla"
 API_KEY = "test-key"
 CLIENT_TIMEOUT_S = 240
