@@ -9,19 +9,18 @@ import pytest
 import torch
 
 from openpi.models.observation import random_observation
-from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import config as _config
 from openpi.training import trainer
+from tests import test_compile_buckets
 from tests.model_helpers import randomized
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CONFIG = tiny_config(
-    vision_variant="tiny_112",
-    action_horizon=4,
-    max_token_len=32,
-    token_pruning_enabled=True,
+# The compiled-inference tests' tiny pruned model, trained with noise and centred scores, in buckets of 32 patches.
+CONFIG = dataclasses.replace(
+    test_compile_buckets.CONFIG,
+    token_prune_center_patches=True,
     token_prune_noise_scale=0.5,
     token_prune_kept_multiple=32,
 )

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
+import bench_common
 import torch
 import tyro
 
@@ -34,7 +34,7 @@ from openpi.training import memory, trainer
 
 SIZES = {"tiny": tiny_config(), "mid": mid_config()}
 MODES = {"full": None, "lora": "lora", "frozen-vision": "vision"}
-MIB = 2**20
+MIB = bench_common.MIB
 
 
 @dataclasses.dataclass
@@ -73,33 +73,18 @@ def _with_lora(model: Pi0Config) -> Pi0Config:
     )
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / MIB
-
-
 def measure(config: _config.TrainConfig, steps: int) -> float:
     """Peak RSS increase (MiB) over ``steps`` training steps of ``config`` (run in a fresh process)."""
     torch.set_num_threads(2)
-    before = _rss_mib()
+    before = bench_common.rss_mib()
     torch.manual_seed(0)
     model = trainer.build_model(config, torch.device("cpu"), load_pretrained=False).train()
     optimizer = config.optimizer.build([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     observation = random_observation(config.model, config.batch_size)
     actions = torch.randn(config.batch_size, config.model.action_horizon, config.model.action_dim)
-    size = config.model.vision_config.image_size
     for step in range(steps):
-        trainer.train_step(
-            model,
-            optimizer,
-            observation,
-            actions,
-            lr=1e-5,
-            clip_gradient_norm=1.0,
-            image_resolution=(size, size),
-            generator=trainer.augmentation_generator(0, step, 0),
-        )
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before  # ru_maxrss is in KiB
+        bench_common.train_step(model, optimizer, observation, actions, step)
+    return bench_common.peak_rss_mib() - before
 
 
 def main(args: Args) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import bench_common
 import torch
 import tyro
 
@@ -32,7 +32,6 @@ from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import config as _config
-from openpi.training import trainer
 
 SIZES = {
     "tiny": Pi0Config(
@@ -52,7 +51,7 @@ SIZES = {
         action_horizon=10,
     ),
 }
-MIB = 2**20
+MIB = bench_common.MIB
 
 
 @dataclasses.dataclass
@@ -109,12 +108,6 @@ def _batch(config: Pi0Config, args: Args) -> tuple[Observation, torch.Tensor]:
     return observation.to(args.device), actions.to(args.device)
 
 
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / MIB
-
-
 def run_case(size: str, case: Case, args: Args) -> CaseResult:
     """Times ``args.steps`` training steps of one case (run in a fresh process)."""
     device = torch.device(args.device)
@@ -127,7 +120,7 @@ def run_case(size: str, case: Case, args: Args) -> CaseResult:
         token_prune_dedup_training=case.dedup,
     )
     train_config = _config.TrainConfig(name="bench", model=model_config)
-    rss_before = _current_rss_mib()
+    rss_before = bench_common.rss_mib()
     torch.manual_seed(0)
     model = PI0Pytorch(model_config).to(device).train()
     if case.pruning:
@@ -137,28 +130,18 @@ def run_case(size: str, case: Case, args: Args) -> CaseResult:
     transformer.register_forward_pre_hook(lambda _, inputs: prefix_lengths.append(inputs[0][0].shape[1]))
     optimizer = train_config.optimizer.build(model.parameters(), lr=1e-5)
     observation, actions = _batch(model_config, args)
-    image_size = model_config.vision_config.image_size
     times = []
     for step in range(args.warmup_steps + args.steps):
         _synchronize(device)
         start = time.perf_counter()
-        trainer.train_step(
-            model,
-            optimizer,
-            observation,
-            actions,
-            lr=1e-5,
-            clip_gradient_norm=1.0,
-            image_resolution=(image_size, image_size),
-            generator=trainer.augmentation_generator(0, step, 0),
-        )
+        bench_common.train_step(model, optimizer, observation, actions, step)
         _synchronize(device)
         if step >= args.warmup_steps:
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / MIB
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before  # ru_maxrss is in KiB
+        peak = bench_common.peak_rss_mib() - rss_before
     step_s = statistics.median(times)
     return CaseResult(size, case, step_s, args.batch_size / step_s, peak, statistics.mean(prefix_lengths))
 
