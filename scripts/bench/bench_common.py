@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 
 import torch
 
@@ -38,3 +39,10 @@ def rss_mib() -> float:
 def peak_rss_mib() -> float:
     """This process's peak resident set size so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB
+
+
+def append_markdown(output: Path, lines: list[str]) -> None:
+    """Appends ``lines`` (a results section: header, command, table) to the Markdown file ``output``."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as f:
+        f.write("\n".join([*lines, "", ""]))

@@ -186,9 +186,7 @@ def main(args: Args) -> None:
                 f"| {r.peak_mib:.0f} | {r.peak_mib / base.peak_mib:.2f} |"
             )
             print(rows[-1], flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("a") as f:
-        f.write("\n".join([*header, *rows, "", ""]))
+    bench_common.append_markdown(args.output, [*header, *rows])
 
 
 if __name__ == "__main__":
