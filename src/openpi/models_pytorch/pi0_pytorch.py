@@ -185,11 +185,13 @@ class PI0Pytorch(nn.Module):
         lang_masks: torch.Tensor,
         state: torch.Tensor | None = None,
         noisy_actions: torch.Tensor | None = None,
+        prune_uniform: torch.Tensor | None = None,
     ) -> EmbeddedPrefix:
         """Embeds the prefix (all cameras' patches, pruned if enabled, then the prompt).
 
         ``state [B, A]`` and ``noisy_actions [B, H, A]`` reach only the pruner's task context, and only with
-        ``token_prune_state_token`` / ``token_prune_action_context``. Positions are those of the unpruned prefix
+        ``token_prune_state_token`` / ``token_prune_action_context``; ``prune_uniform [B, N, N]`` replaces the
+        pruner's training noise draw. Positions are those of the unpruned prefix
         (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens. The
         key bias is set when the pruner merged duplicate votes (training with ``token_prune_dedup_training``).
         """
@@ -207,7 +209,7 @@ class PI0Pytorch(nn.Module):
         key_bias = None
         if self.token_pruner is not None:
             task, task_mask = self._pruner_task_context(lang_embs, lang_masks, state, noisy_actions)
-            pruned = self.token_pruner(patches, task, task_mask, patch_mask, patch_positions)
+            pruned = self.token_pruner(patches, task, task_mask, patch_mask, patch_positions, prune_uniform)
             patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions  # [B, K, W], [B, K]
             if pruned.counts is not None:
                 patch_bias = pruned.counts.clamp(min=1).float().log()  # [B, K]
@@ -281,8 +283,12 @@ class PI0Pytorch(nn.Module):
         actions: torch.Tensor,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
+        prune_uniform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-element flow-matching loss ``(v_t - (noise - actions))²``, shape ``[B, H, action_dim]``."""
+        """Per-element flow-matching loss ``(v_t - (noise - actions))²``, shape ``[B, H, action_dim]``.
+
+        ``noise``, ``time`` and (training with pruning) the pruner's uniform draw ``prune_uniform [B, N, N]`` are
+        sampled unless given."""
         images, img_masks, tokens, token_masks, state = self._unpack(observation)
         actions = actions.float()
         noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise.float()
@@ -290,7 +296,7 @@ class PI0Pytorch(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1.0 - t) * actions
 
-        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, state, x_t)
+        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, state, x_t, prune_uniform)
         self._record_prefix_length(prefix.embs.shape[1])
         suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
         mask = make_attention_mask(

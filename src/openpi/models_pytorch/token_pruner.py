@@ -254,6 +254,7 @@ class ImageTokenPruner(nn.Module):
         task_mask: torch.Tensor,
         patch_mask: torch.Tensor,
         patch_positions: torch.Tensor,
+        uniform: torch.Tensor | None = None,
     ) -> PrunedPatches:
         """Selects patches.
 
@@ -263,12 +264,14 @@ class ImageTokenPruner(nn.Module):
             task_mask: ``[B, T]`` bool, False for padding.
             patch_mask: ``[B, N]`` bool, False for patches of an absent camera (never selected, cast no vote).
             patch_positions: ``[B, N]`` long, positions of the patches in the unpruned prefix.
+            uniform: ``[B, N, N]`` in [0, 1): the training noise draw to use (scaled by ``noise_scale``) instead of
+                a fresh one, e.g. to replay another implementation's draw; ignored in eval mode.
         """
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
         scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches)
         self.last_selection = None
         if self.training:
-            pruned, noisy_choice = self._select_train(patches, scoring.scores, patch_mask, patch_positions)
+            pruned, noisy_choice = self._select_train(patches, scoring.scores, patch_mask, patch_positions, uniform)
             kept_counts = None
         else:
             pruned, kept_counts = self._select_eval(patches, scoring.scores, patch_mask, patch_positions)
@@ -280,11 +283,17 @@ class ImageTokenPruner(nn.Module):
         return pruned
 
     def _select_train(
-        self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
+        self,
+        patches: torch.Tensor,
+        scores: torch.Tensor,
+        patch_mask: torch.Tensor,
+        positions: torch.Tensor,
+        uniform: torch.Tensor | None,
     ) -> tuple[PrunedPatches, torch.Tensor]:
         noisy = scores
         if self.noise_scale > 0:
-            noisy = scores + torch.rand_like(scores) * self.noise_scale
+            noise = torch.rand_like(scores) if uniform is None else uniform.to(scores)
+            noisy = scores + noise * self.noise_scale
         choice = noisy.argmax(dim=-1)  # [B, N]
         soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1)
         hard = torch.zeros_like(soft).scatter_(-1, choice[..., None], 1.0)

@@ -1,0 +1,159 @@
+"""The language model and the action expert in JAX: one Gemma stack with two weight sets and shared attention.
+
+Parameters are the published ``PaliGemma/llm`` tree: layers stacked on axis 0, the expert's weights carrying the
+suffix ``_1`` (``q_einsum_1``, ``mlp_1``, ``pre_attention_norm_1``, ``final_norm_1``). Stream 0 (the prefix) uses the
+language model's weights, stream 1 (the suffix) the expert's; every layer attends jointly over both streams, and
+keys/values of an earlier call (the prefix cache) can be prepended.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+
+RMS_EPS = 1e-6
+ROPE_BASE = 10_000.0
+# Additive bias of a masked attention logit: finite, so that a fully masked (padding) row stays a uniform softmax.
+MASKED_LOGIT = -2.3819763e38
+STREAM_SUFFIXES = ("", "_1")
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer after rotary embedding, ``[layers, B, L, kv_heads, head_dim]`` each."""
+
+    keys: jax.Array
+    values: jax.Array
+
+
+def embed_tokens(p: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Token ids ``[B, T]`` → embeddings ``[B, T, width]`` scaled by sqrt(width)."""
+    table = p["embedder"]["input_embedding"]
+    return (table[tokens] * jnp.sqrt(float(table.shape[1]))).astype(dtype)
+
+
+def rms_norm(x: jax.Array, p: Params, cond: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+    """Gemma RMS norm in float32: ``normed * (1 + scale)``; or adaptive (``Dense_0`` maps ``cond [B, C]`` to scale,
+    shift and gate): ``normed * (1 + scale) + shift``, returning ``gate`` for the residual that follows."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + RMS_EPS)
+    if "scale" in p:
+        return (normed * (1.0 + p["scale"])).astype(x.dtype), None
+    if cond is None:
+        raise ValueError("An adaptive RMS norm needs the conditioning vector (the π0.5 time embedding)")
+    dense = p["Dense_0"]
+    modulation = (cond.astype(jnp.float32) @ dense["kernel"] + dense["bias"])[:, None]  # [B, 1, 3W]
+    scale, shift, gate = jnp.split(modulation, 3, axis=-1)
+    return (normed * (1.0 + scale) + shift).astype(x.dtype), gate.astype(x.dtype)
+
+
+def _gated_residual(x: jax.Array, y: jax.Array, gate: jax.Array | None) -> jax.Array:
+    return x + y if gate is None else x + gate * y
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """Rotates the two halves of the head dimension of ``x [B, L, heads, head_dim]`` by ``positions [B, L]``."""
+    half = x.shape[-1] // 2
+    inv_timescale = ROPE_BASE ** -(jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_timescale  # [B, L, 1, half]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _mlp(x: jax.Array, p: Params) -> jax.Array:
+    gating = p["gating_einsum"].astype(x.dtype)  # [2 (gate, up), width, mlp_dim]
+    hidden = jax.nn.gelu(x @ gating[0], approximate=True) * (x @ gating[1])
+    return hidden @ p["linear"].astype(x.dtype)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Grouped-query attention of ``q [B, Lq, H, D]`` over ``k, v [B, Lk, K, D]`` with logit ``bias [B, Lq, Lk]``;
+    returns ``[B, Lq, H, D]``."""
+    batch, length, heads, head_dim = q.shape
+    groups = heads // k.shape[2]
+    q = q.reshape(batch, length, k.shape[2], groups, head_dim)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) * head_dim**-0.5
+    weights = jax.nn.softmax(logits + bias[:, None, None], axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, heads, head_dim)
+
+
+def _layer(
+    p: Params,
+    streams: list[jax.Array | None],
+    conds: list[jax.Array | None],
+    positions: jax.Array,
+    bias: jax.Array,
+    past: tuple[jax.Array, jax.Array] | None,
+) -> tuple[list[jax.Array | None], tuple[jax.Array, jax.Array]]:
+    """One layer: per-stream norms and projections, one shared attention, per-stream MLPs."""
+    attn = p["attn"]
+    queries, keys, values, gates = [], [], [], []
+    for suffix, x, cond in zip(STREAM_SUFFIXES, streams, conds, strict=True):
+        if x is None:
+            gates.append(None)
+            continue
+        normed, gate = rms_norm(x, p[f"pre_attention_norm{suffix}"], cond)
+        queries.append(jnp.einsum("btw,nwd->btnd", normed, attn[f"q_einsum{suffix}"]["w"].astype(x.dtype)))
+        kv = jnp.einsum("btw,ckwd->cbtkd", normed, attn[f"kv_einsum{suffix}"]["w"].astype(x.dtype))
+        keys.append(kv[0])
+        values.append(kv[1])
+        gates.append(gate)
+    q = apply_rotary(jnp.concatenate(queries, axis=1), positions)  # [B, Lq, H, D]
+    k = apply_rotary(jnp.concatenate(keys, axis=1), positions)  # [B, Lq, K, D]
+    v = jnp.concatenate(values, axis=1)
+    if past is not None:  # the cached prefix comes first: Lk = L_cache + Lq
+        k, v = jnp.concatenate([past[0], k], axis=1), jnp.concatenate([past[1], v], axis=1)
+    out = _attend(q, k, v, bias)  # [B, Lq, H, D]
+
+    outputs: list[jax.Array | None] = []
+    start = 0
+    for suffix, x, cond, gate in zip(STREAM_SUFFIXES, streams, conds, gates, strict=True):
+        if x is None:
+            outputs.append(None)
+            continue
+        stream_out = out[:, start : start + x.shape[1]]
+        start += x.shape[1]
+        x = _gated_residual(
+            x, jnp.einsum("btnd,ndw->btw", stream_out, attn[f"attn_vec_einsum{suffix}"]["w"].astype(x.dtype)), gate
+        )
+        normed, gate_ffw = rms_norm(x, p[f"pre_ffw_norm{suffix}"], cond)
+        outputs.append(_gated_residual(x, _mlp(normed, p[f"mlp{suffix}"]), gate_ffw))
+    return outputs, (k, v)
+
+
+def transformer(
+    p: Params,
+    streams: list[jax.Array | None],
+    attention_mask: jax.Array,
+    positions: jax.Array,
+    conds: list[jax.Array | None],
+    cache: KVCache | None = None,
+    key_bias: jax.Array | None = None,
+    remat: bool = False,
+) -> tuple[list[jax.Array | None], KVCache]:
+    """Runs every layer over ``[prefix [B, Lp, W_llm] | None, suffix [B, Ls, W_expert] | None]``.
+
+    ``attention_mask`` bool ``[B, Lq, Lk]`` (Lk = cached length + Lq); ``positions [B, Lq]`` the queried tokens'
+    rotary positions; ``conds`` the per-stream adaRMS conditioning; ``key_bias [B, Lk]`` is added to every logit
+    into each key (None: nothing). Returns each given stream after the final norm, and the keys/values of this call
+    (the cache's included). ``remat`` recomputes each layer's activations in the backward pass.
+    """
+    bias = jnp.zeros(attention_mask.shape, jnp.float32) if key_bias is None else key_bias[:, None, :]
+    bias = jnp.where(attention_mask, bias, MASKED_LOGIT)  # [B, Lq, Lk]
+
+    def body(carry, layer_and_past):
+        layer, past = layer_and_past
+        return _layer(layer, carry, conds, positions, bias, past)
+
+    if remat:
+        body = jax.checkpoint(body)
+    streams, (keys, values) = jax.lax.scan(body, streams, (p["layers"], cache))
+    outputs = [
+        None if x is None else rms_norm(x, p[f"final_norm{suffix}"], cond)[0]
+        for suffix, x, cond in zip(STREAM_SUFFIXES, streams, conds, strict=True)
+    ]
+    return outputs, KVCache(keys, values)

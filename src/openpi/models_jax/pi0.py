@@ -1,0 +1,378 @@
+"""π0 / π0.5 in JAX (flax NNX), with LightVLA pruning: the same model as ``models_pytorch.pi0_pytorch``.
+
+The module's parameters *are* the published orbax ``params`` tree (``nnx.state(model)`` has the checkpoint's paths),
+so a published checkpoint loads without renaming. The math is pure functions of that tree, compiled with
+``jax.jit``: ``compute_loss`` (one compiled graph per batch shape and mode) and ``sample_actions`` (the prefix is
+embedded, pruned and cached once, then ``num_steps`` Euler steps attend to the cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from openpi.models.pi0_config import Pi0Config
+from openpi.models_jax import gemma, siglip
+from openpi.models_jax import params as _params
+from openpi.models_jax import token_pruner as tp
+from openpi.models_jax.observation import JaxObservation
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """What the pruner does on a call (static under ``jit``)."""
+
+    enabled: bool
+    keep_tokens: int | None = None
+    keep_ratio: float | None = None
+    collect_stats: bool = False
+
+
+class PrefixInputs(NamedTuple):
+    """The embedded prefix before the pruner's selection."""
+
+    patches: jax.Array  # [B, N, W] image tokens of every camera, camera-major
+    patch_mask: jax.Array  # [B, N] bool
+    patch_positions: jax.Array  # [B, N] int32
+    lang: jax.Array  # [B, T, W] prompt embeddings (scaled by sqrt(W))
+    lang_mask: jax.Array  # [B, T] bool
+    lang_positions: jax.Array  # [B, T] int32
+
+
+class Prefix(NamedTuple):
+    embs: jax.Array  # [B, L, W]
+    mask: jax.Array  # [B, L] bool
+    positions: jax.Array  # [B, L] int32
+
+
+def make_attention_mask(pad_mask: jax.Array, block_starts: jax.Array) -> jax.Array:
+    """Bool ``[B, L, L]``: i attends to j when both are valid and j's block does not start after i's (see
+    ``pi0_pytorch.make_attention_mask`` for worked patterns)."""
+    blocks = jnp.cumsum(block_starts.astype(jnp.int32), axis=1)
+    return (blocks[:, None, :] <= blocks[:, :, None]) & pad_mask[:, None, :] & pad_mask[:, :, None]
+
+
+def sinusoidal_time_embedding(time: jax.Array, dim: int, min_period: float = 4e-3, max_period: float = 4.0):
+    """Sine-cosine embedding ``[B, dim]`` of times ``[B]`` with periods from min_period to max_period."""
+    fraction = jnp.linspace(0.0, 1.0, dim // 2, dtype=jnp.float32)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = time.astype(jnp.float32)[:, None] * (2.0 * math.pi / period)[None]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def _dense32(x: jax.Array, p: Params) -> jax.Array:
+    return x.astype(jnp.float32) @ p["kernel"] + p["bias"]
+
+
+def embed_inputs(params: Params, config: Pi0Config, obs: JaxObservation) -> PrefixInputs:
+    """Image tokens of every camera and the prompt's embeddings, with masks and unpruned-prefix positions."""
+    dtype = jnp.dtype(config.dtype)
+    images = jnp.concatenate(list(obs.images.values()), axis=0)  # [C*B, H, W, 3]: one vision pass for all cameras
+    tokens = siglip.encode_images(params["PaliGemma"]["img"], images, dtype)  # [C*B, P, W]
+    batch, num_cameras = obs.batch_size, len(obs.images)
+    patches = tokens.reshape(num_cameras, batch, *tokens.shape[1:]).swapaxes(0, 1)  # [B, C, P, W]
+    patches = patches.reshape(batch, -1, patches.shape[-1])  # [B, N = C*P, W]
+    per_patch = tokens.shape[1]
+    patch_mask = jnp.repeat(jnp.stack(list(obs.image_masks.values()), axis=1), per_patch, axis=1)  # [B, N]
+    lang = gemma.embed_tokens(params["PaliGemma"]["llm"], obs.tokenized_prompt, dtype)  # [B, T, W]
+    lang_mask = obs.tokenized_prompt_mask.astype(bool)
+    positions = jnp.cumsum(jnp.concatenate([patch_mask, lang_mask], axis=1).astype(jnp.int32), axis=1) - 1
+    n = patches.shape[1]
+    return PrefixInputs(patches, patch_mask, positions[:, :n], lang, lang_mask, positions[:, n:])
+
+
+def prefix_of(inputs: PrefixInputs, patches: tp.PrunedPatches | None) -> Prefix:
+    """The prefix the transformer runs: the given (kept) patches, or all of them, then the prompt."""
+    if patches is None:
+        patches = tp.PrunedPatches(inputs.patches, inputs.patch_mask, inputs.patch_positions, None)
+    return Prefix(
+        jnp.concatenate([patches.tokens.astype(inputs.lang.dtype), inputs.lang], axis=1),
+        jnp.concatenate([patches.mask, inputs.lang_mask], axis=1),
+        jnp.concatenate([patches.positions, inputs.lang_positions], axis=1),
+    )
+
+
+def _score(config: Pi0Config, inputs: PrefixInputs) -> tp.Scoring:
+    _check_pruner_context(config)
+    return tp.score(inputs.patches, inputs.lang, inputs.lang_mask, inputs.patch_mask, config.token_prune_center_patches)
+
+
+def embed_suffix(params: Params, config: Pi0Config, state: jax.Array, x_t: jax.Array, time: jax.Array):
+    """(π0: a state token, then) the action tokens; returns tokens, pad mask, block starts and the adaRMS
+    conditioning (π0.5) or None (π0)."""
+    horizon = x_t.shape[1]
+    width = params["action_in_proj"]["kernel"].shape[1]
+    time_emb = sinusoidal_time_embedding(time, width)
+    action_emb = _dense32(x_t, params["action_in_proj"])  # [B, H, W]
+    if config.pi05:
+        hidden = jax.nn.swish(_dense32(time_emb, params["time_mlp_in"]))
+        cond = jax.nn.swish(_dense32(hidden, params["time_mlp_out"]))
+        tokens, starts = action_emb, [True] + [False] * (horizon - 1)
+    else:
+        state_emb = _dense32(state, params["state_proj"])[:, None]
+        action_time = jnp.concatenate([action_emb, jnp.broadcast_to(time_emb[:, None], action_emb.shape)], axis=-1)
+        action_time = _dense32(
+            jax.nn.swish(_dense32(action_time, params["action_time_mlp_in"])), params["action_time_mlp_out"]
+        )
+        tokens, starts, cond = (
+            jnp.concatenate([state_emb, action_time], 1),
+            [True, True] + [False] * (horizon - 1),
+            None,
+        )
+    pad = jnp.ones(tokens.shape[:2], bool)
+    block_starts = jnp.broadcast_to(jnp.asarray(starts)[None], tokens.shape[:2])
+    return tokens.astype(jnp.dtype(config.dtype)), pad, block_starts, cond
+
+
+def _suffix_positions(prefix: Prefix, suffix_pad: jax.Array) -> jax.Array:
+    """Suffix positions continue after the last valid prefix position (the unpruned prefix length)."""
+    offset = jnp.where(prefix.mask, prefix.positions, -1).max(axis=1, keepdims=True) + 1
+    return offset + jnp.cumsum(suffix_pad.astype(jnp.int32), axis=1) - 1
+
+
+def _velocity(params: Params, config: Pi0Config, suffix_out: jax.Array) -> jax.Array:
+    return _dense32(suffix_out[:, -config.action_horizon :], params["action_out_proj"])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "train", "prune", "remat"))
+def compute_loss_fn(
+    params: Params,
+    obs: JaxObservation,
+    actions: jax.Array,
+    noise: jax.Array,
+    time: jax.Array,
+    prune_uniform: jax.Array | None,
+    noise_scale: jax.Array | float,
+    *,
+    config: Pi0Config,
+    train: bool,
+    prune: PruneSettings,
+    remat: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-element flow-matching loss ``[B, H, A]`` and the pruning telemetry (empty unless collected).
+
+    In training the pruner keeps all N rows (noisy straight-through selection with ``prune_uniform [B, N, N]``);
+    in eval mode it masks the unkept patches (exact, and the shapes stay static).
+    """
+    actions = actions.astype(jnp.float32)
+    t = time.astype(jnp.float32)[:, None, None]
+    x_t = t * noise + (1.0 - t) * actions
+    inputs = embed_inputs(params, config, obs)
+    patches, stats = None, {}
+    if prune.enabled:
+        scoring = _score(config, inputs)
+        if train:
+            patches, choice = tp.select_train(
+                inputs.patches,
+                scoring.scores,
+                inputs.patch_mask,
+                inputs.patch_positions,
+                prune_uniform,
+                noise_scale,
+                config.token_prune_noisy_softmax,
+            )
+            kept_counts = None
+        else:
+            keep, _ = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
+            patches = tp.PrunedPatches(inputs.patches, keep, inputs.patch_positions, None)
+            choice, kept_counts = None, keep.sum(axis=1)
+        if prune.collect_stats:
+            stats = tp.telemetry(scoring, inputs.lang_mask, inputs.patch_mask, kept_counts, choice)
+    prefix = prefix_of(inputs, patches)
+    suffix, suffix_pad, suffix_starts, cond = embed_suffix(params, config, obs.state, x_t, time)
+    mask = make_attention_mask(
+        jnp.concatenate([prefix.mask, suffix_pad], 1), jnp.concatenate([jnp.zeros_like(prefix.mask), suffix_starts], 1)
+    )
+    positions = jnp.concatenate([prefix.positions, _suffix_positions(prefix, suffix_pad)], axis=1)
+    (_, out), _ = gemma.transformer(
+        params["PaliGemma"]["llm"], [prefix.embs, suffix], mask, positions, [None, cond], remat=remat
+    )
+    return jnp.square(_velocity(params, config, out) - (noise - actions)), stats
+
+
+@functools.partial(jax.jit, static_argnames=("config", "prune"))
+def select_fn(
+    params: Params, obs: JaxObservation, *, config: Pi0Config, prune: PruneSettings
+) -> tuple[PrefixInputs, jax.Array | None, dict[str, jax.Array]]:
+    """The embedded prefix inputs, the eval selection ``[B, N]`` (None without pruning) and its telemetry."""
+    inputs = embed_inputs(params, config, obs)
+    if not prune.enabled:
+        return inputs, None, {}
+    scoring = _score(config, inputs)
+    keep, _ = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
+    stats = tp.telemetry(scoring, inputs.lang_mask, inputs.patch_mask, keep.sum(1), None) if prune.collect_stats else {}
+    return inputs, keep, stats
+
+
+@functools.partial(jax.jit, static_argnames=("config", "slots", "num_steps"))
+def sample_fn(
+    params: Params,
+    inputs: PrefixInputs,
+    keep: jax.Array | None,
+    state: jax.Array,
+    noise: jax.Array,
+    *,
+    config: Pi0Config,
+    slots: int,
+    num_steps: int,
+) -> jax.Array:
+    """Euler-integrates the flow from ``noise`` (t=1) to actions (t=0), the (pruned) prefix cached once."""
+    kept = None if keep is None else tp.gather_kept(inputs.patches, keep, inputs.patch_positions, slots)
+    prefix = prefix_of(inputs, kept)
+    llm = params["PaliGemma"]["llm"]
+    _, cache = gemma.transformer(
+        llm,
+        [prefix.embs, None],
+        make_attention_mask(prefix.mask, jnp.zeros_like(prefix.mask)),
+        prefix.positions,
+        [None, None],
+    )
+    dt = -1.0 / num_steps
+
+    def step(index: jax.Array, x_t: jax.Array) -> jax.Array:
+        time = jnp.full((x_t.shape[0],), 1.0 + index * dt, jnp.float32)
+        suffix, suffix_pad, suffix_starts, cond = embed_suffix(params, config, state, x_t, time)
+        prefix_visible = jnp.broadcast_to(prefix.mask[:, None, :], (*suffix_pad.shape, prefix.mask.shape[1]))
+        mask = jnp.concatenate([prefix_visible, make_attention_mask(suffix_pad, suffix_starts)], axis=2)
+        (_, out), _ = gemma.transformer(
+            llm, [None, suffix], mask, _suffix_positions(prefix, suffix_pad), [None, cond], cache
+        )
+        return x_t + dt * _velocity(params, config, out)
+
+    return jax.lax.fori_loop(0, num_steps, step, noise.astype(jnp.float32))
+
+
+def _check_pruner_context(config: Pi0Config) -> None:
+    if config.token_prune_state_token or config.token_prune_action_context:
+        raise ValueError(
+            "The JAX model's pruner sees the prompt only; token_prune_state_token / token_prune_action_context "
+            "(the seeds' ablations) exist in the PyTorch model"
+        )
+
+
+def _check_supported(config: Pi0Config) -> None:
+    _check_pruner_context(config)
+    lora = [v for v in (config.llm_config, config.expert_config) if v.lora_rank]
+    if lora:
+        raise ValueError("LoRA variants are not supported by the JAX model yet; use the PyTorch model for LoRA")
+
+
+class _Node(nnx.Module):
+    """One node of the parameter tree: sub-nodes and ``nnx.Param`` leaves named as in the checkpoint."""
+
+    def __init__(self, tree: Params):
+        for name, value in tree.items():
+            setattr(self, name, _Node(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
+
+
+class Pi0(nnx.Module):
+    """π0 (``config.pi05=False``) or π0.5 in JAX, optionally with LightVLA pruning (``token_pruning_enabled``).
+
+    ``keep_tokens`` / ``keep_ratio`` start at the config's budgets and may be changed between calls (each distinct
+    budget compiles once); ``collect_stats`` makes the next calls fill ``last_stats`` with the ``prune/*``
+    telemetry (python floats).
+    """
+
+    def __init__(self, config: Pi0Config, params: Params | None = None, *, seed: int = 0):
+        _check_supported(config)
+        self.config = config
+        tree = _params.init_params(config, seed) if params is None else params
+        for name, value in tree.items():
+            setattr(self, name, _Node(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
+        self.keep_tokens = config.token_prune_keep_tokens
+        self.keep_ratio = config.token_prune_keep_ratio
+        self.collect_stats = False
+        self.last_stats: dict[str, float] = {}
+        self.last_prefix_length = 0  # tokens in the prefix the last sample_actions cached (kept slots + prompt)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | os.PathLike, config: Pi0Config) -> Pi0:
+        """Loads ``<checkpoint>/params`` (the published orbax tree) strictly."""
+        return cls(config, _params.load_params(checkpoint_dir, config))
+
+    def params(self) -> Params:
+        """The parameters as a nested dict of arrays (the checkpoint tree)."""
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+    def prune_settings(self) -> PruneSettings:
+        return PruneSettings(self.config.token_pruning_enabled, self.keep_tokens, self.keep_ratio, self.collect_stats)
+
+    def compute_loss(
+        self,
+        rng: jax.Array,
+        observation: JaxObservation,
+        actions: jax.Array,
+        *,
+        train: bool = False,
+        noise: jax.Array | None = None,
+        time: jax.Array | None = None,
+        prune_uniform: jax.Array | None = None,
+        noise_scale: float | None = None,
+    ) -> jax.Array:
+        """Per-element flow-matching loss ``[B, H, action_dim]`` (upstream averages it over the action dimension).
+
+        ``noise``, ``time`` (``Beta(1.5, 1) * 0.999 + 0.001``) and, in training, the pruner's uniform draw
+        ``prune_uniform [B, N, N]`` come from ``rng`` unless given. ``noise_scale`` defaults to the config's.
+        """
+        obs = observation.trim_prompt_padding(self.config.prompt_trim_multiple)
+        noise_rng, time_rng, prune_rng = jax.random.split(rng, 3)
+        batch = actions.shape[0]
+        if noise is None:
+            noise = jax.random.normal(noise_rng, actions.shape, jnp.float32)
+        if time is None:
+            time = jax.random.beta(time_rng, 1.5, 1.0, (batch,)) * 0.999 + 0.001
+        prune = self.prune_settings()
+        if prune.enabled and train and prune_uniform is None:
+            num_patches = len(obs.images) * self.config.vision_config.num_patches
+            prune_uniform = jax.random.uniform(prune_rng, (batch, num_patches, num_patches), jnp.float32)
+        scale = self.config.token_prune_noise_scale if noise_scale is None else noise_scale
+        loss, stats = compute_loss_fn(
+            self.params(),
+            obs,
+            actions,
+            noise,
+            time,
+            prune_uniform if train else None,
+            scale,
+            config=self.config,
+            train=train,
+            prune=prune,
+        )
+        self._record(stats)
+        return loss
+
+    def sample_actions(
+        self, rng: jax.Array, observation: JaxObservation, *, num_steps: int = 10, noise: jax.Array | None = None
+    ) -> jax.Array:
+        """Actions ``[B, action_horizon, action_dim]`` from ``num_steps`` Euler steps starting at ``noise``.
+
+        With pruning the selection runs first; the kept patches are gathered into a static number of slots (the
+        budget, or the batch's largest union rounded up to ``token_prune_kept_multiple``: one host read), so the
+        cached prefix is really shorter.
+        """
+        obs = observation.trim_prompt_padding(self.config.prompt_trim_multiple)
+        config = self.config
+        if noise is None:
+            noise = jax.random.normal(rng, (obs.batch_size, config.action_horizon, config.action_dim), jnp.float32)
+        params, prune = self.params(), self.prune_settings()
+        inputs, keep, stats = select_fn(params, obs, config=config, prune=prune)
+        slots = inputs.patches.shape[1]
+        if keep is not None:
+            largest = int(keep.sum(axis=1).max()) if prune.keep_tokens is None and prune.keep_ratio is None else 0
+            slots = tp.kept_slots(slots, prune.keep_tokens, prune.keep_ratio, largest, config.token_prune_kept_multiple)
+        self._record(stats)
+        self.last_prefix_length = slots + obs.tokenized_prompt.shape[1]
+        return sample_fn(params, inputs, keep, obs.state, noise, config=config, slots=slots, num_steps=num_steps)
+
+    def _record(self, stats: dict[str, jax.Array]) -> None:
+        if self.collect_stats:
+            self.last_stats = {key: float(value) for key, value in stats.items()}

@@ -1,0 +1,86 @@
+"""One checkpoint, two frameworks: the JAX model (restoring the orbax tree) and the PyTorch model (through the
+converter) agree with LightVLA pruning on, in eval mode (kept sets, prefix lengths, telemetry, sampled actions) and
+in training with the same noise injected (losses)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from openpi.models_jax.observation import JaxObservation
+from openpi.models_jax.pi0 import Pi0, select_fn
+from openpi.models_pytorch import convert, reference
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+
+TOLERANCE = 2e-3
+BUDGETS = [{}, {"token_prune_keep_ratio": 0.25}, {"token_prune_keep_tokens": 40}]
+TELEMETRY = ("kept_tokens_overall_mean", "argmax_union_mean", "argmax_top1_share_mean", "query_cosine_after_norm_mean")
+
+
+@pytest.fixture(scope="module", params=["jax_pi05_tiny", "jax_pi0_tiny"])
+def fixture(request, reference_root) -> reference.ReferenceFixture:
+    return reference.ReferenceFixture.load(reference_root / request.param)
+
+
+def _models(fixture: reference.ReferenceFixture, **pruning) -> tuple[PI0Pytorch, Pi0]:
+    config = dataclasses.replace(fixture.config, token_pruning_enabled=True, token_prune_kept_multiple=16, **pruning)
+    torch_model = PI0Pytorch(config)
+    state = convert.convert_params_dir(fixture.directory / "checkpoint" / "params", config)
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    return torch_model.eval(), Pi0.from_checkpoint(fixture.directory / "checkpoint", config)
+
+
+@pytest.mark.parametrize("budget", BUDGETS, ids=["union", "ratio25", "tokens40"])
+def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
+    torch_model, jax_model = _models(fixture, **budget)
+    obs, noise = fixture.observation(), fixture.io["input.sample_noise"]
+    torch_model.set_token_pruner_collect_stats(True)
+    jax_model.collect_stats = True
+    with torch.no_grad():
+        torch_actions = torch_model.sample_actions(obs, noise=noise)
+        torch_prefix = torch_model.encode_prefix(obs, noise).pad_masks.sum(dim=1).tolist()  # valid tokens per sample
+    jax_obs = JaxObservation.from_observation(obs)
+    jax_actions = jax_model.sample_actions(jax.random.key(0), jax_obs, noise=noise.numpy())
+
+    selection = torch_model.pruner.last_selection
+    _, keep, _ = select_fn(jax_model.params(), jax_obs, config=jax_model.config, prune=jax_model.prune_settings())
+    for b in range(obs.batch_size):
+        torch_kept = set(selection.kept_indices[b][selection.mask[b]].tolist())
+        assert torch_kept == set(np.flatnonzero(np.asarray(keep[b])).tolist())
+    prompt = jax_obs.tokenized_prompt_mask.sum(axis=1)
+    assert (np.asarray(keep).sum(axis=1) + prompt).tolist() == torch_prefix
+    # Padded lengths: both frameworks pad a union to a multiple of 16; JAX gives a budget exactly its K slots.
+    assert jax_model.last_prefix_length <= torch_model.encode_prefix(obs, noise).pad_masks.shape[1]
+    assert reference.relative_error(torch.from_numpy(np.array(jax_actions)), torch_actions) < TOLERANCE
+    torch_stats = torch_model.get_token_pruning_stats()
+    for key in TELEMETRY:
+        assert jax_model.last_stats[key] == pytest.approx(torch_stats[key], rel=1e-4, abs=1e-5), key
+
+
+@pytest.mark.parametrize("noise_scale", [0.0, 1.0])
+def test_training_losses_agree_with_the_same_noise(fixture, noise_scale):
+    torch_model, jax_model = _models(fixture, token_prune_noise_scale=noise_scale)
+    obs, io = fixture.observation(), fixture.io
+    num_patches = sum(1 for _ in obs.images) * fixture.config.vision_config.num_patches
+    uniform = torch.rand(obs.batch_size, num_patches, num_patches, generator=torch.Generator().manual_seed(0))
+    torch_model.train()
+    torch_model.set_token_pruner_collect_stats(True)
+    with torch.no_grad():
+        torch_loss = torch_model(obs, io["input.actions"], io["input.noise"], io["input.time"], prune_uniform=uniform)
+    jax_model.collect_stats = True
+    jax_loss = jax_model.compute_loss(
+        jax.random.key(0),
+        JaxObservation.from_observation(obs),
+        io["input.actions"].numpy(),
+        train=True,
+        noise=io["input.noise"].numpy(),
+        time=io["input.time"].numpy(),
+        prune_uniform=uniform.numpy(),
+    )
+    assert reference.relative_error(torch.from_numpy(np.array(jax_loss)), torch_loss) < TOLERANCE
+    torch_stats = torch_model.get_token_pruning_stats()
+    assert jax_model.last_stats["argmax_union_mean_noisy"] == torch_stats["argmax_union_mean_noisy"]

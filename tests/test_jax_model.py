@@ -1,0 +1,136 @@
+"""The JAX π0 / π0.5 computes what the published JAX model computes, restores published trees strictly, and its
+parameter tree is the published layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from openpi.models.observation import random_observation
+from openpi.models.pi0_config import Pi0Config, tiny_config
+from openpi.models_jax import params as jax_params
+from openpi.models_jax import reference as jax_reference
+from openpi.models_jax.observation import JaxObservation
+from openpi.models_jax.pi0 import Pi0, compute_loss_fn
+from openpi.models_pytorch import reference
+from openpi.models_pytorch.convert_rules import CheckpointMismatchError, expected_jax_shapes
+from openpi.models_pytorch.orbax_params import flatten_params
+from tests.test_convert import write_orbax
+
+FIXTURES = ["jax_pi05_tiny", "jax_pi0_tiny"]
+BF16_TOLERANCE = 5e-2
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def fixture(request, reference_root) -> reference.ReferenceFixture:
+    return reference.ReferenceFixture.load(reference_root / request.param)
+
+
+@pytest.fixture(scope="module")
+def model(fixture) -> Pi0:
+    return jax_reference.build_model(fixture)
+
+
+def test_matches_reference_outputs(model, fixture):
+    errors = jax_reference.compare(model, fixture)
+    assert reference.passes(errors), errors
+
+
+def test_parameter_tree_is_the_checkpoint_tree(model, fixture):
+    shapes = {path: tuple(leaf.shape) for path, leaf in flatten_params(model.params()).items()}
+    assert shapes == {path: tuple(shape) for path, shape in fixture.raw_config["param_shapes"].items()}
+
+
+@pytest.mark.parametrize("name", ["pi05", "pi0"])
+def test_full_size_tree_is_the_published_layout(name: str, layouts_root: Path):
+    config = Pi0Config(pi05=name == "pi05")
+    published = json.loads((layouts_root / "reference_jax_params.json").read_text())[name]
+    abstract = jax.eval_shape(lambda: jax_params.init_params(config))  # no 3B allocation
+    ours = {path: [list(leaf.shape), str(leaf.dtype)] for path, leaf in flatten_params(abstract).items()}
+    assert ours == published
+
+
+def _sample(model: Pi0, obs: JaxObservation, noise: np.ndarray) -> np.ndarray:
+    return np.asarray(model.sample_actions(jax.random.key(0), obs, noise=noise))
+
+
+def test_padding_and_absent_cameras_are_invisible_and_images_are_seen(model, fixture):
+    obs, noise = JaxObservation.from_observation(fixture.observation()), fixture.io["input.sample_noise"].numpy()
+    before = _sample(model, obs, noise)
+    camera = next(name for name, mask in obs.image_masks.items() if not mask.all())
+    sample = int(np.flatnonzero(~obs.image_masks[camera])[0])
+    images = {k: np.array(v) for k, v in obs.images.items()}
+    images[camera][sample] = np.random.default_rng(0).uniform(-1, 1, images[camera][sample].shape)
+    tokens = np.array(obs.tokenized_prompt)
+    tokens[sample, int(obs.tokenized_prompt_mask[sample].sum())] = 7
+    after = _sample(model, obs.replace(images=images, tokenized_prompt=tokens), noise)
+    assert jax_reference.relative_error(after[sample], before[sample]) < 1e-5
+
+    seen = {k: np.array(v) for k, v in obs.images.items()}
+    seen["base_0_rgb"][1] = -seen["base_0_rgb"][1]
+    assert jax_reference.relative_error(_sample(model, obs.replace(images=seen), noise)[1], before[1]) > 1e-2
+
+
+def test_bfloat16_sampling_agrees_with_float32(model, fixture):
+    bf16 = Pi0(dataclasses.replace(fixture.config, dtype="bfloat16"), model.params())
+    obs, noise = JaxObservation.from_observation(fixture.observation()), fixture.io["input.sample_noise"].numpy()
+    actions = bf16.sample_actions(jax.random.key(0), obs, noise=noise)
+    assert actions.dtype == np.float32
+    assert 0 < jax_reference.relative_error(actions, _sample(model, obs, noise)) < BF16_TOLERANCE
+
+
+def test_value_wrapped_checkpoint_restores_like_a_plain_one(tmp_path: Path):
+    config = tiny_config(vision_variant="hidden_size=8,num_hidden_layers=1,num_attention_heads=2,intermediate_size=8")
+    flat = flatten_params(jax.tree.map(np.asarray, jax_params.init_params(config, seed=3)))
+    plain = Pi0.from_checkpoint(write_orbax(tmp_path / "plain", flat), config)
+    wrapped = Pi0.from_checkpoint(write_orbax(tmp_path / "wrapped", flat, value_wrapped=True), config)
+    for path, leaf in flatten_params(wrapped.params()).items():
+        np.testing.assert_array_equal(leaf, flat[path])
+        np.testing.assert_array_equal(flatten_params(plain.params())[path], flat[path])
+
+
+def test_strict_restore_names_every_unknown_missing_and_misshapen_path(tmp_path: Path):
+    config = tiny_config(vision_variant="hidden_size=8,num_hidden_layers=1,num_attention_heads=2,intermediate_size=8")
+    flat = {path: np.zeros(shape, np.float32) for path, shape in expected_jax_shapes(config).items()}
+    flat["PaliGemma/llm/extra_head/kernel"] = np.zeros((2, 2), np.float32)
+    del flat["action_out_proj/bias"]
+    flat["time_mlp_in/kernel"] = np.zeros((64, 32), np.float32)
+    with pytest.raises(CheckpointMismatchError) as error:
+        Pi0.from_checkpoint(write_orbax(tmp_path / "bad", flat), config)
+    message = str(error.value)
+    assert "unknown parameter PaliGemma/llm/extra_head/kernel" in message
+    assert "missing parameter action_out_proj/bias" in message
+    assert "shape of time_mlp_in/kernel is [64, 32]" in message
+
+
+def test_training_loss_passes_gradient_through_the_pruner_to_vision():
+    # π0: at initialisation π0.5's adaRMS gates are zero, so no gradient reaches the prefix before the first step.
+    config = tiny_config(pi05=False, token_pruning_enabled=True)
+    model = Pi0(config, seed=1)
+    obs = JaxObservation.from_observation(random_observation(config, 2, valid_prompt_tokens=9))
+    actions = np.random.default_rng(0).standard_normal((2, config.action_horizon, config.action_dim), np.float32)
+    num_patches = len(obs.images) * config.vision_config.num_patches
+
+    def loss(params):
+        value, _ = compute_loss_fn(
+            params,
+            obs,
+            actions,
+            np.zeros_like(actions),
+            np.full((2,), 0.5, np.float32),
+            np.random.default_rng(1).uniform(size=(2, num_patches, num_patches)).astype(np.float32),
+            1.0,
+            config=config,
+            train=True,
+            prune=model.prune_settings(),
+        )
+        return value.mean()
+
+    norms = {path: float(np.linalg.norm(g)) for path, g in flatten_params(jax.grad(loss)(model.params())).items()}
+    assert all(np.isfinite(v) for v in norms.values())
+    assert norms["PaliGemma/img/embedding/kernel"] > 0
