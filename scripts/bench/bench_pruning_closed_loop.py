@@ -116,11 +116,12 @@ def train_config(arm: str, seed: int, args: Args):
         num_train_steps=steps,
         ema_decay=args.ema_decay if args.ema_decay is not None else config.ema_decay,
         lr_schedule=dataclasses.replace(config.lr_schedule, decay_steps=steps),
-        save_interval=steps,
+        save_interval=min(steps, 500),
+        keep_period=None,
         wandb_enabled=False,
         checkpoint_base_dir=str(args.work_dir / "checkpoints"),
         assets_base_dir=str(args.work_dir / "assets"),
-        overwrite=True,
+        resume=True,  # a training cut off (say, by the end of a session) continues from its last checkpoint
     )
 
 
