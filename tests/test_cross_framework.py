@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from openpi.models.observation import random_observation
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0, select_fn
 from openpi.models_pytorch import convert, reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from tests.test_convert import odd_config, random_params, write_orbax
 
 TOLERANCE = 2e-3
 BUDGETS = [{}, {"token_prune_keep_ratio": 0.25}, {"token_prune_keep_tokens": 40}]
@@ -84,3 +86,29 @@ def test_training_losses_agree_with_the_same_noise(fixture, noise_scale):
     assert reference.relative_error(torch.from_numpy(np.array(jax_loss)), torch_loss) < TOLERANCE
     torch_stats = torch_model.get_token_pruning_stats()
     assert jax_model.last_stats["argmax_union_mean_noisy"] == torch_stats["argmax_union_mean_noisy"]
+
+
+@pytest.mark.parametrize("pi05", [True, False])
+def test_odd_dimensions_agree(pi05, tmp_path):
+    """Every axis a distinct size, grouped-query attention (2 kv heads) and heads × head_dim ≠ width: an axis
+    mix-up in either model or in the converter shows here, where the fixtures' square dimensions could hide it."""
+    config = dataclasses.replace(odd_config(pi05), token_pruning_enabled=True, token_prune_keep_ratio=0.5)
+    flat = {path: 0.3 * leaf for path, leaf in random_params(config, seed=4).items()}
+    checkpoint = write_orbax(tmp_path / "ckpt", flat)
+    torch_model = PI0Pytorch(config)
+    state = convert.convert_params_dir(checkpoint / "params", config)
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    jax_model = Pi0.from_checkpoint(checkpoint, config)
+    obs = random_observation(config, 3, num_cameras=2, valid_prompt_tokens=5, seed=2)
+    obs.image_masks["left_wrist_0_rgb"][0] = False
+    noise = torch.randn(3, config.action_horizon, config.action_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch_actions = torch_model.eval().sample_actions(obs, noise=noise)
+        torch_loss = torch_model(obs, noise * 0.5, noise, torch.tensor([0.2, 0.5, 0.9]))
+    jax_obs = JaxObservation.from_observation(obs)
+    jax_actions = jax_model.sample_actions(jax.random.key(0), jax_obs, noise=noise.numpy())
+    jax_loss = jax_model.compute_loss(
+        jax.random.key(0), jax_obs, noise.numpy() * 0.5, noise=noise.numpy(), time=np.array([0.2, 0.5, 0.9])
+    )
+    assert reference.relative_error(torch.from_numpy(np.array(jax_actions)), torch_actions) < TOLERANCE
+    assert reference.relative_error(torch.from_numpy(np.array(jax_loss)), torch_loss) < TOLERANCE
