@@ -48,6 +48,13 @@ class PrefixInputs(NamedTuple):
     lang_positions: jax.Array  # [B, T] int32
 
 
+class Sampled(NamedTuple):
+    actions: jax.Array  # [B, H, action_dim]
+    keep: jax.Array | None  # [B, N] bool, the patches the pruner kept (None without pruning)
+    votes: jax.Array | None  # [B, N] int32, valid rows voting for each patch
+    prefix_length: int  # tokens in the cached prefix: kept slots (all patches without pruning) + prompt columns
+
+
 class Prefix(NamedTuple):
     embs: jax.Array  # [B, L, W]
     mask: jax.Array  # [B, L] bool
@@ -202,15 +209,16 @@ def compute_loss_fn(
 @functools.partial(jax.jit, static_argnames=("config", "prune"))
 def select_fn(
     params: Params, obs: JaxObservation, *, config: Pi0Config, prune: PruneSettings
-) -> tuple[PrefixInputs, jax.Array | None, dict[str, jax.Array]]:
-    """The embedded prefix inputs, the eval selection ``[B, N]`` (None without pruning) and its telemetry."""
+) -> tuple[PrefixInputs, jax.Array | None, jax.Array | None, dict[str, jax.Array]]:
+    """The embedded prefix inputs, the eval selection ``[B, N]`` and votes ``[B, N]`` (None without pruning), and
+    the telemetry."""
     inputs = embed_inputs(params, config, obs)
     if not prune.enabled:
-        return inputs, None, {}
+        return inputs, None, None, {}
     scoring = _score(config, inputs)
-    keep, _ = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
+    keep, votes = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
     stats = tp.telemetry(scoring, inputs.lang_mask, inputs.patch_mask, keep.sum(1), None) if prune.collect_stats else {}
-    return inputs, keep, stats
+    return inputs, keep, votes, stats
 
 
 @functools.partial(jax.jit, static_argnames=("config", "slots", "num_steps"))
@@ -292,7 +300,6 @@ class Pi0(nnx.Module):
         self.keep_ratio = config.token_prune_keep_ratio
         self.collect_stats = False
         self.last_stats: dict[str, float] = {}
-        self.last_prefix_length = 0  # tokens in the prefix the last sample_actions cached (kept slots + prompt)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | os.PathLike, config: Pi0Config) -> Pi0:
@@ -353,7 +360,13 @@ class Pi0(nnx.Module):
     def sample_actions(
         self, rng: jax.Array, observation: JaxObservation, *, num_steps: int = 10, noise: jax.Array | None = None
     ) -> jax.Array:
-        """Actions ``[B, action_horizon, action_dim]`` from ``num_steps`` Euler steps starting at ``noise``.
+        """Actions ``[B, action_horizon, action_dim]`` from ``num_steps`` Euler steps starting at ``noise``."""
+        return self.sample(rng, observation, num_steps=num_steps, noise=noise).actions
+
+    def sample(
+        self, rng: jax.Array, observation: JaxObservation, *, num_steps: int = 10, noise: jax.Array | None = None
+    ) -> Sampled:
+        """:meth:`sample_actions`, with the pruner's selection and the cached prefix's length.
 
         With pruning the selection runs first; the kept patches are gathered into a static number of slots (the
         budget, or the batch's largest union rounded up to ``token_prune_kept_multiple``: one host read), so the
@@ -364,14 +377,14 @@ class Pi0(nnx.Module):
         if noise is None:
             noise = jax.random.normal(rng, (obs.batch_size, config.action_horizon, config.action_dim), jnp.float32)
         params, prune = self.params(), self.prune_settings()
-        inputs, keep, stats = select_fn(params, obs, config=config, prune=prune)
+        inputs, keep, votes, stats = select_fn(params, obs, config=config, prune=prune)
         slots = inputs.patches.shape[1]
         if keep is not None:
             largest = int(keep.sum(axis=1).max()) if prune.keep_tokens is None and prune.keep_ratio is None else 0
             slots = tp.kept_slots(slots, prune.keep_tokens, prune.keep_ratio, largest, config.token_prune_kept_multiple)
         self._record(stats)
-        self.last_prefix_length = slots + obs.tokenized_prompt.shape[1]
-        return sample_fn(params, inputs, keep, obs.state, noise, config=config, slots=slots, num_steps=num_steps)
+        actions = sample_fn(params, inputs, keep, obs.state, noise, config=config, slots=slots, num_steps=num_steps)
+        return Sampled(actions, keep, votes, slots + obs.tokenized_prompt.shape[1])
 
     def _record(self, stats: dict[str, jax.Array]) -> None:
         if self.collect_stats:

@@ -19,6 +19,7 @@ from openpi.models.observation import Observation, random_observation
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.preprocessing import preprocess_observation
 from openpi.policies import observation_contract
+from openpi.policies.jax_model import JaxPolicyModel
 
 # A request key (a bool, beside the observation) asking a pruning policy to return ``kept_patch_mask`` for that call.
 KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
@@ -29,7 +30,7 @@ class Policy:
 
     def __init__(
         self,
-        model: PI0Pytorch,
+        model: PI0Pytorch | JaxPolicyModel,
         *,
         input_transforms: Sequence[_transforms.DataTransformFn] = (),
         output_transforms: Sequence[_transforms.DataTransformFn] = (),
@@ -39,7 +40,8 @@ class Policy:
         batch_buckets: Sequence[int] | None = None,
     ) -> None:
         """Args:
-        model: the π0 model; it is moved to ``pytorch_device`` and put in eval mode (with pruning telemetry on).
+        model: the π0 model (PyTorch, or the JAX one wrapped by ``JaxPolicyModel``); it is moved to
+            ``pytorch_device`` and put in eval mode (with pruning telemetry on).
         input_transforms: per-sample transforms from a raw observation to model inputs (``image``, ``image_mask``,
             ``state``, ``tokenized_prompt``, ``tokenized_prompt_mask``).
         output_transforms: per-sample transforms of ``{"state", "actions"}`` back to robot actions.
@@ -74,7 +76,7 @@ class Policy:
         return self._metadata
 
     @property
-    def model(self) -> PI0Pytorch:
+    def model(self) -> PI0Pytorch | JaxPolicyModel:
         return self._model
 
     def infer(self, obs: dict, *, noise: np.ndarray | None = None) -> dict[str, Any]:

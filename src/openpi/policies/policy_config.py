@@ -14,6 +14,7 @@ from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies.data_config import DataConfig, DataConfigFactory
+from openpi.policies.jax_model import JaxPolicyModel
 from openpi.policies.pipeline import build_pipeline
 from openpi.policies.policy import Policy
 from openpi.shared import checkpoint_files
@@ -40,7 +41,8 @@ def create_trained_policy(
     raw_weights: bool = False,
     batch_buckets: Sequence[int] | None = None,
 ) -> Policy:
-    """Loads ``checkpoint_dir/model.safetensors`` (the EMA weights when training kept one) and the norm stats in
+    """Loads ``checkpoint_dir/model.safetensors`` (the EMA weights when training kept one) into the PyTorch model, or
+    a JAX checkpoint's ``checkpoint_dir/params`` (an orbax tree) into the JAX model, and the norm stats in
     ``checkpoint_dir/assets/<asset_id>/`` into a policy that accepts observations in the robot's format (e.g.
     LIBERO's ``observation/image``).
 
@@ -49,24 +51,21 @@ def create_trained_policy(
         checkpoint_dir: a training checkpoint (``checkpoints/<config>/<exp>/<step>``) or converted model folder.
         default_prompt: prompt for observations without one.
         sample_kwargs: extra ``sample_actions`` arguments, e.g. ``{"num_steps": 10}``.
-        pytorch_device: e.g. ``"cuda"``, ``"cpu"``; defaults to CUDA when available.
+        pytorch_device: e.g. ``"cuda"``, ``"cpu"``; defaults to CUDA when available (the JAX model runs on JAX's
+            default device).
         raw_weights: load ``model_raw.safetensors`` (the optimised weights of a checkpoint trained with an EMA)
             instead of the moving average.
         batch_buckets: batch sizes the model runs at (see :class:`Policy`); None runs each call's size.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    filename = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
-    weights_file = checkpoint_files.weights_path(checkpoint_dir, filename)
-    if not weights_file.is_file():
-        hint = " (raw weights exist only in checkpoints trained with ema_decay)" if raw_weights else ""
-        raise FileNotFoundError(f"No {filename} in checkpoint folder {checkpoint_dir}{hint}")
     device = pytorch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
+        model, framework = _load_jax_model(train_config.model, checkpoint_dir, raw_weights), "jax"
+    else:
+        model, framework = _load_pytorch_model(train_config.model, checkpoint_dir, raw_weights), "pytorch"
     data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
     norm_stats = _load_norm_stats(checkpoint_dir, data_config)
-
-    model = PI0Pytorch(train_config.model)
-    weights.load_weights(model, weights_file)
-    logger.info("Loaded %s (config %s) on %s", weights_file, train_config.name, device)
+    logger.info("Loaded %s (config %s, %s) on %s", checkpoint_dir, train_config.name, framework, device)
 
     pipeline = build_pipeline(data_config, norm_stats, from_dataset=False, default_prompt=default_prompt)
     model_config = train_config.model
@@ -77,6 +76,7 @@ def create_trained_policy(
         "action_horizon": model_config.action_horizon,
         "action_dim": model_config.action_dim,
         "token_pruning_enabled": model_config.token_pruning_enabled,
+        "framework": framework,
     }
     return Policy(
         model,
@@ -87,6 +87,28 @@ def create_trained_policy(
         pytorch_device=device,
         batch_buckets=batch_buckets,
     )
+
+
+def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> PI0Pytorch:
+    filename = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
+    weights_file = checkpoint_files.weights_path(checkpoint_dir, filename)
+    if not weights_file.is_file():
+        hint = " (raw weights exist only in checkpoints trained with ema_decay)" if raw_weights else ""
+        raise FileNotFoundError(
+            f"No {filename} (nor a JAX {checkpoint_files.JAX_PARAMS_DIR}/ tree) in checkpoint folder {checkpoint_dir}"
+            f"{hint}"
+        )
+    model = PI0Pytorch(config)
+    weights.load_weights(model, weights_file)
+    return model
+
+
+def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> JaxPolicyModel:
+    if raw_weights:
+        raise ValueError(f"{checkpoint_dir} is a JAX checkpoint: its params/ tree is the only weight set it holds")
+    from openpi.models_jax.pi0 import Pi0
+
+    return JaxPolicyModel(Pi0.from_checkpoint(checkpoint_dir, config))
 
 
 def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> dict[str, _normalize.NormStats]:

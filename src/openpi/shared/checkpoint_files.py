@@ -6,6 +6,8 @@ A checkpoint folder (a training step, a converted JAX checkpoint, or anything ``
     <checkpoint>/model_raw.safetensors                  training checkpoints with EMA: the raw (optimised) weights
     <checkpoint>/config.json                            the Pi0Config (written by the converter)
     <checkpoint>/assets/<asset_id>/norm_stats.json      normalisation statistics of the robot's data
+    <checkpoint>/params/                                a JAX checkpoint: the orbax parameter tree (served by the
+                                                        JAX model, converted for the PyTorch one)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ RAW_WEIGHTS_FILE = "model_raw.safetensors"
 CONFIG_FILE = "config.json"
 ASSETS_DIR = "assets"
 NORM_STATS_FILE = "norm_stats.json"
+JAX_PARAMS_DIR = "params"
 
 
 def weights_path(path: str | os.PathLike, filename: str = WEIGHTS_FILE) -> Path:
@@ -34,3 +37,8 @@ def assets_dir(checkpoint_dir: str | os.PathLike) -> Path:
 def norm_stats_path(directory: str | os.PathLike) -> Path:
     """The norm-stats file inside ``directory`` (e.g. ``assets_dir(checkpoint) / asset_id``)."""
     return Path(directory) / NORM_STATS_FILE
+
+
+def is_jax_checkpoint(checkpoint_dir: str | os.PathLike) -> bool:
+    """Whether ``checkpoint_dir`` holds an orbax parameter tree (``params/``) rather than safetensors weights."""
+    return (Path(checkpoint_dir) / JAX_PARAMS_DIR / "_METADATA").is_file()

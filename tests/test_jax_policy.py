@@ -1,0 +1,74 @@
+"""A JAX checkpoint folder (orbax ``params/`` + assets) serves directly through the JAX model, with the same actions
+as its conversion served through the PyTorch model, and the pruning overrides and kept-patch replies of both."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openpi.models_pytorch import convert
+from openpi.models_pytorch.reference import ReferenceFixture
+from openpi.policies import libero_policy, policy_config
+from openpi.shared import normalize
+from openpi.training import config as _config
+from tests.lerobot_fixtures import write_tokenizer
+from tests.test_policy import libero_observation
+
+TOLERANCE = 2e-3
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, reference_root: Path) -> tuple[ReferenceFixture, Path, Path, Path]:
+    """The jax_pi05_tiny checkpoint with LIBERO norm stats, its PyTorch conversion, and a tokenizer."""
+    tmp_path = tmp_path_factory.mktemp("jax_policy")
+    fixture = ReferenceFixture.load(reference_root / "jax_pi05_tiny")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
+    stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
+    normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
+    converted = convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
+    return fixture, checkpoint, converted, write_tokenizer(tmp_path)
+
+
+def _train_config(fixture: ReferenceFixture, tokenizer: Path, **model) -> _config.TrainConfig:
+    data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer))
+    return _config.TrainConfig(name="tiny", model=dataclasses.replace(fixture.config, **model), data=data)
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("pruning", [{}, {"token_pruning_enabled": True}], ids=["unpruned", "pruned"])
+def test_jax_folder_serves_the_actions_of_its_pytorch_conversion(folders, pruning):
+    fixture, checkpoint, converted, tokenizer = folders
+    config = _train_config(fixture, tokenizer, **pruning)
+    jax_policy = policy_config.create_trained_policy(config, checkpoint, sample_kwargs={"num_steps": 3})
+    torch_policy = policy_config.create_trained_policy(config, converted, sample_kwargs={"num_steps": 3})
+    assert (jax_policy.metadata["framework"], torch_policy.metadata["framework"]) == ("jax", "pytorch")
+    noise = np.random.default_rng(0).standard_normal((3, fixture.config.action_horizon, 32)).astype(np.float32)
+    observations = [libero_observation(seed) for seed in range(3)]
+    jax_out = jax_policy.infer_batch(observations, noise=noise)
+    torch_out = torch_policy.infer_batch(observations, noise=noise)
+    assert _relative(jax_out["actions"], torch_out["actions"]) < TOLERANCE
+    if pruning:
+        for policy in (jax_policy, torch_policy):
+            policy.model.set_token_pruner_keep_ratio(0.1)
+        asked = [{**obs, "return_kept_patches": True} for obs in observations]
+        jax_out, torch_out = jax_policy.infer_batch(asked, noise=noise), torch_policy.infer_batch(asked, noise=noise)
+        np.testing.assert_array_equal(jax_out["kept_patch_mask"], torch_out["kept_patch_mask"])
+        assert (
+            jax_out["token_pruning"]["kept_tokens_overall_mean"]
+            == torch_out["token_pruning"]["kept_tokens_overall_mean"]
+        )
+        assert _relative(jax_out["actions"], torch_out["actions"]) < TOLERANCE
+
+
+def test_raw_weights_of_a_jax_folder_are_refused(folders):
+    fixture, checkpoint, _, tokenizer = folders
+    with pytest.raises(ValueError, match="JAX checkpoint"):
+        policy_config.create_trained_policy(_train_config(fixture, tokenizer), checkpoint, raw_weights=True)
