@@ -13,7 +13,7 @@ import torch
 
 from openpi.models.observation import random_observation
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_jax.pi0 import Pi0, select_fn
+from openpi.models_jax.pi0 import Pi0
 from openpi.models_pytorch import convert, reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from tests.test_convert import odd_config, random_params, write_orbax
@@ -46,17 +46,18 @@ def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
         torch_actions = torch_model.sample_actions(obs, noise=noise)
         torch_prefix = torch_model.encode_prefix(obs, noise).pad_masks.sum(dim=1).tolist()  # valid tokens per sample
     jax_obs = JaxObservation.from_observation(obs)
-    jax_actions = jax_model.sample_actions(jax.random.key(0), jax_obs, noise=noise.numpy())
+    sampled = jax_model.sample(jax.random.key(0), jax_obs, noise=noise.numpy())
+    jax_actions, keep = sampled.actions, sampled.keep
 
     selection = torch_model.pruner.last_selection
-    _, keep, _ = select_fn(jax_model.params(), jax_obs, config=jax_model.config, prune=jax_model.prune_settings())
+    np.testing.assert_array_equal(np.asarray(sampled.votes), selection.votes.numpy())
     for b in range(obs.batch_size):
         torch_kept = set(selection.kept_indices[b][selection.mask[b]].tolist())
         assert torch_kept == set(np.flatnonzero(np.asarray(keep[b])).tolist())
     prompt = jax_obs.tokenized_prompt_mask.sum(axis=1)
     assert (np.asarray(keep).sum(axis=1) + prompt).tolist() == torch_prefix
     # Padded lengths: both frameworks pad a union to a multiple of 16; JAX gives a budget exactly its K slots.
-    assert jax_model.last_prefix_length <= torch_model.encode_prefix(obs, noise).pad_masks.shape[1]
+    assert sampled.prefix_length <= torch_model.encode_prefix(obs, noise).pad_masks.shape[1]
     assert reference.relative_error(torch.from_numpy(np.array(jax_actions)), torch_actions) < TOLERANCE
     torch_stats = torch_model.get_token_pruning_stats()
     for key in TELEMETRY:
