@@ -27,7 +27,7 @@ SRC = Path(openpi.__file__).parent
 LAYERS = (
     ("shared", "transforms"),
     ("models",),
-    ("models_pytorch",),
+    ("models_pytorch", "models_jax"),
     ("envs",),
     ("policies", "serving"),
     ("training",),
