@@ -259,6 +259,27 @@ def sample_fn(
     return jax.lax.fori_loop(0, num_steps, step, noise.astype(jnp.float32))
 
 
+class TrainingNoise(NamedTuple):
+    noise: jax.Array  # [B, H, A] the flow's starting point
+    time: jax.Array  # [B] Beta(1.5, 1) * 0.999 + 0.001
+    prune_uniform: jax.Array | None  # [B, N, N] the pruner's exploration draw (None without pruning)
+
+
+def draw_training_noise(
+    rng: jax.Array, config: Pi0Config, actions_shape: tuple[int, ...], num_cameras: int
+) -> TrainingNoise:
+    """Every random draw of one training loss evaluation, from ``rng``."""
+    noise_rng, time_rng, prune_rng = jax.random.split(rng, 3)
+    batch = actions_shape[0]
+    noise = jax.random.normal(noise_rng, actions_shape, jnp.float32)
+    time = jax.random.beta(time_rng, 1.5, 1.0, (batch,)) * 0.999 + 0.001
+    uniform = None
+    if config.token_pruning_enabled:
+        num_patches = num_cameras * config.vision_config.num_patches
+        uniform = jax.random.uniform(prune_rng, (batch, num_patches, num_patches), jnp.float32)
+    return TrainingNoise(noise, time, uniform)
+
+
 def _check_pruner_context(config: Pi0Config) -> None:
     if config.token_prune_state_token or config.token_prune_action_context:
         raise ValueError(
@@ -331,16 +352,11 @@ class Pi0(nnx.Module):
         ``prune_uniform [B, N, N]`` come from ``rng`` unless given. ``noise_scale`` defaults to the config's.
         """
         obs = observation.trim_prompt_padding(self.config.prompt_trim_multiple)
-        noise_rng, time_rng, prune_rng = jax.random.split(rng, 3)
-        batch = actions.shape[0]
-        if noise is None:
-            noise = jax.random.normal(noise_rng, actions.shape, jnp.float32)
-        if time is None:
-            time = jax.random.beta(time_rng, 1.5, 1.0, (batch,)) * 0.999 + 0.001
+        drawn = draw_training_noise(rng, self.config, actions.shape, len(obs.images))
+        noise = drawn.noise if noise is None else noise
+        time = drawn.time if time is None else time
         prune = self.prune_settings()
-        if prune.enabled and train and prune_uniform is None:
-            num_patches = len(obs.images) * self.config.vision_config.num_patches
-            prune_uniform = jax.random.uniform(prune_rng, (batch, num_patches, num_patches), jnp.float32)
+        prune_uniform = drawn.prune_uniform if prune_uniform is None else prune_uniform
         scale = self.config.token_prune_noise_scale if noise_scale is None else noise_scale
         loss, stats = compute_loss_fn(
             self.params(),

@@ -157,31 +157,46 @@ def save_checkpoint(
         before_commit: called with the temporary directory after the files are written and before the marker and
             the rename (lets tests simulate a crash there).
     """
+
+    def write(directory: Path) -> None:
+        if ema is None:
+            weights.save_weights(model, directory)
+        else:
+            weights.save_weights(ema.state_dict(), directory)
+            weights.save_weights(model, directory, RAW_WEIGHTS_FILE)
+        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILENAME)
+        torch.save(dataclasses.asdict(state), directory / TRAINING_STATE_FILENAME)
+        save_norm_stats(directory, norm_stats)
+        if before_commit is not None:
+            before_commit(directory)
+
+    return write_atomically(exp_dir, state.step, write)
+
+
+def save_norm_stats(directory: Path, norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None) -> None:
+    """Writes ``(asset_id, stats)`` to ``directory/assets/<asset_id>/norm_stats.json`` (nothing for None)."""
+    if norm_stats is not None:
+        asset_id, stats = norm_stats
+        normalize.save(directory / "assets" / asset_id, dict(stats))
+
+
+def write_atomically(exp_dir: str | Path, step: int, write: Callable[[Path], None]) -> Path:
+    """Runs ``write(tmp_dir)`` in a hidden temporary directory, then adds the manifest and the completeness marker,
+    fsyncs and renames it to ``exp_dir/<step>``; returns that directory. Any framework's files commit this way."""
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = exp_dir / f"{_TMP_PREFIX}{state.step}_{os.getpid()}"
+    tmp_dir = exp_dir / f"{_TMP_PREFIX}{step}_{os.getpid()}"
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
     tmp_dir.mkdir()
     try:
-        if ema is None:
-            weights.save_weights(model, tmp_dir)
-        else:
-            weights.save_weights(ema.state_dict(), tmp_dir)
-            weights.save_weights(model, tmp_dir, RAW_WEIGHTS_FILE)
-        torch.save(optimizer.state_dict(), tmp_dir / OPTIMIZER_FILENAME)
-        torch.save(dataclasses.asdict(state), tmp_dir / TRAINING_STATE_FILENAME)
-        if norm_stats is not None:
-            asset_id, stats = norm_stats
-            normalize.save(tmp_dir / "assets" / asset_id, dict(stats))
-        if before_commit is not None:
-            before_commit(tmp_dir)
+        write(tmp_dir)
         _write_manifest(tmp_dir)
         _fsync_tree(tmp_dir)
-        (tmp_dir / COMPLETE_MARKER).write_text(f"{state.step}\n")
+        (tmp_dir / COMPLETE_MARKER).write_text(f"{step}\n")
         _fsync_path(tmp_dir / COMPLETE_MARKER)
         _fsync_path(tmp_dir)
-        final_dir = step_dir(exp_dir, state.step)
+        final_dir = step_dir(exp_dir, step)
         if final_dir.exists():
             _remove_dir(final_dir)
         os.replace(tmp_dir, final_dir)

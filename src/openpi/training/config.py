@@ -32,7 +32,9 @@ class TrainConfig:
     data: DataConfigFactory = dataclasses.field(default_factory=FakeDataConfig)
     # Folder with model.safetensors of the base model (e.g. converted from a JAX checkpoint); None trains from scratch.
     pytorch_weight_path: str | None = None
-    # Fine-tuning configs set this False: starting them without pytorch_weight_path is an error, not a random 3.3B.
+    # JAX trainer (scripts/train.py): a published orbax checkpoint (the folder holding params/) to start from.
+    weight_path: str | None = None
+    # Fine-tuning configs set this False: starting them without base weights is an error, not a random 3.3B.
     allow_random_init: bool = True
     # bfloat16: bf16 weights (norms and projections float32); float32; mixed: float32 master weights, the forward and
     # backward under bf16 autocast.
@@ -57,6 +59,8 @@ class TrainConfig:
     # torch.compile the training forward with this mode (e.g. "default", "max-autotune"); a pruned model then buckets
     # its deduplicated patch count in 16s so that the step recompiles once per bucket. None: eager.
     pytorch_training_compile_mode: str | None = None
+    # JAX trainer: shard parameters and optimizer state over this many devices (a data x fsdp device mesh).
+    fsdp_devices: int = 1
     # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex.
     freeze_filter: str | None = None
     # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.

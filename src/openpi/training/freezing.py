@@ -6,6 +6,9 @@ Presets:
   adapters, SigLIP, the projector and the action/time/state projections train (upstream's low-memory fine-tune).
 - ``expert-only``: the whole PaliGemma (language model, SigLIP, projector); the action expert and projections train.
 - ``vision``: SigLIP and its projector.
+
+The JAX trainer matches the same presets (``lora`` excepted: the JAX model has no LoRA yet) against the published
+parameter paths (``PaliGemma/llm/layers/attn/q_einsum_1/w``), see :data:`JAX_FREEZE_PRESETS`.
 """
 
 from __future__ import annotations
@@ -23,25 +26,37 @@ FREEZE_PRESETS = {
     "vision": r"^paligemma_with_expert\.paligemma\.model\.(vision_tower|multi_modal_projector)\.",
 }
 
+# The expert's weights carry the suffix _1 (q_einsum_1, mlp_1, pre_attention_norm_1, final_norm_1).
+JAX_FREEZE_PRESETS = {
+    "expert-only": r"^PaliGemma/(?!llm/(layers/(attn/)?)?[a-z_]+_1/)",
+    "vision": r"^PaliGemma/img/",
+}
 
-def freeze_parameters(model: nn.Module, freeze_filter: str) -> list[str]:
-    """Freezes the parameters matching ``freeze_filter`` (a preset name or a regex searched in each name) and returns
-    their names.
+
+def select_frozen(names: list[str], freeze_filter: str, presets: dict[str, str] = FREEZE_PRESETS) -> list[str]:
+    """The names matching ``freeze_filter`` (a preset name or a regex searched in each name).
 
     Raises:
-        ValueError: the filter is not a valid regex, or matches no parameter, or every parameter.
+        ValueError: the filter is not a valid regex, or matches no name, or every name.
     """
-    pattern = FREEZE_PRESETS.get(freeze_filter, freeze_filter)
+    pattern = presets.get(freeze_filter, freeze_filter)
     try:
         regex = re.compile(pattern)
     except re.error as e:
-        presets = sorted(FREEZE_PRESETS)
-        raise ValueError(f"freeze_filter {freeze_filter!r} is neither a preset {presets} nor a regex: {e}") from None
-    named = dict(model.named_parameters())
-    frozen = [name for name in named if regex.search(name)]
-    if not frozen or len(frozen) == len(named):
+        raise ValueError(
+            f"freeze_filter {freeze_filter!r} is neither a preset {sorted(presets)} nor a regex: {e}"
+        ) from None
+    frozen = [name for name in names if regex.search(name)]
+    if not frozen or len(frozen) == len(names):
         which = "no" if not frozen else "every"
         raise ValueError(f"freeze_filter {freeze_filter!r} matches {which} parameter of the model")
+    return frozen
+
+
+def freeze_parameters(model: nn.Module, freeze_filter: str) -> list[str]:
+    """Freezes the parameters matching ``freeze_filter`` (see :func:`select_frozen`) and returns their names."""
+    named = dict(model.named_parameters())
+    frozen = select_frozen(list(named), freeze_filter)
     for name in frozen:
         named[name].requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -461,7 +461,7 @@ class _Trainer:
             resume="allow" if run_id else None,
             dir=str(self.exp_dir),
             mode=wandb_mode(),
-            config=_jsonable_config(self.config),
+            config=jsonable_config(self.config),
         )
         id_file.write_text(run.id)
         return run
@@ -484,7 +484,7 @@ def _check_batch_size(config: _config.TrainConfig, ctx: DistributedContext) -> N
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the {ctx.world_size} processes")
 
 
-def _jsonable_config(config: _config.TrainConfig) -> dict[str, Any]:
+def jsonable_config(config: _config.TrainConfig) -> dict[str, Any]:
     def convert(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}

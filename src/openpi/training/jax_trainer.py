@@ -1,0 +1,348 @@
+"""The JAX training loop (``scripts/train.py``): the PyTorch trainer's configs, data, pruning schedule, telemetry and
+checkpoint protocol, with optax, orbax and a ``data × fsdp`` device mesh.
+
+Every random draw of step k (flow noise and time, the pruner's exploration draw) comes from
+``fold_in(key(seed), k)`` and the batch from the shared data loader (a function of seed and k), so a resumed run
+repeats exactly the steps an uninterrupted one would. Checkpoints (``<exp>/<step>/``) hold ``params/`` (the orbax
+tree to serve: the moving average when ``ema_decay`` is set, as upstream serves it), ``train_state/`` (step, raw
+parameters, optimizer state, EMA) and ``assets/``; they are committed with the same atomic protocol as the PyTorch
+checkpoints (temporary directory, manifest, completeness marker, rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from openpi.models_jax import params as jax_params
+from openpi.models_jax.observation import JaxObservation
+from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise
+from openpi.models_pytorch import preprocessing
+from openpi.models_pytorch.orbax_params import flatten_params
+from openpi.policies import data_config as _data_config
+from openpi.training import checkpoints, data_loader, freezing, trainer
+from openpi.training import config as _config
+from openpi.training.optimizer import CosineDecaySchedule
+
+logger = logging.getLogger(__name__)
+
+Params = dict[str, Any]
+PARAMS_DIR = "params"
+TRAIN_STATE_DIR = "train_state"
+
+
+@dataclasses.dataclass
+class JaxTrainResult:
+    """What :func:`train` returns: the final train state (a dict of device arrays, sharded over the mesh), the step
+    reached and every logged metrics dict."""
+
+    state: dict[str, Any]
+    step: int
+    history: list[dict[str, float]]
+
+
+def lr_schedule(schedule: CosineDecaySchedule) -> optax.Schedule:
+    """:meth:`CosineDecaySchedule.lr_at` as an optax schedule of the update count."""
+    init_lr = schedule.peak_lr / (schedule.warmup_steps + 1)
+
+    def lr(step: jax.Array) -> jax.Array:
+        warmup = init_lr + (schedule.peak_lr - init_lr) * step / max(schedule.warmup_steps, 1)
+        progress = jnp.clip((step - schedule.warmup_steps) / max(1, schedule.decay_steps - schedule.warmup_steps), 0, 1)
+        cosine = schedule.decay_lr + (schedule.peak_lr - schedule.decay_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(step < schedule.warmup_steps, warmup, cosine)
+
+    return lr
+
+
+def build_optimizer(config: _config.TrainConfig) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping, on the schedule of ``config.lr_schedule`` (the PyTorch trainer's settings)."""
+    opt = config.optimizer
+    return optax.chain(
+        optax.clip_by_global_norm(opt.clip_gradient_norm),
+        optax.adamw(lr_schedule(config.lr_schedule), opt.b1, opt.b2, opt.eps, weight_decay=opt.weight_decay),
+    )
+
+
+def frozen_paths(config: _config.TrainConfig, params: Params) -> frozenset[str]:
+    """The parameter paths ``config.freeze_filter`` freezes (a JAX preset or a regex over ``a/b/c`` paths)."""
+    if config.freeze_filter is None:
+        return frozenset()
+    if config.freeze_filter == "lora":
+        raise ValueError("freeze_filter 'lora' needs LoRA variants, which the JAX model does not have yet")
+    paths = list(flatten_params(params))
+    return frozenset(freezing.select_frozen(paths, config.freeze_filter, freezing.JAX_FREEZE_PRESETS))
+
+
+def split_params(params: Params, frozen: frozenset[str]) -> tuple[Params, Params]:
+    """``(trained, frozen)`` nested trees; only the first gets gradients and optimizer state."""
+    flat = flatten_params(params)
+    trained = jax_params.nest({k: v for k, v in flat.items() if k not in frozen})
+    return trained, jax_params.nest({k: v for k, v in flat.items() if k in frozen})
+
+
+def merge_params(trained: Params, frozen: Params) -> Params:
+    return jax_params.nest({**flatten_params(frozen), **flatten_params(trained)})
+
+
+def init_state(config: _config.TrainConfig, params: Params, frozen: frozenset[str]) -> dict[str, Any]:
+    """Step 0: the parameters, the optimizer state of the trained ones, and the EMA (a copy of the parameters)."""
+    trained, _ = split_params(params, frozen)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": build_optimizer(config).init(trained),
+        "ema": None if config.ema_decay is None else jax.tree.map(jnp.array, params),
+    }
+
+
+def train_step(
+    state: dict[str, Any],
+    obs: JaxObservation,
+    actions: jax.Array,
+    rng: jax.Array,
+    noise_scale: jax.Array,
+    *,
+    config: _config.TrainConfig,
+    frozen: frozenset[str],
+    collect_stats: bool,
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """One optimizer step on the mean flow-matching loss; returns the new state and the step's metrics."""
+    model_config = config.model
+    trained, frozen_params = split_params(state["params"], frozen)
+    drawn = draw_training_noise(rng, model_config, actions.shape, len(obs.images))
+    prune = PruneSettings(model_config.token_pruning_enabled, collect_stats=collect_stats)
+
+    def loss_fn(trained: Params) -> tuple[jax.Array, dict[str, jax.Array]]:
+        loss, stats = compute_loss_fn(
+            merge_params(trained, frozen_params),
+            obs,
+            actions,
+            drawn.noise,
+            drawn.time,
+            drawn.prune_uniform,
+            noise_scale,
+            config=model_config,
+            train=True,
+            prune=prune,
+            remat=config.gradient_checkpointing,
+        )
+        return loss.mean(), stats
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    updates, opt_state = build_optimizer(config).update(grads, state["opt_state"], trained)
+    params = merge_params(optax.apply_updates(trained, updates), frozen_params)
+    ema = state["ema"]
+    if ema is not None:
+        ema = jax.tree.map(lambda e, p: config.ema_decay * e + (1.0 - config.ema_decay) * p, ema, params)
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **{f"prune/{k}": v for k, v in stats.items()}}
+    return new_state, metrics
+
+
+# ---------------------------------------------------------------------------------------------------- sharding
+def make_mesh(fsdp_devices: int) -> Mesh:
+    """``data × fsdp`` over every local device: parameters shard over ``fsdp``, batches over both axes."""
+    devices = jax.devices()
+    if fsdp_devices < 1 or len(devices) % fsdp_devices:
+        raise ValueError(f"fsdp_devices={fsdp_devices} does not divide the {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(len(devices) // fsdp_devices, fsdp_devices), ("data", "fsdp"))
+
+
+def fsdp_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """Shards an array's largest axis divisible by the ``fsdp`` size over ``fsdp``; replicates the others."""
+    size = mesh.shape["fsdp"]
+    axes = [i for i, n in enumerate(shape) if size > 1 and n % size == 0]
+    if not axes:
+        return NamedSharding(mesh, PartitionSpec())
+    axis = max(axes, key=lambda i: shape[i])
+    return NamedSharding(mesh, PartitionSpec(*[("fsdp" if i == axis else None) for i in range(len(shape))]))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def state_shardings(mesh: Mesh, state: Any) -> Any:
+    return jax.tree.map(lambda leaf: fsdp_sharding(mesh, tuple(leaf.shape)), state)
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(
+    exp_dir: Path, state: dict[str, Any], data_config: _data_config.DataConfig, keep_period: int | None
+) -> Path:
+    """Commits ``<exp>/<step>/`` (``params/``, ``train_state/``, ``assets/``) atomically; prunes old checkpoints."""
+    host_state = jax.device_get(state)
+    step = int(host_state["step"])
+    norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
+
+    def write(directory: Path) -> None:
+        served = host_state["ema"] if host_state["ema"] is not None else host_state["params"]
+        ocp.PyTreeCheckpointer().save((directory / PARAMS_DIR).absolute(), {"params": served})
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save((directory / TRAIN_STATE_DIR).absolute(), _without_none(host_state))
+        checkpointer.wait_until_finished()
+        checkpoints.save_norm_stats(directory, norm_stats)
+
+    path = checkpoints.write_atomically(exp_dir, step, write)
+    checkpoints.prune_checkpoints(exp_dir, keep_period)
+    return path
+
+
+def restore_state(checkpoint_dir: Path, target: dict[str, Any]) -> dict[str, Any]:
+    """The ``train_state`` of a checkpoint, in ``target``'s structure (arrays or ``ShapeDtypeStruct``s)."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _without_none(target))
+    restored = ocp.StandardCheckpointer().restore((checkpoint_dir / TRAIN_STATE_DIR).absolute(), abstract)
+    return {**restored, "ema": restored.get("ema")}
+
+
+def _without_none(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in state.items() if value is not None}
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+def initial_params(config: _config.TrainConfig) -> Params:
+    """The base weights of ``config.weight_path`` (strict), or fresh ones when random init is allowed."""
+    if config.weight_path is not None:
+        logger.info("Loading weights from %s", config.weight_path)
+        return jax_params.load_params(config.weight_path, config.model)
+    if not config.allow_random_init:
+        raise ValueError(
+            f"Config {config.name!r} fine-tunes a pretrained model, but --weight-path is not set. Point it at the "
+            "base checkpoint (the folder holding params/), or pass --allow-random-init to train from random weights."
+        )
+    return jax_params.init_params(config.model, config.seed)
+
+
+def train(config: _config.TrainConfig) -> JaxTrainResult:
+    """Trains ``config`` to ``num_train_steps`` with JAX, saving checkpoints under ``config.checkpoint_dir``."""
+    exp_dir = Path(config.checkpoint_dir)
+    resume_step = trainer.prepare_experiment_dir(config)
+    mesh = make_mesh(config.fsdp_devices)
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
+    params = initial_params(config) if resume_step is None else jax_params.init_params(config.model, config.seed)
+    frozen = frozen_paths(config, params)
+    state = init_state(config, params, frozen)
+    if resume_step is not None:
+        logger.info("Resuming from %s", checkpoints.step_dir(exp_dir, resume_step))
+        state = restore_state(checkpoints.step_dir(exp_dir, resume_step), state)
+    shardings = state_shardings(mesh, state)
+    state = jax.device_put(state, shardings)
+    step_fns = {
+        collect: jax.jit(
+            functools.partial(train_step, config=config, frozen=frozen, collect_stats=collect),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+        for collect in (False, True)
+    }
+    start_step = 0 if resume_step is None else resume_step
+    loader = data_loader.create_data_loader(
+        config, shuffle=True, start_step=start_step, num_batches=config.num_train_steps - start_step
+    )
+    wandb_run = _init_wandb(config, exp_dir, resume_step is not None) if config.wandb_enabled else None
+    try:
+        state, history = _loop(config, state, step_fns, iter(loader), loader.data_config, mesh, start_step, wandb_run)
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish()
+    return JaxTrainResult(state, config.num_train_steps, history)
+
+
+def _loop(
+    config: _config.TrainConfig,
+    state: dict[str, Any],
+    step_fns: dict[bool, Any],
+    batches: Any,
+    data_config: _data_config.DataConfig,
+    mesh: Mesh,
+    start_step: int,
+    wandb_run: Any,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    exp_dir = Path(config.checkpoint_dir)
+    image_size = config.model.vision_config.image_size
+    base_key = jax.random.key(config.seed)
+    history: list[dict[str, float]] = []
+    losses: list[jax.Array] = []
+    window_start = time.perf_counter()
+    with tqdm.tqdm(total=config.num_train_steps, initial=start_step, dynamic_ncols=True, desc="train") as progress:
+        for step in range(start_step, config.num_train_steps):
+            observation, actions = next(batches)
+            observation = preprocessing.preprocess_observation(
+                observation,
+                train=True,
+                image_resolution=(image_size, image_size),
+                generator=trainer.augmentation_generator(config.seed, step, 0),
+            )
+            obs = JaxObservation.from_observation(observation).trim_prompt_padding(config.model.prompt_trim_multiple)
+            obs, actions = jax.device_put((obs, actions.numpy()), batch_sharding(mesh))
+            is_log_step = step % config.log_interval == 0 or step == config.num_train_steps - 1
+            noise_scale = trainer.pruner_noise_scale(config, step)
+            state, metrics = step_fns[is_log_step](
+                state, obs, actions, jax.random.fold_in(base_key, step), jnp.float32(noise_scale)
+            )
+            losses.append(metrics["loss"])
+            progress.update(1)
+            if is_log_step:
+                logged = _log_metrics(config, step, metrics, losses, noise_scale, time.perf_counter() - window_start)
+                history.append(logged)
+                progress.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}")
+                logger.info("step=%d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logged.items() if k != "step"))
+                if wandb_run is not None:
+                    wandb_run.log({k: v for k, v in logged.items() if k != "step"}, step=step)
+                losses, window_start = [], time.perf_counter()
+            completed = step + 1
+            if completed % config.save_interval == 0 or completed == config.num_train_steps:
+                save_checkpoint(exp_dir, state, data_config, config.keep_period)
+    return state, history
+
+
+def _log_metrics(
+    config: _config.TrainConfig,
+    step: int,
+    metrics: dict[str, jax.Array],
+    losses: list[jax.Array],
+    noise_scale: float,
+    elapsed: float,
+) -> dict[str, float]:
+    logged = {
+        "step": float(step),
+        "loss": float(np.mean([float(loss) for loss in losses])),
+        "lr": config.lr_schedule.lr_at(step),
+        "grad_norm": float(metrics["grad_norm"]),
+        "samples_per_s": len(losses) * config.batch_size / max(elapsed, 1e-9),
+    }
+    logged |= {key: float(value) for key, value in metrics.items() if key.startswith("prune/")}
+    if config.model.token_pruning_enabled:
+        logged["prune/noise_scale"] = noise_scale
+    return logged
+
+
+def _init_wandb(config: _config.TrainConfig, exp_dir: Path, resuming: bool) -> Any:
+    import wandb
+
+    id_file = exp_dir / trainer.WANDB_ID_FILENAME
+    run_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
+    run = wandb.init(
+        project=config.project_name,
+        name=config.exp_name,
+        id=run_id,
+        resume="allow" if run_id else None,
+        dir=str(exp_dir),
+        mode=trainer.wandb_mode(),
+        config=trainer.jsonable_config(config),
+    )
+    id_file.write_text(run.id)
+    return run
