@@ -36,9 +36,10 @@ def _attention(x: jax.Array, p: Params) -> jax.Array:
         jnp.einsum("blw,wnh->blnh", x, p[name]["kernel"].astype(x.dtype)) + p[name]["bias"].astype(x.dtype)
         for name in ("query", "key", "value")
     )  # [B, L, heads, head_dim]
-    logits = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, heads, L, head_dim]
+    logits = jnp.matmul(q, k.swapaxes(-1, -2)).astype(jnp.float32) * q.shape[-1] ** -0.5
     weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bnqk,bknh->bqnh", weights, v)
+    out = jnp.matmul(weights, v).transpose(0, 2, 1, 3)  # [B, L, heads, head_dim]
     return jnp.einsum("bqnh,nhw->bqw", out, p["out"]["kernel"].astype(x.dtype)) + p["out"]["bias"].astype(x.dtype)
 
 
@@ -52,11 +53,13 @@ def _encoder_block(x: jax.Array, p: Params) -> jax.Array:
 def encode_images(p: Params, images: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """Images ``[B, H, W, 3]`` in [-1, 1] → image tokens ``[B, patches, llm_width]`` (projected by ``head``)."""
     kernel = p["embedding"]["kernel"]  # [patch, patch, 3, width] (HWIO)
-    patch = kernel.shape[0]
-    x = jax.lax.conv_general_dilated(
-        images.astype(jnp.float32), kernel, (patch, patch), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )  # [B, H/patch, W/patch, width]
-    x = x.reshape(x.shape[0], -1, x.shape[-1]) + p["embedding"]["bias"]  # [B, patches, width]
+    patch, width = kernel.shape[0], kernel.shape[-1]
+    batch, height, image_width, channels = images.shape
+    rows, cols = height // patch, image_width // patch
+    # The stride-patch convolution as one matmul over flattened patches (same (row, col, channel) order as HWIO).
+    patches = images.astype(jnp.float32).reshape(batch, rows, patch, cols, patch, channels)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows * cols, patch * patch * channels)
+    x = patches @ kernel.reshape(-1, width) + p["embedding"]["bias"]  # [B, patches, width]
     x = (x + p["pos_embedding"]).astype(dtype)
     x, _ = jax.lax.scan(lambda h, layer: (_encoder_block(h, layer), None), x, p["Transformer"]["encoderblock"])
     x = layer_norm(x, p["Transformer"]["encoder_norm"])
