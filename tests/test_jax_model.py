@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -16,7 +17,7 @@ from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.models_jax import params as jax_params
 from openpi.models_jax import reference as jax_reference
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_jax.pi0 import Pi0, compute_loss_fn
+from openpi.models_jax.pi0 import Pi0, compute_loss_fn, prefix_cache_fn
 from openpi.models_pytorch import reference
 from openpi.models_pytorch.convert_rules import CheckpointMismatchError, expected_jax_shapes
 from openpi.models_pytorch.orbax_params import flatten_params
@@ -134,3 +135,37 @@ def test_training_loss_passes_gradient_through_the_pruner_to_vision():
     norms = {path: float(np.linalg.norm(g)) for path, g in flatten_params(jax.grad(loss)(model.params())).items()}
     assert all(np.isfinite(v) for v in norms.values())
     assert norms["PaliGemma/img/embedding/kernel"] > 0
+
+
+def _varied_observations(config: Pi0Config, count: int) -> list[JaxObservation]:
+    """Different images, prompt lengths (1–40 valid tokens of 48) and, every third, an absent wrist camera."""
+    observations = []
+    for i in range(count):
+        obs = random_observation(config, 2, valid_prompt_tokens=1 + (i * 7) % 40, seed=i)
+        if i % 3 == 0:
+            obs.image_masks["left_wrist_0_rgb"][1] = False
+        observations.append(JaxObservation.from_observation(obs))
+    return observations
+
+
+@pytest.mark.parametrize("keep_ratio", [0.1, None], ids=["budget10", "union"])
+def test_pruned_inference_shortens_the_cache_and_compiles_once_per_shape_bucket(keep_ratio):
+    config = tiny_config(token_pruning_enabled=True, token_prune_keep_ratio=keep_ratio, max_token_len=48)
+    model = Pi0(config, seed=0)
+    observations = _varied_observations(config, 20)
+    num_patches = 3 * config.vision_config.num_patches
+    prefix_cache_fn.clear_cache()
+    buckets = set()
+    for obs in observations:
+        prefix, cache = model.encode_prefix(obs)
+        length = prefix.mask.shape[1]
+        prompt = obs.trim_prompt_padding(config.prompt_trim_multiple).tokenized_prompt.shape[1]
+        assert cache.keys.shape == (config.llm_config.depth, 2, length, 1, config.llm_config.head_dim)
+        if keep_ratio is not None:
+            assert length == math.ceil(keep_ratio * num_patches) + prompt  # 77 patch slots instead of 768
+        else:
+            assert (length - prompt) % 16 == 0 and length - prompt < num_patches
+        buckets.add((prompt, length - prompt))
+        model.sample_actions(jax.random.key(0), obs, num_steps=2)
+    assert prefix_cache_fn._cache_size() == len(buckets)  # one compilation per (prompt, kept) bucket
+    assert len(buckets) <= 3 if keep_ratio is not None else len(buckets) <= 3 * num_patches // 16

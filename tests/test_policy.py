@@ -30,6 +30,11 @@ def write_checkpoint(directory: Path, train_config: _config.TrainConfig, action_
     """Writes random weights (seeded) and LIBERO norm stats; ``action_shift`` moves the action quantiles."""
     torch.manual_seed(0)
     weights.save_weights(PI0Pytorch(train_config.model), directory)
+    return write_norm_stats(directory, action_shift)
+
+
+def write_norm_stats(directory: Path, action_shift: float = 0.0) -> Path:
+    """LIBERO norm stats in ``directory/assets``; ``action_shift`` moves the action quantiles."""
     state = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
     low, high = np.full(7, action_shift - 2.0), np.full(7, action_shift + 2.0)
     actions = normalize.NormStats(mean=(low + high) / 2, std=np.ones(7), q01=low, q99=high)

@@ -20,7 +20,8 @@ from openpi.policies import libero_policy
 from openpi.serving import msgpack_numpy
 from openpi.training.config import get_config
 from tests.script_loader import load_script
-from tests.test_policy import PROMPTS, libero_observation, make_train_config, write_checkpoint
+from tests.test_convert import write_orbax
+from tests.test_policy import PROMPTS, libero_observation, make_train_config, write_checkpoint, write_norm_stats
 
 CONFIG_NAME = "debug_pi05_lightvla"
 API_KEY = "test-key"
@@ -92,6 +93,13 @@ def _run_published_client(plan: dict, workdir: Path) -> dict:
     return msgpack_numpy.unpackb(result_path.read_bytes())
 
 
+def _jax_params(train_config) -> dict[str, np.ndarray]:
+    from openpi.models_jax import params as jax_params
+    from openpi.models_pytorch.orbax_params import flatten_params
+
+    return {path: np.asarray(leaf) for path, leaf in flatten_params(jax_params.init_params(train_config.model)).items()}
+
+
 class _ListHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -103,14 +111,16 @@ class _ListHandler(logging.Handler):
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> dict:
-    """Starts three servers from one tiny checkpoint (plain, pruned to 25%, API key), runs the published client
-    once against them, and returns what it saw plus the serving logs."""
+    """Starts three servers from one tiny checkpoint (plain, pruned to 25%, API key) and one from a JAX checkpoint of
+    the same config (pruned to 25%), runs the published client once against them, and returns what it saw plus the
+    serving logs."""
     if shutil.which("uv") is None:
         pytest.skip("uv is needed to install the published openpi-client in its own environment")
     workdir = tmp_path_factory.mktemp("client")
     tokenizer_path = tokenizer.train_sentencepiece(PROMPTS, workdir / "tok", vocab_size=300)
     train_config = make_train_config(tokenizer_path, CONFIG_NAME)
     checkpoint = write_checkpoint(workdir / "checkpoint", train_config)
+    jax_checkpoint = write_norm_stats(write_orbax(workdir / "jax_checkpoint", _jax_params(train_config)))
     good = libero_observation(0)
     bad_key = {k: v for k, v in libero_observation(1).items() if k != "observation/state"}
     bad_shape = {**libero_observation(2), "observation/state": np.zeros(5, np.float32)}
@@ -125,6 +135,7 @@ def session(tmp_path_factory) -> dict:
             patch.setattr(serve_policy._config, "get_config", {CONFIG_NAME: train_config}.__getitem__)
             flags = {"plain": (), "pruned": ("--token-prune-keep-ratio", "0.25"), "guarded": ("--api-key", API_KEY)}
             servers = {name: serve_policy.create_server(_serve_args(checkpoint, *f)) for name, f in flags.items()}
+            servers["jax"] = serve_policy.create_server(_serve_args(jax_checkpoint, "--token-prune-keep-ratio", "0.25"))
             ports = {name: stack.enter_context(server.running_in_background()) for name, server in servers.items()}
             plan = {
                 "probe": PROBE,
@@ -133,6 +144,7 @@ def session(tmp_path_factory) -> dict:
                     "pruned": {"port": ports["pruned"], "api_key": None, "requests": [good]},
                     "no_key": {"port": ports["guarded"], "api_key": None, "requests": []},
                     "with_key": {"port": ports["guarded"], "api_key": API_KEY, "requests": [good]},
+                    "jax": {"port": ports["jax"], "api_key": None, "requests": [good, bad_key, good]},
                 },
             }
             results = _run_published_client(plan, workdir)
@@ -193,3 +205,14 @@ def test_api_key_is_enforced_for_the_published_client(session):
     assert "401" in results["no_key"]["connect_error"]
     reply = results["with_key"]["replies"][0]["reply"]
     assert reply["actions"].shape == (session["horizon"], libero_policy.ACTION_DIM)
+
+
+def test_a_jax_checkpoint_serves_the_published_client(session):
+    seen = session["results"]["jax"]
+    assert seen["metadata"]["framework"] == "jax" and seen["metadata"]["token_prune_keep_ratio"] == 0.25
+    good, bad, again = seen["replies"]
+    assert good["reply"]["actions"].shape == (session["horizon"], libero_policy.ACTION_DIM)
+    assert np.isfinite(good["reply"]["actions"]).all()
+    assert "observation/state" in bad["error"]
+    assert again["reply"]["actions"].shape == good["reply"]["actions"].shape  # the server kept serving
+    assert good["reply"]["token_pruning"]["kept_ratio_overall_mean"] == pytest.approx(0.25, abs=0.01)

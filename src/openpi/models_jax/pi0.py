@@ -221,29 +221,35 @@ def select_fn(
     return inputs, keep, votes, stats
 
 
-@functools.partial(jax.jit, static_argnames=("config", "slots", "num_steps"))
-def sample_fn(
-    params: Params,
-    inputs: PrefixInputs,
-    keep: jax.Array | None,
-    state: jax.Array,
-    noise: jax.Array,
-    *,
-    config: Pi0Config,
-    slots: int,
-    num_steps: int,
-) -> jax.Array:
-    """Euler-integrates the flow from ``noise`` (t=1) to actions (t=0), the (pruned) prefix cached once."""
+@functools.partial(jax.jit, static_argnames=("slots",))
+def prefix_cache_fn(
+    params: Params, inputs: PrefixInputs, keep: jax.Array | None, *, slots: int
+) -> tuple[Prefix, gemma.KVCache]:
+    """The (pruned) prefix, its kept patches gathered into ``slots`` static slots, and its keys/values."""
     kept = None if keep is None else tp.gather_kept(inputs.patches, keep, inputs.patch_positions, slots)
     prefix = prefix_of(inputs, kept)
-    llm = params["PaliGemma"]["llm"]
     _, cache = gemma.transformer(
-        llm,
+        params["PaliGemma"]["llm"],
         [prefix.embs, None],
         make_attention_mask(prefix.mask, jnp.zeros_like(prefix.mask)),
         prefix.positions,
         [None, None],
     )
+    return prefix, cache
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_steps"))
+def denoise_fn(
+    params: Params,
+    prefix: Prefix,
+    cache: gemma.KVCache,
+    state: jax.Array,
+    noise: jax.Array,
+    *,
+    config: Pi0Config,
+    num_steps: int,
+) -> jax.Array:
+    """Euler-integrates the flow from ``noise`` (t=1) to actions (t=0), every step attending to the cached prefix."""
     dt = -1.0 / num_steps
 
     def step(index: jax.Array, x_t: jax.Array) -> jax.Array:
@@ -252,7 +258,7 @@ def sample_fn(
         prefix_visible = jnp.broadcast_to(prefix.mask[:, None, :], (*suffix_pad.shape, prefix.mask.shape[1]))
         mask = jnp.concatenate([prefix_visible, make_attention_mask(suffix_pad, suffix_starts)], axis=2)
         (_, out), _ = gemma.transformer(
-            llm, [None, suffix], mask, _suffix_positions(prefix, suffix_pad), [None, cond], cache
+            params["PaliGemma"]["llm"], [None, suffix], mask, _suffix_positions(prefix, suffix_pad), [None, cond], cache
         )
         return x_t + dt * _velocity(params, config, out)
 
@@ -392,15 +398,28 @@ class Pi0(nnx.Module):
         config = self.config
         if noise is None:
             noise = jax.random.normal(rng, (obs.batch_size, config.action_horizon, config.action_dim), jnp.float32)
-        params, prune = self.params(), self.prune_settings()
-        inputs, keep, votes, stats = select_fn(params, obs, config=config, prune=prune)
+        params = self.params()
+        prefix, cache, keep, votes = self._encode_prefix(params, obs)
+        actions = denoise_fn(params, prefix, cache, obs.state, noise, config=config, num_steps=num_steps)
+        return Sampled(actions, keep, votes, prefix.mask.shape[1])
+
+    def encode_prefix(self, observation: JaxObservation) -> tuple[Prefix, gemma.KVCache]:
+        """The prefix :meth:`sample` caches (pruned if enabled) and its keys/values ``[layers, B, L, K, D]``."""
+        obs = observation.trim_prompt_padding(self.config.prompt_trim_multiple)
+        prefix, cache, _, _ = self._encode_prefix(self.params(), obs)
+        return prefix, cache
+
+    def _encode_prefix(self, params: Params, obs: JaxObservation):
+        prune = self.prune_settings()
+        inputs, keep, votes, stats = select_fn(params, obs, config=self.config, prune=prune)
         slots = inputs.patches.shape[1]
         if keep is not None:
             largest = int(keep.sum(axis=1).max()) if prune.keep_tokens is None and prune.keep_ratio is None else 0
-            slots = tp.kept_slots(slots, prune.keep_tokens, prune.keep_ratio, largest, config.token_prune_kept_multiple)
+            multiple = self.config.token_prune_kept_multiple
+            slots = tp.kept_slots(slots, prune.keep_tokens, prune.keep_ratio, largest, multiple)
         self._record(stats)
-        actions = sample_fn(params, inputs, keep, obs.state, noise, config=config, slots=slots, num_steps=num_steps)
-        return Sampled(actions, keep, votes, slots + obs.tokenized_prompt.shape[1])
+        prefix, cache = prefix_cache_fn(params, inputs, keep, slots=slots)
+        return prefix, cache, keep, votes
 
     def _record(self, stats: dict[str, jax.Array]) -> None:
         if self.collect_stats:
