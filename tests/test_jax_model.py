@@ -11,16 +11,20 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import torch
 
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.models_jax import params as jax_params
 from openpi.models_jax import reference as jax_reference
+from openpi.models_jax.lora import merge_lora
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0, compute_loss_fn, prefix_cache_fn
-from openpi.models_pytorch import reference
+from openpi.models_pytorch import convert, reference
 from openpi.models_pytorch.convert_rules import CheckpointMismatchError, expected_jax_shapes
 from openpi.models_pytorch.orbax_params import flatten_params
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.weights import load_weights
 from tests.test_convert import write_orbax
 
 FIXTURES = ["jax_pi05_tiny", "jax_pi0_tiny"]
@@ -169,3 +173,45 @@ def test_pruned_inference_shortens_the_cache_and_compiles_once_per_shape_bucket(
         model.sample_actions(jax.random.key(0), obs, num_steps=2)
     assert prefix_cache_fn._cache_size() == len(buckets)  # one compilation per (prompt, kept) bucket
     assert len(buckets) <= 3 if keep_ratio is not None else len(buckets) <= 3 * num_patches // 16
+
+
+LORA_LLM = "width=64,depth=4,mlp_dim=128,num_heads=8,num_kv_heads=1,head_dim=16,lora_rank=4,lora_alpha=64"
+LORA_EXPERT = "width=64,depth=4,mlp_dim=128,num_heads=8,num_kv_heads=1,head_dim=16,lora_rank=2,lora_alpha=32"
+
+
+def test_lora_adapters_change_the_model_and_merge_into_the_base_variant(tmp_path: Path):
+    # π0: π0.5's zero-initialised adaRMS gates would hide the expert's adapters at initialisation.
+    base_config = tiny_config(pi05=False)
+    lora_config = dataclasses.replace(base_config, paligemma_variant=LORA_LLM, action_expert_variant=LORA_EXPERT)
+    model = Pi0(lora_config, seed=2)
+    flat = flatten_params(model.params())
+    adapters = {path for path in flat if "lora_" in path}
+    assert adapters == set(jax_params.lora_shapes(lora_config)) and len(adapters) == 20
+    assert flat["PaliGemma/llm/layers/attn/attn_vec_einsum_1/lora_b"].shape == (4, 8, 2, 64)
+
+    base = Pi0(base_config, jax_params.nest({p: v for p, v in flat.items() if p not in adapters}))
+    merged = Pi0(base_config, merge_lora(model.params(), lora_config))
+    torch_obs = random_observation(base_config, 2, valid_prompt_tokens=7)
+    obs = JaxObservation.from_observation(torch_obs)
+    noise = np.random.default_rng(0).standard_normal((2, base_config.action_horizon, 32)).astype(np.float32)
+    adapted = _sample(model, obs, noise)
+    assert jax_reference.relative_error(_sample(base, obs, noise), adapted) > 1e-3  # the adapters do something
+    assert jax_reference.relative_error(_sample(merged, obs, noise), adapted) < 1e-5
+
+    # The converter folds the adapters in: the PyTorch base model samples the adapted model's actions.
+    lora_checkpoint = write_orbax(tmp_path / "lora", {p: np.asarray(v) for p, v in flat.items()})
+    weights_file = convert.convert_checkpoint(lora_checkpoint, lora_config, tmp_path / "converted", "float32")
+    torch_model = PI0Pytorch(base_config)
+    load_weights(torch_model, weights_file)
+    with torch.no_grad():
+        torch_actions = torch_model.eval().sample_actions(torch_obs, noise=torch.from_numpy(noise)).numpy()
+    assert jax_reference.relative_error(torch_actions, adapted) < 2e-3
+
+    # A base checkpoint loads into the LoRA variant with fresh adapters; a partial set of adapters is refused.
+    checkpoint = write_orbax(tmp_path / "base", {p: np.asarray(v) for p, v in flatten_params(base.params()).items()})
+    restored = flatten_params(Pi0.from_checkpoint(checkpoint, lora_config).params())
+    assert adapters <= set(restored)
+    partial = {**{p: np.asarray(v) for p, v in flat.items()}}
+    del partial["PaliGemma/llm/layers/mlp/linear_lora_b"]
+    with pytest.raises(CheckpointMismatchError, match="LoRA adapters are incomplete"):
+        Pi0.from_checkpoint(write_orbax(tmp_path / "partial", partial), lora_config)

@@ -147,8 +147,19 @@ def test_expert_only_preset_freezes_exactly_paligemma_without_the_expert(tmp_pat
     for path in flatten_params(params):
         in_expert = path.startswith("PaliGemma/llm/") and any(part.endswith("_1") for part in path.split("/"))
         assert (path in frozen) == (path.startswith("PaliGemma/") and not in_expert), path
-    with pytest.raises(ValueError, match="LoRA"):
-        jax_trainer.frozen_paths(dataclasses.replace(config, freeze_filter="lora"), params)
+
+
+def test_lora_preset_trains_the_adapters_vision_and_projections_only(tmp_path: Path):
+    from tests.test_jax_model import LORA_EXPERT, LORA_LLM
+
+    config = _fake(tmp_path, freeze_filter="lora")
+    model = dataclasses.replace(config.model, paligemma_variant=LORA_LLM, action_expert_variant=LORA_EXPERT)
+    config = dataclasses.replace(config, model=model)
+    params = jax_params.init_params(model)
+    frozen = jax_trainer.frozen_paths(config, params)
+    for path in flatten_params(params):
+        base_llm_weight = path.startswith("PaliGemma/llm/") and "lora_" not in path
+        assert (path in frozen) == base_llm_weight, path
 
 
 def test_weights_load_strictly_and_fine_tunes_refuse_random_init(tmp_path: Path):

@@ -64,10 +64,41 @@ def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def _mlp(x: jax.Array, p: Params) -> jax.Array:
-    gating = p["gating_einsum"].astype(x.dtype)  # [2 (gate, up), width, mlp_dim]
-    hidden = jax.nn.gelu(x @ gating[0], approximate=True) * (x @ gating[1])
-    return hidden @ p["linear"].astype(x.dtype)
+def _einsum(equation: str, x: jax.Array, p: Params, lora_scale: float) -> jax.Array:
+    """``x`` through the einsum weight ``p["w"]``, plus ``lora_scale ·`` its low-rank adapter when ``p`` has one:
+    ``lora_a`` replaces the weight's last axis by the rank, ``lora_b`` its second-to-last (upstream's equations)."""
+    out = jnp.einsum(equation, x, p["w"].astype(x.dtype))
+    if "lora_a" not in p:
+        return out
+    inputs, rest = equation.split(",")
+    weight, result = rest.split("->")
+    first, last = weight[-2], weight[-1]
+    equation_a = f"{inputs},{weight.replace(last, 'r')}->{result.replace(last, 'r')}"
+    equation_b = f"{result.replace(last, 'r')},{weight.replace(first, 'r')}->{result}"
+    low_rank = jnp.einsum(equation_a, x, p["lora_a"].astype(x.dtype))
+    return out + lora_scale * jnp.einsum(equation_b, low_rank, p["lora_b"].astype(x.dtype))
+
+
+def _dot(x: jax.Array, w: jax.Array, lora: tuple[jax.Array, jax.Array] | None, lora_scale: float) -> jax.Array:
+    out = x @ w.astype(x.dtype)
+    if lora is None:
+        return out
+    return out + lora_scale * ((x @ lora[0].astype(x.dtype)) @ lora[1].astype(x.dtype))
+
+
+def _mlp(x: jax.Array, p: Params, lora_scale: float) -> jax.Array:
+    gating = p["gating_einsum"]  # [2 (gate, up), width, mlp_dim]
+    adapted = "gating_einsum_lora_a" in p
+
+    def lora(name: str, index: int | None) -> tuple[jax.Array, jax.Array] | None:
+        if not adapted:
+            return None
+        a, b = p[f"{name}_lora_a"], p[f"{name}_lora_b"]
+        return (a, b) if index is None else (a[index], b[index])
+
+    gate = _dot(x, gating[0], lora("gating_einsum", 0), lora_scale)
+    up = _dot(x, gating[1], lora("gating_einsum", 1), lora_scale)
+    return _dot(jax.nn.gelu(gate, approximate=True) * up, p["linear"], lora("linear", None), lora_scale)
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
@@ -88,17 +119,18 @@ def _layer(
     positions: jax.Array,
     bias: jax.Array,
     past: tuple[jax.Array, jax.Array] | None,
+    lora_scales: tuple[float, float],
 ) -> tuple[list[jax.Array | None], tuple[jax.Array, jax.Array]]:
     """One layer: per-stream norms and projections, one shared attention, per-stream MLPs."""
     attn = p["attn"]
     queries, keys, values, gates = [], [], [], []
-    for suffix, x, cond in zip(STREAM_SUFFIXES, streams, conds, strict=True):
+    for suffix, x, cond, scale in zip(STREAM_SUFFIXES, streams, conds, lora_scales, strict=True):
         if x is None:
             gates.append(None)
             continue
         normed, gate = rms_norm(x, p[f"pre_attention_norm{suffix}"], cond)
-        queries.append(jnp.einsum("btw,nwd->btnd", normed, attn[f"q_einsum{suffix}"]["w"].astype(x.dtype)))
-        kv = jnp.einsum("btw,ckwd->cbtkd", normed, attn[f"kv_einsum{suffix}"]["w"].astype(x.dtype))
+        queries.append(_einsum("btw,nwd->btnd", normed, attn[f"q_einsum{suffix}"], scale))
+        kv = _einsum("btw,ckwd->cbtkd", normed, attn[f"kv_einsum{suffix}"], scale)
         keys.append(kv[0])
         values.append(kv[1])
         gates.append(gate)
@@ -111,17 +143,15 @@ def _layer(
 
     outputs: list[jax.Array | None] = []
     start = 0
-    for suffix, x, cond, gate in zip(STREAM_SUFFIXES, streams, conds, gates, strict=True):
+    for suffix, x, cond, gate, scale in zip(STREAM_SUFFIXES, streams, conds, gates, lora_scales, strict=True):
         if x is None:
             outputs.append(None)
             continue
         stream_out = out[:, start : start + x.shape[1]]
         start += x.shape[1]
-        x = _gated_residual(
-            x, jnp.einsum("btnd,ndw->btw", stream_out, attn[f"attn_vec_einsum{suffix}"]["w"].astype(x.dtype)), gate
-        )
+        x = _gated_residual(x, _einsum("btnd,ndw->btw", stream_out, attn[f"attn_vec_einsum{suffix}"], scale), gate)
         normed, gate_ffw = rms_norm(x, p[f"pre_ffw_norm{suffix}"], cond)
-        outputs.append(_gated_residual(x, _mlp(normed, p[f"mlp{suffix}"]), gate_ffw))
+        outputs.append(_gated_residual(x, _mlp(normed, p[f"mlp{suffix}"], scale), gate_ffw))
     return outputs, (k, v)
 
 
@@ -134,20 +164,22 @@ def transformer(
     cache: KVCache | None = None,
     key_bias: jax.Array | None = None,
     remat: bool = False,
+    lora_scales: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[list[jax.Array | None], KVCache]:
     """Runs every layer over ``[prefix [B, Lp, W_llm] | None, suffix [B, Ls, W_expert] | None]``.
 
     ``attention_mask`` bool ``[B, Lq, Lk]`` (Lk = cached length + Lq); ``positions [B, Lq]`` the queried tokens'
     rotary positions; ``conds`` the per-stream adaRMS conditioning; ``key_bias [B, Lk]`` is added to every logit
     into each key (None: nothing). Returns each given stream after the final norm, and the keys/values of this call
-    (the cache's included). ``remat`` recomputes each layer's activations in the backward pass.
+    (the cache's included). ``remat`` recomputes each layer's activations in the backward pass. ``lora_scales``
+    scale each stream's adapters (used only where the tree has them).
     """
     bias = jnp.zeros(attention_mask.shape, jnp.float32) if key_bias is None else key_bias[:, None, :]
     bias = jnp.where(attention_mask, bias, MASKED_LOGIT)  # [B, Lq, Lk]
 
     def body(carry, layer_and_past):
         layer, past = layer_and_past
-        return _layer(layer, carry, conds, positions, bias, past)
+        return _layer(layer, carry, conds, positions, bias, past, lora_scales)
 
     if remat:
         body = jax.checkpoint(body)

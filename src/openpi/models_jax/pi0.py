@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.variants import GemmaConfig
 from openpi.models_jax import gemma, siglip
 from openpi.models_jax import params as _params
 from openpi.models_jax import token_pruner as tp
@@ -201,7 +202,13 @@ def compute_loss_fn(
     )
     positions = jnp.concatenate([prefix.positions, _suffix_positions(prefix, suffix_pad)], axis=1)
     (_, out), _ = gemma.transformer(
-        params["PaliGemma"]["llm"], [prefix.embs, suffix], mask, positions, [None, cond], remat=remat
+        params["PaliGemma"]["llm"],
+        [prefix.embs, suffix],
+        mask,
+        positions,
+        [None, cond],
+        remat=remat,
+        lora_scales=lora_scales(config),
     )
     return jnp.square(_velocity(params, config, out) - (noise - actions)), stats
 
@@ -221,9 +228,9 @@ def select_fn(
     return inputs, keep, votes, stats
 
 
-@functools.partial(jax.jit, static_argnames=("slots",))
+@functools.partial(jax.jit, static_argnames=("config", "slots"))
 def prefix_cache_fn(
-    params: Params, inputs: PrefixInputs, keep: jax.Array | None, *, slots: int
+    params: Params, inputs: PrefixInputs, keep: jax.Array | None, *, config: Pi0Config, slots: int
 ) -> tuple[Prefix, gemma.KVCache]:
     """The (pruned) prefix, its kept patches gathered into ``slots`` static slots, and its keys/values."""
     kept = None if keep is None else tp.gather_kept(inputs.patches, keep, inputs.patch_positions, slots)
@@ -234,6 +241,7 @@ def prefix_cache_fn(
         make_attention_mask(prefix.mask, jnp.zeros_like(prefix.mask)),
         prefix.positions,
         [None, None],
+        lora_scales=lora_scales(config),
     )
     return prefix, cache
 
@@ -258,7 +266,13 @@ def denoise_fn(
         prefix_visible = jnp.broadcast_to(prefix.mask[:, None, :], (*suffix_pad.shape, prefix.mask.shape[1]))
         mask = jnp.concatenate([prefix_visible, make_attention_mask(suffix_pad, suffix_starts)], axis=2)
         (_, out), _ = gemma.transformer(
-            params["PaliGemma"]["llm"], [None, suffix], mask, _suffix_positions(prefix, suffix_pad), [None, cond], cache
+            params["PaliGemma"]["llm"],
+            [None, suffix],
+            mask,
+            _suffix_positions(prefix, suffix_pad),
+            [None, cond],
+            cache,
+            lora_scales=lora_scales(config),
         )
         return x_t + dt * _velocity(params, config, out)
 
@@ -294,11 +308,16 @@ def _check_pruner_context(config: Pi0Config) -> None:
         )
 
 
-def _check_supported(config: Pi0Config) -> None:
-    _check_pruner_context(config)
-    lora = [v for v in (config.llm_config, config.expert_config) if v.lora_rank]
-    if lora:
-        raise ValueError("LoRA variants are not supported by the JAX model yet; use the PyTorch model for LoRA")
+def lora_scales(config: Pi0Config) -> tuple[float, float]:
+    """The adapter scale of the language model and of the expert: ``alpha / rank`` (``/ sqrt(rank)`` rank-stabilised),
+    1 for a variant without adapters."""
+
+    def scale(gemma: GemmaConfig) -> float:
+        if not gemma.lora_rank:
+            return 1.0
+        return gemma.lora_alpha / (math.sqrt(gemma.lora_rank) if gemma.lora_rslora else gemma.lora_rank)
+
+    return scale(config.llm_config), scale(config.expert_config)
 
 
 class _Node(nnx.Module):
@@ -318,7 +337,7 @@ class Pi0(nnx.Module):
     """
 
     def __init__(self, config: Pi0Config, params: Params | None = None, *, seed: int = 0):
-        _check_supported(config)
+        _check_pruner_context(config)
         self.config = config
         tree = _params.init_params(config, seed) if params is None else params
         for name, value in tree.items():
@@ -418,7 +437,7 @@ class Pi0(nnx.Module):
             multiple = self.config.token_prune_kept_multiple
             slots = tp.kept_slots(slots, prune.keep_tokens, prune.keep_ratio, largest, multiple)
         self._record(stats)
-        prefix, cache = prefix_cache_fn(params, inputs, keep, slots=slots)
+        prefix, cache = prefix_cache_fn(params, inputs, keep, config=self.config, slots=slots)
         return prefix, cache, keep, votes
 
     def _record(self, stats: dict[str, jax.Array]) -> None:

@@ -56,6 +56,22 @@ def convert_params_dir(
     return dict(convert_params(flat, config, precision))
 
 
+def _merged_lora_tree(checkpoint_dir: Path, config: Pi0Config | None) -> tuple[Pi0Config, dict[str, np.ndarray]]:
+    """The base-variant config and flat tree of a LoRA checkpoint with its adapters folded in."""
+    if config is None or not any(c.lora_rank for c in (config.llm_config, config.expert_config)):
+        raise CheckpointMismatchError(
+            f"{checkpoint_dir} holds LoRA adapters: pass the LoRA config it was trained with (--config-name) so "
+            "that they can be merged into the weights"
+        )
+    from openpi.models_jax import lora
+    from openpi.models_jax import params as jax_params
+
+    tree = jax_params.load_params(checkpoint_dir, config)
+    flat = flatten_params(lora.merge_lora(tree, config))
+    logger.info("Merged the LoRA adapters into their weights")
+    return jax_params.base_variant(config), {path: np.asarray(array) for path, array in flat.items()}
+
+
 def describe_params(infos: Mapping[str, ParamInfo]) -> str:
     """A listing of the tree (path, shape, dtype), the parameter count and, when it can be told, the architecture."""
     lines = [f"{path:<90} {list(info.shape)!s:<28} {info.dtype}" for path, info in sorted(infos.items())]
@@ -93,11 +109,18 @@ def convert_checkpoint(
     With ``config`` None the architecture comes from the tree alone (non-weight fields keep their defaults);
     otherwise the tree must match ``config`` exactly. Reads one leaf at a time and streams the tensors to disk.
     The written ``config.json`` carries ``dtype=precision``. Returns the path of ``model.safetensors``.
+
+    A tree with LoRA adapters (a JAX LoRA fine-tune; ``config`` must be its LoRA config) is loaded whole, the
+    adapters folded into their weights, and written as the base variant.
     """
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     params_dir = resolve_params_dir(checkpoint_dir)
     infos = read_param_metadata(params_dir)
     shapes = {path: info.shape for path, info in infos.items()}
+    merged = None
+    if any("lora_" in path for path in shapes):
+        config, merged = _merged_lora_tree(checkpoint_dir, config)
+        shapes = {path: tuple(array.shape) for path, array in merged.items()}
     if config is None:
         config = infer_model_config(shapes)
         logger.info("Architecture read from the checkpoint: %s", config)
@@ -110,7 +133,10 @@ def convert_checkpoint(
     writer = SafetensorsStreamWriter(weights_file, entries, {"format": "pt", "precision": precision})
     try:
         for rule in tqdm.tqdm(rules, desc="Converting", unit="array"):
-            (array,) = read_leaves(params_dir, [infos[rule.source].stored_path])
+            if merged is None:
+                (array,) = read_leaves(params_dir, [infos[rule.source].stored_path])
+            else:
+                array = merged[rule.source]
             for key, tensor in convert_leaf(rule, array, precision, allow_nonfinite):
                 writer.write(key, tensor)
             del array

@@ -7,8 +7,8 @@ Presets:
 - ``expert-only``: the whole PaliGemma (language model, SigLIP, projector); the action expert and projections train.
 - ``vision``: SigLIP and its projector.
 
-The JAX trainer matches the same presets (``lora`` excepted: the JAX model has no LoRA yet) against the published
-parameter paths (``PaliGemma/llm/layers/attn/q_einsum_1/w``), see :data:`JAX_FREEZE_PRESETS`.
+The JAX trainer matches the same presets against the published parameter paths
+(``PaliGemma/llm/layers/attn/q_einsum_1/w``), see :data:`JAX_FREEZE_PRESETS`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ FREEZE_PRESETS = {
 
 # The expert's weights carry the suffix _1 (q_einsum_1, mlp_1, pre_attention_norm_1, final_norm_1).
 JAX_FREEZE_PRESETS = {
+    "lora": r"^PaliGemma/llm/(?!.*lora_[ab]$)",
     "expert-only": r"^PaliGemma/(?!llm/(layers/(attn/)?)?[a-z_]+_1/)",
     "vision": r"^PaliGemma/img/",
 }

@@ -79,8 +79,6 @@ def frozen_paths(config: _config.TrainConfig, params: Params) -> frozenset[str]:
     """The parameter paths ``config.freeze_filter`` freezes (a JAX preset or a regex over ``a/b/c`` paths)."""
     if config.freeze_filter is None:
         return frozenset()
-    if config.freeze_filter == "lora":
-        raise ValueError("freeze_filter 'lora' needs LoRA variants, which the JAX model does not have yet")
     paths = list(flatten_params(params))
     return frozenset(freezing.select_frozen(paths, config.freeze_filter, freezing.JAX_FREEZE_PRESETS))
 
