@@ -246,19 +246,13 @@ def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Pat
 def test_converted_folder_trains_and_serves(tmp_path: Path, reference_root: Path) -> None:
     """The converter's output folder is a valid pytorch_weight_path and a servable checkpoint (with its assets)."""
     from openpi.policies import policy_config
-    from openpi.shared import normalize
     from openpi.training import config as _config
     from openpi.training import trainer
     from tests.lerobot_fixtures import write_tokenizer
     from tests.test_policy import libero_observation
 
     fixture = ReferenceFixture.load(reference_root / "jax_pi05_tiny")
-    checkpoint = tmp_path / "checkpoint"
-    checkpoint.mkdir()
-    (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
-    stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
-    normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
-    converted = convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
+    _, converted = jax_checkpoint_and_conversion(fixture, tmp_path)
 
     data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(write_tokenizer(tmp_path)))
     train_config = _config.TrainConfig(
@@ -273,6 +267,18 @@ def test_converted_folder_trains_and_serves(tmp_path: Path, reference_root: Path
     policy = policy_config.create_trained_policy(train_config, converted)
     actions = policy.infer(libero_observation(0))["actions"]
     assert actions.shape == (fixture.config.action_horizon, libero_policy.ACTION_DIM) and np.isfinite(actions).all()
+
+
+def jax_checkpoint_and_conversion(fixture: ReferenceFixture, tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint folder of the fixture's orbax tree with LIBERO norm stats, and its float32 PyTorch conversion."""
+    from openpi.shared import normalize
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
+    stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
+    normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
+    return checkpoint, convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
 
 
 def _load_example():

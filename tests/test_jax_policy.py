@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openpi.models_pytorch import convert
 from openpi.models_pytorch.reference import ReferenceFixture
 from openpi.policies import libero_policy, policy_config
-from openpi.shared import normalize
 from openpi.training import config as _config
 from tests.lerobot_fixtures import write_tokenizer
+from tests.test_convert import jax_checkpoint_and_conversion
 from tests.test_policy import libero_observation
 
 TOLERANCE = 2e-3
@@ -25,12 +24,7 @@ def folders(tmp_path_factory, reference_root: Path) -> tuple[ReferenceFixture, P
     """The jax_pi05_tiny checkpoint with LIBERO norm stats, its PyTorch conversion, and a tokenizer."""
     tmp_path = tmp_path_factory.mktemp("jax_policy")
     fixture = ReferenceFixture.load(reference_root / "jax_pi05_tiny")
-    checkpoint = tmp_path / "checkpoint"
-    checkpoint.mkdir()
-    (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
-    stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
-    normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
-    converted = convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
+    checkpoint, converted = jax_checkpoint_and_conversion(fixture, tmp_path)
     return fixture, checkpoint, converted, write_tokenizer(tmp_path)
 
 

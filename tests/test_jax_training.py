@@ -20,7 +20,7 @@ from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.training import checkpoints, jax_trainer
 from openpi.training import config as _config
 from tests.conftest import REPO_ROOT
-from tests.test_training import _Crash, _crash_after, _pruned_fake_data_config, _small_config
+from tests.test_training import _Crash, _crash_after, _pruned_fake_data_config, embedded_pruning_config
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -29,16 +29,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 def test_loss_falls_on_embedded_dataset_and_the_checkpoint_serves_and_converts(tmp_path: Path):
     steps = 40
-    base = _config.get_config("debug_pi05_lightvla")
-    config = _small_config(
-        "debug_pi05_lightvla",
-        tmp_path,
-        batch_size=4,
-        num_train_steps=steps,
-        log_interval=10,
-        save_interval=steps,
-        lr_schedule=dataclasses.replace(base.lr_schedule, warmup_steps=10, decay_steps=steps),
-    )
+    config = embedded_pruning_config(tmp_path, steps)
     result = jax_trainer.train(config)
     losses = [entry["loss"] for entry in result.history]
     assert losses[-1] < 0.75 * losses[1], losses

@@ -55,10 +55,10 @@ def _assert_state_dicts_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Ten
 
 
 # ------------------------------------------------------------------------------------------------- loss
-def test_loss_falls_on_embedded_dataset_with_pruning(tmp_path: Path):
-    steps = 50
+def embedded_pruning_config(tmp_path: Path, steps: int) -> _config.TrainConfig:
+    """The quickstart config, smaller (batch 4, 56 px images), for ``steps`` steps logged every 10."""
     base = _config.get_config("debug_pi05_lightvla")
-    config = _small_config(
+    return _small_config(
         "debug_pi05_lightvla",
         tmp_path,
         batch_size=4,
@@ -67,6 +67,11 @@ def test_loss_falls_on_embedded_dataset_with_pruning(tmp_path: Path):
         save_interval=steps,
         lr_schedule=dataclasses.replace(base.lr_schedule, warmup_steps=10, decay_steps=steps),
     )
+
+
+def test_loss_falls_on_embedded_dataset_with_pruning(tmp_path: Path):
+    steps = 50
+    config = embedded_pruning_config(tmp_path, steps)
     result = trainer.train(config)
 
     losses = [entry["loss"] for entry in result.history]

@@ -118,6 +118,13 @@ class GemmaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.width, cond_dim)
         self.mlp = GemmaMLP(config)
 
+    def attention_inputs(
+        self, x: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Queries ``[B, H, L, D]``, keys and values ``[B, KV, L, D]`` of the normed ``x``, and the residual gate."""
+        normed, gate = self.input_layernorm(x, cond)
+        return (*self.self_attn.qkv(normed), gate)
+
     def feed_forward(
         self, x: torch.Tensor, attn_out: torch.Tensor, gate: torch.Tensor | None, cond: torch.Tensor | None
     ):

@@ -133,8 +133,7 @@ def _joint_layer(
         if x is None:
             gates.append(None)
             continue
-        normed, gate = layer.input_layernorm(x, cond)
-        q, k, v = layer.self_attn.qkv(normed)  # [B, heads, L_stream, hd], k and v [B, kv_heads, L_stream, hd]
+        q, k, v, gate = layer.attention_inputs(x, cond)  # [B, heads, L_stream, hd], k and v [B, kv_heads, L_stream, hd]
         queries.append(q)
         keys.append(k)
         values.append(v)

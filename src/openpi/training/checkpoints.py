@@ -137,8 +137,8 @@ def latest_complete_step(exp_dir: str | Path) -> int | None:
 def save_checkpoint(
     exp_dir: str | Path,
     state: TrainingState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None = None,
     *,
     ema: ExponentialMovingAverage | None = None,
@@ -149,8 +149,8 @@ def save_checkpoint(
     Args:
         exp_dir: the experiment directory; the checkpoint goes to ``exp_dir/<step>``.
         state: step, scheduler state and the RNG states of every rank.
-        model: the (unwrapped) model whose weights are saved.
-        optimizer: its optimizer.
+        model: the (unwrapped) model whose weights are saved, or its (gathered) state dict.
+        optimizer: its optimizer, or its (gathered) state dict.
         norm_stats: ``(asset_id, stats)`` written to ``assets/<asset_id>/norm_stats.json``, or None.
         ema: the moving average of the weights, saved as ``model.safetensors`` (the model's own weights then go to
             ``model_raw.safetensors``).
@@ -164,7 +164,8 @@ def save_checkpoint(
         else:
             weights.save_weights(ema.state_dict(), directory)
             weights.save_weights(model, directory, RAW_WEIGHTS_FILE)
-        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILENAME)
+        optimizer_state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
+        torch.save(dict(optimizer_state), directory / OPTIMIZER_FILENAME)
         torch.save(dataclasses.asdict(state), directory / TRAINING_STATE_FILENAME)
         save_norm_stats(directory, norm_stats)
         if before_commit is not None:
@@ -303,7 +304,12 @@ def load_checkpoint(
         ema.load_state_dict({key: value.float() for key, value in model.state_dict().items()})
     if optimizer is not None:
         optimizer.load_state_dict(_load_tensors(checkpoint_dir / OPTIMIZER_FILENAME))
-    return TrainingState(**_load_tensors(checkpoint_dir / TRAINING_STATE_FILENAME))
+    return load_training_state(checkpoint_dir)
+
+
+def load_training_state(checkpoint_dir: str | Path) -> TrainingState:
+    """The step, schedule state, RNG states and loss windows a checkpoint records."""
+    return TrainingState(**_load_tensors(Path(checkpoint_dir) / TRAINING_STATE_FILENAME))
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -59,7 +59,8 @@ class TrainConfig:
     # torch.compile the training forward with this mode (e.g. "default", "max-autotune"); a pruned model then buckets
     # its deduplicated patch count in 16s so that the step recompiles once per bucket. None: eager.
     pytorch_training_compile_mode: str | None = None
-    # JAX trainer: shard parameters and optimizer state over this many devices (a data x fsdp device mesh).
+    # Shard parameters, gradients and optimizer state over this many devices: PyTorch FSDP2 over torchrun processes
+    # (training/fsdp.py), or the JAX trainer's data x fsdp device mesh. 1: no sharding.
     fsdp_devices: int = 1
     # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex.
     freeze_filter: str | None = None

@@ -29,7 +29,7 @@ from openpi.models.observation import Observation
 from openpi.models_pytorch import lora, preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import data_config, pruning_overlay
-from openpi.training import checkpoints, data_loader, freezing
+from openpi.training import checkpoints, data_loader, freezing, fsdp
 from openpi.training import config as _config
 from openpi.training.ema import ExponentialMovingAverage
 
@@ -253,6 +253,7 @@ class _Trainer:
         self.history: list[dict[str, float]] = []
         self._resumed_window: list[float] = []
         self.ema: ExponentialMovingAverage | None = None
+        self.sharded = config.fsdp_devices > 1
 
     def run(self) -> TrainResult:
         config, ctx = self.config, self.ctx
@@ -262,6 +263,9 @@ class _Trainer:
             check_base_weights(config)
         torch.manual_seed(config.seed)
         model = build_model(config, ctx.device, load_pretrained=resume_step is None)
+        if self.sharded:
+            _check_fsdp(config, ctx)
+            fsdp.shard_model(model, ctx.world_size, config.fsdp_devices, ctx.device)
         trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones get no optimizer state
         optimizer = config.optimizer.build(trainable, lr=config.lr_schedule.lr_at(0))
         self.ema = None if config.ema_decay is None else ExponentialMovingAverage(model, config.ema_decay)
@@ -357,7 +361,8 @@ class _Trainer:
 
     def _is_picture_step(self, step: int) -> bool:
         interval = self.config.viz_interval
-        return self.config.model.token_pruning_enabled and interval is not None and step % interval == 0
+        pruning = self.config.model.token_pruning_enabled and not self.sharded  # pictures need unsharded weights
+        return pruning and interval is not None and step % interval == 0
 
     def _log_pictures(self, model: PI0Pytorch, observation: Observation, step: int, wandb_run: Any) -> None:
         """Logs ``prune/kept_<camera>``: the kept patches and votes of the batch's first sample (eval selection)."""
@@ -397,7 +402,11 @@ class _Trainer:
     def _restore(self, model: PI0Pytorch, optimizer: torch.optim.Optimizer, step: int) -> int:
         path = checkpoints.step_dir(self.exp_dir, step)
         logger.info("Resuming from %s", path)
-        state = checkpoints.load_checkpoint(path, model, optimizer, self.ema)
+        if self.sharded:
+            fsdp.load_full_states(model, optimizer, path, checkpoints.OPTIMIZER_FILENAME)
+            state = checkpoints.load_training_state(path)
+        else:
+            state = checkpoints.load_checkpoint(path, model, optimizer, self.ema)
         if len(state.rng_states) == self.ctx.world_size:
             checkpoints.restore_rng_state(state.rng_states[self.ctx.rank])
         else:
@@ -418,6 +427,7 @@ class _Trainer:
         data_config: data_config.DataConfig,
         losses: list[torch.Tensor],
     ) -> None:
+        model_state, optimizer_state = fsdp.full_states(model, optimizer) if self.sharded else (model, optimizer)
         rank_state = (checkpoints.capture_rng_state(), [float(loss) for loss in losses])
         if self.ctx.is_distributed:
             gathered: list[Any] = [None] * self.ctx.world_size
@@ -432,7 +442,7 @@ class _Trainer:
                 loss_windows=[window for _, window in gathered],
             )
             norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
-            checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats, ema=self.ema)
+            checkpoints.save_checkpoint(self.exp_dir, state, model_state, optimizer_state, norm_stats, ema=self.ema)
             checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
         if self.ctx.is_distributed:
             dist.barrier()
@@ -442,7 +452,7 @@ class _Trainer:
         return {"type": type(schedule).__name__, **dataclasses.asdict(schedule), "next_step": step}
 
     def _wrap(self, model: PI0Pytorch) -> nn.Module:
-        if not self.ctx.is_distributed:
+        if not self.ctx.is_distributed or self.sharded:  # a sharded model synchronises its own gradients
             return model
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         # Some parameters (e.g. the language model's final norm) receive no gradient from the action loss.
@@ -477,6 +487,13 @@ def wandb_mode() -> str:
     if not has_key:
         logger.info("No wandb API key found: logging offline (sync later with `wandb sync`)")
     return "online" if has_key else "offline"
+
+
+def _check_fsdp(config: _config.TrainConfig, ctx: DistributedContext) -> None:
+    if not ctx.is_distributed:
+        raise ValueError(f"--fsdp-devices {config.fsdp_devices} shards over processes: launch with torchrun")
+    if config.ema_decay is not None:
+        raise ValueError("--ema-decay with --fsdp-devices is not supported yet (the average would need sharding too)")
 
 
 def _check_batch_size(config: _config.TrainConfig, ctx: DistributedContext) -> None:
