@@ -1,7 +1,7 @@
 """How much memory fine-tuning a config needs, per mode: weights, gradients, optimizer state, EMA and activations.
 
     uv run scripts/estimate_memory.py pi05_libero_pytorch --batch-size 32
-    uv run scripts/estimate_memory.py pi05_libero_pytorch --batch-size 32 --fsdp-ranks 1 8 --prompt-tokens 64
+    uv run scripts/estimate_memory.py pi05_libero_pytorch --batch-size 32 --fsdp-devices 1 8 --prompt-tokens 64
 
 Builds the model on the meta device (nothing is allocated, any size works) and measures the activations of one
 training forward at the given batch and prompt length (see ``openpi.training.memory`` for what is counted and what
@@ -31,7 +31,7 @@ class Args:
     """Samples per rank (default: the config's batch)."""
     prompt_tokens: int | None = None
     """Prompt columns after trimming (default: the config's max_token_len)."""
-    fsdp_ranks: tuple[int, ...] = (1,)
+    fsdp_devices: tuple[int, ...] = (1,)
     """Per-rank share if weights, gradients, optimizer state and EMA were sharded over this many ranks (FSDP, which
     this fork's PyTorch trainer does not have yet: a planning figure)."""
 
@@ -66,9 +66,9 @@ def main(args: Args) -> None:
     print("| mode | FSDP ranks | trainable params | weights | grads | optimizer | EMA | activations | total |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, variant in modes(config).items():
-        for ranks in args.fsdp_ranks:
+        for ranks in args.fsdp_devices:
             batch = args.batch_size or config.batch_size
-            e = memory.estimate(variant, batch_size=batch, prompt_tokens=args.prompt_tokens, fsdp_ranks=ranks)
+            e = memory.estimate(variant, batch_size=batch, prompt_tokens=args.prompt_tokens, fsdp_devices=ranks)
             parts = (e.weight_bytes, e.gradient_bytes, e.optimizer_bytes, e.ema_bytes, e.activation_bytes)
             print(
                 f"| {name} | {ranks} | {e.trainable_parameters / 1e9:.2f} B | "

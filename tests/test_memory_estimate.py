@@ -46,15 +46,15 @@ def test_activations_scale_with_the_batch_and_checkpointing_cuts_them():
 
 def test_fsdp_shards_everything_but_activations():
     alone = memory.estimate(BASE, batch_size=2)
-    sharded = memory.estimate(BASE, batch_size=2, fsdp_ranks=4)
+    sharded = memory.estimate(BASE, batch_size=2, fsdp_devices=4)
     assert sharded.weight_bytes == alone.weight_bytes // 4 and sharded.optimizer_bytes == alone.optimizer_bytes // 4
     assert sharded.activation_bytes == alone.activation_bytes
-    with pytest.raises(ValueError, match="fsdp_ranks"):
-        memory.estimate(BASE, fsdp_ranks=0)
+    with pytest.raises(ValueError, match="fsdp_devices"):
+        memory.estimate(BASE, fsdp_devices=0)
 
 
 def test_the_script_prints_every_mode(capsys):
     script = load_script("scripts/estimate_memory.py")
-    script.main(script.Args(config="debug_pi05_lightvla", batch_size=2, fsdp_ranks=(1, 2)))
+    script.main(script.Args(config="debug_pi05_lightvla", batch_size=2, fsdp_devices=(1, 2)))
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "mode" not in line]
     assert len(rows) == 12 and any(row.startswith("| lora, checkpointing on | 2 |") for row in rows)

@@ -55,13 +55,13 @@ def estimate(
     *,
     batch_size: int | None = None,
     prompt_tokens: int | None = None,
-    fsdp_ranks: int = 1,
+    fsdp_devices: int = 1,
 ) -> MemoryEstimate:
     """Estimates one training step of ``config`` at ``batch_size`` per rank (default: the config's batch over
-    ``fsdp_ranks``) with ``prompt_tokens`` prompt columns after trimming (default: ``max_token_len``)."""
-    if fsdp_ranks < 1:
-        raise ValueError(f"fsdp_ranks must be >= 1, got {fsdp_ranks}")
-    batch_size = batch_size or max(1, config.batch_size // fsdp_ranks)
+    ``fsdp_devices``) with ``prompt_tokens`` prompt columns after trimming (default: ``max_token_len``)."""
+    if fsdp_devices < 1:
+        raise ValueError(f"fsdp_devices must be >= 1, got {fsdp_devices}")
+    batch_size = batch_size or max(1, config.batch_size // fsdp_devices)
     prompt_tokens = prompt_tokens or config.model.max_token_len
     measured = dataclasses.replace(
         config,
@@ -80,10 +80,10 @@ def estimate(
     return MemoryEstimate(
         parameters=sum(p.numel() for p in params),
         trainable_parameters=sum(p.numel() for p in trainable),
-        weight_bytes=sum(_nbytes(p) for p in params) // fsdp_ranks,
-        gradient_bytes=trainable_bytes // fsdp_ranks,
-        optimizer_bytes=2 * trainable_bytes // fsdp_ranks,
-        ema_bytes=ema_bytes // fsdp_ranks,
+        weight_bytes=sum(_nbytes(p) for p in params) // fsdp_devices,
+        gradient_bytes=trainable_bytes // fsdp_devices,
+        optimizer_bytes=2 * trainable_bytes // fsdp_devices,
+        ema_bytes=ema_bytes // fsdp_devices,
         activation_bytes=_activation_bytes(model, batch_size, config.gradient_checkpointing),
     )
 
