@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,9 @@ from openpi.models.observation import Observation, random_observation
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.preprocessing import preprocess_observation
 from openpi.policies import observation_contract
-from openpi.policies.jax_model import JaxPolicyModel
+
+if TYPE_CHECKING:
+    from openpi.policies.jax_model import JaxPolicyModel
 
 # A request key (a bool, beside the observation) asking a pruning policy to return ``kept_patch_mask`` for that call.
 KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"

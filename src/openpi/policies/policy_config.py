@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -14,7 +14,9 @@ from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies.data_config import DataConfig, DataConfigFactory
-from openpi.policies.jax_model import JaxPolicyModel
+
+if TYPE_CHECKING:
+    from openpi.policies.jax_model import JaxPolicyModel
 from openpi.policies.pipeline import build_pipeline
 from openpi.policies.policy import Policy
 from openpi.shared import checkpoint_files
@@ -106,7 +108,8 @@ def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bo
 def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> JaxPolicyModel:
     if raw_weights:
         raise ValueError(f"{checkpoint_dir} is a JAX checkpoint: its params/ tree is the only weight set it holds")
-    from openpi.models_jax.pi0 import Pi0
+    from openpi.models_jax.pi0 import Pi0  # JAX is imported only when a JAX checkpoint is served
+    from openpi.policies.jax_model import JaxPolicyModel
 
     return JaxPolicyModel(Pi0.from_checkpoint(checkpoint_dir, config))
 

@@ -149,8 +149,10 @@ class DataLoader:
         world_size: int,
         start_step: int,
         num_batches: int | None,
+        multiprocessing_context: str | None = None,
     ) -> None:
         self.data_config = data_config
+        self._multiprocessing_context = multiprocessing_context if num_workers > 0 else None
         self._dataset = dataset
         self._num_workers = num_workers
         self._num_batches = num_batches
@@ -176,6 +178,7 @@ class DataLoader:
             batch_sampler=self._sampler,
             num_workers=self._num_workers,
             collate_fn=_transforms.stack_samples,
+            multiprocessing_context=self._multiprocessing_context,
         )
         for batch in loader:
             yield Observation.from_dict(batch), torch.from_numpy(np.asarray(batch["actions"], dtype=np.float32))
@@ -190,8 +193,13 @@ def create_data_loader(
     start_step: int = 0,
     num_batches: int | None = None,
     skip_norm_stats: bool = False,
+    multiprocessing_context: str | None = None,
 ) -> DataLoader:
-    """Builds the training data loader of ``config`` for one rank (per-rank batch = batch_size // world_size)."""
+    """Builds the training data loader of ``config`` for one rank (per-rank batch = batch_size // world_size).
+
+    ``multiprocessing_context`` starts the workers (``"spawn"`` where the process runs threads that a fork would
+    copy mid-operation, e.g. after JAX has started); None: the platform's default.
+    """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"Invalid rank {rank} for world_size {world_size}")
     if config.batch_size % world_size:
@@ -221,4 +229,5 @@ def create_data_loader(
         world_size=world_size,
         start_step=start_step,
         num_batches=num_batches,
+        multiprocessing_context=multiprocessing_context,
     )

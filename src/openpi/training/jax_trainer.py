@@ -248,7 +248,11 @@ def train(config: _config.TrainConfig) -> JaxTrainResult:
     }
     start_step = 0 if resume_step is None else resume_step
     loader = data_loader.create_data_loader(
-        config, shuffle=True, start_step=start_step, num_batches=config.num_train_steps - start_step
+        config,
+        shuffle=True,
+        start_step=start_step,
+        num_batches=config.num_train_steps - start_step,
+        multiprocessing_context="spawn",  # JAX runs threads: a forked worker could inherit a held lock
     )
     wandb_run = _init_wandb(config, exp_dir, resume_step is not None) if config.wandb_enabled else None
     try:
