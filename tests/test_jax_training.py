@@ -198,3 +198,15 @@ def test_four_device_mesh_shards_parameters_and_matches_one_device(tmp_path: Pat
     assert mesh["devices"] == 4
     assert mesh["shard_shape"] != mesh["shape"]  # the parameters really are split over the fsdp axis
     np.testing.assert_allclose(mesh["losses"], single["losses"], rtol=1e-4)
+
+
+def test_kept_patch_pictures_show_each_present_camera(tmp_path: Path):
+    from openpi.models.observation import random_observation
+
+    config = _fake(tmp_path)
+    observation = random_observation(config.model, 2, num_cameras=3)
+    observation.image_masks["right_wrist_0_rgb"][0] = False
+    pictures = jax_trainer.kept_patch_pictures(config, jax_trainer.initial_params(config), observation)
+    assert sorted(pictures) == ["base_0_rgb", "left_wrist_0_rgb"]
+    size = config.model.vision_config.image_size
+    assert all(picture.width > 2 * size and picture.height >= size for picture in pictures.values())

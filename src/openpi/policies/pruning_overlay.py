@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from openpi.models.observation import Observation
+from openpi.models.variants import SiglipConfig
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 
 KEPT_OUTLINE = (255, 230, 0)
@@ -66,8 +67,14 @@ def kept_patch_pictures(model: PI0Pytorch, observation: Observation) -> dict[str
         .scatter_(1, selection.kept_indices.cpu(), selection.mask.cpu())[0]
         .numpy()
     )
-    votes = selection.votes[0].cpu().numpy()
-    vision = model.config.vision_config
+    return selection_pictures(observation, kept, selection.votes[0].cpu().numpy(), model.config.vision_config)
+
+
+def selection_pictures(
+    observation: Observation, kept: np.ndarray, votes: np.ndarray, vision: SiglipConfig
+) -> dict[str, Image.Image]:
+    """Per present camera of the first sample: the frame with the ``kept [N]`` patches outlined beside the ``votes
+    [N]`` (pooled patches, camera-major), whichever model made the selection."""
     per_camera = vision.num_patches
     pictures = {}
     for slot, (name, image) in enumerate(observation.images.items()):

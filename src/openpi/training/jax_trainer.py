@@ -26,12 +26,14 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from openpi.models.observation import Observation
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise
+from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise, select_fn
 from openpi.models_pytorch import preprocessing
 from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.policies import data_config as _data_config
+from openpi.policies import pruning_overlay
 from openpi.training import checkpoints, data_loader, freezing, trainer
 from openpi.training import config as _config
 from openpi.training.optimizer import CosineDecaySchedule
@@ -305,6 +307,8 @@ def _loop(
                 if wandb_run is not None:
                     wandb_run.log({k: v for k, v in logged.items() if k != "step"}, step=step)
                 losses, window_start = [], time.perf_counter()
+            if wandb_run is not None and _is_picture_step(config, step):
+                _log_pictures(config, state["params"], observation, step, wandb_run)
             completed = step + 1
             if completed % config.save_interval == 0 or completed == config.num_train_steps:
                 save_checkpoint(exp_dir, state, data_config, config.keep_period)
@@ -330,6 +334,27 @@ def _log_metrics(
     if config.model.token_pruning_enabled:
         logged["prune/noise_scale"] = noise_scale
     return logged
+
+
+def kept_patch_pictures(config: _config.TrainConfig, params: Params, observation: Observation) -> dict[str, Any]:
+    """The eval selection of the first sample, drawn per present camera (kept patches beside the votes)."""
+    first = observation.select(slice(0, 1))
+    obs = JaxObservation.from_observation(first).trim_prompt_padding(config.model.prompt_trim_multiple)
+    _, keep, votes, _ = select_fn(params, obs, config=config.model, prune=PruneSettings(True))
+    vision = config.model.vision_config
+    return pruning_overlay.selection_pictures(first, np.asarray(keep[0]), np.asarray(votes[0]), vision)
+
+
+def _is_picture_step(config: _config.TrainConfig, step: int) -> bool:
+    interval = config.viz_interval
+    return config.model.token_pruning_enabled and interval is not None and step % interval == 0
+
+
+def _log_pictures(config: _config.TrainConfig, params: Params, observation: Observation, step: int, run: Any) -> None:
+    import wandb
+
+    pictures = kept_patch_pictures(config, params, observation)
+    run.log({f"prune/kept_{name}": wandb.Image(picture) for name, picture in pictures.items()}, step=step)
 
 
 def _init_wandb(config: _config.TrainConfig, exp_dir: Path, resuming: bool) -> Any:
