@@ -232,12 +232,16 @@ def train(config: _config.TrainConfig) -> JaxTrainResult:
     mesh = make_mesh(config.fsdp_devices)
     if config.batch_size % mesh.size:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
-    params = initial_params(config) if resume_step is None else jax_params.init_params(config.model, config.seed)
-    frozen = frozen_paths(config, params)
-    state = init_state(config, params, frozen)
-    if resume_step is not None:
+    if resume_step is None:
+        params = initial_params(config)
+        frozen = frozen_paths(config, params)
+        state = init_state(config, params, frozen)
+    else:  # the checkpoint holds every value: only the structure is built (abstractly, no weights allocated)
         logger.info("Resuming from %s", checkpoints.step_dir(exp_dir, resume_step))
-        state = restore_state(checkpoints.step_dir(exp_dir, resume_step), state)
+        abstract_params = jax.eval_shape(lambda: jax_params.init_params(config.model, config.seed))
+        frozen = frozen_paths(config, abstract_params)
+        target = jax.eval_shape(lambda: init_state(config, jax_params.init_params(config.model, config.seed), frozen))
+        state = restore_state(checkpoints.step_dir(exp_dir, resume_step), target)
     shardings = state_shardings(mesh, state)
     state = jax.device_put(state, shardings)
     step_fns = {
