@@ -1,5 +1,6 @@
-"""PyTorch FSDP2 (``--fsdp-devices``) on two gloo CPU processes: the same loss trajectory and weights as DDP, a run
-cut off mid-way resumes from its gathered checkpoint, and that checkpoint loads into a plain model."""
+"""PyTorch FSDP2 (``--fsdp-devices``) on two gloo CPU processes: the same loss trajectory, weights and EMA of the
+weights as DDP, a run cut off mid-way resumes from its gathered checkpoint, and that checkpoint loads into a plain
+model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch.distributed.tensor import DTensor
 
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.training import checkpoints, trainer
+from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, WEIGHTS_FILE
+from openpi.training import checkpoints, optimizer, trainer
 from tests.test_training import _Crash, _free_port, _pruned_fake_data_config
 
 WORLD = 2
@@ -51,7 +53,10 @@ def _run(config, tmp_path: Path, crash_after: int | None = None) -> None:
 
 
 def test_fsdp_matches_ddp_and_resumes_from_its_checkpoint(tmp_path: Path):
-    config = _pruned_fake_data_config(tmp_path, batch_size=4, num_train_steps=4, save_interval=2, keep_period=2)
+    schedule = optimizer.CosineDecaySchedule(warmup_steps=0, peak_lr=1e-3, decay_steps=4, decay_lr=1e-4)
+    config = _pruned_fake_data_config(
+        tmp_path, batch_size=4, num_train_steps=4, save_interval=2, keep_period=2, ema_decay=0.5, lr_schedule=schedule
+    )
     _run(dataclasses.replace(config, exp_name="ddp"), tmp_path)
     sharded = dataclasses.replace(config, exp_name="fsdp", fsdp_devices=2)
     _run(sharded, tmp_path, crash_after=3)  # checkpoint 2 is written, then the data "dies" during step 3
@@ -63,13 +68,19 @@ def test_fsdp_matches_ddp_and_resumes_from_its_checkpoint(tmp_path: Path):
     assert fsdp_run["losses"] == pytest.approx(ddp_run["losses"][2:], rel=1e-4)  # the resumed run logged steps 2, 3
     assert fsdp_run["sharded"] and fsdp_run["local_fraction"] < 0.6  # each rank holds about half the parameters
     assert not ddp_run["sharded"] and ddp_run["local_fraction"] == 1.0
-    # The gathered checkpoint is a plain one: it loads into an unsharded model, with DDP's weights.
-    ddp, fsdp = (PI0Pytorch(dataclasses.replace(config.model, dtype="float32")) for _ in range(2))
-    weights.load_weights(ddp, config.checkpoint_dir.parent / "ddp" / "4")
-    weights.load_weights(fsdp, sharded.checkpoint_dir / "4")
-    ddp_state, fsdp_state = ddp.state_dict(), fsdp.state_dict()
-    for key in ddp_state:
-        torch.testing.assert_close(fsdp_state[key], ddp_state[key], rtol=1e-4, atol=1e-6, msg=key)
+    # The gathered checkpoint is a plain one: it loads into an unsharded model, with DDP's weights and DDP's average
+    # (the average continued across the resume from the saved one, sharded on each rank).
+    states = {}
+    for filename in (RAW_WEIGHTS_FILE, WEIGHTS_FILE):
+        for name, directory in (("ddp", config.checkpoint_dir.parent / "ddp"), ("fsdp", sharded.checkpoint_dir)):
+            model = PI0Pytorch(dataclasses.replace(config.model, dtype="float32"))
+            weights.load_weights(model, directory / "4", filename)
+            states[name, filename] = model.state_dict()
+        for key, value in states["ddp", filename].items():
+            torch.testing.assert_close(states["fsdp", filename][key], value, rtol=1e-4, atol=1e-6, msg=key)
+    average, raw = states["ddp", WEIGHTS_FILE], states["ddp", RAW_WEIGHTS_FILE]
+    moved = [key for key in raw if raw[key].is_floating_point() and (average[key] - raw[key]).abs().max() > 1e-4]
+    assert len(moved) > len(raw) // 2, "the average must differ from the weights by more than the tolerance"
 
 
 def test_fsdp_needs_torchrun(tmp_path: Path):

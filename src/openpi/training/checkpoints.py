@@ -141,7 +141,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | Mapping[str, Any],
     norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None = None,
     *,
-    ema: ExponentialMovingAverage | None = None,
+    ema: ExponentialMovingAverage | Mapping[str, torch.Tensor] | None = None,
     before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes a complete checkpoint for ``state.step`` atomically and returns its directory.
@@ -152,8 +152,8 @@ def save_checkpoint(
         model: the (unwrapped) model whose weights are saved, or its (gathered) state dict.
         optimizer: its optimizer, or its (gathered) state dict.
         norm_stats: ``(asset_id, stats)`` written to ``assets/<asset_id>/norm_stats.json``, or None.
-        ema: the moving average of the weights, saved as ``model.safetensors`` (the model's own weights then go to
-            ``model_raw.safetensors``).
+        ema: the moving average of the weights, or its (gathered) state dict, saved as ``model.safetensors`` (the
+            model's own weights then go to ``model_raw.safetensors``).
         before_commit: called with the temporary directory after the files are written and before the marker and
             the rename (lets tests simulate a crash there).
     """
@@ -162,7 +162,7 @@ def save_checkpoint(
         if ema is None:
             weights.save_weights(model, directory)
         else:
-            weights.save_weights(ema.state_dict(), directory)
+            weights.save_weights(dict(ema if isinstance(ema, Mapping) else ema.state_dict()), directory)
             weights.save_weights(model, directory, RAW_WEIGHTS_FILE)
         optimizer_state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
         torch.save(dict(optimizer_state), directory / OPTIMIZER_FILENAME)

@@ -2,15 +2,17 @@
 
 After every optimiser step ``ema = decay * ema + (1 - decay) * params`` (upstream's update, no bias correction),
 starting from the initial weights. The average is kept (and saved) in float32 whatever the training precision, on
-the model's device, so a resumed run continues it exactly; buffers are copied as they are. Checkpoints store it as
-``model.safetensors`` (what loaders read; they cast to the model's dtypes) and the raw weights as
-``model_raw.safetensors`` (what training resumes from); see :mod:`openpi.training.checkpoints`.
+the model's device, so a resumed run continues it exactly; buffers are copied as they are. For a model sharded with
+FSDP2 the average is sharded like the parameters (each rank updates its own shards: 1/N of the memory).
+Checkpoints store it as ``model.safetensors`` (what loaders read; they cast to the model's dtypes) and the raw
+weights as ``model_raw.safetensors`` (what training resumes from); see :mod:`openpi.training.checkpoints`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 class ExponentialMovingAverage:
@@ -37,7 +39,8 @@ class ExponentialMovingAverage:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restores the average (e.g. from a checkpoint's ``model.safetensors``)."""
+        """Restores the average from full tensors (e.g. a checkpoint's ``model.safetensors``); a sharded average
+        takes its own shards of them."""
         missing, unexpected = set(self.shadow) - set(state), set(state) - set(self.shadow)
         if missing or unexpected:
             raise ValueError(
@@ -45,4 +48,8 @@ class ExponentialMovingAverage:
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         for key, value in state.items():
-            self.shadow[key].copy_(value)
+            target = self.shadow[key]
+            value = value.to(target.device, target.dtype)
+            if isinstance(target, DTensor):  # every rank holds the full value: cut out its shard, no communication
+                value = distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
+            target.copy_(value)

@@ -6,12 +6,13 @@ the model the root unit, over a ``replicate × shard`` device mesh (N ranks shar
 by N replicate it: N = world size is plain FSDP). π0's joint attention calls a decoder layer through
 ``attention_inputs`` and ``feed_forward`` rather than ``forward``, so those two methods are registered to gather the
 layer's parameters. Checkpoints gather the full model and optimizer state (CPU-offloaded) into the usual checkpoint
-files, which serve as they are; a run resumes from them with the same ``fsdp_devices``.
+files, which serve as they are; a run resumes from them with the same ``fsdp_devices``. An EMA of the weights is
+sharded like them and gathered one tensor at a time into ``model.safetensors``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from torch.distributed.tensor import DTensor
 
 from openpi.models_pytorch.gemma import GemmaDecoderLayer
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.shared.checkpoint_files import WEIGHTS_FILE
+from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, WEIGHTS_FILE
+from openpi.training.ema import ExponentialMovingAverage
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -66,10 +68,31 @@ def full_states(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
     return get_model_state_dict(model, options=_FULL), get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
-def load_full_states(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: Path, optimizer_file: str):
-    """Loads a checkpoint's weights and gathered optimizer state into the sharded ``model`` and ``optimizer``."""
-    weights = safetensors.torch.load_file(checkpoint_dir / WEIGHTS_FILE)
+def gathered(state: Mapping[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    """The full values of ``state``'s (sharded) tensors on the CPU, gathered one at a time, so a device holds one full
+    tensor at most; kept where ``keep`` (rank 0), else empty. A collective on every rank."""
+    full = {}
+    for key, value in state.items():
+        value = local_value(value)
+        if keep:
+            full[key] = value.cpu()
+    return full
+
+
+def load_full_states(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    checkpoint_dir: Path,
+    optimizer_file: str,
+    ema: ExponentialMovingAverage | None = None,
+) -> None:
+    """Loads a checkpoint's training weights (``model_raw.safetensors`` when it has an EMA), gathered optimizer state
+    and, given ``ema``, its average (``model.safetensors``) into the sharded model, optimizer and average."""
+    has_ema = (checkpoint_dir / RAW_WEIGHTS_FILE).is_file()
+    weights = safetensors.torch.load_file(checkpoint_dir / (RAW_WEIGHTS_FILE if has_ema else WEIGHTS_FILE))
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    if ema is not None:  # without a saved average it starts from the loaded weights
+        ema.load_state_dict(safetensors.torch.load_file(checkpoint_dir / WEIGHTS_FILE) if has_ema else weights)
     state = torch.load(checkpoint_dir / optimizer_file, map_location="cpu", weights_only=True)
     # Not strict: parameters that never received a gradient (π0's last language-model layer) have no AdamW state.
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))

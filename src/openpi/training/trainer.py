@@ -403,7 +403,7 @@ class _Trainer:
         path = checkpoints.step_dir(self.exp_dir, step)
         logger.info("Resuming from %s", path)
         if self.sharded:
-            fsdp.load_full_states(model, optimizer, path, checkpoints.OPTIMIZER_FILENAME)
+            fsdp.load_full_states(model, optimizer, path, checkpoints.OPTIMIZER_FILENAME, self.ema)
             state = checkpoints.load_training_state(path)
         else:
             state = checkpoints.load_checkpoint(path, model, optimizer, self.ema)
@@ -428,6 +428,9 @@ class _Trainer:
         losses: list[torch.Tensor],
     ) -> None:
         model_state, optimizer_state = fsdp.full_states(model, optimizer) if self.sharded else (model, optimizer)
+        ema_state = self.ema
+        if self.sharded and self.ema is not None:
+            ema_state = fsdp.gathered(self.ema.state_dict(), keep=self.ctx.is_main)
         rank_state = (checkpoints.capture_rng_state(), [float(loss) for loss in losses])
         if self.ctx.is_distributed:
             gathered: list[Any] = [None] * self.ctx.world_size
@@ -442,7 +445,7 @@ class _Trainer:
                 loss_windows=[window for _, window in gathered],
             )
             norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
-            checkpoints.save_checkpoint(self.exp_dir, state, model_state, optimizer_state, norm_stats, ema=self.ema)
+            checkpoints.save_checkpoint(self.exp_dir, state, model_state, optimizer_state, norm_stats, ema=ema_state)
             checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
         if self.ctx.is_distributed:
             dist.barrier()
@@ -492,8 +495,6 @@ def wandb_mode() -> str:
 def _check_fsdp(config: _config.TrainConfig, ctx: DistributedContext) -> None:
     if not ctx.is_distributed:
         raise ValueError(f"--fsdp-devices {config.fsdp_devices} shards over processes: launch with torchrun")
-    if config.ema_decay is not None:
-        raise ValueError("--ema-decay with --fsdp-devices is not supported yet (the average would need sharding too)")
 
 
 def _check_batch_size(config: _config.TrainConfig, ctx: DistributedContext) -> None:
