@@ -83,6 +83,32 @@ def test_training_forward_selects_voted_patches_and_trains_the_vision_tower(fixt
     assert patch_embedding.weight.grad.abs().sum() > 0
 
 
+def test_budget_training_trains_on_the_served_prefix_and_the_loss_reaches_the_gate(fixture):
+    model = _pruned_model(fixture, token_prune_keep_ratio=0.1, token_prune_budget_training=True)
+    model.set_token_pruner_noise_scale(0.0)
+    obs, io = fixture.observation(), fixture.io
+    images, masks = list(obs.images.values()), [obs.image_masks[n] for n in obs.images]
+    args = (images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
+    served = model.eval().embed_prefix(*args)
+    trained = model.train().embed_prefix(*args)
+    for name in ("embs", "pad_masks", "positions"):
+        assert torch.equal(getattr(trained, name), getattr(served, name)), name
+    assert served.key_bias is None and torch.equal(trained.key_bias, torch.zeros_like(trained.key_bias))
+
+    gates = []
+    model.pruner.register_forward_hook(lambda _module, _inputs, out: gates.append(out.key_bias))
+    model.set_token_pruner_noise_scale(0.5)
+    loss = model(obs, io["input.actions"], io["input.noise"], io["input.time"]).mean()
+    gates[0].retain_grad()
+    loss.backward()
+    assert gates[0].grad[gates[0].grad != 0].numel() > 0, "the loss must say which kept patches it wants more of"
+
+
+def test_budget_training_needs_a_budget():
+    with pytest.raises(ValueError, match="token_prune_budget_training"):
+        tiny_config(token_pruning_enabled=True, token_prune_budget_training=True)
+
+
 def test_runtime_setters_and_telemetry(fixture):
     model = _pruned_model(fixture, token_prune_keep_tokens=32)
     model.set_token_pruner_keep_tokens(8)

@@ -151,6 +151,62 @@ def test_train_ignores_budgets_and_keeps_length():
     assert out.tokens.shape == inputs[0].shape
 
 
+# --- budget training -----------------------------------------------------------------------------------------
+
+
+def test_budget_training_keeps_what_eval_keeps_with_a_zero_valued_gate():
+    inputs = make_inputs(batch=2, num_patches=48)
+    inputs[3][1, 40:] = False  # sample 1: 40 valid patches
+    pruner = ImageTokenPruner(noise_scale=0.0, keep_ratio=0.25, budget_training=True)
+    trained, served = run(pruner, inputs, train=True), run(pruner, inputs, train=False)
+    assert trained.mask.sum(1).tolist() == served.mask.sum(1).tolist() == [12, 10]
+    for name in ("tokens", "mask", "positions", "kept_indices"):
+        assert torch.equal(getattr(trained, name), getattr(served, name)), name
+    assert served.key_bias is None
+    assert trained.key_bias.shape == trained.mask.shape and torch.equal(trained.key_bias, torch.zeros(2, 12))
+
+
+def test_budget_training_ranks_the_noisy_votes_and_scores():
+    inputs = make_inputs(batch=1, num_patches=48)
+    uniform = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(3))
+    pruner = ImageTokenPruner(noise_scale=2.0, keep_tokens=9, budget_training=True).train()
+    out = pruner(*inputs, uniform=uniform)
+    noisy = reference_scores(*inputs[:4])[0].float() + 2.0 * uniform[0]
+    votes = torch.bincount(noisy.argmax(-1), minlength=48)
+    best = noisy.amax(0)
+    expected = sorted(sorted(range(48), key=lambda j: (-votes[j].item(), -best[j].item(), j))[:9])
+    assert out.kept_indices[0].tolist() == expected
+    assert expected != run(ImageTokenPruner(keep_tokens=9), inputs, train=False).kept_indices[0].tolist()
+
+
+def test_budget_training_gate_passes_the_gradient_of_the_soft_votes():
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
+    patch_mask[0, 28:] = False
+    upstream = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+
+    def grads(use_pruner: bool):
+        p, t = patches.clone().requires_grad_(True), task.clone().requires_grad_(True)
+        pruner = ImageTokenPruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()
+        out = pruner(p, t, task_mask, patch_mask, positions)
+        if use_pruner:
+            gate = out.key_bias
+        else:  # independent: soft votes of the valid rows from the restated scores, at the kept patches
+            soft = reference_scores(p, t, task_mask, patch_mask).softmax(-1) * patch_mask[..., None]
+            gate = soft.sum(1).gather(1, out.kept_indices).float()
+        (gate * upstream).sum().backward()
+        return p.grad, t.grad
+
+    (patch_grad, task_grad), (want_patch, want_task) = grads(True), grads(False)
+    assert patch_grad.abs().sum() > 0 and task_grad.abs().sum() > 0
+    torch.testing.assert_close(patch_grad, want_patch, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(task_grad, want_task, rtol=1e-4, atol=1e-5)
+
+
+def test_budget_training_needs_a_budget():
+    with pytest.raises(ValueError, match="budget_training needs a budget"):
+        run(ImageTokenPruner(budget_training=True), make_inputs(), train=True)
+
+
 # --- eval mode ---------------------------------------------------------------------------------------------------
 
 

@@ -12,11 +12,13 @@ Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned
 released: no centring, softmax of the noisy scores), ``default`` (this project's default pruner),
 ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in
 the pruner's context in training, the sampling's starting noise at inference) and ``plan_1`` (a projected state
-token in the pruner's context): the seeds' proposals.
+token in the pruner's context): the seeds' proposals; ``budget_trained25`` (trained on the 25% budget it is served
+with, ranked from the noisy votes, a straight-through gate on the kept patches' attention logits: an idea of ours).
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random),
 and on the default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random) and
 ``default_budget25`` (its learned scores ranking a 25% budget instead of the union of its votes).
+On the budget-trained weights: ``budget_trained25_random`` (25% at random) and ``budget_trained25_at10`` (10%).
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
     "plan_b": ("pi05_shapes_lightvla", {"token_prune_action_context": True}, {}),
     "plan_1": ("pi05_shapes_lightvla", {"token_prune_state_token": True}, {}),
+    "budget_trained25": (
+        "pi05_shapes_lightvla",
+        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25},
+        {},
+    ),
 }
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "default")
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
@@ -72,6 +79,9 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "centred_noisy_softmax": ("centred_noisy_softmax", "centred_noisy_softmax", {}),
     "plan_b": ("plan_b", "plan_b", {}),
     "plan_1": ("plan_1", "plan_1", {}),
+    "budget_trained25": ("budget_trained25", "budget_trained25", {}),
+    "budget_trained25_random": ("budget_trained25", "budget_trained25", {"random_keep": True}),
+    "budget_trained25_at10": ("budget_trained25", "budget_trained25", {"token_prune_keep_ratio": 0.10}),
 }
 
 

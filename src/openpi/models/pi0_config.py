@@ -57,6 +57,10 @@ class Pi0Config:
     # Each adds one Linear(action_dim -> width) that only the pruner uses.
     token_prune_state_token: bool = False
     token_prune_action_context: bool = False
+    # Train on the patches the inference budget (token_prune_keep_ratio / _keep_tokens) keeps, ranked from the noisy
+    # votes, with a straight-through gate on their attention logits, instead of one row per noisy vote: train and
+    # serve see the same count (a departure from LightVLA; docs/lightvla_pruning.md).
+    token_prune_budget_training: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -81,6 +85,12 @@ class Pi0Config:
             raise ValueError("token_prune_state_token / token_prune_action_context need token_pruning_enabled")
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
             raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
+        no_budget = self.token_prune_keep_ratio is None and self.token_prune_keep_tokens is None
+        if self.token_prune_budget_training and (not self.token_pruning_enabled or no_budget):
+            raise ValueError(
+                "token_prune_budget_training trains on the inference budget: it needs token_pruning_enabled and "
+                "token_prune_keep_ratio or token_prune_keep_tokens"
+            )
 
     @property
     def llm_config(self) -> variants.GemmaConfig:

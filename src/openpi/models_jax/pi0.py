@@ -306,6 +306,8 @@ def _check_pruner_context(config: Pi0Config) -> None:
             "The JAX model's pruner sees the prompt only; token_prune_state_token / token_prune_action_context "
             "(the seeds' ablations) exist in the PyTorch model"
         )
+    if config.token_prune_budget_training:
+        raise ValueError("token_prune_budget_training exists in the PyTorch model only; the JAX pruner trains on votes")
 
 
 def lora_scales(config: Pi0Config) -> tuple[float, float]:

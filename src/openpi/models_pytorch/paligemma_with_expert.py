@@ -89,7 +89,8 @@ class PaliGemmaWithExpertModel(nn.Module):
             adarms_cond: per-stream conditioning for adaptive norms (None for plain norms).
             past_key_values: keys/values of earlier tokens (the prefix cache) that the queries may attend to.
             key_bias: float ``[B, Lk]`` added to every attention logit into each key: ``log(k)`` makes a key count as
-                k identical keys (the deduplicated pruned prefix in training); None adds nothing.
+                k identical keys (the deduplicated pruned prefix in training), a zero-valued straight-through gate
+                passes the pruner a gradient (budget training); None adds nothing.
 
         Returns:
             The final-normed output of each given stream, and the keys/values of this call (cache included).

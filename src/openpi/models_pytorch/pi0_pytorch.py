@@ -31,7 +31,7 @@ class EmbeddedPrefix(NamedTuple):
     pad_masks: torch.Tensor  # [B, L] bool
     block_starts: torch.Tensor  # [B, L], all zero: the prefix is one bidirectional block
     positions: torch.Tensor  # [B, L] long, rotary positions in the unpruned prefix
-    key_bias: torch.Tensor | None = None  # [B, L] float: log of how many identical tokens each one stands for
+    key_bias: torch.Tensor | None = None  # [B, L] float added to the attention logits into each key (the pruner's)
 
 
 class PrefixCache(NamedTuple):
@@ -115,6 +115,7 @@ class PI0Pytorch(nn.Module):
                 noisy_softmax=config.token_prune_noisy_softmax,
                 kept_multiple=config.token_prune_kept_multiple,
                 dedup_training=config.token_prune_dedup_training,
+                budget_training=config.token_prune_budget_training,
             )
             if config.token_pruning_enabled
             else None
@@ -193,7 +194,8 @@ class PI0Pytorch(nn.Module):
         ``token_prune_state_token`` / ``token_prune_action_context``; ``prune_uniform [B, N, N]`` replaces the
         pruner's training noise draw. Positions are those of the unpruned prefix
         (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens. The
-        key bias is set when the pruner merged duplicate votes (training with ``token_prune_dedup_training``).
+        key bias is the pruner's (training: ``log(count)`` of merged duplicate votes, or the straight-through gate of
+        ``token_prune_budget_training``).
         """
         pwe = self.paligemma_with_expert
         image_embs = [pwe.embed_image(image) for image in images]  # C x [B, P, W], P patches per camera
@@ -211,9 +213,8 @@ class PI0Pytorch(nn.Module):
             task, task_mask = self._pruner_task_context(lang_embs, lang_masks, state, noisy_actions)
             pruned = self.token_pruner(patches, task, task_mask, patch_mask, patch_positions, prune_uniform)
             patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions  # [B, K, W], [B, K]
-            if pruned.counts is not None:
-                patch_bias = pruned.counts.clamp(min=1).float().log()  # [B, K]
-                key_bias = F.pad(patch_bias, (0, lang_embs.shape[1]))  # [B, K + T], the prompt unbiased
+            if pruned.key_bias is not None:
+                key_bias = F.pad(pruned.key_bias.float(), (0, lang_embs.shape[1]))  # [B, K + T], the prompt unbiased
 
         embs = torch.cat([patches.to(lang_embs.dtype), lang_embs], dim=1)  # [B, K + T, W]
         pad_masks = torch.cat([patch_mask, lang_masks], dim=1)

@@ -45,6 +45,10 @@ class PrunedPatches(NamedTuple):
         kept_indices: ``[B, K]`` long, index into the N input patches (arbitrary where ``mask`` is False).
         counts: ``[B, K]`` long, how many rows each token stands for (train with ``dedup_training``: the rows that
             voted for the same patch, merged into one; 0 for padding), or None when every token is one row.
+        key_bias: ``[B, K]`` float to add to the attention logit of every query into each token's key, or None:
+            ``log(counts)`` for merged rows; in ``budget_training`` the straight-through gate of the kept patches'
+            soft votes (0 in value, so the forward is unchanged; its gradient says how much the loss wants more of
+            each kept patch).
     """
 
     tokens: torch.Tensor
@@ -52,6 +56,7 @@ class PrunedPatches(NamedTuple):
     positions: torch.Tensor
     kept_indices: torch.Tensor
     counts: torch.Tensor | None = None
+    key_bias: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +165,11 @@ class ImageTokenPruner(nn.Module):
     to the attention logit of each such key computes exactly what it would on the N rows, on U tokens; the mean
     gives every row its share of the token's gradient, so the straight-through gradient is unchanged.
 
+    ``budget_training`` (a departure from LightVLA): train on the patches the budget keeps at inference, ranked the
+    same way but from the noisy votes and scores, instead of one row per noisy vote. The kept patches' soft votes
+    (``sum_i softmax(S)[i, j]``) enter as a straight-through bias on their attention logits, so the scores learn
+    which patches the policy attends to. Needs ``keep_tokens`` or ``keep_ratio``; train and eval keep the same count.
+
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
@@ -186,10 +196,12 @@ class ImageTokenPruner(nn.Module):
         noisy_softmax: bool = False,
         kept_multiple: int | None = None,
         dedup_training: bool = False,
+        budget_training: bool = False,
     ):
         super().__init__()
         self.center_patches = center_patches
         self.dedup_training = dedup_training
+        self.budget_training = budget_training
         self.kept_multiple = kept_multiple
         self.noisy_softmax = noisy_softmax
         self.random_keep = False
@@ -244,7 +256,10 @@ class ImageTokenPruner(nn.Module):
 
     def extra_repr(self) -> str:
         budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
-        variant = f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}"
+        variant = (
+            f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
+            f"budget_training={self.budget_training}"
+        )
         return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
     def forward(
@@ -270,7 +285,11 @@ class ImageTokenPruner(nn.Module):
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
         scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches)
         self.last_selection = None
-        if self.training:
+        if self.training and self.budget_training:
+            pruned, noisy_choice, kept_counts = self._select_train_budget(
+                patches, scoring.scores, patch_mask, patch_positions, uniform
+            )
+        elif self.training:
             pruned, noisy_choice = self._select_train(patches, scoring.scores, patch_mask, patch_positions, uniform)
             kept_counts = None
         else:
@@ -282,6 +301,13 @@ class ImageTokenPruner(nn.Module):
                 self.last_stats = _telemetry(scoring, task_mask, patch_mask, kept_counts, noisy_choice)
         return pruned
 
+    def _noisy(self, scores: torch.Tensor, uniform: torch.Tensor | None) -> torch.Tensor:
+        """``S + U(0, 1) * noise_scale`` (``uniform`` replaces the draw)."""
+        if self.noise_scale == 0:
+            return scores
+        noise = torch.rand_like(scores) if uniform is None else uniform.to(scores)
+        return scores + noise * self.noise_scale
+
     def _select_train(
         self,
         patches: torch.Tensor,
@@ -290,10 +316,7 @@ class ImageTokenPruner(nn.Module):
         positions: torch.Tensor,
         uniform: torch.Tensor | None,
     ) -> tuple[PrunedPatches, torch.Tensor]:
-        noisy = scores
-        if self.noise_scale > 0:
-            noise = torch.rand_like(scores) if uniform is None else uniform.to(scores)
-            noisy = scores + noise * self.noise_scale
+        noisy = self._noisy(scores, uniform)
         choice = noisy.argmax(dim=-1)  # [B, N]
         soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1)
         hard = torch.zeros_like(soft).scatter_(-1, choice[..., None], 1.0)
@@ -321,28 +344,59 @@ class ImageTokenPruner(nn.Module):
         summed = tokens.new_zeros(batch, width + 1, dim).scatter_add(1, row_slot[..., None].expand(-1, -1, dim), tokens)
         counts = votes.gather(1, unique) * mask  # [B, U]
         merged = summed[:, :width] / counts.clamp(min=1)[..., None].to(tokens.dtype)  # [B, U, D]
-        return PrunedPatches(merged, mask, positions.gather(1, unique), unique, counts)
+        key_bias = counts.clamp(min=1).float().log()  # [B, U]: k identical keys = one key with logit + log k
+        return PrunedPatches(merged, mask, positions.gather(1, unique), unique, counts, key_bias)
+
+    def _select_train_budget(
+        self,
+        patches: torch.Tensor,
+        scores: torch.Tensor,
+        patch_mask: torch.Tensor,
+        positions: torch.Tensor,
+        uniform: torch.Tensor | None,
+    ) -> tuple[PrunedPatches, torch.Tensor, torch.Tensor]:
+        """The budget's patches ranked by the noisy votes and scores, each gated by its straight-through soft votes."""
+        if self._budget(patch_mask) is None:
+            raise ValueError("budget_training needs a budget: set keep_tokens or keep_ratio")
+        noisy = self._noisy(scores, uniform)
+        choice = noisy.argmax(dim=-1)  # [B, N]
+        keep = self._kept_by_budget(noisy, _count_votes(choice, patch_mask), patch_mask)
+        pruned, counts = self._gather_kept(patches, keep, positions)
+        soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1) * patch_mask[..., None]  # valid rows
+        soft_votes = soft.sum(dim=1)  # [B, N]
+        gate = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices) * pruned.mask  # [B, K], 0 in value
+        return pruned._replace(key_bias=gate), choice, counts
 
     def _select_eval(
         self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[PrunedPatches, torch.Tensor]:
         votes = _count_votes(scores.argmax(dim=-1), patch_mask)  # [B, N]
+        keep = self._kept_by_budget(scores, votes, patch_mask)
+        if self.random_keep:
+            keep = self._random_subset(patch_mask, keep.sum(dim=1))
+        pruned, counts = self._gather_kept(patches, keep, positions)
+        self.last_selection = Selection(pruned.kept_indices, pruned.mask, votes)
+        return pruned, counts
+
+    def _kept_by_budget(self, scores: torch.Tensor, votes: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: the voted patches, or under a budget the top-ranked ones (votes, then best score)."""
         budget = self._budget(patch_mask)  # [B] or None
         if budget is None:
-            keep = votes > 0
-        else:
-            best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
-            keep = _rank_patches(votes, best_score, patch_mask) < budget[:, None]
+            return votes > 0
+        best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
+        return _rank_patches(votes, best_score, patch_mask) < budget[:, None]
+
+    def _gather_kept(
+        self, patches: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[PrunedPatches, torch.Tensor]:
+        """The kept patches in their original order, padded to the batch's largest (bucketed) count; the counts."""
         counts = keep.sum(dim=1)  # [B]
-        if self.random_keep:
-            keep = self._random_subset(patch_mask, counts)
         num_kept = self._bucketed(counts.max(), patches.shape[1]) if counts.numel() else 0  # K
         # Stable sort puts the kept patches first, in their original order.
         kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]  # [B, K]
         mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]  # [B, K]
         gather_index = kept_indices[..., None].expand(-1, -1, patches.shape[-1])  # [B, K, D]
         tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
-        self.last_selection = Selection(kept_indices, mask, votes)
         return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
 
     def _bucketed(self, largest: torch.Tensor, num_patches: int) -> int:
