@@ -1,6 +1,6 @@
 """PyTorch FSDP2 (``--fsdp-devices``) on two gloo CPU processes: the same loss trajectory, weights and EMA of the
-weights as DDP, a run cut off mid-way resumes from its gathered checkpoint, and that checkpoint loads into a plain
-model."""
+weights as DDP, a run cut off mid-way resumes from the shards every rank wrote, and the checkpoint's gathered weights
+load into a plain model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, WEIGHTS_FILE
+from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, TRAIN_STATE_DIR, WEIGHTS_FILE
 from openpi.training import checkpoints, optimizer, trainer
 from tests.test_training import _Crash, _free_port, _pruned_fake_data_config
 
@@ -63,6 +63,9 @@ def test_fsdp_matches_ddp_and_resumes_from_its_checkpoint(tmp_path: Path):
     assert checkpoints.complete_steps(sharded.checkpoint_dir) == [2]
     _run(dataclasses.replace(sharded, resume=True), tmp_path)
     assert checkpoints.complete_steps(sharded.checkpoint_dir) == [2, 4]
+    shards = sorted(path.name for path in (sharded.checkpoint_dir / "4" / TRAIN_STATE_DIR).iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], "each rank writes its own shards"
+    assert not (sharded.checkpoint_dir / "4" / checkpoints.OPTIMIZER_FILENAME).exists()
 
     ddp_run, fsdp_run = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("ddp", "fsdp"))
     assert fsdp_run["losses"] == pytest.approx(ddp_run["losses"][2:], rel=1e-4)  # the resumed run logged steps 2, 3

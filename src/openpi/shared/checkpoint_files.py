@@ -8,6 +8,8 @@ A checkpoint folder (a training step, a converted JAX checkpoint, or anything ``
     <checkpoint>/assets/<asset_id>/norm_stats.json      normalisation statistics of the robot's data
     <checkpoint>/params/                                a JAX checkpoint: the orbax parameter tree (served by the
                                                         JAX model, converted for the PyTorch one)
+    <checkpoint>/train_state/                           what a sharded training run resumes from (JAX: orbax;
+                                                        PyTorch FSDP: every rank's shards)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ CONFIG_FILE = "config.json"
 ASSETS_DIR = "assets"
 NORM_STATS_FILE = "norm_stats.json"
 JAX_PARAMS_DIR = "params"
+TRAIN_STATE_DIR = "train_state"
 
 
 def weights_path(path: str | os.PathLike, filename: str = WEIGHTS_FILE) -> Path:

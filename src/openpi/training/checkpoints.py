@@ -5,6 +5,8 @@ Layout of an experiment directory (``checkpoints/<config>/<exp>/``)::
     <step>/model.safetensors          weights after ``step`` optimizer steps (their moving average with ema_decay)
     <step>/model_raw.safetensors      with ema_decay only: the weights themselves, what training resumes from
     <step>/optimizer.pt               optimizer state dict
+    <step>/train_state/               instead of optimizer.pt, with FSDP: every rank's shards of the weights,
+                                      optimizer state and EMA (what a sharded run resumes from)
     <step>/training_state.pt          step, learning-rate schedule state and every rank's RNG states
     <step>/assets/<asset_id>/norm_stats.json
     <step>/MANIFEST.sha256.json       sha256 of every file above, written before the marker
@@ -141,7 +143,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | Mapping[str, Any],
     norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None = None,
     *,
-    ema: ExponentialMovingAverage | Mapping[str, torch.Tensor] | None = None,
+    ema: ExponentialMovingAverage | None = None,
     before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes a complete checkpoint for ``state.step`` atomically and returns its directory.
@@ -152,8 +154,8 @@ def save_checkpoint(
         model: the (unwrapped) model whose weights are saved, or its (gathered) state dict.
         optimizer: its optimizer, or its (gathered) state dict.
         norm_stats: ``(asset_id, stats)`` written to ``assets/<asset_id>/norm_stats.json``, or None.
-        ema: the moving average of the weights, or its (gathered) state dict, saved as ``model.safetensors`` (the
-            model's own weights then go to ``model_raw.safetensors``).
+        ema: the moving average of the weights, saved as ``model.safetensors`` (the model's own weights then go to
+            ``model_raw.safetensors``).
         before_commit: called with the temporary directory after the files are written and before the marker and
             the rename (lets tests simulate a crash there).
     """
@@ -162,16 +164,23 @@ def save_checkpoint(
         if ema is None:
             weights.save_weights(model, directory)
         else:
-            weights.save_weights(dict(ema if isinstance(ema, Mapping) else ema.state_dict()), directory)
+            weights.save_weights(ema.state_dict(), directory)
             weights.save_weights(model, directory, RAW_WEIGHTS_FILE)
         optimizer_state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
         torch.save(dict(optimizer_state), directory / OPTIMIZER_FILENAME)
-        torch.save(dataclasses.asdict(state), directory / TRAINING_STATE_FILENAME)
-        save_norm_stats(directory, norm_stats)
+        write_training_files(directory, state, norm_stats)
         if before_commit is not None:
             before_commit(directory)
 
     return write_atomically(exp_dir, state.step, write)
+
+
+def write_training_files(
+    directory: Path, state: TrainingState, norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None
+) -> None:
+    """The files every checkpoint has besides its weights and optimizer state: the training state, the norm stats."""
+    torch.save(dataclasses.asdict(state), directory / TRAINING_STATE_FILENAME)
+    save_norm_stats(directory, norm_stats)
 
 
 def save_norm_stats(directory: Path, norm_stats: tuple[str, Mapping[str, normalize.NormStats]] | None) -> None:
@@ -182,16 +191,34 @@ def save_norm_stats(directory: Path, norm_stats: tuple[str, Mapping[str, normali
 
 
 def write_atomically(exp_dir: str | Path, step: int, write: Callable[[Path], None]) -> Path:
-    """Runs ``write(tmp_dir)`` in a hidden temporary directory, then adds the manifest and the completeness marker,
-    fsyncs and renames it to ``exp_dir/<step>``; returns that directory. Any framework's files commit this way."""
+    """Runs ``write(tmp_dir)`` in a hidden temporary directory, then commits it as ``exp_dir/<step>``
+    (:func:`commit`); returns that directory. Any framework's files commit this way."""
+    tmp_dir = new_temporary_dir(exp_dir, step)
+    try:
+        write(tmp_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return commit(tmp_dir, exp_dir, step)
+
+
+def new_temporary_dir(exp_dir: str | Path, step: int) -> Path:
+    """A new, empty hidden directory in which checkpoint ``step`` is written before :func:`commit` (several
+    processes may write into it; leftovers are removed by :func:`remove_incomplete`)."""
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = exp_dir / f"{_TMP_PREFIX}{step}_{os.getpid()}"
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
     tmp_dir.mkdir()
+    return tmp_dir
+
+
+def commit(tmp_dir: Path, exp_dir: str | Path, step: int) -> Path:
+    """Adds the manifest and the completeness marker to the written ``tmp_dir``, fsyncs it and renames it to
+    ``exp_dir/<step>`` (replacing an older one); returns that directory. A failure removes ``tmp_dir``."""
+    exp_dir = Path(exp_dir)
     try:
-        write(tmp_dir)
         _write_manifest(tmp_dir)
         _fsync_tree(tmp_dir)
         (tmp_dir / COMPLETE_MARKER).write_text(f"{step}\n")

@@ -34,6 +34,7 @@ from openpi.models_pytorch import preprocessing
 from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.policies import data_config as _data_config
 from openpi.policies import pruning_overlay
+from openpi.shared.checkpoint_files import TRAIN_STATE_DIR
 from openpi.training import checkpoints, data_loader, freezing, trainer
 from openpi.training import config as _config
 from openpi.training.optimizer import CosineDecaySchedule
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 PARAMS_DIR = "params"
-TRAIN_STATE_DIR = "train_state"
 
 
 @dataclasses.dataclass

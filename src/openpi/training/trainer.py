@@ -403,7 +403,7 @@ class _Trainer:
         path = checkpoints.step_dir(self.exp_dir, step)
         logger.info("Resuming from %s", path)
         if self.sharded:
-            fsdp.load_full_states(model, optimizer, path, checkpoints.OPTIMIZER_FILENAME, self.ema)
+            fsdp.load_sharded(path, model, optimizer, self.ema)
             state = checkpoints.load_training_state(path)
         else:
             state = checkpoints.load_checkpoint(path, model, optimizer, self.ema)
@@ -427,10 +427,10 @@ class _Trainer:
         data_config: data_config.DataConfig,
         losses: list[torch.Tensor],
     ) -> None:
-        model_state, optimizer_state = fsdp.full_states(model, optimizer) if self.sharded else (model, optimizer)
-        ema_state = self.ema
-        if self.sharded and self.ema is not None:
-            ema_state = fsdp.gathered(self.ema.state_dict(), keep=self.ctx.is_main)
+        tmp_dir = None
+        if self.sharded:  # every rank writes its shards into rank 0's temporary directory
+            tmp_dir = self._broadcast(checkpoints.new_temporary_dir(self.exp_dir, step) if self.ctx.is_main else None)
+            fsdp.save_sharded(tmp_dir, model, optimizer, self.ema)
         rank_state = (checkpoints.capture_rng_state(), [float(loss) for loss in losses])
         if self.ctx.is_distributed:
             gathered: list[Any] = [None] * self.ctx.world_size
@@ -445,7 +445,11 @@ class _Trainer:
                 loss_windows=[window for _, window in gathered],
             )
             norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
-            checkpoints.save_checkpoint(self.exp_dir, state, model_state, optimizer_state, norm_stats, ema=ema_state)
+            if tmp_dir is None:
+                checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats, ema=self.ema)
+            else:
+                checkpoints.write_training_files(tmp_dir, state, norm_stats)
+                checkpoints.commit(tmp_dir, self.exp_dir, step)
             checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
         if self.ctx.is_distributed:
             dist.barrier()
