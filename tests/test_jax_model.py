@@ -215,3 +215,15 @@ def test_lora_adapters_change_the_model_and_merge_into_the_base_variant(tmp_path
     del partial["PaliGemma/llm/layers/mlp/linear_lora_b"]
     with pytest.raises(CheckpointMismatchError, match="LoRA adapters are incomplete"):
         Pi0.from_checkpoint(write_orbax(tmp_path / "partial", partial), lora_config)
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"token_prune_state_token": True}, "token_prune_state_token"),
+        ({"token_prune_keep_ratio": 0.25, "token_prune_budget_training": True}, "token_prune_budget_training"),
+    ],
+)
+def test_pytorch_only_pruner_options_are_refused_by_name(option, named):
+    with pytest.raises(ValueError, match=named):
+        Pi0(tiny_config(token_pruning_enabled=True, **option))

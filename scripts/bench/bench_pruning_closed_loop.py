@@ -101,6 +101,8 @@ class Args:
     """EMA of the weights (evaluated in place of the raw weights); default: the config's (none)."""
     jobs: int = 2
     """Trainings run in parallel, each with cores // jobs threads."""
+    report_only: bool = False
+    """Rewrite the table and the plot from the results already in ``--results-dir``; train and evaluate nothing."""
     work_dir: Path = REPO / "outputs" / "pruning_closed_loop"
     results_dir: Path = RESULTS / "pruning_closed_loop"
     output: Path = RESULTS / "pruning_closed_loop.md"
@@ -170,6 +172,9 @@ def main(args: Args) -> None:
     logging.basicConfig(level=logging.WARNING)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        _report(args)
+        return
     trained = _train_all(args)
     for seed in args.seeds:
         for arm in _eval_arms(args):
