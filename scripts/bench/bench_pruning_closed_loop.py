@@ -228,11 +228,28 @@ def _needs_weights(args: Args, training_arm: str, seed: int) -> bool:
 
 
 def _load(args: Args) -> dict[str, list[dict]]:
+    """Each evaluation arm's results in seed order, each with its ``seed``."""
     results: dict[str, list[dict]] = {}
     for arm in EVAL_ARMS:
-        for path in sorted(args.results_dir.glob(f"{arm}_seed*.json")):
-            results.setdefault(arm, []).append(json.loads(path.read_text()))
+        paths = {
+            int(path.stem.removeprefix(f"{arm}_seed")): path for path in args.results_dir.glob(f"{arm}_seed*.json")
+        }
+        for seed in sorted(paths):
+            results.setdefault(arm, []).append({**json.loads(paths[seed].read_text()), "seed": seed})
     return results
+
+
+def _vision_gap_kept(results: dict[str, list[dict]], arm: str) -> float | None:
+    """(arm − blind) / (unpruned − blind), pooled over the seeds the arm has, against those seeds' controls."""
+    seeds = {r["seed"] for r in results[arm]}
+    rates = {}
+    for name in (arm, "unpruned", "blind"):
+        runs = [r for r in results.get(name, []) if r["seed"] in seeds]
+        if {r["seed"] for r in runs} != seeds:
+            return None
+        rates[name] = sum(r["successes"] for r in runs) / sum(r["episodes"] for r in runs)
+    gap = rates["unpruned"] - rates["blind"]
+    return (rates[arm] - rates["blind"]) / gap if gap > 0 else None
 
 
 def _report(args: Args) -> None:
@@ -241,7 +258,6 @@ def _report(args: Args) -> None:
     results = _load(args)
     pooled = {arm: (sum(r["successes"] for r in rs), sum(r["episodes"] for r in rs)) for arm, rs in results.items()}
     rate = {arm: s / n for arm, (s, n) in pooled.items()}
-    gap = rate.get("unpruned", 0.0) - rate.get("blind", 0.0)
     lines = _header(args, results)
     for arm, runs in results.items():
         successes, episodes = pooled[arm]
@@ -254,7 +270,7 @@ def _report(args: Args) -> None:
         swap = [
             r["prompt_swap"]["recall_after_swap"] for r in runs if (r.get("prompt_swap") or {}).get("recall_after_swap")
         ]
-        share = (rate[arm] - rate.get("blind", 0.0)) / gap if gap > 0 and arm != "blind" else None
+        share = None if arm == "blind" else _vision_gap_kept(results, arm)
         lines.append(
             f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {_fmt(share)} "
             f"| {_fmt(kept, 1)} | {_fmt(ratio)} | {_fmt(_mean_of(runs, 'target_recall'))} "
@@ -286,13 +302,16 @@ def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
         f"# Pruning on the shapes testbed, closed loop ({time.strftime('%Y-%m-%d')}, CPU)",
         "",
         "```",
-        "uv run scripts/bench/bench_pruning_closed_loop.py " + " ".join(sys.argv[1:]),
+        "uv run scripts/bench/bench_pruning_closed_loop.py "
+        + " ".join(a for a in sys.argv[1:] if a != "--report-only"),
         "```",
         "",
         f"{runs[0].get('episodes', '?')} held-out episodes per seed (scene seeds no training dataset draws from); "
-        f"{runs[0].get('train_steps', '?')} training steps per arm. Success: pooled over seeds, Wilson 95% CI. "
-        "Vision gap kept = (arm − blind) / (unpruned − blind). Recall: fraction of the target's patches kept, per "
-        "inference; hit: at least one kept. Swap recall: recall on another object after the prompt names it. "
+        f"{runs[0].get('train_steps', '?')} training steps per arm. Success: pooled over the arm's seeds, Wilson 95% "
+        "CI (an arm with fewer seeds is not comparable to the others' pooled rates; compare per seed). "
+        "Vision gap kept = (arm − blind) / (unpruned − blind), each pooled over the arm's seeds. "
+        "Recall: fraction of the target's patches kept, per inference; hit: at least one kept. "
+        "Swap recall: recall on another object after the prompt names it. "
         "Latency: `sample_actions` p50 relative to unpruned (tiny model, CPU).",
         "",
         "| arm | seeds | success [95% CI] | per seed | vision gap kept | kept patches | kept ratio | target recall "
