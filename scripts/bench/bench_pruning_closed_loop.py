@@ -337,22 +337,25 @@ def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], pa
 
     from openpi.envs.rollout import wilson_interval
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, runs in results.items():
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for index, (arm, runs) in enumerate(results.items()):
         successes, episodes = pooled[arm]
         rate = successes / episodes
         low, high = wilson_interval(successes, episodes)
         ratio = _mean_of(runs, "kept_ratio_mean")
         x = 1.0 if ratio is None or arm in ("unpruned", "blind") else ratio
-        x = 0.0 if arm == "blind" else x
-        ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], fmt="o", capsize=4, label=arm)
-        ax.annotate(arm, (x, rate), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        x = (0.0 if arm == "blind" else x) + 0.006 * (index - len(results) / 2)  # spread arms at the same ratio
+        color = plt.cm.tab20(index % 20)
+        label = f"{arm} ({len(runs)})"
+        ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], fmt="o", capsize=4, color=color, label=label)
+        ax.scatter([x] * len(runs), [r["success_rate"] for r in runs], s=14, facecolors="none", edgecolors=color)
     ax.set_xlabel("kept patch ratio (blind = 0, unpruned = 1)")
     ax.set_ylabel("closed-loop success on held-out scenes")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(-0.05, 1.1)
     ax.grid(alpha=0.3)
-    ax.set_title("Shapes testbed: success vs kept patches (pooled seeds, Wilson 95% CI)")
+    ax.set_title("Success vs kept patches: pooled seeds, Wilson 95% CI; rings: single seeds", fontsize=10)
+    ax.legend(title="arm (seeds)", fontsize=8, title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
