@@ -356,7 +356,7 @@ class ImageTokenPruner(nn.Module):
         uniform: torch.Tensor | None,
     ) -> tuple[PrunedPatches, torch.Tensor, torch.Tensor]:
         """The budget's patches ranked by the noisy votes and scores, each gated by its straight-through soft votes."""
-        if self._budget(patch_mask) is None:
+        if self.keep_tokens is None and self.keep_ratio is None:
             raise ValueError("budget_training needs a budget: set keep_tokens or keep_ratio")
         noisy = self._noisy(scores, uniform)
         choice = noisy.argmax(dim=-1)  # [B, N]

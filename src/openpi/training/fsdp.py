@@ -97,8 +97,10 @@ def load_sharded(
     dcp.load(optimizer_state, checkpoint_id=directory / TRAIN_STATE_DIR, planner=partial)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, optimizer_state["optimizer"])
-    if ema is not None and not has_ema:
-        ema.load_state_dict({key: local_value(value) for key, value in model.state_dict().items()})
+    if ema is not None and not has_ema:  # shard by shard: the average has the weights' placements
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                ema.shadow[key].copy_(value.detach().float())
 
 
 def _sharded_state(
