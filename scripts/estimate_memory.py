@@ -1,4 +1,5 @@
-"""How much memory fine-tuning a config needs, per mode: weights, gradients, optimizer state, EMA and activations.
+"""How much memory fine-tuning a config needs, per mode: weights, gradients, optimizer state, EMA, the batch and
+activations.
 
     uv run scripts/estimate_memory.py pi05_libero_pytorch --batch-size 32
     uv run scripts/estimate_memory.py pi05_libero_pytorch --batch-size 32 --fsdp-devices 1 8 --prompt-tokens 64
@@ -32,8 +33,7 @@ class Args:
     prompt_tokens: int | None = None
     """Prompt columns after trimming (default: the config's max_token_len)."""
     fsdp_devices: tuple[int, ...] = (1,)
-    """Per-rank share if weights, gradients, optimizer state and EMA were sharded over this many ranks (FSDP, which
-    this fork's PyTorch trainer does not have yet: a planning figure)."""
+    """Per-rank share with weights, gradients, optimizer state and EMA sharded over this many ranks (``--fsdp``)."""
 
 
 def modes(config: _config.TrainConfig) -> dict[str, _config.TrainConfig]:
@@ -63,13 +63,14 @@ def main(args: Args) -> None:
         f"{args.batch_size or config.batch_size} per rank, {args.prompt_tokens or config.model.max_token_len} prompt "
         "tokens (GiB per rank)"
     )
-    print("| mode | FSDP ranks | trainable params | weights | grads | optimizer | EMA | activations | total |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| mode | FSDP ranks | trainable params | weights | grads | optimizer | EMA | batch | activations | total |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, variant in modes(config).items():
         for ranks in args.fsdp_devices:
             batch = args.batch_size or config.batch_size
             e = memory.estimate(variant, batch_size=batch, prompt_tokens=args.prompt_tokens, fsdp_devices=ranks)
-            parts = (e.weight_bytes, e.gradient_bytes, e.optimizer_bytes, e.ema_bytes, e.activation_bytes)
+            parts = (e.weight_bytes, e.gradient_bytes, e.optimizer_bytes, e.ema_bytes)
+            parts += (e.batch_bytes, e.activation_bytes)
             print(
                 f"| {name} | {ranks} | {e.trainable_parameters / 1e9:.2f} B | "
                 + " | ".join(f"{b / GIB:.1f}" for b in parts)

@@ -3,9 +3,12 @@
 The model is built on the meta device (no memory, any size), exactly as the trainer builds it (precision, LoRA
 variants, freeze filter), so parameter counts and bytes are exact. Activations are measured, not modelled: one
 training forward runs on meta tensors of the requested batch and prompt length, and every tensor autograd saves for
-the backward pass is counted once (by storage; parameters excluded). With gradient checkpointing, the tensors saved
-outside the checkpointed layers are counted the same way, plus each checkpointed layer's inputs (kept for the
-recomputation) and the largest single layer's activations (live while that layer is recomputed).
+the backward pass is counted once (by storage; parameters excluded). Attention is counted as the fused kernels save
+it (inputs, mask, output and a float32 log-sum-exp per query; on meta tensors PyTorch would decompose it into matmuls
+and a softmax that save the ``[B, heads, Lq, Lk]`` probabilities, which fused kernels never keep; where PyTorch
+falls back to its math kernel on a GPU, activations exceed the estimate). With gradient checkpointing, the tensors saved outside the checkpointed layers are counted the same way, plus
+each checkpointed layer's inputs (kept for the recomputation) and the largest single layer's activations (live while
+that layer is recomputed). The batch itself (images, masks, state, prompt, actions) is alive for the whole step.
 
 Assumptions, stated: AdamW keeps two states per trainable parameter in the parameter's dtype; gradients exist for
 trainable parameters only; the EMA is a float32 copy of the whole state dict; FSDP divides weights, gradients,
@@ -20,11 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from openpi.models.observation import IMAGE_KEYS, random_observation
+from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.siglip import SiglipEncoderLayer
 from openpi.training import config as _config
@@ -43,11 +50,14 @@ class MemoryEstimate:
     gradient_bytes: int
     optimizer_bytes: int
     ema_bytes: int
+    batch_bytes: int
+    """The batch as the model receives it (images, masks, state, prompt, actions), alive for the whole step."""
     activation_bytes: int
 
     @property
     def total_bytes(self) -> int:
-        return self.weight_bytes + self.gradient_bytes + self.optimizer_bytes + self.ema_bytes + self.activation_bytes
+        persistent = self.weight_bytes + self.gradient_bytes + self.optimizer_bytes + self.ema_bytes
+        return persistent + self.batch_bytes + self.activation_bytes
 
 
 def estimate(
@@ -84,12 +94,21 @@ def estimate(
         gradient_bytes=trainable_bytes // fsdp_devices,
         optimizer_bytes=2 * trainable_bytes // fsdp_devices,
         ema_bytes=ema_bytes // fsdp_devices,
+        batch_bytes=_batch_bytes(model.config, batch_size),
         activation_bytes=_activation_bytes(model, batch_size, config.gradient_checkpointing),
     )
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
+
+
+def _batch_bytes(config: Pi0Config, batch_size: int) -> int:
+    observation = random_observation(config, batch_size)
+    tensors = [*observation.images.values(), *observation.image_masks.values(), observation.state]
+    tensors += [t for t in (observation.tokenized_prompt, observation.tokenized_prompt_mask) if t is not None]
+    actions = batch_size * config.action_horizon * config.action_dim * 4  # float32
+    return sum(_nbytes(t) for t in tensors) + actions
 
 
 def _activation_bytes(model: PI0Pytorch, batch_size: int, checkpointing: bool) -> int:
@@ -133,7 +152,7 @@ def _saved_bytes_by_layer(model: PI0Pytorch, batch_size: int) -> dict[str, int]:
         for name, module in _layer_entry_points(model)
     ]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with _FusedAttentionSaves(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             time = torch.full((batch_size,), 0.5, device="meta")
             model(observation, actions, noise=torch.zeros_like(actions), time=time)
     finally:
@@ -143,6 +162,37 @@ def _saved_bytes_by_layer(model: PI0Pytorch, batch_size: int) -> dict[str, int]:
     for key, layer in seen.items():
         by_layer[layer] += sizes[key]
     return dict(by_layer)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Attention that saves for backward what the fused kernels save: query, key, value, mask, output and the
+    float32 log-sum-exp (the estimator runs forward only, so there is no ``backward``)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        out = attend(query, key, value)
+        log_sum_exp = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)  # [B, heads, Lq]
+        ctx.save_for_backward(*(t for t in (query, key, value, mask) if t is not None), out, log_sum_exp)
+        return out
+
+
+class _FusedAttentionSaves(TorchFunctionMode):
+    """Routes ``F.scaled_dot_product_attention`` under autograd through ``_FusedAttention``."""
+
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        query, key, value, *rest = args
+        mask = rest[0] if rest else kwargs.get("attn_mask")
+        return _FusedAttention.apply(lambda q, k, v: func(q, k, v, *rest, **kwargs), query, key, value, mask)
 
 
 def _layer_entry_points(model: PI0Pytorch) -> list[tuple[str, nn.Module]]:
