@@ -5,10 +5,11 @@ variants, freeze filter), so parameter counts and bytes are exact. Activations a
 training forward runs on meta tensors of the requested batch and prompt length, and every tensor autograd saves for
 the backward pass is counted once (by storage; parameters excluded). Attention is counted as the fused kernels save
 it (inputs, mask, output and a float32 log-sum-exp per query; on meta tensors PyTorch would decompose it into matmuls
-and a softmax that save the ``[B, heads, Lq, Lk]`` probabilities, which fused kernels never keep; where PyTorch
-falls back to its math kernel on a GPU, activations exceed the estimate). With gradient checkpointing, the tensors saved outside the checkpointed layers are counted the same way, plus
-each checkpointed layer's inputs (kept for the recomputation) and the largest single layer's activations (live while
-that layer is recomputed). The batch itself (images, masks, state, prompt, actions) is alive for the whole step.
+and a softmax that save the ``[B, heads, Lq, Lk]`` probabilities, which fused kernels never keep; where PyTorch falls
+back to its math kernel on a GPU, activations exceed the estimate). With gradient checkpointing, the tensors saved
+outside the checkpointed layers are counted the same way, plus each checkpointed layer's inputs (kept for the
+recomputation) and the largest single layer's activations (live while that layer is recomputed). The batch itself
+(images, masks, state, prompt, actions) is alive for the whole step.
 
 Assumptions, stated: AdamW keeps two states per trainable parameter in the parameter's dtype; gradients exist for
 trainable parameters only; the EMA is a float32 copy of the whole state dict; FSDP divides weights, gradients,
