@@ -17,8 +17,9 @@ with, ranked from the noisy votes, a straight-through gate on the kept patches' 
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random),
 and on the default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random) and
-``default_budget25`` (its learned scores ranking a 25% budget instead of the union of its votes).
-On the budget-trained weights: ``budget_trained25_random`` (25% at random) and ``budget_trained25_at10`` (10%).
+``default_budget25`` (its learned scores ranking a 25% budget instead of the union of its votes); on the released
+pruner's weights ``released_random_k`` (as many patches as it keeps, at random). On the budget-trained weights:
+``budget_trained25_random`` (25% at random) and ``budget_trained25_at10`` (10%).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "budget10": ("unpruned", "default", {"token_prune_keep_ratio": 0.10}),
     "random25": ("unpruned", "default", {"token_prune_keep_ratio": 0.25, "random_keep": True}),
     "released": ("released", "released", {}),
+    "released_random_k": ("released", "released", {"random_keep": True}),
     "default": ("default", "default", {}),
     "random_k": ("default", "default", {"random_keep": True}),
     "default_budget25": ("default", "default", {"token_prune_keep_ratio": 0.25}),
