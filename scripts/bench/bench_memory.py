@@ -10,8 +10,8 @@ AdamW, synthetic batches of 3 cameras at 224 px and a ``--prompt-tokens`` prompt
   CPU counterpart of ``torch.cuda.max_memory_allocated``: no code pages, thread stacks or allocator caching.
 - **RSS peak**: the peak resident set size above the process's size before the model was built (no profiler), with
   glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``; by default glibc raises it after large frees
-  and keeps freed heap blocks resident). It adds what the process needs beyond tensors — kernel code paged in on
-  first use, thread-pool workspaces — a fixed ~200 MiB that dominates the tiny model.
+  and keeps freed heap blocks resident). It adds what the process needs beyond tensors (library code paged in on
+  first use, thread-pool workspaces): 110–130 MiB in every case of the committed run, 2–3× the tiny model's tensors.
 
 Modes: ``full`` (every parameter trains), ``lora`` (rank-16 adapters on both Gemmas, the ``lora`` freeze filter: the
 language model's and expert's base weights frozen), ``frozen-vision`` (the ``vision`` filter), each with gradient
