@@ -8,7 +8,9 @@ it (inputs, mask, output and a float32 log-sum-exp per query; on meta tensors Py
 and a softmax that save the ``[B, heads, Lq, Lk]`` probabilities, which fused kernels never keep; where PyTorch falls
 back to its math kernel on a GPU, activations exceed the estimate). With gradient checkpointing, the tensors saved
 outside the checkpointed layers are counted the same way, plus each checkpointed layer's inputs (kept for the
-recomputation) and the largest single layer's activations (live while that layer is recomputed). The batch itself
+recomputation) and the largest single layer's own activations (live while that layer is recomputed; tensors that
+several layers save, such as the attention mask and the rotary tables, are inputs every layer receives and are
+already counted outside the layers). The batch itself
 (images, masks, state, prompt, actions) is alive for the whole step.
 
 Assumptions, stated: AdamW keeps two states per trainable parameter in the parameter's dtype; gradients exist for
@@ -115,31 +117,37 @@ def _batch_bytes(config: Pi0Config, batch_size: int) -> int:
 def _activation_bytes(model: PI0Pytorch, batch_size: int, checkpointing: bool) -> int:
     """Bytes autograd keeps for the backward pass of one training forward on meta tensors."""
     model.gradient_checkpointing_disable()
-    per_layer = _saved_bytes_by_layer(model, batch_size)
+    saved = _saved_storages(model, batch_size)
     if not checkpointing:
-        return sum(per_layer.values())
+        return sum(nbytes for nbytes, _ in saved)
+    own: dict[str, int] = defaultdict(int)  # bytes that one layer alone saves: its recomputation
+    for nbytes, layers in saved:
+        if len(layers) == 1 and _OUTSIDE_LAYERS not in layers:
+            own[next(iter(layers))] += nbytes
     model.gradient_checkpointing_enable()
-    outside = sum(_saved_bytes_by_layer(model, batch_size).values())
-    largest_layer = max((b for layer, b in per_layer.items() if layer != _OUTSIDE_LAYERS), default=0)
-    return outside + _checkpointed_inputs_bytes(model, batch_size) + largest_layer
+    outside = sum(nbytes for nbytes, _ in _saved_storages(model, batch_size))
+    return outside + _checkpointed_inputs_bytes(model, batch_size) + max(own.values(), default=0)
 
 
-def _saved_bytes_by_layer(model: PI0Pytorch, batch_size: int) -> dict[str, int]:
-    """Saved-for-backward bytes of one forward, by the transformer layer that saved them (``outside`` otherwise)."""
+def _saved_storages(model: PI0Pytorch, batch_size: int) -> list[tuple[int, set[str]]]:
+    """Each storage one forward saves for backward (parameters excluded), once: its bytes and the layer runs that
+    saved it (``outside`` for saves outside the transformer layers)."""
     config = model.config
     observation = random_observation(config, batch_size).to("meta")
     actions = torch.zeros(batch_size, config.action_horizon, config.action_dim, device="meta")
     parameters = {p.untyped_storage()._cdata for p in model.parameters()}
-    seen: dict[int, str] = {}
-    sizes: dict[int, int] = {}
+    saved: dict[int, tuple[int, set[str]]] = {}
     alive: list[torch.UntypedStorage] = []  # a freed storage's address could be reused and miscounted as seen
     current = [_OUTSIDE_LAYERS]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage._cdata not in parameters and storage._cdata not in seen:
-            seen[storage._cdata], sizes[storage._cdata] = current[0], storage.nbytes()
+        if storage._cdata in parameters:
+            return tensor
+        if storage._cdata not in saved:
+            saved[storage._cdata] = (storage.nbytes(), set())
             alive.append(storage)
+        saved[storage._cdata][1].add(current[0])
         return tensor
 
     calls: dict[str, int] = defaultdict(int)
@@ -159,10 +167,7 @@ def _saved_bytes_by_layer(model: PI0Pytorch, batch_size: int) -> dict[str, int]:
     finally:
         for handle in handles:
             handle.remove()
-    by_layer: dict[str, int] = defaultdict(int)
-    for key, layer in seen.items():
-        by_layer[layer] += sizes[key]
-    return dict(by_layer)
+    return list(saved.values())
 
 
 class _FusedAttention(torch.autograd.Function):
