@@ -1,6 +1,6 @@
 """One checkpoint, two frameworks: the JAX model (restoring the orbax tree) and the PyTorch model (through the
 converter) agree with LightVLA pruning on, in eval mode (kept sets, prefix lengths, telemetry, sampled actions) and
-in training with the same noise injected (losses)."""
+in training with the same noise injected (losses; budget training's gradients)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from openpi.models.observation import random_observation
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_jax.pi0 import Pi0
+from openpi.models_jax.pi0 import Pi0, compute_loss_fn
 from openpi.models_pytorch import convert, reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from tests.test_convert import odd_config, random_params, write_orbax
@@ -64,12 +64,22 @@ def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
         assert jax_model.last_stats[key] == pytest.approx(torch_stats[key], rel=1e-4, abs=1e-5), key
 
 
-@pytest.mark.parametrize("noise_scale", [0.0, 1.0])
-def test_training_losses_agree_with_the_same_noise(fixture, noise_scale):
-    torch_model, jax_model = _models(fixture, token_prune_noise_scale=noise_scale)
-    obs, io = fixture.observation(), fixture.io
+BUDGET_TRAINING = {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25}
+
+
+def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
+    """One draw of the pruner's training noise ``[B, N, N]``, replayed in both frameworks."""
+    obs = fixture.observation()
     num_patches = sum(1 for _ in obs.images) * fixture.config.vision_config.num_patches
-    uniform = torch.rand(obs.batch_size, num_patches, num_patches, generator=torch.Generator().manual_seed(0))
+    return torch.rand(obs.batch_size, num_patches, num_patches, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("training", [{}, BUDGET_TRAINING], ids=["votes", "budget25"])
+@pytest.mark.parametrize("noise_scale", [0.0, 1.0])
+def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, training):
+    torch_model, jax_model = _models(fixture, token_prune_noise_scale=noise_scale, **training)
+    obs, io = fixture.observation(), fixture.io
+    uniform = _uniform(fixture)
     torch_model.train()
     torch_model.set_token_pruner_collect_stats(True)
     with torch.no_grad():
@@ -87,6 +97,38 @@ def test_training_losses_agree_with_the_same_noise(fixture, noise_scale):
     assert reference.relative_error(torch.from_numpy(np.array(jax_loss)), torch_loss) < TOLERANCE
     torch_stats = torch_model.get_token_pruning_stats()
     assert jax_model.last_stats["argmax_union_mean_noisy"] == torch_stats["argmax_union_mean_noisy"]
+    assert jax_model.last_stats["kept_tokens_overall_mean"] == torch_stats["kept_tokens_overall_mean"]
+
+
+def test_budget_training_gradients_agree(fixture):
+    """The gradient of the budget-trained loss into the prompt's embeddings: besides the prefix's own path, the
+    kept patches' straight-through gate carries the policy's attention back into the pruner's scores, whose
+    queries are made from the prompt (without the gate the two frameworks' gradients differ)."""
+    torch_model, jax_model = _models(fixture, token_prune_noise_scale=0.5, **BUDGET_TRAINING)
+    obs, io = fixture.observation(), fixture.io
+    uniform = _uniform(fixture)
+    torch_model.train()
+    torch_model(obs, io["input.actions"], io["input.noise"], io["input.time"], prune_uniform=uniform).mean().backward()
+    torch_grad = torch_model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight.grad
+
+    def loss(params):
+        value, _ = compute_loss_fn(
+            params,
+            JaxObservation.from_observation(obs).trim_prompt_padding(fixture.config.prompt_trim_multiple),
+            io["input.actions"].numpy(),
+            io["input.noise"].numpy(),
+            io["input.time"].numpy(),
+            uniform.numpy(),
+            0.5,
+            config=jax_model.config,
+            train=True,
+            prune=jax_model.prune_settings(),
+        )
+        return value.mean()
+
+    jax_grad = jax.grad(loss)(jax_model.params())["PaliGemma"]["llm"]["embedder"]["input_embedding"]
+    assert torch_grad.abs().max() > 0
+    assert reference.relative_error(torch.from_numpy(np.array(jax_grad)), torch_grad) < TOLERANCE
 
 
 @pytest.mark.parametrize("pi05", [True, False])

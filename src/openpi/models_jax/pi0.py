@@ -37,6 +37,13 @@ class PruneSettings:
     keep_ratio: float | None = None
     collect_stats: bool = False
 
+    @classmethod
+    def from_config(cls, config: Pi0Config, *, collect_stats: bool = False) -> PruneSettings:
+        """The config's pruning and serving budget (the one budget training trains for)."""
+        return cls(
+            config.token_pruning_enabled, config.token_prune_keep_tokens, config.token_prune_keep_ratio, collect_stats
+        )
+
 
 class PrefixInputs(NamedTuple):
     """The embedded prefix before the pruner's selection."""
@@ -168,17 +175,30 @@ def compute_loss_fn(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-element flow-matching loss ``[B, H, A]`` and the pruning telemetry (empty unless collected).
 
-    In training the pruner keeps all N rows (noisy straight-through selection with ``prune_uniform [B, N, N]``);
-    in eval mode it masks the unkept patches (exact, and the shapes stay static).
+    In training the pruner keeps all N rows (noisy straight-through selection with ``prune_uniform [B, N, N]``),
+    or with ``token_prune_budget_training`` the budget's K patches, gated on their attention logits; in eval mode
+    it masks the unkept patches (exact, and the shapes stay static).
     """
     actions = actions.astype(jnp.float32)
     t = time.astype(jnp.float32)[:, None, None]
     x_t = t * noise + (1.0 - t) * actions
     inputs = embed_inputs(params, config, obs)
-    patches, stats = None, {}
+    patches, patch_bias, stats = None, None, {}
     if prune.enabled:
         scoring = _score(config, inputs)
-        if train:
+        if train and config.token_prune_budget_training:
+            patches, patch_bias, choice, kept_counts = tp.select_train_budget(
+                inputs.patches,
+                scoring.scores,
+                inputs.patch_mask,
+                inputs.patch_positions,
+                prune_uniform,
+                noise_scale,
+                config.token_prune_noisy_softmax,
+                prune.keep_tokens,
+                prune.keep_ratio,
+            )
+        elif train:
             patches, choice = tp.select_train(
                 inputs.patches,
                 scoring.scores,
@@ -201,12 +221,16 @@ def compute_loss_fn(
         jnp.concatenate([prefix.mask, suffix_pad], 1), jnp.concatenate([jnp.zeros_like(prefix.mask), suffix_starts], 1)
     )
     positions = jnp.concatenate([prefix.positions, _suffix_positions(prefix, suffix_pad)], axis=1)
+    key_bias = None
+    if patch_bias is not None:  # [B, K] on the kept patches; the prompt and suffix keys get none
+        key_bias = jnp.pad(patch_bias, ((0, 0), (0, mask.shape[-1] - patch_bias.shape[1])))  # [B, L]
     (_, out), _ = gemma.transformer(
         params["PaliGemma"]["llm"],
         [prefix.embs, suffix],
         mask,
         positions,
         [None, cond],
+        key_bias=key_bias,
         remat=remat,
         lora_scales=lora_scales(config),
     )
@@ -306,8 +330,6 @@ def _check_pruner_context(config: Pi0Config) -> None:
             "The JAX model's pruner sees the prompt only; token_prune_state_token / token_prune_action_context "
             "(the seeds' ablations) exist in the PyTorch model"
         )
-    if config.token_prune_budget_training:
-        raise ValueError("token_prune_budget_training exists in the PyTorch model only; the JAX pruner trains on votes")
 
 
 def lora_scales(config: Pi0Config) -> tuple[float, float]:
@@ -359,7 +381,11 @@ class Pi0(nnx.Module):
         return nnx.to_pure_dict(nnx.state(self, nnx.Param))
 
     def prune_settings(self) -> PruneSettings:
-        return PruneSettings(self.config.token_pruning_enabled, self.keep_tokens, self.keep_ratio, self.collect_stats)
+        return dataclasses.replace(
+            PruneSettings.from_config(self.config, collect_stats=self.collect_stats),
+            keep_tokens=self.keep_tokens,
+            keep_ratio=self.keep_ratio,
+        )
 
     def compute_loss(
         self,

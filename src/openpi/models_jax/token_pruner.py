@@ -1,6 +1,7 @@
 """LightVLA visual-token pruning in JAX: the same selection as ``models_pytorch.token_pruner``, with static shapes.
 
-Training keeps all N rows (row i is the patch it votes for, straight-through gradient), so its shapes never change.
+Training keeps all N rows (row i is the patch it votes for, straight-through gradient), so its shapes never change;
+budget training keeps the budget's K patches (a static count).
 Inference keeps a data-dependent number of patches; under ``jit`` a kept set is therefore gathered into a static
 number of slots with a validity mask: a fixed budget of K patches uses ``min(K, N)`` slots, a ratio ``ceil(r * N)``,
 and the implicit union (a count known only after scoring) the batch's largest count rounded up to a bucket
@@ -125,8 +126,49 @@ def keep_mask(
     limit = budget(patch_mask, keep_tokens, keep_ratio)
     if limit is None:
         return votes > 0, votes
+    return _best_ranked(scores, votes, patch_mask, limit), votes
+
+
+def _best_ranked(scores: jax.Array, votes: jax.Array, patch_mask: jax.Array, limit: jax.Array) -> jax.Array:
+    """``[B, N]`` bool: the ``limit [B]`` best-ranked patches (votes, then best score over valid rows)."""
     best_score = jnp.where(patch_mask[:, :, None], scores, _NEVER).max(axis=1)
-    return _rank_patches(votes, best_score, patch_mask) < limit[:, None], votes
+    return _rank_patches(votes, best_score, patch_mask) < limit[:, None]
+
+
+class BudgetSelection(NamedTuple):
+    kept: PrunedPatches  # the budget's patches in its static slots
+    gate: jax.Array  # [B, K] the kept patches' straight-through soft votes: zero in value
+    choice: jax.Array  # [B, N] each row's noisy vote
+    kept_counts: jax.Array  # [B]
+
+
+def select_train_budget(
+    patches: jax.Array,
+    scores: jax.Array,
+    patch_mask: jax.Array,
+    positions: jax.Array,
+    uniform: jax.Array,
+    noise_scale: float | jax.Array,
+    noisy_softmax: bool,
+    keep_tokens: int | None,
+    keep_ratio: float | None,
+) -> BudgetSelection:
+    """Budget training (``token_prune_budget_training``): the patches the serving budget keeps, ranked from the noisy
+    votes and scores, and each kept patch's soft votes ``v_j = sum_i softmax(S)[i, j]`` over valid rows as a gate
+    ``v - stop_gradient(v)`` to add to every attention logit into its key (the clean or, ``noisy_softmax``, the
+    noisy scores' softmax)."""
+    limit = budget(patch_mask, keep_tokens, keep_ratio)
+    if limit is None:
+        raise ValueError("token_prune_budget_training needs a budget: set keep_tokens or keep_ratio")
+    noisy = scores + uniform * noise_scale
+    choice = noisy.argmax(axis=-1)  # [B, N]
+    keep = _best_ranked(noisy, count_votes(choice, patch_mask), patch_mask, limit)
+    slots = kept_slots(patches.shape[1], keep_tokens, keep_ratio, 0, None)
+    kept = gather_kept(patches, keep, positions, slots)
+    soft = jax.nn.softmax(noisy if noisy_softmax else scores, axis=-1) * patch_mask[..., None]  # valid rows
+    soft_votes = soft.sum(axis=1)  # [B, N]
+    gate = jnp.take_along_axis(soft_votes - jax.lax.stop_gradient(soft_votes), kept.kept_indices, axis=1) * kept.mask
+    return BudgetSelection(kept, gate, choice, keep.sum(axis=1))
 
 
 def kept_slots(

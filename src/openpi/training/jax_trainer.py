@@ -122,7 +122,7 @@ def train_step(
     model_config = config.model
     trained, frozen_params = split_params(state["params"], frozen)
     drawn = draw_training_noise(rng, model_config, actions.shape, len(obs.images))
-    prune = PruneSettings(model_config.token_pruning_enabled, collect_stats=collect_stats)
+    prune = PruneSettings.from_config(model_config, collect_stats=collect_stats)
 
     def loss_fn(trained: Params) -> tuple[jax.Array, dict[str, jax.Array]]:
         loss, stats = compute_loss_fn(
@@ -344,7 +344,7 @@ def kept_patch_pictures(config: _config.TrainConfig, params: Params, observation
     """The eval selection of the first sample, drawn per present camera (kept patches beside the votes)."""
     first = observation.select(slice(0, 1))
     obs = JaxObservation.from_observation(first).trim_prompt_padding(config.model.prompt_trim_multiple)
-    _, keep, votes, _ = select_fn(params, obs, config=config.model, prune=PruneSettings(True))
+    _, keep, votes, _ = select_fn(params, obs, config=config.model, prune=PruneSettings.from_config(config.model))
     vision = config.model.vision_config
     return pruning_overlay.selection_pictures(first, np.asarray(keep[0]), np.asarray(votes[0]), vision)
 
