@@ -158,6 +158,26 @@ def _velocity(params: Params, config: Pi0Config, suffix_out: jax.Array) -> jax.A
     return _dense32(suffix_out[:, -config.action_horizon :], params["action_out_proj"])
 
 
+def _select_train(
+    config: Pi0Config,
+    inputs: PrefixInputs,
+    scores: jax.Array,
+    uniform: jax.Array,
+    noise_scale: jax.Array | float,
+    prune: PruneSettings,
+) -> tuple[tp.PrunedPatches, jax.Array | None, jax.Array, jax.Array | None]:
+    """The training selection: the kept patches, their attention-logit gate ``[B, K]``, the noisy votes ``[B, N]``
+    and the kept counts ``[B]`` (gate and counts only in budget training; otherwise one row per vote)."""
+    common = (inputs.patches, scores, inputs.patch_mask, inputs.patch_positions, uniform, noise_scale)
+    if config.token_prune_budget_training:
+        selection = tp.select_train_budget(
+            *common, config.token_prune_noisy_softmax, prune.keep_tokens, prune.keep_ratio
+        )
+        return selection.kept, selection.gate, selection.choice, selection.kept_counts
+    patches, choice = tp.select_train(*common, config.token_prune_noisy_softmax)
+    return patches, None, choice, None
+
+
 @functools.partial(jax.jit, static_argnames=("config", "train", "prune", "remat"))
 def compute_loss_fn(
     params: Params,
@@ -186,29 +206,10 @@ def compute_loss_fn(
     patches, patch_bias, stats = None, None, {}
     if prune.enabled:
         scoring = _score(config, inputs)
-        if train and config.token_prune_budget_training:
-            patches, patch_bias, choice, kept_counts = tp.select_train_budget(
-                inputs.patches,
-                scoring.scores,
-                inputs.patch_mask,
-                inputs.patch_positions,
-                prune_uniform,
-                noise_scale,
-                config.token_prune_noisy_softmax,
-                prune.keep_tokens,
-                prune.keep_ratio,
+        if train:
+            patches, patch_bias, choice, kept_counts = _select_train(
+                config, inputs, scoring.scores, prune_uniform, noise_scale, prune
             )
-        elif train:
-            patches, choice = tp.select_train(
-                inputs.patches,
-                scoring.scores,
-                inputs.patch_mask,
-                inputs.patch_positions,
-                prune_uniform,
-                noise_scale,
-                config.token_prune_noisy_softmax,
-            )
-            kept_counts = None
         else:
             keep, _ = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
             patches = tp.PrunedPatches(inputs.patches, keep, inputs.patch_positions, None)
