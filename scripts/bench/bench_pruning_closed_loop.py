@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import math
 import multiprocessing
 import statistics
 import sys
@@ -85,6 +86,31 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "budget_trained25_random": ("budget_trained25", "budget_trained25", {"random_keep": True}),
     "budget_trained25_at10": ("budget_trained25", "budget_trained25", {"token_prune_keep_ratio": 0.10}),
 }
+
+# (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
+COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("default", "unpruned"),
+    ("default", "random_k"),
+    ("default_budget25", "unpruned"),
+    ("released", "released_random_k"),
+    ("released", "default"),
+    ("budget25", "random25"),
+    ("budget_trained25", "unpruned"),
+    ("budget_trained25", "budget_trained25_random"),
+    ("budget_trained25", "default_budget25"),
+    ("budget_trained25", "default"),
+    ("budget_trained25_at10", "unpruned"),
+    ("released_clean_softmax", "released"),
+    ("centred_noisy_softmax", "default"),
+    ("plan_b", "default"),
+    ("plan_1", "default"),
+)
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30 the last one, slightly conservative).
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -280,9 +306,55 @@ def _report(args: Args) -> None:
             f"| {_fmt(latency / base_latency if latency and base_latency else None)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
-    lines += ["", _precondition(rate)]
+    lines += ["", _precondition(rate), "", *_comparison_table(results)]
     args.output.write_text("\n".join([*lines, ""]))
     _plot(results, pooled, args.plot)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """Success of an arm minus a baseline's, per training seed both have, with a t-interval over the seeds."""
+
+    seeds: tuple[int, ...]
+    differences: tuple[float, ...]
+    mean: float
+    low: float
+    high: float
+
+
+def paired_difference(arm: dict[int, float], baseline: dict[int, float]) -> PairedDifference | None:
+    """``arm`` − ``baseline`` on their shared seeds (seed -> success rate); None with fewer than two shared seeds."""
+    seeds = tuple(sorted(arm.keys() & baseline.keys()))
+    if len(seeds) < 2:
+        return None
+    differences = tuple(arm[s] - baseline[s] for s in seeds)
+    mean = statistics.mean(differences)
+    half = T_975[min(len(seeds) - 1, len(T_975)) - 1] * statistics.stdev(differences) / math.sqrt(len(seeds))
+    return PairedDifference(seeds, differences, mean, mean - half, mean + half)
+
+
+def _comparison_table(results: dict[str, list[dict]]) -> list[str]:
+    """The paired comparisons, seeds as the unit: a difference counts only where its interval excludes 0."""
+    lines = [
+        "Paired differences in success, seeds as the unit (each seed's arms share their held-out scenes); "
+        '95% t-interval over the shared seeds. With three seeds the interval is wide: "not shown" is not "equal".',
+        "",
+        "| arm − baseline | seeds | per seed | mean [95% t-CI] | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, baseline in COMPARISONS:
+        rates = [{r["seed"]: r["success_rate"] for r in results.get(name, [])} for name in (arm, baseline)]
+        diff = paired_difference(*rates)
+        if diff is None:
+            continue
+        verdict = f"{arm} ahead" if diff.low > 0 else f"{baseline} ahead" if diff.high < 0 else "not shown"
+        per_seed = ", ".join(f"{d:+.2f}" for d in diff.differences)
+        seeds = ", ".join(map(str, diff.seeds))
+        lines.append(
+            f"| {arm} − {baseline} | {seeds} | {per_seed} | {diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}] "
+            f"| {verdict} |"
+        )
+    return lines
 
 
 def _precondition(rate: dict[str, float]) -> str:

@@ -1,0 +1,33 @@
+"""The pruning benchmark's statistics (scripts/bench/bench_pruning_closed_loop.py): paired differences over seeds."""
+
+import pytest
+
+from tests.script_loader import load_script
+
+bench = load_script("scripts/bench/bench_pruning_closed_loop.py")
+
+
+def test_paired_difference_uses_shared_seeds_and_a_t_interval():
+    # Seeds 0 and 2 are shared: differences 0.1 and 0.3, mean 0.2, standard error 0.1, t(1 df) = 12.706.
+    diff = bench.paired_difference({0: 0.9, 1: 0.5, 2: 0.8}, {0: 0.8, 2: 0.5, 3: 0.1})
+    assert diff.seeds == (0, 2)
+    assert diff.differences == pytest.approx((0.1, 0.3))
+    assert diff.mean == pytest.approx(0.2)
+    assert (diff.low, diff.high) == pytest.approx((0.2 - 1.2706, 0.2 + 1.2706))
+
+
+def test_paired_difference_needs_two_shared_seeds():
+    assert bench.paired_difference({0: 0.9, 1: 0.5}, {1: 0.4, 2: 0.3}) is None
+
+
+def test_comparison_table_says_which_arm_is_ahead_only_when_the_interval_excludes_zero():
+    results = {
+        "default": [{"seed": s, "success_rate": r} for s, r in enumerate((0.92, 0.85, 0.54))],
+        "random_k": [{"seed": s, "success_rate": r} for s, r in enumerate((0.68, 0.48, 0.23))],
+        "unpruned": [{"seed": s, "success_rate": r} for s, r in enumerate((0.98, 0.96, 0.99))],
+    }
+    table = [line for line in bench._comparison_table(results) if line.startswith("| ")][1:]  # below the header
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in table}
+    assert set(rows) == {"default − unpruned", "default − random_k"}
+    assert rows["default − random_k"].endswith("+0.31 [+0.15, +0.47] | default ahead |")
+    assert rows["default − unpruned"].endswith("| not shown |")
