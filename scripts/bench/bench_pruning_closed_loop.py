@@ -403,6 +403,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+_JITTER = 0.003  # the plot's horizontal offset between consecutive arms
+
+
 def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], path: Path) -> None:
     import matplotlib
 
@@ -418,12 +421,12 @@ def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], pa
         low, high = wilson_interval(successes, episodes)
         ratio = _mean_of(runs, "kept_ratio_mean")
         x = 1.0 if ratio is None or arm in ("unpruned", "blind") else ratio
-        x = (0.0 if arm == "blind" else x) + 0.006 * (index - len(results) / 2)  # spread arms at the same ratio
+        x = (0.0 if arm == "blind" else x) + _JITTER * (index - len(results) / 2)  # spread arms at the same ratio
         color = plt.cm.tab20(index % 20)
         label = f"{arm} ({len(runs)})"
         ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], fmt="o", capsize=4, color=color, label=label)
         ax.scatter([x] * len(runs), [r["success_rate"] for r in runs], s=14, facecolors="none", edgecolors=color)
-    ax.set_xlabel("kept patch ratio (blind = 0, unpruned = 1)")
+    ax.set_xlabel(f"kept patch ratio (blind = 0, unpruned = 1; arms offset by up to ±{_JITTER * len(results) / 2:.2f})")
     ax.set_ylabel("closed-loop success on held-out scenes")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(-0.05, 1.1)
