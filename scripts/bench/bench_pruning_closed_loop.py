@@ -13,13 +13,15 @@ released: no centring, softmax of the noisy scores), ``default`` (this project's
 ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in
 the pruner's context in training, the sampling's starting noise at inference) and ``plan_1`` (a projected state
 token in the pruner's context): the seeds' proposals; ``budget_trained25`` (trained on the 25% budget it is served
-with, ranked from the noisy votes, a straight-through gate on the kept patches' attention logits: an idea of ours).
+with, ranked from the noisy votes, a straight-through gate on the kept patches' attention logits: an idea of ours)
+and ``budget_trained10`` (the same at 10%).
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random),
 and on the default pruner's weights ``random_k`` (as many patches as the pruner keeps, chosen at random) and
 ``default_budget25`` (its learned scores ranking a 25% budget instead of the union of its votes); on the released
 pruner's weights ``released_random_k`` (as many patches as it keeps, at random). On the budget-trained weights:
-``budget_trained25_random`` (25% at random) and ``budget_trained25_at10`` (10%).
+``budget_trained25_random`` (25% at random) and ``budget_trained25_at10`` (10%); ``budget_trained10_random``
+(10% at random on the weights budget-trained at 10%).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25},
         {},
     ),
+    "budget_trained10": (
+        "pi05_shapes_lightvla",
+        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.10},
+        {},
+    ),
 }
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "default")
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
@@ -85,6 +92,8 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "budget_trained25": ("budget_trained25", "budget_trained25", {}),
     "budget_trained25_random": ("budget_trained25", "budget_trained25", {"random_keep": True}),
     "budget_trained25_at10": ("budget_trained25", "budget_trained25", {"token_prune_keep_ratio": 0.10}),
+    "budget_trained10": ("budget_trained10", "budget_trained10", {}),
+    "budget_trained10_random": ("budget_trained10", "budget_trained10", {"random_keep": True}),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -100,6 +109,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25", "default_budget25"),
     ("budget_trained25", "default"),
     ("budget_trained25_at10", "unpruned"),
+    ("budget_trained10", "unpruned"),
+    ("budget_trained10", "budget_trained10_random"),
+    ("budget_trained10", "budget_trained25_at10"),
     ("released_clean_softmax", "released"),
     ("centred_noisy_softmax", "default"),
     ("plan_b", "default"),
