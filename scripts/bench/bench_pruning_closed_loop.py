@@ -436,7 +436,15 @@ def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], pa
         x = (0.0 if arm == "blind" else x) + _JITTER * (index - len(results) / 2)  # spread arms at the same ratio
         color = plt.cm.tab20(index % 20)
         label = f"{arm} ({len(runs)})"
-        ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], fmt="o", capsize=4, color=color, label=label)
+        ax.errorbar(
+            x,
+            rate,
+            yerr=[[max(0.0, rate - low)], [max(0.0, high - rate)]],
+            fmt="o",
+            capsize=4,
+            color=color,
+            label=label,
+        )
         ax.scatter([x] * len(runs), [r["success_rate"] for r in runs], s=14, facecolors="none", edgecolors=color)
     ax.set_xlabel(f"kept patch ratio (blind = 0, unpruned = 1; arms offset by up to ±{_JITTER * len(results) / 2:.2f})")
     ax.set_ylabel("closed-loop success on held-out scenes")
