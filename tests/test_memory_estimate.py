@@ -15,7 +15,15 @@ from openpi.training import config as _config
 from openpi.training import memory
 from tests.script_loader import load_script
 
-BASE = dataclasses.replace(_config.get_config("debug_pi05_lightvla"), pytorch_training_precision="float32")
+_LIGHTVLA = _config.get_config("debug_pi05_lightvla")
+# LightVLA's union selection: its training prefix has one row per patch. (Budget training's gate is an attention bias
+# that needs a gradient; CUDA's memory-efficient kernel saves for it what the estimator counts, while the CPU falls
+# back to the math kernel and also saves the probabilities, so a CPU forward is no yardstick for it.)
+BASE = dataclasses.replace(
+    _LIGHTVLA,
+    model=dataclasses.replace(_LIGHTVLA.model, token_prune_budget_training=False, token_prune_keep_ratio=None),
+    pytorch_training_precision="float32",
+)
 
 
 def test_parameter_gradient_and_optimizer_bytes_are_exact():
@@ -98,3 +106,11 @@ def test_checkpointed_estimate_is_within_15_percent_of_the_measured_tensor_peak(
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         peak_mib = pool.apply(bench.measure_tensors, (config, args.steps))
     assert peak_mib * bench.MIB / estimate.total_bytes == pytest.approx(1.0, abs=0.15)
+
+
+def test_budget_training_is_estimated_at_the_most_its_budget_keeps():
+    """On meta tensors the kept count is unknown: the estimate takes the budget with every patch valid (fewer
+    prefix rows than the union's one row per patch)."""
+    budget = memory.estimate(dataclasses.replace(BASE, model=_LIGHTVLA.model), batch_size=2)
+    assert _LIGHTVLA.model.token_prune_budget_training and _LIGHTVLA.model.token_prune_keep_ratio == 0.25
+    assert 0 < budget.activation_bytes < memory.estimate(BASE, batch_size=2).activation_bytes

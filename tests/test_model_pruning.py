@@ -104,9 +104,11 @@ def test_budget_training_trains_on_the_served_prefix_and_the_loss_reaches_the_ga
     assert gates[0].grad[gates[0].grad != 0].numel() > 0, "the loss must say which kept patches it wants more of"
 
 
-def test_budget_training_needs_a_budget():
+def test_budget_training_needs_a_budget_only_while_pruning():
     with pytest.raises(ValueError, match="token_prune_budget_training"):
         tiny_config(token_pruning_enabled=True, token_prune_budget_training=True)
+    # `--model.token_pruning_enabled False` on a *_lightvla config leaves its budget options inert.
+    assert not tiny_config(token_pruning_enabled=False, token_prune_budget_training=True).token_pruning_enabled
 
 
 def test_runtime_setters_and_telemetry(fixture):

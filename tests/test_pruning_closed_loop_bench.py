@@ -1,7 +1,11 @@
 """The pruning benchmark's statistics (scripts/bench/bench_pruning_closed_loop.py): paired differences over seeds."""
 
+import dataclasses
+
 import pytest
 
+from openpi.training import config as _config
+from openpi.training.config import LIGHTVLA_PRUNING
 from tests.script_loader import load_script
 
 bench = load_script("scripts/bench/bench_pruning_closed_loop.py")
@@ -22,12 +26,27 @@ def test_paired_difference_needs_two_shared_seeds():
 
 def test_comparison_table_says_which_arm_is_ahead_only_when_the_interval_excludes_zero():
     results = {
-        "default": [{"seed": s, "success_rate": r} for s, r in enumerate((0.92, 0.85, 0.54))],
-        "random_k": [{"seed": s, "success_rate": r} for s, r in enumerate((0.68, 0.48, 0.23))],
+        "union": [{"seed": s, "success_rate": r} for s, r in enumerate((0.92, 0.85, 0.54))],
+        "union_random_k": [{"seed": s, "success_rate": r} for s, r in enumerate((0.68, 0.48, 0.23))],
         "unpruned": [{"seed": s, "success_rate": r} for s, r in enumerate((0.98, 0.96, 0.99))],
     }
     table = [line for line in bench._comparison_table(results) if line.startswith("| ")][1:]  # below the header
     rows = {line.split(" | ")[0].removeprefix("| "): line for line in table}
-    assert set(rows) == {"default − unpruned", "default − random_k"}
-    assert rows["default − random_k"].endswith("+0.31 [+0.15, +0.47] | default ahead |")
-    assert rows["default − unpruned"].endswith("| not shown |")
+    assert set(rows) == {"union − unpruned", "union − union_random_k"}
+    assert rows["union − union_random_k"].endswith("+0.31 [+0.15, +0.47] | union ahead |")
+    assert rows["union − unpruned"].endswith("| not shown |")
+
+
+def test_default_arm_trains_what_the_lightvla_config_trains():
+    """The arm the results call the default pruner is the pruner ``pi05_shapes_lightvla`` ships with."""
+    args = bench.Args()
+    default = bench.train_config(bench.DEFAULT_ARM, 0, args).model
+    assert default == dataclasses.replace(bench.train_config("union", 0, args).model, **LIGHTVLA_PRUNING)
+    assert default == _config.get_config("pi05_shapes_lightvla").model
+
+
+def test_union_arms_pin_the_union_selection():
+    for arm, (config, _, _) in bench.TRAINING_ARMS.items():
+        if config == "pi05_shapes_lightvla" and not arm.startswith("budget_trained"):
+            model = bench.train_config(arm, 0, bench.Args()).model
+            assert not model.token_prune_budget_training and model.token_prune_keep_ratio is None, arm

@@ -2,7 +2,8 @@
 
     uv run scripts/bench/bench_pruning_collapse.py --steps 150 --seeds 0 1
 
-For each variant and seed: trains ``debug_pi05_lightvla`` on the embedded dataset (CPU, no wandb), then on held-out
+For each variant and seed: trains ``debug_pi05_lightvla`` with LightVLA's union-of-argmaxes selection (the collapse
+this studies; the config itself trains on a fixed budget) on the embedded dataset (CPU, no wandb), then on held-out
 batches measures the deterministic kept-token count of the eval policy and the action error of ``sample_actions``
 pruned vs with every patch kept (same weights). Appends a Markdown table with the command to ``--output``.
 """
@@ -42,7 +43,12 @@ def _train(center: bool, seed: int, steps: int, workdir: Path) -> tuple[PI0Pytor
         base,
         exp_name=f"center{int(center)}_seed{seed}",
         seed=seed,
-        model=dataclasses.replace(base.model, token_prune_center_patches=center),
+        model=dataclasses.replace(
+            base.model,
+            token_prune_center_patches=center,
+            token_prune_budget_training=False,
+            token_prune_keep_ratio=None,
+        ),
         num_train_steps=steps,
         lr_schedule=dataclasses.replace(base.lr_schedule, decay_steps=steps),
         log_interval=max(1, steps // 3),

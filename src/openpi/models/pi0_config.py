@@ -86,10 +86,10 @@ class Pi0Config:
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
             raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
         no_budget = self.token_prune_keep_ratio is None and self.token_prune_keep_tokens is None
-        if self.token_prune_budget_training and (not self.token_pruning_enabled or no_budget):
+        if self.token_pruning_enabled and self.token_prune_budget_training and no_budget:
             raise ValueError(
-                "token_prune_budget_training trains on the inference budget: it needs token_pruning_enabled and "
-                "token_prune_keep_ratio or token_prune_keep_tokens"
+                "token_prune_budget_training trains on the inference budget: set token_prune_keep_ratio or "
+                "token_prune_keep_tokens, or token_prune_budget_training False for LightVLA's union selection"
             )
 
     @property

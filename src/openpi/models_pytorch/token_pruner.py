@@ -391,13 +391,23 @@ class ImageTokenPruner(nn.Module):
     ) -> tuple[PrunedPatches, torch.Tensor]:
         """The kept patches in their original order, padded to the batch's largest (bucketed) count; the counts."""
         counts = keep.sum(dim=1)  # [B]
-        num_kept = self._bucketed(counts.max(), patches.shape[1]) if counts.numel() else 0  # K
+        num_kept = (
+            self._bucketed(self._largest_kept(counts, patches.shape[1]), patches.shape[1]) if counts.numel() else 0
+        )  # K
         # Stable sort puts the kept patches first, in their original order.
         kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]  # [B, K]
         mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]  # [B, K]
         gather_index = kept_indices[..., None].expand(-1, -1, patches.shape[-1])  # [B, K, D]
         tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
         return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
+
+    def _largest_kept(self, counts: torch.Tensor, num_patches: int) -> torch.Tensor:
+        """The batch's largest kept count; on meta tensors (shapes only, as the memory estimator runs the model) the
+        most the budget can keep, every patch valid."""
+        if counts.device.type != "meta":
+            return counts.max()
+        budget = self._budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))
+        return torch.tensor(num_patches, device="cpu") if budget is None else budget[0]
 
     def _bucketed(self, largest: torch.Tensor, num_patches: int) -> int:
         """K: the batch's largest kept count, rounded up to ``kept_multiple`` (rows past a sample's own count are
