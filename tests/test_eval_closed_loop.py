@@ -72,7 +72,12 @@ def test_the_last_line_is_the_json_summary(script, checkpoint, capsys):
     low, high = printed["ci95"]
     assert 0.0 <= low <= printed["success_rate"] <= high <= 1.0
     assert printed["kept_tokens_mean"] > 0 and 0.0 <= printed["target_recall"] <= 1.0
-    assert set(printed["prompt_swap"]) == {"recall_named_target", "recall_after_swap", "kept_set_changed"}
+    assert set(printed["prompt_swap"]) == {
+        "recall_named_target",
+        "recall_other_before_swap",
+        "recall_after_swap",
+        "kept_set_changed",
+    }
 
 
 def test_budget_and_random_keep_keep_the_same_count(script, checkpoint, capsys):

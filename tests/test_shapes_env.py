@@ -109,6 +109,29 @@ def test_target_recall_is_one_for_exactly_the_target_and_zero_for_background():
     )
 
 
+class KeepsObjectsPolicy:
+    """Keeps the patches of the named target (``follows_prompt``) or of every object, whatever the prompt."""
+
+    def __init__(self, env: ShapesEnv, follows_prompt: bool) -> None:
+        self.env, self.follows_prompt = env, follows_prompt
+
+    def infer(self, obs: dict) -> dict:
+        objects = GRID.object_patches(self.env.masks())
+        kept = objects[self.env.scene.target] if self.follows_prompt else objects.any(axis=0)
+        return {"kept_patch_mask": kept}
+
+
+@pytest.mark.parametrize("follows_prompt", [True, False])
+def test_prompt_swap_separates_a_pruner_that_follows_the_prompt_from_one_that_keeps_everything(follows_prompt):
+    env = ShapesEnv(ShapesTask(image_size=112, min_objects=2, max_objects=2))
+    swap = rollout.prompt_swap(env, KeepsObjectsPolicy(env, follows_prompt), range(5), GRID)
+    assert swap["recall_named_target"] == swap["recall_after_swap"] == 1.0
+    if follows_prompt:  # only patches the two objects share are kept before the other one is named
+        assert swap["recall_other_before_swap"] < 0.5 and swap["kept_set_changed"] > 0.5
+    else:
+        assert swap["recall_other_before_swap"] == 1.0 and swap["kept_set_changed"] == 0.0
+
+
 def test_object_patches_follow_the_model_grid():
     env = ShapesEnv(ShapesTask(image_size=112))
     env.reset(0)

@@ -158,9 +158,10 @@ def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: Patc
 
     For each seed, scores the first observation's kept set against the named target, then names the next object
     instead and scores the new kept set against that object (scenes with a single object are skipped). Returns the
-    mean recalls and the mean fraction of the kept set that changed (Jaccard distance).
+    mean recalls, the recall of the newly named object before it was named (the control: what a prompt-blind pruner
+    keeps of it), and the mean fraction of the kept set that changed (Jaccard distance).
     """
-    original, swapped, changed = [], [], []
+    original, unnamed, swapped, changed = [], [], [], []
     for seed in seeds:
         observation = env.reset(seed)
         scene = env.scene
@@ -170,12 +171,14 @@ def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: Patc
         objects = grid.object_patches(env.masks())
         original.append(score_kept_patches(before, objects, scene.target).target_recall)
         other = (scene.target + 1) % len(scene.objects)
+        unnamed.append(score_kept_patches(before, objects, other).target_recall)
         env.set_scene(Scene(scene.objects, other))
         after = np.asarray(policy.infer(env.observation())["kept_patch_mask"], dtype=bool)
         swapped.append(score_kept_patches(after, objects, other).target_recall)
         changed.append(1.0 - (before & after).sum() / max(1, (before | after).sum()))
     return {
         "recall_named_target": _mean(original),
+        "recall_other_before_swap": _mean(unnamed),
         "recall_after_swap": _mean(swapped),
         "kept_set_changed": _mean(changed),
     }
