@@ -19,7 +19,12 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from tests.test_convert import odd_config, random_params, write_orbax
 
 TOLERANCE = 2e-3
-BUDGETS = [{}, {"token_prune_keep_ratio": 0.25}, {"token_prune_keep_tokens": 40}]
+BUDGETS = [
+    {},
+    {"token_prune_keep_ratio": 0.25},
+    {"token_prune_keep_tokens": 40},
+    {"token_prune_keep_ratio": 0.25, "token_prune_rank_by_soft_votes": True},
+]
 TELEMETRY = ("kept_tokens_overall_mean", "argmax_union_mean", "argmax_top1_share_mean", "query_cosine_after_norm_mean")
 
 
@@ -36,7 +41,7 @@ def _models(fixture: reference.ReferenceFixture, **pruning) -> tuple[PI0Pytorch,
     return torch_model.eval(), Pi0.from_checkpoint(fixture.directory / "checkpoint", config)
 
 
-@pytest.mark.parametrize("budget", BUDGETS, ids=["union", "ratio25", "tokens40"])
+@pytest.mark.parametrize("budget", BUDGETS, ids=["union", "ratio25", "tokens40", "ratio25_soft_votes"])
 def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
     torch_model, jax_model = _models(fixture, **budget)
     obs, noise = fixture.observation(), fixture.io["input.sample_noise"]
@@ -65,6 +70,7 @@ def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
 
 
 BUDGET_TRAINING = {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25}
+SOFT_VOTE_BUDGET_TRAINING = {**BUDGET_TRAINING, "token_prune_rank_by_soft_votes": True}
 
 
 def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
@@ -74,7 +80,9 @@ def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
     return torch.rand(obs.batch_size, num_patches, num_patches, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("training", [{}, BUDGET_TRAINING], ids=["votes", "budget25"])
+@pytest.mark.parametrize(
+    "training", [{}, BUDGET_TRAINING, SOFT_VOTE_BUDGET_TRAINING], ids=["votes", "budget25", "budget25_soft_votes"]
+)
 @pytest.mark.parametrize("noise_scale", [0.0, 1.0])
 def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, training):
     torch_model, jax_model = _models(fixture, token_prune_noise_scale=noise_scale, **training)

@@ -202,6 +202,38 @@ def test_budget_training_gate_passes_the_gradient_of_the_soft_votes():
     torch.testing.assert_close(task_grad, want_task, rtol=1e-4, atol=1e-5)
 
 
+def expected_soft_vote_selection(scores, patch_mask, budget):
+    """Top-`budget` valid patches by sum over valid rows of softmax(scores) (index asc on ties), original order."""
+    soft = (scores.softmax(-1) * patch_mask[:, None]).sum(0)
+    valid = [j for j in range(scores.shape[-1]) if patch_mask[j]]
+    return sorted(sorted(valid, key=lambda j: (-soft[j].item(), j))[:budget])
+
+
+def test_soft_vote_ranking_keeps_the_patches_with_the_most_softmax_mass():
+    inputs = make_inputs(batch=2, num_patches=48)
+    inputs[3][1, 40:] = False  # sample 1: 40 valid patches
+    out = run(ImageTokenPruner(keep_ratio=0.25, rank_by_soft_votes=True), inputs, train=False)
+    scores = reference_scores(*inputs[:4])
+    for b, count in enumerate((12, 10)):
+        expected = expected_soft_vote_selection(scores[b], inputs[3][b], count)
+        assert out.kept_indices[b, :count].tolist() == expected
+    assert (
+        out.kept_indices[0, :12].tolist()
+        != run(ImageTokenPruner(keep_ratio=0.25), inputs, train=False).kept_indices[0].tolist()
+    ), "the inputs must tell the two rankings apart"
+
+
+def test_budget_training_with_soft_vote_ranking_ranks_the_noisy_soft_votes():
+    inputs = make_inputs(batch=1, num_patches=48)
+    uniform = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(3))
+    pruner = ImageTokenPruner(noise_scale=2.0, keep_tokens=9, budget_training=True, rank_by_soft_votes=True).train()
+    out = pruner(*inputs, uniform=uniform)
+    noisy = reference_scores(*inputs[:4])[0] + 2.0 * uniform[0].double()
+    assert out.kept_indices[0].tolist() == expected_soft_vote_selection(noisy, inputs[3][0], 9)
+    served = run(ImageTokenPruner(keep_tokens=9, rank_by_soft_votes=True), inputs, train=False)
+    assert served.kept_indices[0].tolist() != out.kept_indices[0].tolist(), "the noise must move the ranking"
+
+
 def test_budget_training_needs_a_budget():
     with pytest.raises(ValueError, match="budget_training needs a budget"):
         run(ImageTokenPruner(budget_training=True), make_inputs(), train=True)

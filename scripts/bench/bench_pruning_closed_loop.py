@@ -11,13 +11,15 @@ that needs its weights is missing. Writes the Markdown table to ``--output`` and
 Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned``, ``budget_trained25`` (the
 ``*_lightvla`` configs' pruner: trained on the 25% budget it is served with, ranked from the noisy votes, a
 straight-through gate on the kept patches' attention logits; a departure from LightVLA), ``budget_trained10`` (the
-same at 10%), ``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the noisy scores),
+same at 10%), ``budget_trained25_soft`` (the same at 25%, the budget ranked by the soft votes its gate trains),
+``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the noisy scores),
 ``union`` (the union with centred scoring), ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax
 ablations), ``plan_b`` (the noisy actions in the pruner's context in training, the sampling's starting noise at
 inference) and ``plan_1`` (a projected state token in the pruner's context): the seeds' proposals, on the union.
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random);
-on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` (the same count at random)
+on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` /
+``budget_trained25_soft_random`` (the same count at random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
 ``released_random_k``.
@@ -77,6 +79,11 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.10},
         {},
     ),
+    "budget_trained25_soft": (
+        "pi05_shapes_lightvla",
+        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25, "token_prune_rank_by_soft_votes": True},
+        {},
+    ),
 }
 DEFAULT_ARM = "budget_trained25"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
@@ -101,6 +108,8 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "budget_trained25_at10": ("budget_trained25", "budget_trained25", {"token_prune_keep_ratio": 0.10}),
     "budget_trained10": ("budget_trained10", "budget_trained10", {}),
     "budget_trained10_random": ("budget_trained10", "budget_trained10", {"random_keep": True}),
+    "budget_trained25_soft": ("budget_trained25_soft", "budget_trained25_soft", {}),
+    "budget_trained25_soft_random": ("budget_trained25_soft", "budget_trained25_soft", {"random_keep": True}),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -113,6 +122,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained10", "unpruned"),
     ("budget_trained10", "budget_trained10_random"),
     ("budget_trained10", "budget_trained25_at10"),
+    ("budget_trained25_soft", "unpruned"),
+    ("budget_trained25_soft", "budget_trained25_soft_random"),
+    ("budget_trained25_soft", "budget_trained25"),
     ("union", "unpruned"),
     ("union", "union_random_k"),
     ("union_budget25", "unpruned"),
@@ -312,14 +324,12 @@ def _report(args: Args) -> None:
         per_seed = ", ".join(f"{r['success_rate']:.2f}" for r in runs)
         kept = _mean_of(runs, "kept_tokens_mean")
         ratio = _mean_of(runs, "kept_ratio_mean")
-        swap = [
-            r["prompt_swap"]["recall_after_swap"] for r in runs if (r.get("prompt_swap") or {}).get("recall_after_swap")
-        ]
+        swaps = [r["prompt_swap"] for r in runs if (r.get("prompt_swap") or {}).get("recall_after_swap") is not None]
         share = None if arm == "blind" else _vision_gap_kept(results, arm)
         lines.append(
             f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {_fmt(share)} "
             f"| {_fmt(kept, 1)} | {_fmt(ratio)} | {_fmt(_mean_of(runs, 'target_recall'))} "
-            f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_fmt(statistics.mean(swap) if swap else None)} "
+            f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_swap_recall(swaps)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
     lines += ["", _precondition(rate), "", *_comparison_table(results)]
@@ -401,7 +411,8 @@ def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
         "CI (an arm with fewer seeds is not comparable to the others' pooled rates; compare per seed). "
         "Vision gap kept = (arm − blind) / (unpruned − blind), each pooled over the arm's seeds. "
         "Recall: fraction of the target's patches kept, per inference; hit: at least one kept. "
-        "Swap recall: recall on another object after the prompt names it. "
+        "Swap recall: recall on another object of the scene after the prompt names it (in brackets: before it was "
+        "named, what a prompt-blind pruner would keep of it). "
         f"The `*_lightvla` configs' pruner is `{DEFAULT_ARM}`. Latency is not compared here (the evaluations share "
         "the machine with parallel trainings): `scripts/bench/results/pruning.md` measures it in one run.",
         "",
@@ -409,6 +420,15 @@ def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
         "| target hit | swap recall | train min/seed |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+
+def _swap_recall(swaps: list[dict]) -> str:
+    """The prompt-swap recall, with the same object's recall before it was named where measured."""
+    if not swaps:
+        return "–"
+    after = _fmt(_mean_of(swaps, "recall_after_swap"))
+    before = _mean_of(swaps, "recall_other_before_swap")
+    return after if before is None else f"{after} ({_fmt(before)})"
 
 
 def _mean_of(runs: list[dict], key: str) -> float | None:

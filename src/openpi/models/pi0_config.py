@@ -61,6 +61,9 @@ class Pi0Config:
     # votes, with a straight-through gate on their attention logits, instead of one row per noisy vote: train and
     # serve see the same count (a departure from LightVLA; docs/lightvla_pruning.md).
     token_prune_budget_training: bool = False
+    # Under a budget, rank the patches by their soft votes (sum over valid rows of softmax(S), of the noisy scores in
+    # training) instead of hard votes then best score: the quantity budget training's gate trains (an ablation).
+    token_prune_rank_by_soft_votes: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:

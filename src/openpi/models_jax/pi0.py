@@ -171,7 +171,11 @@ def _select_train(
     common = (inputs.patches, scores, inputs.patch_mask, inputs.patch_positions, uniform, noise_scale)
     if config.token_prune_budget_training:
         selection = tp.select_train_budget(
-            *common, config.token_prune_noisy_softmax, prune.keep_tokens, prune.keep_ratio
+            *common,
+            config.token_prune_noisy_softmax,
+            prune.keep_tokens,
+            prune.keep_ratio,
+            config.token_prune_rank_by_soft_votes,
         )
         return selection.kept, selection.gate, selection.choice, selection.kept_counts
     patches, choice = tp.select_train(*common, config.token_prune_noisy_softmax)
@@ -211,7 +215,13 @@ def compute_loss_fn(
                 config, inputs, scoring.scores, prune_uniform, noise_scale, prune
             )
         else:
-            keep, _ = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
+            keep, _ = tp.keep_mask(
+                scoring.scores,
+                inputs.patch_mask,
+                prune.keep_tokens,
+                prune.keep_ratio,
+                config.token_prune_rank_by_soft_votes,
+            )
             patches = tp.PrunedPatches(inputs.patches, keep, inputs.patch_positions, None)
             choice, kept_counts = None, keep.sum(axis=1)
         if prune.collect_stats:
@@ -248,7 +258,9 @@ def select_fn(
     if not prune.enabled:
         return inputs, None, None, {}
     scoring = _score(config, inputs)
-    keep, votes = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
+    keep, votes = tp.keep_mask(
+        scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio, config.token_prune_rank_by_soft_votes
+    )
     stats = tp.telemetry(scoring, inputs.lang_mask, inputs.patch_mask, keep.sum(1), None) if prune.collect_stats else {}
     return inputs, keep, votes, stats
 

@@ -118,7 +118,11 @@ def budget(patch_mask: jax.Array, keep_tokens: int | None, keep_ratio: float | N
 
 
 def keep_mask(
-    scores: jax.Array, patch_mask: jax.Array, keep_tokens: int | None, keep_ratio: float | None
+    scores: jax.Array,
+    patch_mask: jax.Array,
+    keep_tokens: int | None,
+    keep_ratio: float | None,
+    rank_by_soft_votes: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Eval selection: ``[B, N]`` bool kept patches and ``[B, N]`` votes (the union of the argmaxes, or a budget's
     best-ranked patches)."""
@@ -126,12 +130,22 @@ def keep_mask(
     limit = budget(patch_mask, keep_tokens, keep_ratio)
     if limit is None:
         return votes > 0, votes
-    return _best_ranked(scores, votes, patch_mask, limit), votes
+    return _best_ranked(scores, votes, patch_mask, limit, rank_by_soft_votes), votes
 
 
-def _best_ranked(scores: jax.Array, votes: jax.Array, patch_mask: jax.Array, limit: jax.Array) -> jax.Array:
-    """``[B, N]`` bool: the ``limit [B]`` best-ranked patches (votes, then best score over valid rows)."""
+def soft_votes(scores: jax.Array, patch_mask: jax.Array) -> jax.Array:
+    """``[B, N]``: each patch's share of the valid rows' softmax, ``sum_i softmax(S)[i, j]``."""
+    return (jax.nn.softmax(scores, axis=-1) * patch_mask[..., None]).sum(axis=1)
+
+
+def _best_ranked(
+    scores: jax.Array, votes: jax.Array, patch_mask: jax.Array, limit: jax.Array, rank_by_soft_votes: bool
+) -> jax.Array:
+    """``[B, N]`` bool: the ``limit [B]`` best-ranked patches (votes, then best score over valid rows; or the soft
+    votes of ``scores``)."""
     best_score = jnp.where(patch_mask[:, :, None], scores, _NEVER).max(axis=1)
+    if rank_by_soft_votes:
+        votes = soft_votes(jax.lax.stop_gradient(scores), patch_mask)
     return _rank_patches(votes, best_score, patch_mask) < limit[:, None]
 
 
@@ -152,6 +166,7 @@ def select_train_budget(
     noisy_softmax: bool,
     keep_tokens: int | None,
     keep_ratio: float | None,
+    rank_by_soft_votes: bool = False,
 ) -> BudgetSelection:
     """Budget training (``token_prune_budget_training``): the patches the serving budget keeps, ranked from the noisy
     votes and scores, and each kept patch's soft votes ``v_j = sum_i softmax(S)[i, j]`` over valid rows as a gate
@@ -162,12 +177,11 @@ def select_train_budget(
         raise ValueError("token_prune_budget_training needs a budget: set keep_tokens or keep_ratio")
     noisy = scores + uniform * noise_scale
     choice = noisy.argmax(axis=-1)  # [B, N]
-    keep = _best_ranked(noisy, count_votes(choice, patch_mask), patch_mask, limit)
+    keep = _best_ranked(noisy, count_votes(choice, patch_mask), patch_mask, limit, rank_by_soft_votes)
     slots = kept_slots(patches.shape[1], keep_tokens, keep_ratio, 0, None)
     kept = gather_kept(patches, keep, positions, slots)
-    soft = jax.nn.softmax(noisy if noisy_softmax else scores, axis=-1) * patch_mask[..., None]  # valid rows
-    soft_votes = soft.sum(axis=1)  # [B, N]
-    gate = jnp.take_along_axis(soft_votes - jax.lax.stop_gradient(soft_votes), kept.kept_indices, axis=1) * kept.mask
+    votes = soft_votes(noisy if noisy_softmax else scores, patch_mask)  # [B, N]
+    gate = jnp.take_along_axis(votes - jax.lax.stop_gradient(votes), kept.kept_indices, axis=1) * kept.mask
     return BudgetSelection(kept, gate, choice, keep.sum(axis=1))
 
 

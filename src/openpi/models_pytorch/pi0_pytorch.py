@@ -116,6 +116,7 @@ class PI0Pytorch(nn.Module):
                 kept_multiple=config.token_prune_kept_multiple,
                 dedup_training=config.token_prune_dedup_training,
                 budget_training=config.token_prune_budget_training,
+                rank_by_soft_votes=config.token_prune_rank_by_soft_votes,
             )
             if config.token_pruning_enabled
             else None

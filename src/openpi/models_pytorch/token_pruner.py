@@ -109,8 +109,14 @@ def _count_votes(choice: torch.Tensor, row_valid: torch.Tensor) -> torch.Tensor:
     return votes.scatter_add_(1, choice, row_valid.long())
 
 
+def _soft_votes(scores: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, N]``: each patch's share of the valid rows' softmax, ``sum_i softmax(S)[i, j]``."""
+    return (scores.softmax(dim=-1) * patch_mask[..., None]).sum(dim=1)
+
+
 def _rank_patches(votes: torch.Tensor, best_score: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-    """Rank of each patch (0 = most important): votes desc, then best score desc, then index asc; invalid last."""
+    """Rank of each patch (0 = most important): votes desc, then best score desc, then index asc; invalid last.
+    ``votes`` may be counts or soft votes (both >= 0)."""
     votes = votes.masked_fill(~patch_mask, -1)
     by_score = torch.sort(best_score, dim=1, descending=True, stable=True).indices
     by_votes = torch.sort(votes.gather(1, by_score), dim=1, descending=True, stable=True).indices
@@ -170,6 +176,10 @@ class ImageTokenPruner(nn.Module):
     (``sum_i softmax(S)[i, j]``) enter as a straight-through bias on their attention logits, so the scores learn
     which patches the policy attends to. Needs ``keep_tokens`` or ``keep_ratio``; train and eval keep the same count.
 
+    ``rank_by_soft_votes`` (under a budget, a departure from LightVLA): rank the patches by their soft votes
+    ``sum_i softmax(S)[i, j]`` over valid rows (of the noisy scores in training), the quantity budget training's gate
+    differentiates, instead of by hard votes and best score. The union selection is unchanged.
+
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
@@ -197,8 +207,10 @@ class ImageTokenPruner(nn.Module):
         kept_multiple: int | None = None,
         dedup_training: bool = False,
         budget_training: bool = False,
+        rank_by_soft_votes: bool = False,
     ):
         super().__init__()
+        self.rank_by_soft_votes = rank_by_soft_votes
         self.center_patches = center_patches
         self.dedup_training = dedup_training
         self.budget_training = budget_training
@@ -258,7 +270,7 @@ class ImageTokenPruner(nn.Module):
         budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
         variant = (
             f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
-            f"budget_training={self.budget_training}"
+            f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}"
         )
         return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
@@ -360,10 +372,9 @@ class ImageTokenPruner(nn.Module):
             raise ValueError("budget_training needs a budget: set keep_tokens or keep_ratio")
         noisy = self._noisy(scores, uniform)
         choice = noisy.argmax(dim=-1)  # [B, N]
-        keep = self._kept_by_budget(noisy, _count_votes(choice, patch_mask), patch_mask)
+        keep = self._kept_by_budget(noisy, _count_votes(choice, patch_mask), patch_mask)  # ranked by the noisy scores
         pruned, counts = self._gather_kept(patches, keep, positions)
-        soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1) * patch_mask[..., None]  # valid rows
-        soft_votes = soft.sum(dim=1)  # [B, N]
+        soft_votes = _soft_votes(noisy if self.noisy_softmax else scores, patch_mask)  # [B, N]
         gate = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices) * pruned.mask  # [B, K], 0 in value
         return pruned._replace(key_bias=gate), choice, counts
 
@@ -379,11 +390,14 @@ class ImageTokenPruner(nn.Module):
         return pruned, counts
 
     def _kept_by_budget(self, scores: torch.Tensor, votes: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` bool: the voted patches, or under a budget the top-ranked ones (votes, then best score)."""
+        """``[B, N]`` bool: the voted patches, or under a budget the top-ranked ones (votes, then best score; or the
+        soft votes with ``rank_by_soft_votes``)."""
         budget = self._budget(patch_mask)  # [B] or None
         if budget is None:
             return votes > 0
         best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
+        if self.rank_by_soft_votes:
+            votes = _soft_votes(scores.detach(), patch_mask)
         return _rank_patches(votes, best_score, patch_mask) < budget[:, None]
 
     def _gather_kept(
