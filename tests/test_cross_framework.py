@@ -71,6 +71,7 @@ def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
 
 BUDGET_TRAINING = {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25}
 SOFT_VOTE_BUDGET_TRAINING = {**BUDGET_TRAINING, "token_prune_rank_by_soft_votes": True}
+GATED_BUDGET_TRAINING = {**BUDGET_TRAINING, "token_prune_gate_dropped_patches": True}
 
 
 def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
@@ -81,7 +82,9 @@ def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "training", [{}, BUDGET_TRAINING, SOFT_VOTE_BUDGET_TRAINING], ids=["votes", "budget25", "budget25_soft_votes"]
+    "training",
+    [{}, BUDGET_TRAINING, SOFT_VOTE_BUDGET_TRAINING, GATED_BUDGET_TRAINING],
+    ids=["votes", "budget25", "budget25_soft_votes", "budget25_gated"],
 )
 @pytest.mark.parametrize("noise_scale", [0.0, 1.0])
 def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, training):
@@ -108,11 +111,12 @@ def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, trainin
     assert jax_model.last_stats["kept_tokens_overall_mean"] == torch_stats["kept_tokens_overall_mean"]
 
 
-def test_budget_training_gradients_agree(fixture):
+@pytest.mark.parametrize("training", [BUDGET_TRAINING, GATED_BUDGET_TRAINING], ids=["budget25", "budget25_gated"])
+def test_budget_training_gradients_agree(fixture, training):
     """The gradient of the budget-trained loss into the prompt's embeddings: besides the prefix's own path, the
-    kept patches' straight-through gate carries the policy's attention back into the pruner's scores, whose
-    queries are made from the prompt (without the gate the two frameworks' gradients differ)."""
-    torch_model, jax_model = _models(fixture, token_prune_noise_scale=0.5, **BUDGET_TRAINING)
+    kept (gated: and dropped) patches' straight-through gate carries the policy's attention back into the pruner's
+    scores, whose queries are made from the prompt (without the gate the two frameworks' gradients differ)."""
+    torch_model, jax_model = _models(fixture, token_prune_noise_scale=0.5, **training)
     obs, io = fixture.observation(), fixture.io
     uniform = _uniform(fixture)
     torch_model.train()

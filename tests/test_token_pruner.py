@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from openpi.models import pi0_config
 from openpi.models_pytorch import token_pruner
 from openpi.models_pytorch.token_pruner import ImageTokenPruner, PrunedPatches
 
@@ -200,6 +201,59 @@ def test_budget_training_gate_passes_the_gradient_of_the_soft_votes():
     assert patch_grad.abs().sum() > 0 and task_grad.abs().sum() > 0
     torch.testing.assert_close(patch_grad, want_patch, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(task_grad, want_task, rtol=1e-4, atol=1e-5)
+
+
+def attend(pruned: PrunedPatches, query: torch.Tensor) -> torch.Tensor:
+    """A one-query attention over the pruner's tokens with its key bias: what the prefix does with them, ``[B, D]``."""
+    logits = (pruned.tokens @ query[:, :, None])[..., 0] / math.sqrt(query.shape[-1]) + pruned.key_bias
+    weights = logits.masked_fill(~pruned.mask, -math.inf).softmax(-1)
+    return (weights[..., None] * pruned.tokens).sum(1)
+
+
+def test_gating_dropped_patches_keeps_the_budgets_forward():
+    inputs = make_inputs(batch=2, num_patches=32)
+    inputs[3][0, 28:] = False
+    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    budget = ImageTokenPruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()
+    gated = ImageTokenPruner(noise_scale=0.0, keep_tokens=8, budget_training=True, gate_dropped_patches=True).train()
+    kept, everything = budget(*inputs), gated(*inputs)
+    assert torch.equal(everything.tokens, inputs[0]) and torch.equal(everything.mask, inputs[3])
+    assert torch.equal(everything.positions, inputs[4])
+    dropped = torch.ones_like(inputs[3]).scatter_(1, kept.kept_indices, False) & inputs[3]
+    weight = torch.where(dropped, token_pruner.DROPPED_KEY_WEIGHT, 1.0)
+    torch.testing.assert_close(everything.key_bias, weight.log() * inputs[3])
+    torch.testing.assert_close(attend(everything, query), attend(kept, query), rtol=1e-5, atol=1e-6)
+
+
+def test_gating_dropped_patches_passes_what_letting_each_back_in_would_change():
+    """The gradient into the scores is that of ``soft_votes . dL/dw``, ``w`` each key's weight (1 kept, the dropped
+    weight dropped): dropped patches get the first-order effect of letting them in; budget training alone gets none."""
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
+    patch_mask[0, 28:] = False
+    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    target = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+
+    def task_grad(gate_dropped: bool, restated: bool = False) -> torch.Tensor:
+        t = task.clone().requires_grad_(True)
+        options = {"keep_tokens": 8, "budget_training": True, "gate_dropped_patches": gate_dropped}
+        out = ImageTokenPruner(noise_scale=0.0, **options).train()(patches, t, task_mask, patch_mask, positions)
+        if not restated:
+            (attend(out, query) * target).sum().backward()
+            return t.grad
+        weight = out.key_bias.detach().exp().requires_grad_(True)  # [B, N] 1 kept, the dropped weight dropped
+        loss = (attend(out._replace(key_bias=weight.log()), query) * target).sum()
+        (loss_by_weight,) = torch.autograd.grad(loss, weight)
+        soft_votes = (reference_scores(patches, t, task_mask, patch_mask).softmax(-1) * patch_mask[..., None]).sum(1)
+        (soft_votes.float() * loss_by_weight).sum().backward()
+        return t.grad
+
+    torch.testing.assert_close(task_grad(True), task_grad(True, restated=True), rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(task_grad(True), task_grad(False), rtol=0.1), "the dropped patches' share is missing"
+
+
+def test_gating_dropped_patches_needs_budget_training():
+    with pytest.raises(ValueError, match="needs token_prune_budget_training"):
+        pi0_config.tiny_config(token_pruning_enabled=True, token_prune_gate_dropped_patches=True)
 
 
 def expected_soft_vote_selection(scores, patch_mask, budget):

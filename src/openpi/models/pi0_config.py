@@ -64,6 +64,10 @@ class Pi0Config:
     # Under a budget, rank the patches by their soft votes (sum over valid rows of softmax(S), of the noisy scores in
     # training) instead of hard votes then best score: the quantity budget training's gate trains (an ablation).
     token_prune_rank_by_soft_votes: bool = False
+    # With budget training, keep every patch in the training prefix, the dropped ones at a 1e-12 attention weight, so
+    # the gate's gradient also reaches the patches the budget dropped (what letting each back in would change); the
+    # forward is the budget's, the training prefix the unpruned length (an ablation; docs/lightvla_pruning.md).
+    token_prune_gate_dropped_patches: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -93,6 +97,15 @@ class Pi0Config:
             raise ValueError(
                 "token_prune_budget_training trains on the inference budget: set token_prune_keep_ratio or "
                 "token_prune_keep_tokens, or token_prune_budget_training False for LightVLA's union selection"
+            )
+        if (
+            self.token_pruning_enabled
+            and self.token_prune_gate_dropped_patches
+            and not self.token_prune_budget_training
+        ):
+            raise ValueError(
+                "token_prune_gate_dropped_patches gates the budget's dropped patches: it needs "
+                "token_prune_budget_training"
             )
 
     @property

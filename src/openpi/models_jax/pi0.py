@@ -176,6 +176,7 @@ def _select_train(
             prune.keep_tokens,
             prune.keep_ratio,
             config.token_prune_rank_by_soft_votes,
+            config.token_prune_gate_dropped_patches,
         )
         return selection.kept, selection.gate, selection.choice, selection.kept_counts
     patches, choice = tp.select_train(*common, config.token_prune_noisy_softmax)

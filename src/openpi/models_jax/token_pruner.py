@@ -20,6 +20,8 @@ import jax.numpy as jnp
 _RMS_EPS = 1e-6
 _NEVER = float(jnp.finfo(jnp.float32).min)
 _CEIL_TOLERANCE = 1e-9
+# With gate_dropped_patches, the attention weight a dropped patch keeps in training (models_pytorch.token_pruner's).
+DROPPED_KEY_WEIGHT = 1e-12
 # Kept-count bucket for the implicit (union) selection when the config sets no token_prune_kept_multiple.
 DEFAULT_KEPT_MULTIPLE = 16
 
@@ -167,20 +169,28 @@ def select_train_budget(
     keep_tokens: int | None,
     keep_ratio: float | None,
     rank_by_soft_votes: bool = False,
+    gate_dropped_patches: bool = False,
 ) -> BudgetSelection:
     """Budget training (``token_prune_budget_training``): the patches the serving budget keeps, ranked from the noisy
     votes and scores, and each kept patch's soft votes ``v_j = sum_i softmax(S)[i, j]`` over valid rows as a gate
     ``v - stop_gradient(v)`` to add to every attention logit into its key (the clean or, ``noisy_softmax``, the
-    noisy scores' softmax)."""
+    noisy scores' softmax). ``gate_dropped_patches``: all N patches instead, the dropped ones at the attention weight
+    ``w = DROPPED_KEY_WEIGHT`` (1 kept) through the gate ``log(w + v - stop_gradient(v))``: the budget's forward, and
+    a gradient that reaches the dropped patches too."""
     limit = budget(patch_mask, keep_tokens, keep_ratio)
     if limit is None:
         raise ValueError("token_prune_budget_training needs a budget: set keep_tokens or keep_ratio")
     noisy = scores + uniform * noise_scale
     choice = noisy.argmax(axis=-1)  # [B, N]
     keep = _best_ranked(noisy, count_votes(choice, patch_mask), patch_mask, limit, rank_by_soft_votes)
+    votes = soft_votes(noisy if noisy_softmax else scores, patch_mask)  # [B, N]
+    if gate_dropped_patches:
+        weight = jnp.where(keep, 1.0, DROPPED_KEY_WEIGHT)  # [B, N]
+        gate = (jnp.log(weight) + (votes - jax.lax.stop_gradient(votes)) / weight) * patch_mask
+        indices = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patch_mask.shape)
+        return BudgetSelection(PrunedPatches(patches, patch_mask, positions, indices), gate, choice, keep.sum(axis=1))
     slots = kept_slots(patches.shape[1], keep_tokens, keep_ratio, 0, None)
     kept = gather_kept(patches, keep, positions, slots)
-    votes = soft_votes(noisy if noisy_softmax else scores, patch_mask)  # [B, N]
     gate = jnp.take_along_axis(votes - jax.lax.stop_gradient(votes), kept.kept_indices, axis=1) * kept.mask
     return BudgetSelection(kept, gate, choice, keep.sum(axis=1))
 

@@ -22,6 +22,10 @@ _RMS_EPS = 1e-6
 _NEVER = torch.finfo(torch.float32).min
 # Guards ceil(r * n) against float error, e.g. 0.1 * 30 = 3.0000000000000004 must keep 3, not 4.
 _CEIL_TOLERANCE = 1e-9
+# With gate_dropped_patches, the weight a dropped patch's key keeps in training: small enough that the forward is the
+# pruned one (a logit bias of -27.6), large enough that its attention probability, and so its gradient, stays a normal
+# float32 / bfloat16 number (the straight-through gate divides that gradient by it).
+DROPPED_KEY_WEIGHT = 1e-12
 # Training logs the telemetry as prune/<stat>.
 METRIC_PREFIX = "prune/"
 
@@ -176,6 +180,12 @@ class ImageTokenPruner(nn.Module):
     (``sum_i softmax(S)[i, j]``) enter as a straight-through bias on their attention logits, so the scores learn
     which patches the policy attends to. Needs ``keep_tokens`` or ``keep_ratio``; train and eval keep the same count.
 
+    ``gate_dropped_patches`` (with ``budget_training``, a departure from LightVLA): train on all N patches, the
+    dropped ones weighted ``DROPPED_KEY_WEIGHT`` in attention (a logit bias of ``log(w)``, ``w`` = 1 kept or the
+    weight dropped) through the straight-through weight ``w + soft_votes - stopgrad(soft_votes)``. The forward is the
+    budget's, but the gate's gradient reaches the dropped patches too: the first-order effect of letting each back in
+    (in budget training alone only the kept patches' votes learn). Costs the unpruned prefix length in training.
+
     ``rank_by_soft_votes`` (under a budget, a departure from LightVLA): rank the patches by their soft votes
     ``sum_i softmax(S)[i, j]`` over valid rows (of the noisy scores in training), the quantity budget training's gate
     differentiates, instead of by hard votes and best score. The union selection is unchanged.
@@ -208,8 +218,10 @@ class ImageTokenPruner(nn.Module):
         dedup_training: bool = False,
         budget_training: bool = False,
         rank_by_soft_votes: bool = False,
+        gate_dropped_patches: bool = False,
     ):
         super().__init__()
+        self.gate_dropped_patches = gate_dropped_patches
         self.rank_by_soft_votes = rank_by_soft_votes
         self.center_patches = center_patches
         self.dedup_training = dedup_training
@@ -270,7 +282,8 @@ class ImageTokenPruner(nn.Module):
         budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
         variant = (
             f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
-            f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}"
+            f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}, "
+            f"gate_dropped_patches={self.gate_dropped_patches}"
         )
         return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
@@ -373,8 +386,10 @@ class ImageTokenPruner(nn.Module):
         noisy = self._noisy(scores, uniform)
         choice = noisy.argmax(dim=-1)  # [B, N]
         keep = self._kept_by_budget(noisy, _count_votes(choice, patch_mask), patch_mask)  # ranked by the noisy scores
-        pruned, counts = self._gather_kept(patches, keep, positions)
         soft_votes = _soft_votes(noisy if self.noisy_softmax else scores, patch_mask)  # [B, N]
+        if self.gate_dropped_patches:
+            return _gate_all_patches(patches, keep, soft_votes, patch_mask, positions), choice, keep.sum(dim=1)
+        pruned, counts = self._gather_kept(patches, keep, positions)
         gate = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices) * pruned.mask  # [B, K], 0 in value
         return pruned._replace(key_bias=gate), choice, counts
 
@@ -450,6 +465,21 @@ class ImageTokenPruner(nn.Module):
             wanted = torch.ceil(valid.double() * self.keep_ratio - _CEIL_TOLERANCE).long().clamp(min=1)
             return torch.minimum(wanted, valid)
         return None
+
+
+def _gate_all_patches(
+    patches: torch.Tensor,
+    keep: torch.Tensor,
+    soft_votes: torch.Tensor,
+    patch_mask: torch.Tensor,
+    positions: torch.Tensor,
+) -> PrunedPatches:
+    """All N patches, the dropped ones at ``DROPPED_KEY_WEIGHT``: the key bias is ``log(w + soft_votes -
+    stopgrad(soft_votes))``, ``log(w)`` in value with the gradient ``1 / w`` into the soft votes."""
+    weight = torch.where(keep, 1.0, DROPPED_KEY_WEIGHT)  # [B, N]
+    gate = weight.log() + (soft_votes - soft_votes.detach()) / weight  # [B, N]
+    indices = torch.arange(patches.shape[1], device=patches.device).expand(patches.shape[0], -1)  # [B, N]
+    return PrunedPatches(patches, patch_mask, positions, indices, key_bias=gate * patch_mask)
 
 
 def _check_inputs(
