@@ -455,6 +455,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 _JITTER = 0.003  # the plot's horizontal offset between consecutive arms
 
 
+_MARKERS = ("o", "s", "^", "D")
+
+
 def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], path: Path) -> None:
     import matplotlib
 
@@ -472,17 +475,19 @@ def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], pa
         x = 1.0 if ratio is None or arm in ("unpruned", "blind") else ratio
         x = (0.0 if arm == "blind" else x) + _JITTER * (index - len(results) / 2)  # spread arms at the same ratio
         color = plt.cm.tab20(index % 20)
+        marker = _MARKERS[index // 20 % len(_MARKERS)]  # a colour repeats only with another marker
         label = f"{arm} ({len(runs)})"
         ax.errorbar(
             x,
             rate,
             yerr=[[max(0.0, rate - low)], [max(0.0, high - rate)]],
-            fmt="o",
+            fmt=marker,
             capsize=4,
             color=color,
             label=label,
         )
-        ax.scatter([x] * len(runs), [r["success_rate"] for r in runs], s=14, facecolors="none", edgecolors=color)
+        successes_per_seed = [r["success_rate"] for r in runs]
+        ax.scatter([x] * len(runs), successes_per_seed, s=14, marker=marker, facecolors="none", edgecolors=color)
     ax.set_xlabel(f"kept patch ratio (blind = 0, unpruned = 1; arms offset by up to ±{_JITTER * len(results) / 2:.2f})")
     ax.set_ylabel("closed-loop success on held-out scenes")
     ax.set_ylim(-0.02, 1.02)
