@@ -22,7 +22,12 @@ _LIGHTVLA = _config.get_config("debug_pi05_lightvla")
 # kernels avoid that, as the estimator assumes, is not measured here.)
 BASE = dataclasses.replace(
     _LIGHTVLA,
-    model=dataclasses.replace(_LIGHTVLA.model, token_prune_budget_training=False, token_prune_keep_ratio=None),
+    model=dataclasses.replace(
+        _LIGHTVLA.model,
+        token_prune_budget_training=False,
+        token_prune_keep_ratio=None,
+        token_prune_gate_dropped_patches=False,
+    ),
     pytorch_training_precision="float32",
 )
 
@@ -110,8 +115,12 @@ def test_checkpointed_estimate_is_within_15_percent_of_the_measured_tensor_peak(
 
 
 def test_budget_training_is_estimated_at_the_most_its_budget_keeps():
-    """On meta tensors the kept count is unknown: the estimate takes the budget with every patch valid (fewer
-    prefix rows than the union's one row per patch)."""
-    budget = memory.estimate(dataclasses.replace(BASE, model=_LIGHTVLA.model), batch_size=2)
+    """On meta tensors the kept count is unknown: plain budget training is estimated at the budget with every patch
+    valid (fewer prefix rows than the union's one row per patch); gated budget training, the default, runs every
+    patch in the prefix, so it costs more."""
     assert _LIGHTVLA.model.token_prune_budget_training and _LIGHTVLA.model.token_prune_keep_ratio == 0.25
+    plain = dataclasses.replace(_LIGHTVLA.model, token_prune_gate_dropped_patches=False)
+    budget = memory.estimate(dataclasses.replace(BASE, model=plain), batch_size=2)
+    gated = memory.estimate(dataclasses.replace(BASE, model=_LIGHTVLA.model), batch_size=2)
     assert 0 < budget.activation_bytes < memory.estimate(BASE, batch_size=2).activation_bytes
+    assert gated.activation_bytes > budget.activation_bytes

@@ -8,12 +8,12 @@ seeds). Resumable across sessions: each (evaluation arm, seed) result is a JSON 
 ``--results-dir``; checkpoints live under ``--work-dir`` and a training arm is (re)trained only while an evaluation
 that needs its weights is missing. Writes the Markdown table to ``--output`` and the plot to ``--plot``.
 
-Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned``, ``budget_trained25`` (the
-``*_lightvla`` configs' pruner: trained on the 25% budget it is served with, ranked from the noisy votes, a
-straight-through gate on the kept patches' attention logits; a departure from LightVLA), ``budget_trained10`` (the
-same at 10%), ``budget_trained25_soft`` (the same at 25%, the budget ranked by the soft votes its gate trains),
-``budget_trained25_gated`` (the same at 25%, the dropped patches kept in training at a negligible attention weight so
-the gate's gradient reaches them too),
+Training arms: ``blind`` (cameras masked in training and evaluation), ``unpruned``, ``budget_trained25`` (trained on
+the 25% budget it is served with, ranked from the noisy votes, a straight-through gate on the kept patches' attention
+logits; a departure from LightVLA), ``budget_trained10`` (the same at 10%), ``budget_trained25_soft`` (the same at
+25%, the budget ranked by the soft votes its gate trains), ``budget_trained25_gated`` (the ``*_lightvla`` configs'
+pruner: the same at 25%, the dropped patches kept in training at a negligible attention weight so the gate's gradient
+reaches them too),
 ``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the noisy scores),
 ``union`` (the union with centred scoring), ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax
 ablations), ``plan_b`` (the noisy actions in the pruner's context in training, the sampling's starting noise at
@@ -48,7 +48,13 @@ RESULTS = Path(__file__).parent / "results"
 
 # LightVLA's own selection (every noisy argmax in training, their union at inference), which the *_lightvla configs'
 # budget training replaces: the arms that study it pin it.
-UNION = {"token_prune_budget_training": False, "token_prune_keep_ratio": None}
+UNION = {
+    "token_prune_budget_training": False,
+    "token_prune_keep_ratio": None,
+    "token_prune_gate_dropped_patches": False,
+}
+# Budget training as it was measured before the dropped patches were gated (the default until 2026-12-03).
+BUDGET = {"token_prune_budget_training": True, "token_prune_gate_dropped_patches": False}
 # name -> (config, model overrides, data overrides)
 TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "blind": ("pi05_shapes", {}, {"mask_images": True}),
@@ -71,19 +77,11 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
     "plan_b": ("pi05_shapes_lightvla", {**UNION, "token_prune_action_context": True}, {}),
     "plan_1": ("pi05_shapes_lightvla", {**UNION, "token_prune_state_token": True}, {}),
-    "budget_trained25": (
-        "pi05_shapes_lightvla",
-        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25},
-        {},
-    ),
-    "budget_trained10": (
-        "pi05_shapes_lightvla",
-        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.10},
-        {},
-    ),
+    "budget_trained25": ("pi05_shapes_lightvla", {**BUDGET, "token_prune_keep_ratio": 0.25}, {}),
+    "budget_trained10": ("pi05_shapes_lightvla", {**BUDGET, "token_prune_keep_ratio": 0.10}, {}),
     "budget_trained25_soft": (
         "pi05_shapes_lightvla",
-        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25, "token_prune_rank_by_soft_votes": True},
+        {**BUDGET, "token_prune_keep_ratio": 0.25, "token_prune_rank_by_soft_votes": True},
         {},
     ),
     "budget_trained25_gated": (
@@ -92,7 +90,7 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {},
     ),
 }
-DEFAULT_ARM = "budget_trained25"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
+DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
 EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {

@@ -48,6 +48,7 @@ def _train(center: bool, seed: int, steps: int, workdir: Path) -> tuple[PI0Pytor
             token_prune_center_patches=center,
             token_prune_budget_training=False,
             token_prune_keep_ratio=None,
+            token_prune_gate_dropped_patches=False,
         ),
         num_train_steps=steps,
         lr_schedule=dataclasses.replace(base.lr_schedule, decay_steps=steps),

@@ -66,7 +66,8 @@ class Pi0Config:
     token_prune_rank_by_soft_votes: bool = False
     # With budget training, keep every patch in the training prefix, the dropped ones at a 1e-12 attention weight, so
     # the gate's gradient also reaches the patches the budget dropped (what letting each back in would change); the
-    # forward is the budget's, the training prefix the unpruned length (an ablation; docs/lightvla_pruning.md).
+    # forward is the budget's, the training prefix the unpruned length (the *_lightvla default since 2026-12-03;
+    # docs/lightvla_pruning.md).
     token_prune_gate_dropped_patches: bool = False
 
     def __post_init__(self) -> None:
@@ -105,7 +106,8 @@ class Pi0Config:
         ):
             raise ValueError(
                 "token_prune_gate_dropped_patches gates the budget's dropped patches: it needs "
-                "token_prune_budget_training"
+                "token_prune_budget_training (for LightVLA's union selection set token_prune_gate_dropped_patches "
+                "False too)"
             )
 
     @property

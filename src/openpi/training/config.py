@@ -106,14 +106,16 @@ def _debug_embedded(name: str, **model_kwargs: Any) -> TrainConfig:
     )
 
 
-# What the *_lightvla configs prune with: the pruner trained on the budget it is served with, 25% of the patches. On the
-# shapes testbed this kept the most of the vision gap at <= 25% kept (docs/lightvla_pruning.md, "Defaults follow the
-# evidence"); LightVLA's own union-of-argmaxes selection is `--model.token-prune-budget-training False
-# --model.token-prune-keep-ratio None`.
+# What the *_lightvla configs prune with: the pruner trained on the budget it is served with, 25% of the patches, the
+# dropped patches gated in training so that the gate's gradient reaches them too. On the shapes testbed this kept the
+# most of the vision gap at <= 25% kept (docs/lightvla_pruning.md, "Defaults follow the evidence"); LightVLA's own
+# union-of-argmaxes selection is `--model.token-prune-budget-training False --model.token-prune-keep-ratio None
+# --model.token-prune-gate-dropped-patches False`.
 LIGHTVLA_PRUNING: dict[str, Any] = {
     "token_pruning_enabled": True,
     "token_prune_budget_training": True,
     "token_prune_keep_ratio": 0.25,
+    "token_prune_gate_dropped_patches": True,
 }
 
 
