@@ -4,6 +4,7 @@
     uv run scripts/eval_closed_loop.py ... --token-prune-keep-ratio 0.25      # a fixed budget
     uv run scripts/eval_closed_loop.py ... --random-keep                      # as many patches, chosen at random
     uv run scripts/eval_closed_loop.py ... --mask-images                      # every camera masked (blind)
+    uv run scripts/eval_closed_loop.py ... --exclude-target                   # the pruner may not keep the target
     uv run scripts/eval_closed_loop.py --host 127.0.0.1 --port 8000 ...       # against serve_policy.py
 
 Episode ``i`` starts from scene seed ``HELD_OUT_SEED_BASE + seed * 100_000 + i``, a stream no training dataset draws
@@ -53,6 +54,9 @@ class Args:
     """Mask every camera at inference."""
     random_keep: bool = False
     """Keep as many patches as the pruner would, chosen uniformly at random."""
+    exclude_target: bool = False
+    """The pruner may not keep the named target's patches (the env's object masks; its budget is filled from the
+    other patches): does the policy need the target's own tokens?"""
     replan_steps: int = 2
     """Actions executed from each predicted chunk before the next inference."""
     prompt_swap: int = 0
@@ -81,6 +85,8 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     env = ShapesEnv(train_config.data.spec.task)
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
+    if args.exclude_target:
+        policy = TargetExcludingPolicy(policy, env, grid)
     results = [
         rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
         for seed in tqdm.tqdm(held_out_seeds(args), desc="episodes", unit="episode")
@@ -103,15 +109,34 @@ def _in_process(args: Args, train_config: _config.TrainConfig):
         model.pruner.random_keep = args.random_keep
         model.pruner.random_generator = torch.Generator().manual_seed(args.seed)
         policy.return_kept_patches = True
-    elif args.token_prune_keep_ratio or args.token_prune_keep_tokens or args.random_keep:
-        raise ValueError(f"{args.policy.config} has no pruner: budgets and --random-keep need a pruning config")
+    elif args.token_prune_keep_ratio or args.token_prune_keep_tokens or args.random_keep or args.exclude_target:
+        raise ValueError(
+            f"{args.policy.config} has no pruner: budgets, --random-keep and --exclude-target need a pruning config"
+        )
     return policy
 
 
 def _remote(args: Args) -> WebsocketClientPolicy:
     if args.mask_images or args.random_keep or args.token_prune_keep_ratio or args.token_prune_keep_tokens:
         raise ValueError("Budgets, --random-keep and --mask-images are set on the server (serve_policy.py)")
+    if args.exclude_target:
+        raise ValueError("--exclude-target needs the policy in process (it reads the env's object masks)")
     return WebsocketClientPolicy(args.host, args.port)
+
+
+@dataclasses.dataclass
+class TargetExcludingPolicy:
+    """An in-process pruning policy whose pruner, at every inference, may not keep the patches of the target the
+    env's prompt names (a control for what target recall measures)."""
+
+    policy: rollout.Policy
+    env: ShapesEnv
+    grid: rollout.PatchGrid
+
+    def infer(self, obs: dict, **kwargs) -> dict:
+        target = self.grid.object_patches(self.env.masks())[self.env.scene.target]  # [N] bool
+        self.policy.model.pruner.excluded_patches = torch.from_numpy(target)
+        return self.policy.infer(obs, **kwargs)
 
 
 if __name__ == "__main__":

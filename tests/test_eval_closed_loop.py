@@ -86,6 +86,15 @@ def test_budget_and_random_keep_keep_the_same_count(script, checkpoint, capsys):
     assert learned["kept_tokens_mean"] == random["kept_tokens_mean"] == 10
 
 
+def test_exclude_target_keeps_every_patch_but_the_targets(script, checkpoint, capsys):
+    every = script.main(_args(script, checkpoint, token_prune_keep_ratio=1.0))
+    others = script.main(_args(script, checkpoint, token_prune_keep_ratio=1.0, exclude_target=True))
+    assert every["target_recall"] == 1.0 and others["target_recall"] == 0.0 and others["target_hit_rate"] == 0.0
+    assert others["kept_tokens_mean"] < every["kept_tokens_mean"]
+    with pytest.raises(ValueError, match="in process"):
+        script.main(_args(script, checkpoint, exclude_target=True, host="127.0.0.1"))
+
+
 def test_mask_images_really_masks(script, checkpoint):
     env = ShapesEnv(ShapesTask(image_size=112))
     first = env.reset(0)

@@ -50,3 +50,12 @@ def test_union_arms_pin_the_union_selection():
         if config == "pi05_shapes_lightvla" and not arm.startswith("budget_trained"):
             model = bench.train_config(arm, 0, bench.Args()).model
             assert not model.token_prune_budget_training and model.token_prune_keep_ratio is None, arm
+
+
+def test_every_evaluation_arm_is_runnable_as_written():
+    """Each evaluation arm reads weights some training arm writes, as a training arm's config, with options the
+    evaluation CLI has (a typo would surface only after hours of training)."""
+    eval_fields = {field.name for field in dataclasses.fields(load_script("scripts/eval_closed_loop.py").Args)}
+    for arm, (weights, config, options) in bench.EVAL_ARMS.items():
+        assert weights in bench.TRAINING_ARMS and config in bench.TRAINING_ARMS, arm
+        assert set(options) <= eval_fields, arm

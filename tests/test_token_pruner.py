@@ -137,6 +137,32 @@ def test_random_keep_keeps_as_many_valid_patches_as_the_selection():
     assert torch.equal(selection.kept_indices, random.kept_indices) and selection.votes.shape == (3, 48)
 
 
+def _kept_sets(out) -> list[set[int]]:
+    return [set(out.kept_indices[b][out.mask[b]].tolist()) for b in range(out.mask.shape[0])]
+
+
+@pytest.mark.parametrize("budget", [{"keep_ratio": 0.25}, {"keep_tokens": 40}, {"keep_ratio": 1.0}, {}])
+def test_excluded_patches_are_never_kept_and_a_budget_is_refilled_from_the_others(budget):
+    inputs = make_inputs(batch=2, num_patches=48)
+    pruner = ImageTokenPruner(**budget).eval()
+    free = _kept_sets(pruner(*inputs))
+    excluded = torch.zeros(48, dtype=torch.bool)
+    excluded[sorted(free[0])[:3]] = True  # three patches the selection keeps in sample 0
+    pruner.excluded_patches = excluded
+    out = pruner(*inputs)
+    for kept, kept_free in zip(_kept_sets(out), free, strict=True):
+        assert not kept & set(excluded.nonzero().flatten().tolist())
+        if budget:  # the budget is filled from the next-ranked patches, as far as they go
+            assert len(kept) == min(len(kept_free), 48 - 3)
+            assert kept_free - kept <= set(excluded.nonzero().flatten().tolist())
+        else:  # the union keeps its other votes
+            assert kept == kept_free - set(excluded.nonzero().flatten().tolist())
+    pruner.random_keep, pruner.random_generator = True, torch.Generator().manual_seed(0)
+    random = pruner(*inputs)
+    assert torch.equal(random.mask.sum(1), out.mask.sum(1))
+    assert not any(kept & set(excluded.nonzero().flatten().tolist()) for kept in _kept_sets(random))
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_bfloat16_patches_keep_their_dtype(train):
     patches, *rest = make_inputs()

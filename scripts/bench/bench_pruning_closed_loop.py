@@ -24,7 +24,9 @@ on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_r
 ``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` (the same count at random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
-``released_random_k``.
+``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
+named target's) and ``budget_trained25_gated_no_target`` (the default's budget filled without the target's patches),
+with ``budget_trained25_gated_no_target_random`` (as many patches off the target, at random).
 """
 
 from __future__ import annotations
@@ -117,6 +119,13 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "budget_trained25_soft_random": ("budget_trained25_soft", "budget_trained25_soft", {"random_keep": True}),
     "budget_trained25_gated": ("budget_trained25_gated", "budget_trained25_gated", {}),
     "budget_trained25_gated_random": ("budget_trained25_gated", "budget_trained25_gated", {"random_keep": True}),
+    "unpruned_no_target": ("unpruned", "union", {"token_prune_keep_ratio": 1.0, "exclude_target": True}),
+    "budget_trained25_gated_no_target": ("budget_trained25_gated", "budget_trained25_gated", {"exclude_target": True}),
+    "budget_trained25_gated_no_target_random": (
+        "budget_trained25_gated",
+        "budget_trained25_gated",
+        {"exclude_target": True, "random_keep": True},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -135,6 +144,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated", "unpruned"),
     ("budget_trained25_gated", "budget_trained25_gated_random"),
     ("budget_trained25_gated", "budget_trained25"),
+    ("unpruned_no_target", "unpruned"),
+    ("budget_trained25_gated_no_target", "budget_trained25_gated"),
+    ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
     ("union", "unpruned"),
     ("union", "union_random_k"),
     ("union_budget25", "unpruned"),
@@ -230,7 +242,8 @@ def _evaluate(arm: str, seed: int, trained: dict[str, dict], args: Args) -> dict
 
     weights_arm, config_arm, options = EVAL_ARMS[arm]
     config = train_config(config_arm, seed, args)
-    swap = 50 if config.model.token_pruning_enabled and not options.get("random_keep") else 0
+    controls = options.get("random_keep") or options.get("exclude_target")
+    swap = 50 if config.model.token_pruning_enabled and not controls else 0
     eval_args = eval_closed_loop.Args(episodes=args.episodes, seed=seed, prompt_swap=swap, **options)
     eval_args.policy = eval_closed_loop.PolicyArgs(config.name, trained[weights_arm]["checkpoint"])
     summary = eval_closed_loop.evaluate(eval_args, config, eval_closed_loop._in_process(eval_args, config))

@@ -193,6 +193,10 @@ class ImageTokenPruner(nn.Module):
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
+    ``excluded_patches`` (eval only, a control): ``[N]`` or ``[B, N]`` bool, patches the selection may not keep (the
+    shapes testbed's evaluation sets it to the target's patches to ask whether the policy needs them). They still vote;
+    a budget counts every valid patch and is filled from the others (the union keeps its other votes).
+
     ``center_patches``: score with the patches centred on each sample's mean valid patch (``P = rms(patches -
     mean)``). Patch embeddings share a dominant common direction, which makes every patch attend to the task the same
     way: identical queries, identical votes, a union of 2–3 patches (the collapse the seeds report). Centring removes
@@ -230,6 +234,7 @@ class ImageTokenPruner(nn.Module):
         self.noisy_softmax = noisy_softmax
         self.random_keep = False
         self.random_generator: torch.Generator | None = None
+        self.excluded_patches: torch.Tensor | None = None
         self.last_selection: Selection | None = None
         self.noise_scale = noise_scale
         self.keep_tokens = keep_tokens
@@ -397,23 +402,34 @@ class ImageTokenPruner(nn.Module):
         self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[PrunedPatches, torch.Tensor]:
         votes = _count_votes(scores.argmax(dim=-1), patch_mask)  # [B, N]
-        keep = self._kept_by_budget(scores, votes, patch_mask)
+        selectable = patch_mask
+        if self.excluded_patches is not None:
+            selectable = patch_mask & ~self.excluded_patches.to(patch_mask.device).expand_as(patch_mask)
+        keep = self._kept_by_budget(scores, votes, patch_mask, selectable)
         if self.random_keep:
-            keep = self._random_subset(patch_mask, keep.sum(dim=1))
+            keep = self._random_subset(selectable, keep.sum(dim=1))
         pruned, counts = self._gather_kept(patches, keep, positions)
         self.last_selection = Selection(pruned.kept_indices, pruned.mask, votes)
         return pruned, counts
 
-    def _kept_by_budget(self, scores: torch.Tensor, votes: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` bool: the voted patches, or under a budget the top-ranked ones (votes, then best score; or the
-        soft votes with ``rank_by_soft_votes``)."""
+    def _kept_by_budget(
+        self,
+        scores: torch.Tensor,
+        votes: torch.Tensor,
+        patch_mask: torch.Tensor,
+        selectable: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, N]`` bool: the voted patches, or under a budget (of the valid patches) the top-ranked ones (votes,
+        then best score; or the soft votes with ``rank_by_soft_votes``), among the ``selectable`` ones (default:
+        every valid patch)."""
+        selectable = patch_mask if selectable is None else selectable
         budget = self._budget(patch_mask)  # [B] or None
         if budget is None:
-            return votes > 0
+            return (votes > 0) & selectable
         best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
         if self.rank_by_soft_votes:
             votes = _soft_votes(scores.detach(), patch_mask)
-        return _rank_patches(votes, best_score, patch_mask) < budget[:, None]
+        return (_rank_patches(votes, best_score, selectable) < budget[:, None]) & selectable
 
     def _gather_kept(
         self, patches: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor
