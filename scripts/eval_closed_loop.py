@@ -10,7 +10,8 @@
 Episode ``i`` starts from scene seed ``HELD_OUT_SEED_BASE + seed * 100_000 + i``, a stream no training dataset draws
 from. The last line of the output is one JSON object: ``success_rate``, ``ci95`` (Wilson), ``episodes``,
 ``mean_steps``, ``kept_tokens_mean``, ``kept_ratio_mean``, ``target_recall``, ``target_hit_rate``,
-``kept_on_object``, ``infer_ms_p50`` (and ``prompt_swap`` with ``--prompt-swap N``).
+``kept_on_object``, ``target_recall_final`` and ``target_hit_rate_final`` (each episode's last inference),
+``infer_ms_p50`` (and ``prompt_swap`` with ``--prompt-swap N``).
 """
 
 from __future__ import annotations

@@ -109,6 +109,17 @@ def test_target_recall_is_one_for_exactly_the_target_and_zero_for_background():
     )
 
 
+def test_final_recall_scores_each_episodes_last_inference():
+    hit, miss = rollout.KeptPatchScore(1.0, 1.0, True, 4), rollout.KeptPatchScore(0.0, 0.0, False, 4)
+    results = [
+        rollout.EpisodeResult(seed=0, success=True, steps=4, kept_patches=[miss, miss, miss, hit]),
+        rollout.EpisodeResult(seed=1, success=False, steps=2, kept_patches=[hit, miss]),
+    ]
+    summary = rollout.summarize(results)
+    assert summary["target_hit_rate"] == pytest.approx(2 / 6) and summary["target_recall"] == pytest.approx(2 / 6)
+    assert summary["target_hit_rate_final"] == summary["target_recall_final"] == 0.5
+
+
 class KeepsObjectsPolicy:
     """Keeps the patches of the named target (``follows_prompt``) or of every object, whatever the prompt."""
 

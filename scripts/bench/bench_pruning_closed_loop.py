@@ -352,7 +352,8 @@ def _report(args: Args) -> None:
         lines.append(
             f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {_fmt(share)} "
             f"| {_fmt(kept, 1)} | {_fmt(ratio)} | {_fmt(_mean_of(runs, 'target_recall'))} "
-            f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_swap_recall(swaps)} "
+            f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_fmt(_mean_of(runs, 'target_hit_rate_final'))} "
+            f"| {_swap_recall(swaps)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
     lines += ["", _precondition(rate), "", *_comparison_table(results)]
@@ -433,15 +434,16 @@ def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
         f"{runs[0].get('train_steps', '?')} training steps per arm. Success: pooled over the arm's seeds, Wilson 95% "
         "CI (an arm with fewer seeds is not comparable to the others' pooled rates; compare per seed). "
         "Vision gap kept = (arm − blind) / (unpruned − blind), each pooled over the arm's seeds. "
-        "Recall: fraction of the target's patches kept, per inference; hit: at least one kept. "
+        "Recall: fraction of the target's patches kept, per inference; hit: at least one kept; last hit: the same at "
+        "each episode's last inference (in a success, the one before the close; – where a result predates it). "
         "Swap recall: recall on another object of the scene after the prompt names it (in brackets: before it was "
         "named, what a prompt-blind pruner would keep of it). "
         f"The `*_lightvla` configs' pruner is `{DEFAULT_ARM}`. Latency is not compared here (the evaluations share "
         "the machine with parallel trainings): `scripts/bench/results/pruning.md` measures it in one run.",
         "",
         "| arm | seeds | success [95% CI] | per seed | vision gap kept | kept patches | kept ratio | target recall "
-        "| target hit | swap recall | train min/seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target hit | last hit | swap recall | train min/seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
 

@@ -133,9 +133,11 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
-    """The evaluation's summary: success rate with its Wilson 95% interval, steps, kept patches, recall, latency."""
+    """The evaluation's summary: success rate with its Wilson 95% interval, steps, kept patches, recall (over every
+    inference; ``*_final`` over each episode's last one, whose chunk ends it: in a success, the close), latency."""
     successes = sum(r.success for r in results)
     scores = [s for r in results for s in r.kept_patches]
+    finals = [r.kept_patches[-1] for r in results if r.kept_patches]
     infer_ms = [ms for r in results for ms in r.infer_ms]
     ratios = [x for r in results for x in r.kept_ratio]
     return {
@@ -149,6 +151,8 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "target_recall": _mean(s.target_recall for s in scores),
         "target_hit_rate": _mean(float(s.target_hit) for s in scores),
         "kept_on_object": _mean(s.on_object for s in scores),
+        "target_recall_final": _mean(s.target_recall for s in finals),
+        "target_hit_rate_final": _mean(float(s.target_hit) for s in finals),
         "infer_ms_p50": statistics.median(infer_ms) if infer_ms else None,
     }
 
