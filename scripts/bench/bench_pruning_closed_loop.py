@@ -356,7 +356,7 @@ def _report(args: Args) -> None:
             f"| {_swap_recall(swaps)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
-    lines += ["", _precondition(rate), "", *_comparison_table(results)]
+    lines += ["", _precondition(rate, results), "", *_comparison_table(results)]
     args.output.write_text("\n".join([*lines, ""]))
     _plot(results, pooled, args.plot)
 
@@ -407,16 +407,20 @@ def _comparison_table(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _precondition(rate: dict[str, float]) -> str:
-    """The experiment's precondition, stated: without it no comparison in the table is a finding."""
+def _precondition(rate: dict[str, float], results: dict[str, list[dict]]) -> str:
+    """The experiment's precondition, stated with the seeds it was measured on: without it no comparison in the
+    table is a finding."""
     unpruned, blind = rate.get("unpruned"), rate.get("blind")
     if unpruned is None or blind is None:
         return "**Precondition: not yet measured** (needs the unpruned and blind arms)."
     met = unpruned >= 0.8 and unpruned - blind >= 0.3
     verdict = "met" if met else "NOT MET: no comparison in this table is a finding about pruning"
+    measured = {r["seed"] for r in results["unpruned"]} & {r["seed"] for r in results["blind"]}
+    unmeasured = sorted({r["seed"] for runs in results.values() for r in runs} - measured)
+    caveat = f"; not measured on seeds {', '.join(map(str, unmeasured))}" if unmeasured else ""
     return (
         f"**Precondition (unpruned ≥ 0.80 success and ≥ 30 points above blind): {verdict}** "
-        f"(unpruned {unpruned:.2f}, blind {blind:.2f})."
+        f"(unpruned {unpruned:.2f}, blind {blind:.2f}, seeds {', '.join(map(str, sorted(measured)))}{caveat})."
     )
 
 
