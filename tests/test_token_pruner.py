@@ -9,7 +9,7 @@ import torch
 
 from openpi.models import pi0_config
 from openpi.models_pytorch import token_pruner
-from openpi.models_pytorch.token_pruner import ImageTokenPruner, PrunedPatches
+from openpi.models_pytorch.token_pruner import DROPPED_KEY_WEIGHT, ImageTokenPruner, PrunedPatches
 
 STAT_KEYS = {
     "kept_tokens_overall_mean",
@@ -312,6 +312,19 @@ def test_budget_training_with_soft_vote_ranking_ranks_the_noisy_soft_votes():
     assert out.kept_indices[0].tolist() == expected_soft_vote_selection(noisy, inputs[3][0], 9)
     served = run(ImageTokenPruner(keep_tokens=9, rank_by_soft_votes=True), inputs, train=False)
     assert served.kept_indices[0].tolist() != out.kept_indices[0].tolist(), "the noise must move the ranking"
+
+
+def test_gated_budget_training_with_soft_vote_ranking_gates_all_but_the_top_noisy_soft_votes():
+    inputs = make_inputs(batch=1, num_patches=48)
+    uniform = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(3))
+    options = {"keep_tokens": 9, "budget_training": True, "gate_dropped_patches": True}
+    gated = ImageTokenPruner(noise_scale=2.0, rank_by_soft_votes=True, **options).train()
+    out = gated(*inputs, uniform=uniform)
+    noisy = reference_scores(*inputs[:4])[0] + 2.0 * uniform[0].double()
+    kept = (out.key_bias[0].detach() > math.log(DROPPED_KEY_WEIGHT) / 2).nonzero().flatten().tolist()
+    assert kept == expected_soft_vote_selection(noisy, inputs[3][0], 9)
+    by_votes = ImageTokenPruner(noise_scale=2.0, **options).train()(*inputs, uniform=uniform)
+    assert not torch.equal(out.key_bias, by_votes.key_bias), "the inputs must tell the two rankings apart"
 
 
 def test_budget_training_needs_a_budget():
