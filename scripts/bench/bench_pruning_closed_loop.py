@@ -59,6 +59,8 @@ UNION = {
 }
 # Budget training as it was measured before the dropped patches were gated (the default until 2026-12-03).
 BUDGET = {"token_prune_budget_training": True, "token_prune_gate_dropped_patches": False}
+# Gated budget training at 25%, the *_lightvla configs' pruner since 2026-12-03.
+GATED25 = {**BUDGET, "token_prune_keep_ratio": 0.25, "token_prune_gate_dropped_patches": True}
 # name -> (config, model overrides, data overrides)
 TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "blind": ("pi05_shapes", {}, {"mask_images": True}),
@@ -88,21 +90,8 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {**BUDGET, "token_prune_keep_ratio": 0.25, "token_prune_rank_by_soft_votes": True},
         {},
     ),
-    "budget_trained25_gated": (
-        "pi05_shapes_lightvla",
-        {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25, "token_prune_gate_dropped_patches": True},
-        {},
-    ),
-    "budget_trained25_gated_soft": (
-        "pi05_shapes_lightvla",
-        {
-            "token_prune_budget_training": True,
-            "token_prune_keep_ratio": 0.25,
-            "token_prune_gate_dropped_patches": True,
-            "token_prune_rank_by_soft_votes": True,
-        },
-        {},
-    ),
+    "budget_trained25_gated": ("pi05_shapes_lightvla", GATED25, {}),
+    "budget_trained25_gated_soft": ("pi05_shapes_lightvla", {**GATED25, "token_prune_rank_by_soft_votes": True}, {}),
 }
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
