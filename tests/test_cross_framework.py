@@ -72,6 +72,7 @@ def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
 BUDGET_TRAINING = {"token_prune_budget_training": True, "token_prune_keep_ratio": 0.25}
 SOFT_VOTE_BUDGET_TRAINING = {**BUDGET_TRAINING, "token_prune_rank_by_soft_votes": True}
 GATED_BUDGET_TRAINING = {**BUDGET_TRAINING, "token_prune_gate_dropped_patches": True}
+TEMPERED_GATED_BUDGET_TRAINING = {**GATED_BUDGET_TRAINING, "token_prune_score_temperature": 0.5}
 
 
 def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
@@ -111,7 +112,11 @@ def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, trainin
     assert jax_model.last_stats["kept_tokens_overall_mean"] == torch_stats["kept_tokens_overall_mean"]
 
 
-@pytest.mark.parametrize("training", [BUDGET_TRAINING, GATED_BUDGET_TRAINING], ids=["budget25", "budget25_gated"])
+@pytest.mark.parametrize(
+    "training",
+    [BUDGET_TRAINING, GATED_BUDGET_TRAINING, TEMPERED_GATED_BUDGET_TRAINING],
+    ids=["budget25", "budget25_gated", "budget25_gated_temperature05"],
+)
 def test_budget_training_gradients_agree(fixture, training):
     """The gradient of the budget-trained loss into the prompt's embeddings: besides the prefix's own path, the
     kept (gated: and dropped) patches' straight-through gate carries the policy's attention back into the pruner's

@@ -327,6 +327,53 @@ def test_gated_budget_training_with_soft_vote_ranking_gates_all_but_the_top_nois
     assert not torch.equal(out.key_bias, by_votes.key_bias), "the inputs must tell the two rankings apart"
 
 
+def test_score_temperature_makes_the_scores_cosines_over_it():
+    inputs = make_inputs(batch=2, num_patches=32, dim=64)
+    scoring = token_pruner._score(*inputs[:4], center_patches=False, score_temperature=0.5)
+    cosines = reference_scores(*inputs[:4]) / math.sqrt(64)  # Q P^T / D: |Q| = |P| = sqrt(D) after the RMS norms
+    torch.testing.assert_close(scoring.scores.double(), cosines / 0.5, rtol=1e-4, atol=1e-5)
+    assert scoring.scores.abs().max() <= 2.0 + 1e-4
+
+
+@pytest.mark.parametrize("budget", [{}, {"keep_ratio": 0.25}, {"keep_tokens": 5}])
+def test_score_temperature_leaves_the_eval_selection_unchanged(budget):
+    inputs = make_inputs(batch=2, num_patches=48)
+    inputs[3][1, 40:] = False
+    plain = run(ImageTokenPruner(**budget), inputs, train=False)
+    tempered = run(ImageTokenPruner(score_temperature=0.05, **budget), inputs, train=False)
+    assert torch.equal(plain.kept_indices, tempered.kept_indices) and torch.equal(plain.mask, tempered.mask)
+
+
+def test_score_temperature_changes_the_training_gradient_not_the_zero_noise_forward():
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
+    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    options = {"noise_scale": 0.0, "keep_tokens": 8, "budget_training": True, "gate_dropped_patches": True}
+
+    def forward_and_task_grad(temperature: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        t = task.clone().requires_grad_(True)
+        out = ImageTokenPruner(score_temperature=temperature, **options).train()(
+            patches, t, task_mask, patch_mask, positions
+        )
+        attended = attend(out, query)
+        attended.sum().backward()
+        return attended.detach(), t.grad
+
+    plain, plain_grad = forward_and_task_grad(None)
+    tempered, tempered_grad = forward_and_task_grad(1.0)
+    torch.testing.assert_close(plain, tempered)
+    cosine = torch.nn.functional.cosine_similarity(plain_grad.flatten(), tempered_grad.flatten(), dim=0)
+    assert cosine < 0.9, "a flatter softmax must change the gradient's direction, not only its scale"
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, True])
+def test_score_temperature_is_validated(bad):
+    with pytest.raises(ValueError, match="score_temperature"):
+        ImageTokenPruner(score_temperature=bad)
+    if bad is not True:
+        with pytest.raises(ValueError, match="token_prune_score_temperature"):
+            pi0_config.tiny_config(token_pruning_enabled=True, token_prune_score_temperature=bad)
+
+
 def test_budget_training_needs_a_budget():
     with pytest.raises(ValueError, match="budget_training needs a budget"):
         run(ImageTokenPruner(budget_training=True), make_inputs(), train=True)

@@ -15,6 +15,9 @@ logits; a departure from LightVLA), ``budget_trained10`` (the same at 10%), ``bu
 pruner: the same at 25%, the dropped patches kept in training at a negligible attention weight so the gate's gradient
 reaches them too), ``budget_trained25_gated_soft`` (the same, the budget ranked by the soft votes in training and
 at inference: the top-k of the quantity the gate differentiates, an idea toward target recall),
+``budget_trained25_gated_t05`` (the default with the scores as cosines over a temperature of 0.5, ``|S| <= 2``
+instead of ``sqrt(64) = 8``: more training noise against the scores and a flatter softmax, so the gate's gradient
+spreads over more patches; another idea toward target recall),
 ``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the noisy scores),
 ``union`` (the union with centred scoring), ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax
 ablations), ``plan_b`` (the noisy actions in the pruner's context in training, the sampling's starting noise at
@@ -22,8 +25,8 @@ inference) and ``plan_1`` (a projected state token in the pruner's context): the
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random);
 on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` /
-``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` / ``budget_trained25_gated_soft_random`` (the
-same count at random)
+``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` / ``budget_trained25_gated_soft_random`` /
+``budget_trained25_gated_t05_random`` (the same count at random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
 ``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
@@ -92,6 +95,7 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
     "budget_trained25_gated": ("pi05_shapes_lightvla", GATED25, {}),
     "budget_trained25_gated_soft": ("pi05_shapes_lightvla", {**GATED25, "token_prune_rank_by_soft_votes": True}, {}),
+    "budget_trained25_gated_t05": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 0.5}, {}),
 }
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
@@ -126,6 +130,12 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_soft",
         {"random_keep": True},
     ),
+    "budget_trained25_gated_t05": ("budget_trained25_gated_t05", "budget_trained25_gated_t05", {}),
+    "budget_trained25_gated_t05_random": (
+        "budget_trained25_gated_t05",
+        "budget_trained25_gated_t05",
+        {"random_keep": True},
+    ),
     "unpruned_no_target": ("unpruned", "union", {"token_prune_keep_ratio": 1.0, "exclude_target": True}),
     "budget_trained25_gated_no_target": ("budget_trained25_gated", "budget_trained25_gated", {"exclude_target": True}),
     "budget_trained25_gated_no_target_random": (
@@ -154,6 +164,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_soft", "unpruned"),
     ("budget_trained25_gated_soft", "budget_trained25_gated_soft_random"),
     ("budget_trained25_gated_soft", "budget_trained25_gated"),
+    ("budget_trained25_gated_t05", "unpruned"),
+    ("budget_trained25_gated_t05", "budget_trained25_gated_t05_random"),
+    ("budget_trained25_gated_t05", "budget_trained25_gated"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from openpi.models import variants
@@ -69,6 +70,10 @@ class Pi0Config:
     # forward is the budget's, the training prefix the unpruned length (the *_lightvla default since 2026-12-03;
     # docs/lightvla_pruning.md).
     token_prune_gate_dropped_patches: bool = False
+    # Score with the cosine of queries and patches over this temperature instead of Q P^T / sqrt(width), whose scale
+    # grows with the width: the same scale against the training noise and the same softmax sharpness at any width
+    # (an ablation; the eval selection does not depend on it; docs/lightvla_pruning.md). None: LightVLA's scale.
+    token_prune_score_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -93,6 +98,9 @@ class Pi0Config:
             raise ValueError("token_prune_state_token / token_prune_action_context need token_pruning_enabled")
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
             raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
+        temperature = self.token_prune_score_temperature
+        if temperature is not None and not 0.0 < temperature < math.inf:
+            raise ValueError(f"token_prune_score_temperature must be None or a finite number > 0, got {temperature}")
         no_budget = self.token_prune_keep_ratio is None and self.token_prune_keep_tokens is None
         if self.token_pruning_enabled and self.token_prune_budget_training and no_budget:
             raise ValueError(

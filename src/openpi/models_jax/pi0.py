@@ -118,7 +118,14 @@ def prefix_of(inputs: PrefixInputs, patches: tp.PrunedPatches | None) -> Prefix:
 
 def _score(config: Pi0Config, inputs: PrefixInputs) -> tp.Scoring:
     _check_pruner_context(config)
-    return tp.score(inputs.patches, inputs.lang, inputs.lang_mask, inputs.patch_mask, config.token_prune_center_patches)
+    return tp.score(
+        inputs.patches,
+        inputs.lang,
+        inputs.lang_mask,
+        inputs.patch_mask,
+        config.token_prune_center_patches,
+        config.token_prune_score_temperature,
+    )
 
 
 def embed_suffix(params: Params, config: Pi0Config, state: jax.Array, x_t: jax.Array, time: jax.Array):

@@ -55,10 +55,16 @@ def _center(patches: jax.Array, patch_mask: jax.Array) -> jax.Array:
 
 
 def score(
-    patches: jax.Array, task: jax.Array, task_mask: jax.Array, patch_mask: jax.Array, center_patches: bool
+    patches: jax.Array,
+    task: jax.Array,
+    task_mask: jax.Array,
+    patch_mask: jax.Array,
+    center_patches: bool,
+    score_temperature: float | None = None,
 ) -> Scoring:
     """Patch-to-patch scores: each patch's query is its attention over the task tokens; a sample without any valid
-    task token gets zero queries."""
+    task token gets zero queries. ``score_temperature`` None: ``Q P^T / sqrt(D)`` (LightVLA); a number ``t``: the
+    cosine ``Q P^T / D`` over ``t``."""
     patches_n = _rms_norm(_center(patches, patch_mask) if center_patches else patches)
     task_n = _rms_norm(task)
     dim = patches.shape[-1]
@@ -68,7 +74,8 @@ def score(
     attention = jax.nn.softmax(jnp.where(attend[:, None, :], logits, -jnp.inf), axis=-1)
     queries_raw = jnp.einsum("bnt,btd->bnd", attention, task_n) * has_task[:, None, None]
     queries = _rms_norm(queries_raw)
-    scores = jnp.einsum("bnd,bmd->bnm", queries, patches_n) / math.sqrt(dim)
+    scale = math.sqrt(dim) if score_temperature is None else dim * score_temperature
+    scores = jnp.einsum("bnd,bmd->bnm", queries, patches_n) / scale
     return Scoring(patches_n, task_n, queries_raw, queries, jnp.where(patch_mask[:, None, :], scores, _NEVER))
 
 

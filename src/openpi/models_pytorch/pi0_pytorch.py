@@ -118,6 +118,7 @@ class PI0Pytorch(nn.Module):
                 budget_training=config.token_prune_budget_training,
                 rank_by_soft_votes=config.token_prune_rank_by_soft_votes,
                 gate_dropped_patches=config.token_prune_gate_dropped_patches,
+                score_temperature=config.token_prune_score_temperature,
             )
             if config.token_pruning_enabled
             else None

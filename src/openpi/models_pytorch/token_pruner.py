@@ -71,7 +71,7 @@ class _Scoring:
     task_n: torch.Tensor  # [B, T, D] rms(task)
     queries_raw: torch.Tensor  # [B, N, D] SDPA output before the last RMS norm
     queries: torch.Tensor  # [B, N, D] rms(queries_raw)
-    scores: torch.Tensor  # [B, N, N] Q P^T / sqrt(D), invalid columns set to _NEVER
+    scores: torch.Tensor  # [B, N, N] Q P^T / sqrt(D) (or cos / temperature), invalid columns set to _NEVER
 
 
 def _rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +93,12 @@ def _score(
     task_mask: torch.Tensor,
     patch_mask: torch.Tensor,
     center_patches: bool,
+    score_temperature: float | None = None,
 ) -> _Scoring:
-    """Computes the patch-to-patch scores; samples without any valid task token get zero queries (no NaN)."""
+    """Computes the patch-to-patch scores; samples without any valid task token get zero queries (no NaN).
+
+    ``score_temperature`` None: ``Q P^T / sqrt(D)`` (LightVLA; ``|S| <= sqrt(D)``); a number ``t``: the cosine
+    ``Q P^T / D`` divided by ``t`` (``|S| <= 1 / t`` at any width)."""
     patches_n = _rms_norm(_center(patches, patch_mask) if center_patches else patches)
     task_n = _rms_norm(task_tokens)
     has_task = task_mask.any(dim=1)
@@ -102,7 +106,9 @@ def _score(
     queries_raw = F.scaled_dot_product_attention(patches_n, task_n, task_n, attn_mask=attend[:, None, :])
     queries_raw = queries_raw * has_task[:, None, None]
     queries = _rms_norm(queries_raw)
-    scores = (queries @ patches_n.transpose(1, 2)).float() / math.sqrt(patches.shape[-1])  # float32 under autocast
+    width = patches.shape[-1]
+    scale = math.sqrt(width) if score_temperature is None else width * score_temperature
+    scores = (queries @ patches_n.transpose(1, 2)).float() / scale  # float32 under autocast
     scores = scores.masked_fill(~patch_mask[:, None, :], _NEVER)
     return _Scoring(patches_n, task_n, queries_raw, queries, scores)
 
@@ -190,6 +196,12 @@ class ImageTokenPruner(nn.Module):
     ``sum_i softmax(S)[i, j]`` over valid rows (of the noisy scores in training), the quantity budget training's gate
     differentiates, instead of by hard votes and best score. The union selection is unchanged.
 
+    ``score_temperature`` (a departure from LightVLA): score with the cosine of queries and patches divided by this
+    temperature instead of ``Q P^T / sqrt(D)``, whose magnitude grows with the width (8 at 64, 45 at 2048). It sets
+    the scores' scale against the training noise and the softmax's sharpness (so the gradient's spread over the
+    patches) the same way at every width; argmaxes and budget rankings by votes and best score do not depend on it,
+    so the eval selection is unchanged. None: LightVLA's scale (the temperature ``1 / sqrt(D)``).
+
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
@@ -223,8 +235,14 @@ class ImageTokenPruner(nn.Module):
         budget_training: bool = False,
         rank_by_soft_votes: bool = False,
         gate_dropped_patches: bool = False,
+        score_temperature: float | None = None,
     ):
         super().__init__()
+        if score_temperature is not None and (
+            isinstance(score_temperature, bool) or not 0 < score_temperature < math.inf
+        ):
+            raise ValueError(f"score_temperature must be None or a finite number > 0, got {score_temperature!r}")
+        self.score_temperature = score_temperature
         self.gate_dropped_patches = gate_dropped_patches
         self.rank_by_soft_votes = rank_by_soft_votes
         self.center_patches = center_patches
@@ -288,7 +306,7 @@ class ImageTokenPruner(nn.Module):
         variant = (
             f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
             f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}, "
-            f"gate_dropped_patches={self.gate_dropped_patches}"
+            f"gate_dropped_patches={self.gate_dropped_patches}, score_temperature={self.score_temperature}"
         )
         return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
@@ -313,7 +331,7 @@ class ImageTokenPruner(nn.Module):
                 a fresh one, e.g. to replay another implementation's draw; ignored in eval mode.
         """
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
-        scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches)
+        scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches, self.score_temperature)
         self.last_selection = None
         if self.training and self.budget_training:
             pruned, noisy_choice, kept_counts = self._select_train_budget(
