@@ -59,3 +59,8 @@ def test_every_evaluation_arm_is_runnable_as_written():
     for arm, (weights, config, options) in bench.EVAL_ARMS.items():
         assert weights in bench.TRAINING_ARMS and config in bench.TRAINING_ARMS, arm
         assert set(options) <= eval_fields, arm
+
+
+def test_an_unknown_training_arm_is_named():
+    with pytest.raises(ValueError, match=r"Unknown training arms \['budget_trained25_gated_random'\]"):
+        bench.Args(arms=("unpruned", "budget_trained25_gated_random"))

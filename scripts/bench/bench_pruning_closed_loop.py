@@ -212,6 +212,14 @@ class Args:
     output: Path = RESULTS / "pruning_closed_loop.md"
     plot: Path = REPO / "docs" / "pruning_closed_loop.png"
 
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arms if arm not in TRAINING_ARMS]
+        if unknown:
+            raise ValueError(
+                f"Unknown training arms {unknown} (evaluation arms follow their training arm's weights); "
+                f"training arms: {', '.join(TRAINING_ARMS)}"
+            )
+
 
 def train_config(arm: str, seed: int, args: Args):
     from openpi.training import config as _config
