@@ -72,6 +72,8 @@ def test_the_last_line_is_the_json_summary(script, checkpoint, capsys):
     low, high = printed["ci95"]
     assert 0.0 <= low <= printed["success_rate"] <= high <= 1.0
     assert printed["kept_tokens_mean"] > 0 and 0.0 <= printed["target_recall"] <= 1.0
+    assert printed["kept_share_image"] + printed["kept_share_wrist_image"] == pytest.approx(1.0)
+    assert printed["target_in_view_image"] == 1.0  # the third-person camera sees the whole table
     assert set(printed["prompt_swap"]) == {
         "recall_named_target",
         "recall_other_before_swap",

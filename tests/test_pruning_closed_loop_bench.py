@@ -37,6 +37,23 @@ def test_comparison_table_says_which_arm_is_ahead_only_when_the_interval_exclude
     assert rows["union − unpruned"].endswith("| not shown |")
 
 
+def test_camera_table_lists_only_the_results_that_carry_the_breakdown():
+    older = {"seed": 0, "success_rate": 0.99, "target_recall": 0.38}
+    newer = {
+        "seed": 1,
+        "success_rate": 0.97,
+        "target_recall": 0.5,
+        "kept_share_image": 0.75,
+        "target_recall_image": 0.9,
+        "kept_share_wrist_image": 0.25,
+        "target_in_view_wrist_image": 0.4,
+        "target_recall_wrist_image": None,
+    }
+    assert bench._camera_table({"union": [older]}) == []
+    rows = [line for line in bench._camera_table({"union": [older, newer]}) if line.startswith("| union")]
+    assert rows == ["| union | 1 | 0.97 | 0.50 | 0.75 | 0.90 | 0.25 | 0.40 | – |"]
+
+
 def test_default_arm_trains_what_the_lightvla_config_trains():
     """The arm the results call the default pruner is the pruner ``pi05_shapes_lightvla`` ships with."""
     args = bench.Args()

@@ -109,6 +109,31 @@ def test_target_recall_is_one_for_exactly_the_target_and_zero_for_background():
     )
 
 
+def test_per_camera_scores_split_the_pooled_patches_by_camera():
+    env = ShapesEnv(ShapesTask(image_size=112, min_objects=1, max_objects=1))
+    env.reset(3)
+    target = env.scene.target
+    per_slot = GRID.patches_per_slot
+    env.effector = np.asarray(env.scene.objects[target].center)  # the wrist camera looks at the target
+    objects = GRID.object_patches(env.masks())
+    third_person_target = objects[target].copy()
+    third_person_target[per_slot:] = False
+    wrist_target = objects[target, per_slot : 2 * per_slot].sum()
+    assert third_person_target.sum() > 0 and wrist_target > 0
+    seen = rollout.score_kept_patches(third_person_target, objects, target, GRID)
+    image, wrist = seen.by_camera  # the model's third camera slot is no camera of the env
+    assert (image.camera, image.kept, image.target_kept) == ("image", third_person_target.sum(), image.target_patches)
+    assert (wrist.camera, wrist.kept, wrist.target_kept, wrist.target_patches) == ("wrist_image", 0, 0, wrist_target)
+    env.effector = np.asarray(env.scene.objects[target].center) + np.array([0.5, 0.0]) * (
+        1 if env.effector[0] < 0.5 else -1
+    )  # the wrist camera looks away
+    away = rollout.score_kept_patches(third_person_target, GRID.object_patches(env.masks()), target, GRID)
+    summary = rollout.camera_summary([seen, away])
+    assert summary["kept_share_image"] == 1.0 and summary["kept_share_wrist_image"] == 0.0
+    assert summary["target_recall_image"] == 1.0 and summary["target_in_view_image"] == 1.0
+    assert summary["target_recall_wrist_image"] == 0.0 and summary["target_in_view_wrist_image"] == 0.5
+
+
 def test_final_recall_scores_each_episodes_last_inference():
     hit, miss = rollout.KeptPatchScore(1.0, 1.0, True, 4), rollout.KeptPatchScore(0.0, 0.0, False, 4)
     results = [

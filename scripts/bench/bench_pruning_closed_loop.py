@@ -17,7 +17,8 @@ reaches them too), ``budget_trained25_gated_soft`` (the same, the budget ranked 
 at inference: the top-k of the quantity the gate differentiates, an idea toward target recall),
 ``budget_trained25_gated_t05`` (the default with the scores as cosines over a temperature of 0.5, ``|S| <= 2``
 instead of ``sqrt(64) = 8``: more training noise against the scores and a flatter softmax, so the gate's gradient
-spreads over more patches; another idea toward target recall),
+spreads over more patches; another idea toward target recall), ``budget_trained25_gated_t1`` (the same at a
+temperature of 1, ``|S| <= 1``: the next step of that dose),
 ``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the noisy scores),
 ``union`` (the union with centred scoring), ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax
 ablations), ``plan_b`` (the noisy actions in the pruner's context in training, the sampling's starting noise at
@@ -26,7 +27,7 @@ Evaluation arms add, on the unpruned weights, the training-free budgets ``budget
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random);
 on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` /
 ``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` / ``budget_trained25_gated_soft_random`` /
-``budget_trained25_gated_t05_random`` (the same count at random)
+``budget_trained25_gated_t05_random`` / ``budget_trained25_gated_t1_random`` (the same count at random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
 ``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
@@ -96,6 +97,7 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "budget_trained25_gated": ("pi05_shapes_lightvla", GATED25, {}),
     "budget_trained25_gated_soft": ("pi05_shapes_lightvla", {**GATED25, "token_prune_rank_by_soft_votes": True}, {}),
     "budget_trained25_gated_t05": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 0.5}, {}),
+    "budget_trained25_gated_t1": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 1.0}, {}),
 }
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
@@ -136,6 +138,12 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_t05",
         {"random_keep": True},
     ),
+    "budget_trained25_gated_t1": ("budget_trained25_gated_t1", "budget_trained25_gated_t1", {}),
+    "budget_trained25_gated_t1_random": (
+        "budget_trained25_gated_t1",
+        "budget_trained25_gated_t1",
+        {"random_keep": True},
+    ),
     "unpruned_no_target": ("unpruned", "union", {"token_prune_keep_ratio": 1.0, "exclude_target": True}),
     "budget_trained25_gated_no_target": ("budget_trained25_gated", "budget_trained25_gated", {"exclude_target": True}),
     "budget_trained25_gated_no_target_random": (
@@ -167,6 +175,10 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_t05", "unpruned"),
     ("budget_trained25_gated_t05", "budget_trained25_gated_t05_random"),
     ("budget_trained25_gated_t05", "budget_trained25_gated"),
+    ("budget_trained25_gated_t1", "unpruned"),
+    ("budget_trained25_gated_t1", "budget_trained25_gated_t1_random"),
+    ("budget_trained25_gated_t1", "budget_trained25_gated"),
+    ("budget_trained25_gated_t1", "budget_trained25_gated_t05"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -387,7 +399,7 @@ def _report(args: Args) -> None:
             f"| {_swap_recall(swaps)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
-    lines += ["", _precondition(rate, results), "", *_comparison_table(results)]
+    lines += ["", _precondition(rate, results), "", *_camera_table(results), *_comparison_table(results)]
     args.output.write_text("\n".join([*lines, ""]))
     _plot(results, pooled, args.plot)
 
@@ -436,6 +448,32 @@ def _comparison_table(results: dict[str, list[dict]]) -> list[str]:
             f"| {verdict} |"
         )
     return lines
+
+
+def _camera_table(results: dict[str, list[dict]]) -> list[str]:
+    """Per arm and seed, where the kept patches lie per camera (the results that carry it; older ones predate it)."""
+    rows = [
+        f"| {arm} | {r['seed']} | {r['success_rate']:.2f} | {_fmt(r['target_recall'])} "
+        f"| {_fmt(r['kept_share_image'])} | {_fmt(r['target_recall_image'])} "
+        f"| {_fmt(r['kept_share_wrist_image'])} | {_fmt(r['target_in_view_wrist_image'])} "
+        f"| {_fmt(r['target_recall_wrist_image'])} |"
+        for arm, runs in results.items()
+        for r in runs
+        if r.get("kept_share_image") is not None
+    ]
+    if not rows:
+        return []
+    return [
+        "Per camera (the evaluations run since the breakdown was added): each camera's share of the kept patches, "
+        "and its target recall over the inferences where the target is in its view (the third-person camera always "
+        "sees it; the wrist camera only near it, 'in view').",
+        "",
+        "| arm | seed | success | target recall | third-person: kept share | recall | wrist: kept share | in view "
+        "| recall |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _precondition(rate: dict[str, float], results: dict[str, list[dict]]) -> str:

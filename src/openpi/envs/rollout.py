@@ -4,7 +4,8 @@ The policy is anything with ``infer(observation) -> {"actions": [H, 7], ...}``: 
 :class:`~openpi.policies.policy.Policy` or a websocket client. When its outputs carry ``kept_patch_mask`` (a pruning
 policy with ``return_kept_patches``), every inference is also scored against the scene's object masks: which
 fraction of the target's patches was kept (target recall), which fraction of the kept patches lies on any object,
-and whether at least one target patch was kept.
+and whether at least one target patch was kept; and per camera, where the kept patches lie and how much of the target
+they hold where it is in view.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class PatchGrid:
 
 
 @dataclasses.dataclass(frozen=True)
+class CameraScore:
+    """One camera's part of a kept set at one inference."""
+
+    camera: str
+    kept: int  # kept patches of this camera
+    target_patches: int  # patches of this camera covering the target (0: the target is out of its view)
+    target_kept: int  # of those, kept
+
+
+@dataclasses.dataclass(frozen=True)
 class KeptPatchScore:
     """How a kept set relates to the scene's objects at one inference."""
 
@@ -66,10 +77,14 @@ class KeptPatchScore:
     on_object: float  # kept patches on any object / kept patches
     target_hit: bool  # at least one target patch kept
     kept: int
+    by_camera: tuple[CameraScore, ...] = ()  # per camera of the grid, when scored with one
 
 
-def score_kept_patches(kept: np.ndarray, objects: np.ndarray, target: int) -> KeptPatchScore:
-    """Scores ``kept`` (``[N]`` bool) against ``objects`` (``[num_objects, N]`` bool) for object ``target``."""
+def score_kept_patches(
+    kept: np.ndarray, objects: np.ndarray, target: int, grid: PatchGrid | None = None
+) -> KeptPatchScore:
+    """Scores ``kept`` (``[N]`` bool) against ``objects`` (``[num_objects, N]`` bool) for object ``target``; with
+    ``grid``, also per camera (the pooled patches are camera-major, ``grid.patches_per_slot`` per slot)."""
     kept = np.asarray(kept, dtype=bool)
     target_patches = objects[target]
     hits = int((kept & target_patches).sum())
@@ -79,7 +94,20 @@ def score_kept_patches(kept: np.ndarray, objects: np.ndarray, target: int) -> Ke
         on_object=on_object / max(1, int(kept.sum())),
         target_hit=hits > 0,
         kept=int(kept.sum()),
+        by_camera=() if grid is None else _score_cameras(kept, target_patches, grid),
     )
+
+
+def _score_cameras(kept: np.ndarray, target_patches: np.ndarray, grid: PatchGrid) -> tuple[CameraScore, ...]:
+    per_slot = grid.patches_per_slot
+    scores = []
+    for slot, camera in enumerate(grid.cameras):
+        window = slice(slot * per_slot, (slot + 1) * per_slot)
+        kept_here, target_here = kept[window], target_patches[window]
+        scores.append(
+            CameraScore(camera, int(kept_here.sum()), int(target_here.sum()), int((kept_here & target_here).sum()))
+        )
+    return tuple(scores)
 
 
 @dataclasses.dataclass
@@ -118,7 +146,7 @@ def _record_inference(result: EpisodeResult, output: dict, env: ShapesEnv, grid:
         result.kept_ratio.append(float(pruning["kept_ratio_overall_mean"]))
     if grid is not None and "kept_patch_mask" in output:
         objects = grid.object_patches(env.masks())
-        result.kept_patches.append(score_kept_patches(output["kept_patch_mask"], objects, env.scene.target))
+        result.kept_patches.append(score_kept_patches(output["kept_patch_mask"], objects, env.scene.target, grid))
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -134,7 +162,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     """The evaluation's summary: success rate with its Wilson 95% interval, steps, kept patches, recall (over every
-    inference; ``*_final`` over each episode's last one, whose chunk ends it: in a success, the close), latency."""
+    inference; ``*_final`` over each episode's last one, whose chunk ends it: in a success, the close), latency, and
+    per camera (:func:`camera_summary`)."""
     successes = sum(r.success for r in results)
     scores = [s for r in results for s in r.kept_patches]
     finals = [r.kept_patches[-1] for r in results if r.kept_patches]
@@ -154,7 +183,23 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "target_recall_final": _mean(s.target_recall for s in finals),
         "target_hit_rate_final": _mean(float(s.target_hit) for s in finals),
         "infer_ms_p50": statistics.median(infer_ms) if infer_ms else None,
+        **camera_summary(scores),
     }
+
+
+def camera_summary(scores: Sequence[KeptPatchScore]) -> dict[str, float | None]:
+    """Per camera ``c`` of the scored inferences: ``kept_share_{c}`` (its share of the kept patches),
+    ``target_in_view_{c}`` (the share of inferences whose target covers a patch of it) and ``target_recall_{c}`` (kept
+    target patches / target patches in it, over the inferences where the target is in its view)."""
+    cameras = dict.fromkeys(c.camera for s in scores for c in s.by_camera)
+    summary: dict[str, float | None] = {}
+    for camera in cameras:
+        parts = [(s, c) for s in scores for c in s.by_camera if c.camera == camera]
+        in_view = [c for _, c in parts if c.target_patches > 0]
+        summary[f"kept_share_{camera}"] = _mean(c.kept / max(1, s.kept) for s, c in parts)
+        summary[f"target_in_view_{camera}"] = len(in_view) / len(parts)
+        summary[f"target_recall_{camera}"] = _mean(c.target_kept / c.target_patches for c in in_view)
+    return summary
 
 
 def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: PatchGrid) -> dict[str, float | None]:
