@@ -11,9 +11,9 @@ Episode ``i`` starts from scene seed ``HELD_OUT_SEED_BASE + seed * 100_000 + i``
 from. The last line of the output is one JSON object: ``success_rate``, ``ci95`` (Wilson), ``episodes``,
 ``mean_steps``, ``kept_tokens_mean``, ``kept_ratio_mean``, ``target_recall``, ``target_hit_rate``,
 ``kept_on_object``, ``target_recall_final`` and ``target_hit_rate_final`` (each episode's last inference),
-``infer_ms_p50``, per camera ``c`` (``image``, ``wrist_image``) ``kept_share_c``, ``target_in_view_c`` and
-``target_recall_c`` (over the inferences where the target is in that camera's view), and ``prompt_swap`` with
-``--prompt-swap N``.
+``infer_ms_p50``, per camera ``c`` (``image``, ``wrist_image``) ``kept_share_c``, ``target_in_view_c``,
+``target_patches_c`` and ``target_recall_c`` (the last two over the inferences where the target is in that camera's
+view), and ``prompt_swap`` with ``--prompt-swap N``.
 """
 
 from __future__ import annotations

@@ -44,14 +44,16 @@ def test_camera_table_lists_only_the_results_that_carry_the_breakdown():
         "success_rate": 0.97,
         "target_recall": 0.5,
         "kept_share_image": 0.75,
+        "target_patches_image": 3.5,
         "target_recall_image": 0.9,
         "kept_share_wrist_image": 0.25,
         "target_in_view_wrist_image": 0.4,
+        "target_patches_wrist_image": None,
         "target_recall_wrist_image": None,
     }
     assert bench._camera_table({"union": [older]}) == []
     rows = [line for line in bench._camera_table({"union": [older, newer]}) if line.startswith("| union")]
-    assert rows == ["| union | 1 | 0.97 | 0.50 | 0.75 | 0.90 | 0.25 | 0.40 | – |"]
+    assert rows == ["| union | 1 | 0.97 | 0.50 | 0.75 | 3.5 | 0.90 | 0.25 | 0.40 | – | – |"]
 
 
 def test_default_arm_trains_what_the_lightvla_config_trains():

@@ -132,6 +132,8 @@ def test_per_camera_scores_split_the_pooled_patches_by_camera():
     assert summary["kept_share_image"] == 1.0 and summary["kept_share_wrist_image"] == 0.0
     assert summary["target_recall_image"] == 1.0 and summary["target_in_view_image"] == 1.0
     assert summary["target_recall_wrist_image"] == 0.0 and summary["target_in_view_wrist_image"] == 0.5
+    assert summary["target_patches_wrist_image"] == wrist_target  # over the inferences it is in view
+    assert summary["target_patches_image"] == third_person_target.sum()
 
 
 def test_final_recall_scores_each_episodes_last_inference():

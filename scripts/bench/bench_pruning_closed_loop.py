@@ -454,9 +454,9 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
     """Per arm and seed, where the kept patches lie per camera (the results that carry it; older ones predate it)."""
     rows = [
         f"| {arm} | {r['seed']} | {r['success_rate']:.2f} | {_fmt(r['target_recall'])} "
-        f"| {_fmt(r['kept_share_image'])} | {_fmt(r['target_recall_image'])} "
+        f"| {_fmt(r['kept_share_image'])} | {_fmt(r['target_patches_image'], 1)} | {_fmt(r['target_recall_image'])} "
         f"| {_fmt(r['kept_share_wrist_image'])} | {_fmt(r['target_in_view_wrist_image'])} "
-        f"| {_fmt(r['target_recall_wrist_image'])} |"
+        f"| {_fmt(r['target_patches_wrist_image'], 1)} | {_fmt(r['target_recall_wrist_image'])} |"
         for arm, runs in results.items()
         for r in runs
         if r.get("kept_share_image") is not None
@@ -465,12 +465,12 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
         return []
     return [
         "Per camera (the evaluations run since the breakdown was added): each camera's share of the kept patches, "
-        "and its target recall over the inferences where the target is in its view (the third-person camera always "
-        "sees it; the wrist camera only near it, 'in view').",
+        "and over the inferences where the target is in its view the patches it covers there and its recall (the "
+        "third-person camera always sees it; the wrist camera only near it, 'in view'). Target recall pools both.",
         "",
-        "| arm | seed | success | target recall | third-person: kept share | recall | wrist: kept share | in view "
-        "| recall |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | seed | success | target recall | third-person: kept share | target patches | recall "
+        "| wrist: kept share | in view | target patches | recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

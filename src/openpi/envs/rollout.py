@@ -189,8 +189,9 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
 
 def camera_summary(scores: Sequence[KeptPatchScore]) -> dict[str, float | None]:
     """Per camera ``c`` of the scored inferences: ``kept_share_{c}`` (its share of the kept patches),
-    ``target_in_view_{c}`` (the share of inferences whose target covers a patch of it) and ``target_recall_{c}`` (kept
-    target patches / target patches in it, over the inferences where the target is in its view)."""
+    ``target_in_view_{c}`` (the share of inferences whose target covers a patch of it), and over the inferences where
+    the target is in its view ``target_patches_{c}`` (how many of its patches the target covers) and
+    ``target_recall_{c}`` (kept target patches / target patches in it)."""
     cameras = dict.fromkeys(c.camera for s in scores for c in s.by_camera)
     summary: dict[str, float | None] = {}
     for camera in cameras:
@@ -198,6 +199,7 @@ def camera_summary(scores: Sequence[KeptPatchScore]) -> dict[str, float | None]:
         in_view = [c for _, c in parts if c.target_patches > 0]
         summary[f"kept_share_{camera}"] = _mean(c.kept / max(1, s.kept) for s, c in parts)
         summary[f"target_in_view_{camera}"] = len(in_view) / len(parts)
+        summary[f"target_patches_{camera}"] = _mean(c.target_patches for c in in_view)
         summary[f"target_recall_{camera}"] = _mean(c.target_kept / c.target_patches for c in in_view)
     return summary
 
