@@ -13,7 +13,8 @@ from. The last line of the output is one JSON object: ``success_rate``, ``ci95``
 ``kept_on_object``, ``target_recall_final`` and ``target_hit_rate_final`` (each episode's last inference),
 ``infer_ms_p50``, per camera ``c`` (``image``, ``wrist_image``) ``kept_share_c``, ``target_in_view_c``,
 ``target_patches_c`` and ``target_recall_c`` (the last two over the inferences where the target is in that camera's
-view), and ``prompt_swap`` with ``--prompt-swap N``.
+view), ``target_far_share`` with ``target_recall_near``/``_far`` and ``target_hit_rate_near``/``_far`` (split at
+the target's centre entering the wrist camera's view), and ``prompt_swap`` with ``--prompt-swap N``.
 """
 
 from __future__ import annotations

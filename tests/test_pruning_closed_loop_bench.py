@@ -50,10 +50,14 @@ def test_camera_table_lists_only_the_results_that_carry_the_breakdown():
         "target_in_view_wrist_image": 0.4,
         "target_patches_wrist_image": None,
         "target_recall_wrist_image": None,
+        "target_far_share": 0.6,
+        "target_hit_rate_near": 1.0,
+        "target_hit_rate_far": 0.25,
+        "target_recall_far": 0.2,
     }
     assert bench._camera_table({"union": [older]}) == []
     rows = [line for line in bench._camera_table({"union": [older, newer]}) if line.startswith("| union")]
-    assert rows == ["| union | 1 | 0.97 | 0.50 | 0.75 | 3.5 | 0.90 | 0.25 | 0.40 | – | – |"]
+    assert rows == ["| union | 1 | 0.97 | 0.50 | 0.75 | 3.5 | 0.90 | 0.25 | 0.40 | – | – | 0.60 | 1.00 | 0.25 | 0.20 |"]
 
 
 def test_default_arm_trains_what_the_lightvla_config_trains():

@@ -147,6 +147,28 @@ def test_final_recall_scores_each_episodes_last_inference():
     assert summary["target_hit_rate_final"] == summary["target_recall_final"] == 0.5
 
 
+class KeepsTargetNearEffectorPolicy(ExpertPolicy):
+    """The expert, keeping the target's patches only once the target is in the wrist camera's view."""
+
+    def infer(self, obs: dict) -> dict:
+        objects = GRID.object_patches(self.env.masks())
+        target = self.env.scene.target
+        near = np.abs(np.asarray(self.env.scene.objects[target].center) - self.env.effector).max() < 0.2  # in view
+        return {**super().infer(obs), "kept_patch_mask": objects[target] & near}
+
+
+def test_distance_split_finds_a_kept_set_that_sees_the_target_only_near_the_effector():
+    env = ShapesEnv(ShapesTask(image_size=112, min_objects=1, max_objects=1))
+    policy = KeepsTargetNearEffectorPolicy(env)
+    results = [rollout.run_episode(env, policy, seed, replan_steps=1, grid=GRID) for seed in range(20)]
+    summary = rollout.summarize(results)
+    assert summary["target_hit_rate_near"] == summary["target_recall_near"] == 1.0
+    assert summary["target_hit_rate_far"] == summary["target_recall_far"] == 0.0
+    assert 0.0 < summary["target_far_share"] < 1.0
+    assert summary["target_hit_rate"] == pytest.approx(1.0 - summary["target_far_share"])
+    assert rollout.distance_summary([rollout.KeptPatchScore(1.0, 1.0, True, 4)]) == {}  # no offset recorded
+
+
 class KeepsObjectsPolicy:
     """Keeps the patches of the named target (``follows_prompt``) or of every object, whatever the prompt."""
 

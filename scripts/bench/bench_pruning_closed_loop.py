@@ -456,7 +456,9 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
         f"| {arm} | {r['seed']} | {r['success_rate']:.2f} | {_fmt(r['target_recall'])} "
         f"| {_fmt(r['kept_share_image'])} | {_fmt(r['target_patches_image'], 1)} | {_fmt(r['target_recall_image'])} "
         f"| {_fmt(r['kept_share_wrist_image'])} | {_fmt(r['target_in_view_wrist_image'])} "
-        f"| {_fmt(r['target_patches_wrist_image'], 1)} | {_fmt(r['target_recall_wrist_image'])} |"
+        f"| {_fmt(r['target_patches_wrist_image'], 1)} | {_fmt(r['target_recall_wrist_image'])} "
+        f"| {_fmt(r.get('target_far_share'))} | {_fmt(r.get('target_hit_rate_near'))} "
+        f"| {_fmt(r.get('target_hit_rate_far'))} | {_fmt(r.get('target_recall_far'))} |"
         for arm, runs in results.items()
         for r in runs
         if r.get("kept_share_image") is not None
@@ -466,11 +468,13 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
     return [
         "Per camera (the evaluations run since the breakdown was added): each camera's share of the kept patches, "
         "and over the inferences where the target is in its view the patches it covers there and its recall (the "
-        "third-person camera always sees it; the wrist camera only near it, 'in view'). Target recall pools both.",
+        "third-person camera always sees it; the wrist camera only near it, 'in view'). Target recall pools both. "
+        "Far: the share of inferences with the target's centre outside the wrist camera's view, where only the "
+        "third-person camera shows the way; hit and recall on either side of that line.",
         "",
         "| arm | seed | success | target recall | third-person: kept share | target patches | recall "
-        "| wrist: kept share | in view | target patches | recall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wrist: kept share | in view | target patches | recall | far | hit near | hit far | recall far |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

@@ -19,7 +19,11 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from openpi.envs.shapes import Scene, ShapesEnv
+from openpi.envs.shapes import WRIST_FIELD_OF_VIEW, Scene, ShapesEnv
+
+# An inference is "near" when the target's centre lies inside the wrist camera's view (half its field of view from the
+# effector on both axes), "far" otherwise: then only the third-person camera shows where to go.
+NEAR_DISTANCE = WRIST_FIELD_OF_VIEW / 2
 
 
 class Policy(Protocol):
@@ -78,6 +82,7 @@ class KeptPatchScore:
     target_hit: bool  # at least one target patch kept
     kept: int
     by_camera: tuple[CameraScore, ...] = ()  # per camera of the grid, when scored with one
+    target_offset: float | None = None  # the effector's Chebyshev distance to the target's centre, when known
 
 
 def score_kept_patches(
@@ -146,7 +151,9 @@ def _record_inference(result: EpisodeResult, output: dict, env: ShapesEnv, grid:
         result.kept_ratio.append(float(pruning["kept_ratio_overall_mean"]))
     if grid is not None and "kept_patch_mask" in output:
         objects = grid.object_patches(env.masks())
-        result.kept_patches.append(score_kept_patches(output["kept_patch_mask"], objects, env.scene.target, grid))
+        score = score_kept_patches(output["kept_patch_mask"], objects, env.scene.target, grid)
+        offset = np.abs(np.asarray(env.scene.objects[env.scene.target].center) - env.effector).max()
+        result.kept_patches.append(dataclasses.replace(score, target_offset=float(offset)))
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -163,7 +170,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     """The evaluation's summary: success rate with its Wilson 95% interval, steps, kept patches, recall (over every
     inference; ``*_final`` over each episode's last one, whose chunk ends it: in a success, the close), latency, and
-    per camera (:func:`camera_summary`)."""
+    per camera (:func:`camera_summary`) and by the target's distance (:func:`distance_summary`)."""
     successes = sum(r.success for r in results)
     scores = [s for r in results for s in r.kept_patches]
     finals = [r.kept_patches[-1] for r in results if r.kept_patches]
@@ -184,7 +191,27 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "target_hit_rate_final": _mean(float(s.target_hit) for s in finals),
         "infer_ms_p50": statistics.median(infer_ms) if infer_ms else None,
         **camera_summary(scores),
+        **distance_summary(scores),
     }
+
+
+def distance_summary(scores: Sequence[KeptPatchScore]) -> dict[str, float | None]:
+    """``target_far_share`` (the share of scored inferences with the target outside the wrist camera's view), and
+    ``target_recall_{near,far}`` / ``target_hit_rate_{near,far}`` over the inferences on either side of
+    :data:`NEAR_DISTANCE`: does the kept set find the target while the policy still has to get there?"""
+    known = [s for s in scores if s.target_offset is not None]
+    if not known:
+        return {}
+    summary: dict[str, float | None] = {
+        "target_far_share": sum(s.target_offset >= NEAR_DISTANCE for s in known) / len(known)
+    }
+    for side, part in (
+        ("near", [s for s in known if s.target_offset < NEAR_DISTANCE]),
+        ("far", [s for s in known if s.target_offset >= NEAR_DISTANCE]),
+    ):
+        summary[f"target_recall_{side}"] = _mean(s.target_recall for s in part)
+        summary[f"target_hit_rate_{side}"] = _mean(float(s.target_hit) for s in part)
+    return summary
 
 
 def camera_summary(scores: Sequence[KeptPatchScore]) -> dict[str, float | None]:
