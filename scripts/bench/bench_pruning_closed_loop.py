@@ -262,7 +262,8 @@ def train_config(arm: str, seed: int, args: Args):
 
 
 def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
-    """Trains one arm (in a worker process); returns its checkpoint, final loss and wall time."""
+    """Trains one arm (in a worker process); returns its checkpoint, final loss, wall time and thread count (training
+    is not bit-reproducible across thread counts: a retrain with other threads is another policy)."""
     import torch
 
     from openpi.training import trainer
@@ -276,6 +277,7 @@ def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
         "final_loss": result.history[-1]["loss"],
         "train_minutes": (time.perf_counter() - start) / 60,
         "steps": config.num_train_steps,
+        "threads": threads,
     }
 
 
