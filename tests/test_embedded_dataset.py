@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -93,6 +94,17 @@ def test_actions_step_toward_target_and_close_gripper_on_arrival():
     distances = [np.abs(f["actions"][:2]).sum() for f in frames]
     assert distances[-1] < distances[0]
     assert np.any(frames[0]["wrist_image"] != frames[-1]["wrist_image"])
+
+
+def test_position_actions_record_the_targets_position_in_their_own_folder():
+    spec = shapes_dataset.EmbeddedDatasetSpec(num_episodes=1, episode_length=20, image_size=32, action_space="position")
+    assert spec.folder_name != dataclasses.replace(spec, action_space="delta").folder_name
+    rng = np.random.default_rng(3)
+    frames = list(shapes_dataset.generate_episode(rng, spec))
+    scene = shapes.sample_scene(np.random.default_rng(3), spec.task)  # the episode's scene: its first draw
+    target = scene.objects[scene.target].center
+    np.testing.assert_allclose([f["actions"][:2] for f in frames], [target] * len(frames), atol=1e-7)
+    assert frames[0]["actions"][-1] == -1.0 and frames[-1]["actions"][-1] == 1.0
 
 
 def test_a_killed_generation_leaves_no_partial_copy_behind(embedded_data_home):

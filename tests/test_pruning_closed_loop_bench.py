@@ -84,6 +84,13 @@ def test_every_evaluation_arm_is_runnable_as_written():
         assert set(options) <= eval_fields, arm
 
 
+def test_the_action_space_reaches_the_training_data_and_the_evaluation_env():
+    """The evaluation builds its env from the trained config's ``data.spec.task``."""
+    assert bench.train_config("unpruned", 0, bench.Args()).data.spec.task.action_space == "delta"
+    position = bench.train_config(bench.DEFAULT_ARM, 0, bench.Args(action_space="position")).data.spec
+    assert position.task.action_space == "position" and position.folder_name.endswith("_position")
+
+
 def test_an_unknown_training_arm_is_named():
     with pytest.raises(ValueError, match=r"Unknown training arms \['budget_trained25_gated_random'\]"):
         bench.Args(arms=("unpruned", "budget_trained25_gated_random"))

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from openpi.envs import rollout
-from openpi.envs.shapes import COLORS, GRASP_RADIUS, Scene, SceneObject, ShapesEnv, ShapesTask, sample_scene
+from openpi.envs.shapes import (
+    COLORS,
+    GRASP_RADIUS,
+    MAX_STEP,
+    Scene,
+    SceneObject,
+    ShapesEnv,
+    ShapesTask,
+    sample_scene,
+)
 
 GRID = rollout.PatchGrid(image_size=112, patch_size=14)
 
@@ -23,12 +32,79 @@ class ExpertPolicy:
         return {"actions": np.stack([self.env.expert_action()] * self.horizon)}
 
 
-@pytest.mark.parametrize("task", [ShapesTask(), ShapesTask(min_objects=4, max_objects=5, shared_attributes=True)])
+@pytest.mark.parametrize(
+    "task",
+    [
+        ShapesTask(),
+        ShapesTask(min_objects=4, max_objects=5, shared_attributes=True),
+        ShapesTask(action_space="position"),
+    ],
+)
 def test_the_expert_solves_its_own_scenes(task):
     env = ShapesEnv(task)
     results = [rollout.run_episode(env, ExpertPolicy(env), seed, replan_steps=1) for seed in range(40)]
     assert all(r.success for r in results)
     assert max(r.steps for r in results) < task.max_steps
+
+
+def _expert_path(task: ShapesTask, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The effector's positions and the expert's actions over one episode of the expert."""
+    env = ShapesEnv(task)
+    env.reset(seed)
+    positions, actions = [env.effector.copy()], []
+    for _ in range(task.max_steps):
+        actions.append(env.expert_action())
+        step = env.step(actions[-1])
+        positions.append(env.effector.copy())
+        if step.done:
+            break
+    return np.stack(positions), np.stack(actions)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_position_actions_move_the_effector_as_delta_actions_do_and_name_the_target(seed):
+    delta_path, delta_actions = _expert_path(ShapesTask(min_objects=1, max_objects=1), seed)
+    position_path, position_actions = _expert_path(
+        ShapesTask(min_objects=1, max_objects=1, action_space="position"), seed
+    )
+    np.testing.assert_allclose(position_path, delta_path, atol=1e-9)  # only what the action encodes differs
+    env = ShapesEnv(ShapesTask(min_objects=1, max_objects=1))
+    env.reset(seed)
+    np.testing.assert_allclose(
+        position_actions[:, :2], np.broadcast_to(env.scene.objects[0].center, (len(position_actions), 2)), atol=1e-7
+    )
+    np.testing.assert_array_equal(position_actions[:, -1], delta_actions[:, -1])
+
+
+def test_far_from_the_target_the_delta_experts_action_is_saturated_and_says_only_the_direction():
+    saturated = {"far": [], "near": []}
+    for seed in range(40):
+        path, actions = _expert_path(ShapesTask(min_objects=1, max_objects=1), seed)
+        env = ShapesEnv(ShapesTask(min_objects=1, max_objects=1))
+        env.reset(seed)
+        offsets = np.abs(np.asarray(env.scene.objects[0].center) - path[: len(actions)]).max(axis=1)
+        for offset, action in zip(offsets, actions, strict=True):
+            side = "far" if offset >= rollout.NEAR_DISTANCE else "near"
+            saturated[side].append(np.abs(action[:2]).max() == 1.0)
+    assert len(saturated["far"]) > 50 and all(saturated["far"])
+    assert not all(saturated["near"])
+
+
+def test_a_position_action_is_approached_by_at_most_max_step_per_axis():
+    env = ShapesEnv(ShapesTask(action_space="position"))
+    env.reset(0)
+    env.effector = np.array([0.2, 0.5])
+    goal = np.array([0.9, 0.55, 0, 0, 0, 0, -1.0])
+    env.move(goal)
+    np.testing.assert_allclose(env.effector, [0.2 + MAX_STEP, 0.55], atol=0.03)  # 0.03: a few drift stds
+    for _ in range(10):
+        env.move(goal)
+    np.testing.assert_allclose(env.effector, goal[:2], atol=0.03)
+
+
+def test_an_unknown_action_space_is_refused():
+    with pytest.raises(ValueError, match="action_space"):
+        ShapesTask(action_space="velocity")
 
 
 CLOSE = np.array([0, 0, 0, 0, 0, 0, 1.0])

@@ -51,6 +51,8 @@ from typing import Any
 
 import tyro
 
+from openpi.envs.shapes import ActionSpace
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
 
@@ -213,6 +215,9 @@ class Args:
     """Objects per scene (default: the config's 3-4); 1 asks only whether the policy can localise."""
     num_episodes: int | None = None
     """Training scenes (default: the config's)."""
+    action_space: ActionSpace | None = None
+    """What the actions encode (default: the config's, ``delta``, the step, saturated far from the target);
+    ``position``: the point to move to, so every action needs the target's exact position (see ``ShapesTask``)."""
     ema_decay: float | None = None
     """EMA of the weights (evaluated in place of the raw weights); default: the config's (none)."""
     jobs: int = 2
@@ -242,6 +247,8 @@ def train_config(arm: str, seed: int, args: Args):
         data_overrides = {**data_overrides, "min_objects": args.objects, "max_objects": args.objects}
     if args.num_episodes is not None:
         data_overrides = {**data_overrides, "num_episodes": args.num_episodes}
+    if args.action_space is not None:
+        data_overrides = {**data_overrides, "action_space": args.action_space}
     steps = args.steps or config.num_train_steps
     return dataclasses.replace(
         config,

@@ -1,8 +1,10 @@
 """The shapes scene: coloured shapes on a table, an end effector that moves over them, and a scripted expert.
 
 The prompt names one object ("move to the red square"); the expert steps toward it and closes the gripper within
-reach. Closing the gripper over an object grasps it (the named target: success; another object: failure); closing it
-over the bare table grasps nothing and the episode goes on. The target's position is only visible in the images
+reach. Its action is either the step to take (``delta``, saturated at ``MAX_STEP`` per axis: far from the target only
+the direction matters) or the point to move to (``position``: the target's exact position at every step). Closing
+the gripper over an object grasps it (the named target: success; another object: failure); closing it over the bare
+table grasps nothing and the episode goes on. The target's position is only visible in the images
 (the state is the effector's position), so a policy has to look. Positions are in workspace units ``[0, 1]^2``;
 ``y`` grows downwards in the image.
 
@@ -14,6 +16,8 @@ expert's recorded episodes.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -33,6 +37,8 @@ MIN_OBJECT_DISTANCE = 0.25
 WRIST_FIELD_OF_VIEW = 0.4
 MOTION_NOISE = 0.005  # std of the effector's random drift per step
 CAMERAS = ("image", "wrist_image")  # the LIBERO feature names of the third-person and the wrist camera
+ActionSpace = Literal["delta", "position"]  # what action[:2] means: the step to take, or the point to move to
+ACTION_SPACES: tuple[str, ...] = typing.get_args(ActionSpace)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,12 @@ class ShapesTask:
 
     ``shared_attributes``: a distractor shares the target's colour and another its shape (when there are enough
     objects), so that only the whole prompt identifies the target. Otherwise colours are distinct.
+
+    ``action_space``: ``delta``, ``action[:2]`` is the step, ``clip(action, -1, 1) * MAX_STEP`` per axis (the expert's
+    is saturated on some axis whenever the target is over ``MAX_STEP`` away on it, so there only the direction to the
+    target matters); ``position``, ``action[:2]`` is the point to move to in workspace units, approached by at most
+    ``MAX_STEP`` per axis and step (the expert's is the target's centre, so every action needs its exact position).
+    The effector moves the same way in both.
     """
 
     min_objects: int = 3
@@ -66,8 +78,11 @@ class ShapesTask:
     shared_attributes: bool = False
     image_size: int = 96
     max_steps: int = 30
+    action_space: ActionSpace = "delta"
 
     def __post_init__(self) -> None:
+        if self.action_space not in ACTION_SPACES:
+            raise ValueError(f"action_space must be one of {ACTION_SPACES}, got {self.action_space!r}")
         if not 1 <= self.min_objects <= self.max_objects <= 6:
             raise ValueError(f"Need 1 <= min_objects <= max_objects <= 6, got {self.min_objects}, {self.max_objects}")
         if not self.shared_attributes and self.max_objects > len(COLORS):
@@ -166,12 +181,15 @@ def render_frame(table: np.ndarray, effector: np.ndarray) -> tuple[np.ndarray, n
     return image, wrist_view(table, effector)
 
 
-def expert_action(scene: Scene, effector: np.ndarray) -> np.ndarray:
-    """The 7-dim action: clipped (dx, dy) step toward the target in [-1, 1], zeros, gripper (+1 closed, -1 open)."""
+def expert_action(scene: Scene, effector: np.ndarray, action_space: ActionSpace = "delta") -> np.ndarray:
+    """The 7-dim action: (x, y) motion, zeros, gripper (+1 closed, -1 open). The motion is the clipped step toward the
+    target in [-1, 1] (``delta``) or the target's centre (``position``); see :class:`ShapesTask`."""
+    if action_space not in ACTION_SPACES:
+        raise ValueError(f"action_space must be one of {ACTION_SPACES}, got {action_space!r}")
     target = np.asarray(scene.objects[scene.target].center)
     delta = target - effector
     action = np.zeros(ACTION_DIM, dtype=np.float32)
-    action[:2] = np.clip(delta / MAX_STEP, -1.0, 1.0)
+    action[:2] = target if action_space == "position" else np.clip(delta / MAX_STEP, -1.0, 1.0)
     action[-1] = 1.0 if np.linalg.norm(delta) < REACH_RADIUS else -1.0
     return action
 
@@ -186,7 +204,8 @@ class StepResult:
 class ShapesEnv:
     """The shapes scene as an environment with LIBERO-format observations.
 
-    ``step(action)`` moves the effector by ``clip(action[:2], -1, 1) * MAX_STEP`` plus a small random drift. Closing
+    ``step(action)`` moves the effector by ``clip(action[:2], -1, 1) * MAX_STEP`` (``delta`` actions) or toward the
+    point ``action[:2]`` by at most ``MAX_STEP`` per axis (``position`` actions), plus a small random drift. Closing
     the gripper (``action[-1] > 0``) within ``GRASP_RADIUS`` of an object's centre grasps it and ends the episode: a
     success for the named target, a failure for any other object. Closing it over the bare table grasps nothing (the
     effector moves as usual). After ``task.max_steps`` steps the episode ends as a failure.
@@ -227,11 +246,15 @@ class ShapesEnv:
         }
 
     def expert_action(self) -> np.ndarray:
-        return expert_action(self._scene(), self.effector)
+        return expert_action(self._scene(), self.effector, self.task.action_space)
 
     def move(self, action: np.ndarray) -> None:
         """Applies the motion of ``action`` (no success check): the dataset recorder's step."""
-        step = np.clip(np.asarray(action)[:2], -1.0, 1.0) * MAX_STEP
+        motion = np.asarray(action)[:2]
+        if self.task.action_space == "position":
+            step = np.clip(motion - self.effector, -MAX_STEP, MAX_STEP)
+        else:
+            step = np.clip(motion, -1.0, 1.0) * MAX_STEP
         self.effector = np.clip(self.effector + step + self._rng.normal(0, MOTION_NOISE, size=2), 0.0, 1.0)
 
     def step(self, action: np.ndarray) -> StepResult:

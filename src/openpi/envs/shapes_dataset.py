@@ -2,7 +2,8 @@
 first use, for CPU quickstarts and tests.
 
 The state is the end effector's 2-D position (padded to 8 dims), the wrist image a crop around the end effector, and
-the action (7 dims) the expert's clipped step toward the named shape plus a gripper command that closes on arrival.
+the action (7 dims) the expert's clipped step toward the named shape (or, with ``action_space="position"``, the
+shape's position) plus a gripper command that closes on arrival.
 
 The dataset is written in LeRobot format (features ``image``, ``wrist_image``, ``state``, ``actions``, task text)
 under ``$OPENPI_DATA_HOME`` (default ``~/.cache/openpi``), together with ``norm_stats.json``; a tiny SentencePiece
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from openpi.envs.shapes import ACTION_DIM, COLORS, SHAPES, STATE_DIM, ShapesEnv, ShapesTask
+from openpi.envs.shapes import ACTION_DIM, COLORS, SHAPES, STATE_DIM, ActionSpace, ShapesEnv, ShapesTask
 from openpi.models import tokenizer as _tokenizer
 from openpi.shared import checkpoint_files
 from openpi.shared import normalize as _normalize
@@ -51,6 +52,7 @@ class EmbeddedDatasetSpec:
     # End each episode this many frames after the expert first closes the gripper (at most episode_length frames);
     # None records episode_length frames, most of them holding the gripper closed for short approaches.
     frames_after_arrival: int | None = None
+    action_space: ActionSpace = "delta"  # see ShapesTask
 
     def __post_init__(self) -> None:
         if self.num_episodes < 1 or self.episode_length < 2 or self.image_size < 16:
@@ -59,7 +61,13 @@ class EmbeddedDatasetSpec:
 
     @property
     def task(self) -> ShapesTask:
-        return ShapesTask(self.min_objects, self.max_objects, self.shared_attributes, self.image_size)
+        return ShapesTask(
+            self.min_objects,
+            self.max_objects,
+            self.shared_attributes,
+            self.image_size,
+            action_space=self.action_space,
+        )
 
     @property
     def folder_name(self) -> str:
@@ -67,7 +75,8 @@ class EmbeddedDatasetSpec:
         if (self.min_objects, self.max_objects) != (3, 4):
             name += f"_objects{self.min_objects}-{self.max_objects}"
         name += "_shared" if self.shared_attributes else ""
-        return name + ("" if self.frames_after_arrival is None else f"_after{self.frames_after_arrival}")
+        name += "" if self.frames_after_arrival is None else f"_after{self.frames_after_arrival}"
+        return name + ("" if self.action_space == "delta" else f"_{self.action_space}")
 
 
 def data_home() -> Path:
