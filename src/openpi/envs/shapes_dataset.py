@@ -52,7 +52,7 @@ class EmbeddedDatasetSpec:
     # End each episode this many frames after the expert first closes the gripper (at most episode_length frames);
     # None records episode_length frames, most of them holding the gripper closed for short approaches.
     frames_after_arrival: int | None = None
-    action_space: ActionSpace = "delta"  # see ShapesTask
+    action_space: ActionSpace = "delta"  # action[:2]: the step to take (delta) or the point to move to (position)
 
     def __post_init__(self) -> None:
         if self.num_episodes < 1 or self.episode_length < 2 or self.image_size < 16:
