@@ -10,7 +10,7 @@ import torch
 from openpi.models import tokenizer
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.policies import libero_policy, policy_config
+from openpi.policies import data_config, libero_policy, policy_config
 from openpi.shared import normalize
 from openpi.training import config as _config
 
@@ -149,6 +149,17 @@ def test_missing_checkpoint_files_are_reported(tmp_path, train_config):
     weights.save_weights(PI0Pytorch(train_config.model), tmp_path)
     with pytest.raises(FileNotFoundError, match=r"norm_stats\.json"):
         policy_config.create_trained_policy(train_config, tmp_path)
+
+
+def test_a_checkpoint_trained_on_other_data_is_refused_not_given_the_configs_norm_stats(
+    tmp_path, train_config, tokenizer_path
+):
+    """The checkpoint holds LIBERO's stats; a data config with its own (identity) stats under another asset id must
+    not quietly serve it with those."""
+    checkpoint = write_checkpoint(tmp_path, train_config)
+    other_data = dataclasses.replace(train_config, data=data_config.FakeDataConfig(tokenizer_path=str(tokenizer_path)))
+    with pytest.raises(ValueError, match=r"norm stats for \['physical-intelligence/libero'\], not for .* 'fake'"):
+        policy_config.create_trained_policy(other_data, checkpoint, pytorch_device="cpu")
 
 
 def test_a_request_can_ask_a_pruning_policy_for_its_kept_patches(tmp_path, tokenizer_path):

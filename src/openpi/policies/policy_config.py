@@ -115,13 +115,23 @@ def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) 
 
 
 def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> dict[str, _normalize.NormStats]:
-    """The checkpoint's norm stats; failing that, the ones the data config defines itself (e.g. identity stats)."""
+    """The checkpoint's norm stats for the data config's asset; failing that, when the checkpoint holds none at all,
+    the ones the data config defines itself (e.g. identity stats). A checkpoint with another asset's stats was
+    trained on other data and is refused: its own stats would be ignored."""
+    assets = checkpoint_files.assets_dir(checkpoint_dir)
     if data_config.asset_id is not None:
-        stats_dir = checkpoint_files.assets_dir(checkpoint_dir) / data_config.asset_id
+        stats_dir = assets / data_config.asset_id
         if checkpoint_files.norm_stats_path(stats_dir).is_file():
             stats = _normalize.load(stats_dir)
             logger.info("Loaded norm stats from %s", stats_dir)
             return _require_state_and_actions(stats, stats_dir)
+    trained_on = sorted(str(path.parent.relative_to(assets)) for path in assets.rglob(checkpoint_files.NORM_STATS_FILE))
+    if trained_on:
+        raise ValueError(
+            f"Checkpoint {checkpoint_dir} has norm stats for {trained_on}, not for this data config's asset "
+            f"{data_config.asset_id!r}: it was trained on other data (for the shapes scene: another dataset spec, "
+            "e.g. object count or action space); load it with the data config it was trained with"
+        )
     if data_config.norm_stats is not None:
         logger.warning("No norm stats in checkpoint %s; using the data config's own", checkpoint_dir)
         return _require_state_and_actions(data_config.norm_stats, "the data config")
