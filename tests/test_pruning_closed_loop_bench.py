@@ -3,7 +3,10 @@
 import dataclasses
 
 import pytest
+import torch
 
+from openpi.models import variants
+from openpi.models_pytorch.siglip import SiglipVisionTower
 from openpi.training import config as _config
 from openpi.training.config import LIGHTVLA_PRUNING
 from tests.script_loader import load_script
@@ -89,6 +92,34 @@ def test_the_action_space_reaches_the_training_data_and_the_evaluation_env():
     assert bench.train_config("unpruned", 0, bench.Args()).data.spec.task.action_space == "delta"
     position = bench.train_config(bench.DEFAULT_ARM, 0, bench.Args(action_space="position")).data.spec
     assert position.task.action_space == "position" and position.folder_name.endswith("_position")
+
+
+LOCAL_VISION = "hidden_size=32,num_hidden_layers=0,num_attention_heads=2,intermediate_size=64,image_size=112"
+
+
+def test_the_vision_variant_reaches_every_arms_model():
+    """The evaluation builds its policy from the same ``train_config``, so it gets the trained tower."""
+    assert bench.train_config("unpruned", 0, bench.Args()).model.vision_variant == "tiny_112"
+    for arm in ("unpruned", "blind", bench.DEFAULT_ARM):
+        assert bench.train_config(arm, 0, bench.Args(vision_variant=LOCAL_VISION)).model.vision_variant == LOCAL_VISION
+
+
+def test_a_bad_vision_variant_is_refused_before_any_training():
+    with pytest.raises(ValueError, match="num_hidden_layer"):
+        bench.Args(vision_variant="hidden_size=32,num_hidden_layer=0")
+
+
+def test_a_vision_tower_without_layers_keeps_each_patch_token_to_its_own_pixels():
+    """What the local-vision arm relies on: repainting one patch changes that patch's token and no other."""
+    torch.manual_seed(0)
+    tower = SiglipVisionTower(variants.get_siglip_config(LOCAL_VISION)).eval()
+    pixels = torch.rand(1, 3, 112, 112) * 2 - 1
+    repainted = pixels.clone()
+    repainted[:, :, 14:28, 28:42] = 1.0  # patch (row 1, column 2) of the 8×8 grid
+    changed = (tower(repainted) - tower(pixels)).abs().amax(dim=-1)[0] > 1e-6  # [64]
+    assert changed.nonzero().flatten().tolist() == [1 * 8 + 2]
+    mixing = SiglipVisionTower(variants.get_siglip_config("tiny_112")).eval()
+    assert ((mixing(repainted) - mixing(pixels)).abs().amax(dim=-1)[0] > 1e-6).all()
 
 
 def test_an_unknown_training_arm_is_named():

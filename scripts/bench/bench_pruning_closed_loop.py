@@ -218,6 +218,10 @@ class Args:
     action_space: ActionSpace | None = None
     """What the actions encode (default: the config's, ``delta``, the step, saturated far from the target);
     ``position``: the point to move to, so every action needs the target's exact position (see ``ShapesTask``)."""
+    vision_variant: str | None = None
+    """The vision tower of every arm (default: the config's ``tiny_112``, two self-attention layers that mix the
+    patches); ``hidden_size=32,num_hidden_layers=0,num_attention_heads=2,intermediate_size=64,image_size=112``: none,
+    so each patch token holds only its own pixels (and position) and only the target's tokens show where it is."""
     ema_decay: float | None = None
     """EMA of the weights (evaluated in place of the raw weights); default: the config's (none)."""
     jobs: int = 2
@@ -236,6 +240,10 @@ class Args:
                 f"Unknown training arms {unknown} (evaluation arms follow their training arm's weights); "
                 f"training arms: {', '.join(TRAINING_ARMS)}"
             )
+        if self.vision_variant is not None:
+            from openpi.models import variants
+
+            variants.get_siglip_config(self.vision_variant)  # a bad variant fails here, before any training
 
 
 def train_config(arm: str, seed: int, args: Args):
@@ -249,6 +257,8 @@ def train_config(arm: str, seed: int, args: Args):
         data_overrides = {**data_overrides, "num_episodes": args.num_episodes}
     if args.action_space is not None:
         data_overrides = {**data_overrides, "action_space": args.action_space}
+    if args.vision_variant is not None:
+        model_overrides = {**model_overrides, "vision_variant": args.vision_variant}
     steps = args.steps or config.num_train_steps
     return dataclasses.replace(
         config,
