@@ -122,6 +122,17 @@ def test_a_vision_tower_without_layers_keeps_each_patch_token_to_its_own_pixels(
     assert ((mixing(repainted) - mixing(pixels)).abs().amax(dim=-1)[0] > 1e-6).all()
 
 
+def test_the_precondition_names_a_seed_that_misses_it_even_when_the_pooled_rates_meet_it():
+    results = {
+        "unpruned": [{"seed": 0, "success_rate": 0.96}, {"seed": 1, "success_rate": 0.70}],
+        "blind": [{"seed": 0, "success_rate": 0.17}, {"seed": 1, "success_rate": 0.13}],
+    }
+    line = bench._precondition({"unpruned": 0.83, "blind": 0.15}, results)
+    assert "met" in line and "not met on seed 1 (unpruned 0.70, blind 0.13)" in line
+    results["unpruned"][1]["success_rate"] = 0.85
+    assert "not met on seed" not in bench._precondition({"unpruned": 0.9, "blind": 0.15}, results)
+
+
 def test_an_unknown_training_arm_is_named():
     with pytest.raises(ValueError, match=r"Unknown training arms \['budget_trained25_gated_random'\]"):
         bench.Args(arms=("unpruned", "budget_trained25_gated_random"))

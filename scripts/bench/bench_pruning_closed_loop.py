@@ -510,10 +510,25 @@ def _precondition(rate: dict[str, float], results: dict[str, list[dict]]) -> str
     measured = {r["seed"] for r in results["unpruned"]} & {r["seed"] for r in results["blind"]}
     unmeasured = sorted({r["seed"] for runs in results.values() for r in runs} - measured)
     caveat = f"; not measured on seeds {', '.join(map(str, unmeasured))}" if unmeasured else ""
+    failing = _seeds_failing_precondition(results, measured)
+    if failing:
+        caveat += f"; **not met on seed {', '.join(failing)}**, whose comparisons are not findings"
     return (
         f"**Precondition (unpruned ≥ 0.80 success and ≥ 30 points above blind): {verdict}** "
-        f"(unpruned {unpruned:.2f}, blind {blind:.2f}, seeds {', '.join(map(str, sorted(measured)))}{caveat})."
+        f"(unpruned {unpruned:.2f}, blind {blind:.2f}, pooled over seeds {', '.join(map(str, sorted(measured)))}"
+        f"{caveat})."
     )
+
+
+def _seeds_failing_precondition(results: dict[str, list[dict]], seeds: set[int]) -> list[str]:
+    """Each measured seed whose own unpruned and blind policies miss the precondition, with their rates."""
+    unpruned = {r["seed"]: r["success_rate"] for r in results["unpruned"]}
+    blind = {r["seed"]: r["success_rate"] for r in results["blind"]}
+    return [
+        f"{seed} (unpruned {unpruned[seed]:.2f}, blind {blind[seed]:.2f})"
+        for seed in sorted(seeds)
+        if unpruned[seed] < 0.8 or unpruned[seed] - blind[seed] < 0.3
+    ]
 
 
 def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
