@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from openpi.models import variants
+from openpi.models_pytorch import weights
 from openpi.models_pytorch.siglip import SiglipVisionTower
 from openpi.training import config as _config
+from openpi.training import trainer
 from openpi.training.config import LIGHTVLA_PRUNING
 from tests.script_loader import load_script
 
@@ -82,8 +84,8 @@ def test_every_evaluation_arm_is_runnable_as_written():
     """Each evaluation arm reads weights some training arm writes, as a training arm's config, with options the
     evaluation CLI has (a typo would surface only after hours of training)."""
     eval_fields = {field.name for field in dataclasses.fields(load_script("scripts/eval_closed_loop.py").Args)}
-    for arm, (weights, config, options) in bench.EVAL_ARMS.items():
-        assert weights in bench.TRAINING_ARMS and config in bench.TRAINING_ARMS, arm
+    for arm, (weights_arm, config, options) in bench.EVAL_ARMS.items():
+        assert weights_arm in bench.TRAINING_ARMS and config in bench.TRAINING_ARMS, arm
         assert set(options) <= eval_fields, arm
 
 
@@ -136,3 +138,41 @@ def test_the_precondition_names_a_seed_that_misses_it_even_when_the_pooled_rates
 def test_an_unknown_training_arm_is_named():
     with pytest.raises(ValueError, match=r"Unknown training arms \['budget_trained25_gated_random'\]"):
         bench.Args(arms=("unpruned", "budget_trained25_gated_random"))
+
+
+def test_a_warm_started_arm_trains_its_finetune_steps_from_its_bases_final_weights_of_the_same_seed(tmp_path):
+    args = bench.Args(steps=300, finetune_steps=40, work_dir=tmp_path)
+    base = bench.train_config("unpruned", 2, args)
+    finetuned = bench.train_config("budget_trained25_gated_finetuned", 2, args)
+    assert finetuned.pytorch_weight_path == f"{base.checkpoint_dir}/300" and finetuned.num_train_steps == 40
+    assert finetuned.model == bench.train_config(bench.DEFAULT_ARM, 2, args).model
+    assert bench.train_config(bench.DEFAULT_ARM, 2, args).pytorch_weight_path is None
+
+
+def test_the_unpruned_weights_load_into_the_pruned_model_as_they_are(tmp_path):
+    """The pruner has no parameters: fine-tuning it from the unpruned policy loses and invents no weight."""
+    args = bench.Args(vision_variant=LOCAL_VISION)
+    unpruned = trainer.build_model(bench.train_config("unpruned", 0, args), torch.device("cpu"))
+    weights.save_weights(unpruned, tmp_path)
+    finetuned = bench.train_config("budget_trained25_gated_finetuned", 0, args)
+    model = trainer.build_model(dataclasses.replace(finetuned, pytorch_weight_path=str(tmp_path)), torch.device("cpu"))
+    assert model.config.token_pruning_enabled
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, unpruned.state_dict()[name]), name
+
+
+def test_a_warm_start_waits_for_its_base_which_trains_first_even_when_its_own_results_exist(tmp_path):
+    args = bench.Args(seeds=(0, 1), arms=("budget_trained25_gated_finetuned",), work_dir=tmp_path, results_dir=tmp_path)
+    (tmp_path / "unpruned_seed0.json").write_text("{}")  # the unpruned arm's evaluation, not its weights
+    (tmp_path / "train_unpruned_seed1.json").write_text("{}")
+    assert bench.pending_trainings(args) == [
+        ("unpruned", 0),
+        ("budget_trained25_gated_finetuned", 0),
+        ("budget_trained25_gated_finetuned", 1),
+    ]
+    (tmp_path / "train_budget_trained25_gated_finetuned_seed1.json").write_text("{}")
+    assert bench.pending_trainings(args) == [("unpruned", 0), ("budget_trained25_gated_finetuned", 0)]
+    for arm in bench.EVAL_ARMS:
+        if bench.EVAL_ARMS[arm][0] == "budget_trained25_gated_finetuned":
+            (tmp_path / f"{arm}_seed0.json").write_text("{}")
+    assert bench.pending_trainings(args) == []  # nothing left to evaluate on seed 0: neither weight is needed

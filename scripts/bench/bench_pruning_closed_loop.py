@@ -19,20 +19,25 @@ at inference: the top-k of the quantity the gate differentiates, an idea toward 
 instead of ``sqrt(64) = 8``: more training noise against the scores and a flatter softmax, so the gate's gradient
 spreads over more patches; another idea toward target recall), ``budget_trained25_gated_t1`` (the same at a
 temperature of 1, ``|S| <= 1``: the next step of that dose),
-``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the noisy scores),
-``union`` (the union with centred scoring), ``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax
-ablations), ``plan_b`` (the noisy actions in the pruner's context in training, the sampling's starting noise at
-inference) and ``plan_1`` (a projected state token in the pruner's context): the seeds' proposals, on the union.
+``budget_trained25_gated_finetuned`` (the default pruner trained ``--finetune-steps`` from the final ``unpruned``
+weights of its seed, which it trains first if needed: a pruner fine-tuned on a policy that already sees, as users
+fine-tune the π0.5 base), ``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the
+noisy scores), ``union`` (the union with centred scoring), ``released_clean_softmax`` and
+``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in the pruner's context in
+training, the sampling's starting noise at inference) and ``plan_1`` (a projected state token in the pruner's
+context): the seeds' proposals, on the union.
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random);
 on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` /
 ``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` / ``budget_trained25_gated_soft_random`` /
-``budget_trained25_gated_t05_random`` / ``budget_trained25_gated_t1_random`` (the same count at random)
+``budget_trained25_gated_t05_random`` / ``budget_trained25_gated_t1_random`` /
+``budget_trained25_gated_finetuned_random`` (the same count at random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
 ``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
 named target's) and ``budget_trained25_gated_no_target`` (the default's budget filled without the target's patches),
-with ``budget_trained25_gated_no_target_random`` (as many patches off the target, at random).
+with ``budget_trained25_gated_no_target_random`` (as many patches off the target, at random), and
+``budget_trained25_gated_finetuned_no_target``.
 """
 
 from __future__ import annotations
@@ -100,7 +105,12 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "budget_trained25_gated_soft": ("pi05_shapes_lightvla", {**GATED25, "token_prune_rank_by_soft_votes": True}, {}),
     "budget_trained25_gated_t05": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 0.5}, {}),
     "budget_trained25_gated_t1": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 1.0}, {}),
+    "budget_trained25_gated_finetuned": ("pi05_shapes_lightvla", GATED25, {}),
 }
+# Training arms that start from another training arm's final weights of the same seed and train ``--finetune-steps``
+# more: the default pruner fine-tuned on a policy that already looks at its target, as users fine-tune the π0.5 base
+# (the pruner has no parameters of its own, so the unpruned weights load as they are).
+WARM_STARTS: dict[str, str] = {"budget_trained25_gated_finetuned": "unpruned"}
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
@@ -153,6 +163,17 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated",
         {"exclude_target": True, "random_keep": True},
     ),
+    "budget_trained25_gated_finetuned": ("budget_trained25_gated_finetuned", "budget_trained25_gated_finetuned", {}),
+    "budget_trained25_gated_finetuned_random": (
+        "budget_trained25_gated_finetuned",
+        "budget_trained25_gated_finetuned",
+        {"random_keep": True},
+    ),
+    "budget_trained25_gated_finetuned_no_target": (
+        "budget_trained25_gated_finetuned",
+        "budget_trained25_gated_finetuned",
+        {"exclude_target": True},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -181,6 +202,11 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_t1", "budget_trained25_gated_t1_random"),
     ("budget_trained25_gated_t1", "budget_trained25_gated"),
     ("budget_trained25_gated_t1", "budget_trained25_gated_t05"),
+    ("budget_trained25_gated_finetuned", "unpruned"),
+    ("budget_trained25_gated_finetuned", "budget_trained25_gated_finetuned_random"),
+    ("budget_trained25_gated_finetuned", "budget25"),
+    ("budget_trained25_gated_finetuned", "budget_trained25_gated"),
+    ("budget_trained25_gated_finetuned_no_target", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -211,6 +237,8 @@ class Args:
     episodes: int = 200
     steps: int | None = None
     """Training steps (default: the config's)."""
+    finetune_steps: int = 2000
+    """Training steps of an arm that starts from another arm's weights (``budget_trained25_gated_finetuned``)."""
     objects: int | None = None
     """Objects per scene (default: the config's 3-4); 1 asks only whether the policy can localise."""
     num_episodes: int | None = None
@@ -259,9 +287,10 @@ def train_config(arm: str, seed: int, args: Args):
         data_overrides = {**data_overrides, "action_space": args.action_space}
     if args.vision_variant is not None:
         model_overrides = {**model_overrides, "vision_variant": args.vision_variant}
-    steps = args.steps or config.num_train_steps
+    steps = args.finetune_steps if arm in WARM_STARTS else args.steps or config.num_train_steps
     return dataclasses.replace(
         config,
+        pytorch_weight_path=_warm_start_weights(arm, seed, args),
         exp_name=f"{arm}_seed{seed}",
         seed=seed,
         model=dataclasses.replace(config.model, **model_overrides),
@@ -276,6 +305,14 @@ def train_config(arm: str, seed: int, args: Args):
         assets_base_dir=str(args.work_dir / "assets"),
         resume=True,  # a training cut off (say, by the end of a session) continues from its last checkpoint
     )
+
+
+def _warm_start_weights(arm: str, seed: int, args: Args) -> str | None:
+    """The final checkpoint of the arm that ``arm`` starts from (same seed), or None for an arm trained from scratch."""
+    if arm not in WARM_STARTS:
+        return None
+    base = train_config(WARM_STARTS[arm], seed, args)
+    return str(Path(base.checkpoint_dir) / str(base.num_train_steps))
 
 
 def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
@@ -331,21 +368,23 @@ def main(args: Args) -> None:
 
 
 def _train_all(args: Args) -> dict[int, dict[str, dict]]:
-    """Trains every (arm, seed) without a result file yet, ``args.jobs`` at a time; returns all training results."""
-    pending = [
-        (arm, seed)
-        for seed in args.seeds
-        for arm in args.arms
-        if not (args.work_dir / f"train_{arm}_seed{seed}.json").is_file() and _needs_weights(args, arm, seed)
-    ]
+    """Trains every (arm, seed) without a result file yet, ``args.jobs`` at a time, each warm-started arm once its
+    base is trained; returns all training results."""
+    pending = pending_trainings(args)
     threads = max(1, multiprocessing.cpu_count() // args.jobs)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(_train, arm, seed, args, threads): (arm, seed) for arm, seed in pending}
-        for future in concurrent.futures.as_completed(futures):
-            arm, seed = futures[future]
-            (args.work_dir / f"train_{arm}_seed{seed}.json").write_text(json.dumps(future.result()))
-            print(f"trained {arm} seed {seed}: {future.result()}", flush=True)
+        running: dict[concurrent.futures.Future, tuple[str, int]] = {}
+        while pending or running:
+            ready = [(arm, seed) for arm, seed in pending if _trained(args, WARM_STARTS.get(arm), seed)]
+            for arm, seed in ready[: args.jobs - len(running)]:
+                pending.remove((arm, seed))
+                running[pool.submit(_train, arm, seed, args, threads)] = (arm, seed)
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                arm, seed = running.pop(future)
+                (args.work_dir / f"train_{arm}_seed{seed}.json").write_text(json.dumps(future.result()))
+                print(f"trained {arm} seed {seed}: {future.result()}", flush=True)
     return {
         seed: {
             arm: json.loads(path.read_text())
@@ -354,6 +393,27 @@ def _train_all(args: Args) -> dict[int, dict[str, dict]]:
         }
         for seed in args.seeds
     }
+
+
+def pending_trainings(args: Args) -> list[tuple[str, int]]:
+    """The (arm, seed) trainings still needed, each warm start's base (trained or not yet asked for) before it."""
+    wanted = [
+        (arm, seed)
+        for seed in args.seeds
+        for arm in args.arms
+        if not _trained(args, arm, seed) and _needs_weights(args, arm, seed)
+    ]
+    bases = [
+        (WARM_STARTS[arm], seed)
+        for arm, seed in wanted
+        if arm in WARM_STARTS and not _trained(args, WARM_STARTS[arm], seed)
+    ]
+    return list(dict.fromkeys([*bases, *wanted]))
+
+
+def _trained(args: Args, arm: str | None, seed: int) -> bool:
+    """Whether ``arm`` has finished training for ``seed`` (None, no arm: trivially)."""
+    return arm is None or (args.work_dir / f"train_{arm}_seed{seed}.json").is_file()
 
 
 def _eval_arms(args: Args) -> list[str]:
@@ -533,6 +593,12 @@ def _seeds_failing_precondition(results: dict[str, list[dict]], seeds: set[int])
 
 def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
     runs = next(iter(results.values()), [{}])
+    warm = "".join(
+        f"; `{arm}` trains {r.get('train_steps', '?')} more from the final `{WARM_STARTS[arm]}` weights of its seed "
+        "(its minutes per seed are those steps')"
+        for arm in WARM_STARTS
+        for r in results.get(arm, [])[:1]
+    )
     return [
         f"# Pruning on the shapes testbed, closed loop ({time.strftime('%Y-%m-%d')}, CPU)",
         "",
@@ -542,8 +608,9 @@ def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
         "```",
         "",
         f"{runs[0].get('episodes', '?')} held-out episodes per seed (scene seeds no training dataset draws from); "
-        f"{runs[0].get('train_steps', '?')} training steps per arm. Success: pooled over the arm's seeds, Wilson 95% "
-        "CI (an arm with fewer seeds is not comparable to the others' pooled rates; compare per seed). "
+        f"{runs[0].get('train_steps', '?')} training steps per arm{warm}. "
+        "Success: pooled over the arm's seeds, Wilson 95% CI (an arm with fewer seeds is not comparable to the "
+        "others' pooled rates; compare per seed). "
         "Vision gap kept = (arm − blind) / (unpruned − blind), each pooled over the arm's seeds. "
         "Recall: fraction of the target's patches kept, per inference; hit: at least one kept; last hit: the same at "
         "each episode's last inference (in a success, the one before the close; – where a result predates it). "
