@@ -7,14 +7,15 @@
     uv run scripts/eval_closed_loop.py ... --exclude-target                   # the pruner may not keep the target
     uv run scripts/eval_closed_loop.py --host 127.0.0.1 --port 8000 ...       # against serve_policy.py
 
-Episode ``i`` starts from scene seed ``HELD_OUT_SEED_BASE + seed * 100_000 + i``, a stream no training dataset draws
-from. The last line of the output is one JSON object: ``success_rate``, ``ci95`` (Wilson), ``episodes``,
-``mean_steps``, ``kept_tokens_mean``, ``kept_ratio_mean``, ``target_recall``, ``target_hit_rate``,
-``kept_on_object``, ``target_recall_final`` and ``target_hit_rate_final`` (each episode's last inference),
-``infer_ms_p50``, per camera ``c`` (``image``, ``wrist_image``) ``kept_share_c``, ``target_in_view_c``,
-``target_patches_c`` and ``target_recall_c`` (the last two over the inferences where the target is in that camera's
-view), ``target_far_share`` with ``target_recall_near``/``_far`` and ``target_hit_rate_near``/``_far`` (split at
-the target's centre entering the wrist camera's view), and ``prompt_swap`` with ``--prompt-swap N``.
+Episode ``i`` starts from scene seed ``HELD_OUT_SEED_BASE + seed * 100_000 + i`` (``openpi.envs.rollout``), a stream
+no training dataset draws from. The last line of the output is one JSON object: ``success_rate``, ``ci95`` (Wilson),
+``episodes``, ``mean_steps``, ``kept_tokens_mean``, ``kept_ratio_mean``, ``target_recall``, ``target_pixel_recall``
+(the target's pixels in kept patches / its pixels), ``target_hit_rate``, ``kept_on_object``, ``target_recall_final``
+and ``target_hit_rate_final`` (each episode's last inference), ``infer_ms_p50``, per camera ``c`` (``image``,
+``wrist_image``) ``kept_share_c``, ``target_in_view_c``, ``target_patches_c`` and ``target_recall_c`` (the last two
+over the inferences where the target is in that camera's view), ``target_far_share`` with
+``target_recall_near``/``_far`` and ``target_hit_rate_near``/``_far`` (split at the target's centre entering the
+wrist camera's view), and ``prompt_swap`` with ``--prompt-swap N``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from openpi.policies import policy_config
 from openpi.policies.libero_policy import EmbeddedDataConfig
 from openpi.serving.websocket_client import WebsocketClientPolicy
 from openpi.training import config as _config
-
-# Training scenes come from np.random.default_rng(dataset seed) streams; evaluation scenes from these seeds.
-HELD_OUT_SEED_BASE = 1_000_000_000
 
 
 @dataclasses.dataclass
@@ -70,7 +68,7 @@ class Args:
 
 
 def held_out_seeds(args: Args) -> list[int]:
-    return [HELD_OUT_SEED_BASE + args.seed * 100_000 + i for i in range(args.episodes)]
+    return [rollout.HELD_OUT_SEED_BASE + args.seed * 100_000 + i for i in range(args.episodes)]
 
 
 def main(args: Args) -> dict:

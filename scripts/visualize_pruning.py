@@ -50,7 +50,7 @@ def main(args: Args) -> list[Path]:
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
     votes = policy.model.pruner.last_selection.votes[0].cpu().numpy()
     kept = np.asarray(output["kept_patch_mask"], dtype=bool)
-    score = rollout.score_kept_patches(kept, grid.object_patches(env.masks()), env.scene.target)
+    score = rollout.score_kept_patches(kept, grid.object_coverage(env.masks()), env.scene.target)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for slot, camera in enumerate(grid.cameras):
@@ -68,8 +68,8 @@ def main(args: Args) -> list[Path]:
         paths.append(path)
         print(path)
     print(
-        f"prompt: {observation['prompt']!r}; kept {score.kept} patches; target recall {score.target_recall:.2f}; "
-        f"kept on objects {score.on_object:.2f}"
+        f"prompt: {observation['prompt']!r}; kept {score.kept} patches; target recall {score.target_recall:.2f} "
+        f"(of its pixels {score.target_pixel_recall:.2f}); kept on objects {score.on_object:.2f}"
     )
     return paths
 

@@ -26,6 +26,7 @@ SUMMARY_KEYS = {
     "kept_tokens_mean",
     "kept_ratio_mean",
     "target_recall",
+    "target_pixel_recall",
     "target_hit_rate",
     "kept_on_object",
     "infer_ms_p50",

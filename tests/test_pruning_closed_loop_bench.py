@@ -48,6 +48,7 @@ def test_camera_table_lists_only_the_results_that_carry_the_breakdown():
         "seed": 1,
         "success_rate": 0.97,
         "target_recall": 0.5,
+        "target_pixel_recall": 0.7,
         "kept_share_image": 0.75,
         "target_patches_image": 3.5,
         "target_recall_image": 0.9,
@@ -62,7 +63,11 @@ def test_camera_table_lists_only_the_results_that_carry_the_breakdown():
     }
     assert bench._camera_table({"union": [older]}) == []
     rows = [line for line in bench._camera_table({"union": [older, newer]}) if line.startswith("| union")]
-    assert rows == ["| union | 1 | 0.97 | 0.50 | 0.75 | 3.5 | 0.90 | 0.25 | 0.40 | – | – | 0.60 | 1.00 | 0.25 | 0.20 |"]
+    assert rows == [
+        "| union | 1 | 0.97 | 0.50 | 0.70 | 0.75 | 3.5 | 0.90 | 0.25 | 0.40 | – | – | 0.60 | 1.00 | 0.25 | 0.20 |"
+    ]
+    without_pixels = {key: value for key, value in newer.items() if key != "target_pixel_recall"}
+    assert "| 0.50 | – | 0.75 |" in bench._camera_table({"union": [without_pixels]})[-2]
 
 
 def test_default_arm_trains_what_the_lightvla_config_trains():

@@ -185,6 +185,29 @@ def test_target_recall_is_one_for_exactly_the_target_and_zero_for_background():
     )
 
 
+def test_pixel_recall_weighs_each_target_patch_by_the_share_of_the_target_it_holds():
+    env = ShapesEnv(ShapesTask(image_size=112, min_objects=1, max_objects=1))
+    env.reset(5)
+    masks = env.masks()
+    coverage = GRID.object_coverage(masks)
+    target = env.scene.target
+    pixels = GRID.patch_size**2
+    assert coverage[target].sum() * pixels == pytest.approx(
+        masks["image"][target].sum() + masks["wrist_image"][target].sum()
+    )
+    assert np.array_equal(coverage > 0, GRID.object_patches(masks))
+    assert rollout.score_kept_patches(coverage[target] > 0, coverage, target).target_pixel_recall == pytest.approx(1.0)
+    largest = np.zeros_like(coverage[target], dtype=bool)
+    largest[coverage[target].argmax()] = True
+    score = rollout.score_kept_patches(largest, coverage, target)
+    assert score.target_recall == pytest.approx(1 / (coverage[target] > 0).sum())
+    assert score.target_pixel_recall == pytest.approx(coverage[target].max() / coverage[target].sum())
+    assert score.target_pixel_recall > score.target_recall  # the largest patch holds more than an average one
+    assert rollout.score_kept_patches(~largest, coverage, target).target_pixel_recall == pytest.approx(
+        1 - score.target_pixel_recall
+    )
+
+
 def test_per_camera_scores_split_the_pooled_patches_by_camera():
     env = ShapesEnv(ShapesTask(image_size=112, min_objects=1, max_objects=1))
     env.reset(3)
@@ -213,7 +236,7 @@ def test_per_camera_scores_split_the_pooled_patches_by_camera():
 
 
 def test_final_recall_scores_each_episodes_last_inference():
-    hit, miss = rollout.KeptPatchScore(1.0, 1.0, True, 4), rollout.KeptPatchScore(0.0, 0.0, False, 4)
+    hit, miss = rollout.KeptPatchScore(1.0, 1.0, 1.0, True, 4), rollout.KeptPatchScore(0.0, 0.0, 0.0, False, 4)
     results = [
         rollout.EpisodeResult(seed=0, success=True, steps=4, kept_patches=[miss, miss, miss, hit]),
         rollout.EpisodeResult(seed=1, success=False, steps=2, kept_patches=[hit, miss]),
@@ -242,7 +265,7 @@ def test_distance_split_finds_a_kept_set_that_sees_the_target_only_near_the_effe
     assert summary["target_hit_rate_far"] == summary["target_recall_far"] == 0.0
     assert 0.0 < summary["target_far_share"] < 1.0
     assert summary["target_hit_rate"] == pytest.approx(1.0 - summary["target_far_share"])
-    assert rollout.distance_summary([rollout.KeptPatchScore(1.0, 1.0, True, 4)]) == {}  # no offset recorded
+    assert rollout.distance_summary([rollout.KeptPatchScore(1.0, 1.0, 1.0, True, 4)]) == {}  # no offset recorded
 
 
 class KeepsObjectsPolicy:

@@ -396,7 +396,7 @@ def _train_all(args: Args) -> dict[int, dict[str, dict]]:
 
 
 def pending_trainings(args: Args) -> list[tuple[str, int]]:
-    """The (arm, seed) trainings still needed, each warm start's base (trained or not yet asked for) before it."""
+    """The (arm, seed) trainings still needed; a warm start's untrained base comes before it (asked for or not)."""
     wanted = [
         (arm, seed)
         for seed in args.seeds
@@ -533,7 +533,8 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
     """Per arm and seed, where the kept patches lie per camera (the results that carry it; older ones predate it)."""
     rows = [
         f"| {arm} | {r['seed']} | {r['success_rate']:.2f} | {_fmt(r['target_recall'])} "
-        f"| {_fmt(r['kept_share_image'])} | {_fmt(r['target_patches_image'], 1)} | {_fmt(r['target_recall_image'])} "
+        f"| {_fmt(r.get('target_pixel_recall'))} | {_fmt(r['kept_share_image'])} "
+        f"| {_fmt(r['target_patches_image'], 1)} | {_fmt(r['target_recall_image'])} "
         f"| {_fmt(r['kept_share_wrist_image'])} | {_fmt(r['target_in_view_wrist_image'])} "
         f"| {_fmt(r['target_patches_wrist_image'], 1)} | {_fmt(r['target_recall_wrist_image'])} "
         f"| {_fmt(r.get('target_far_share'))} | {_fmt(r.get('target_hit_rate_near'))} "
@@ -547,13 +548,15 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
     return [
         "Per camera (the evaluations run since the breakdown was added): each camera's share of the kept patches, "
         "and over the inferences where the target is in its view the patches it covers there and its recall (the "
-        "third-person camera always sees it; the wrist camera only near it, 'in view'). Target recall pools both. "
+        "third-person camera always sees it; the wrist camera only near it, 'in view'). Target recall pools both; "
+        "pixel recall is the share of the target's pixels (both cameras) that lie in kept patches, so a patch the "
+        "target only grazes counts for what it holds of it (– where a result predates it). "
         "Far: the share of inferences with the target's centre outside the wrist camera's view, where only the "
         "third-person camera shows the way; hit and recall on either side of that line.",
         "",
-        "| arm | seed | success | target recall | third-person: kept share | target patches | recall "
+        "| arm | seed | success | target recall | pixel recall | third-person: kept share | target patches | recall "
         "| wrist: kept share | in view | target patches | recall | far | hit near | hit far | recall far |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

@@ -43,7 +43,7 @@ from openpi.policies import policy_config
 
 RESULTS = Path(__file__).parent / "results"
 # Scene seeds for fitting and testing the probe: far from the training datasets' streams and from
-# eval_closed_loop.py's HELD_OUT_SEED_BASE + seed * 100_000 + i.
+# openpi.envs.rollout.HELD_OUT_SEED_BASE + seed * 100_000 + i.
 FIT_SEED_BASE = 2_000_000_000
 TEST_SEED_BASE = 3_000_000_000
 TOKEN_SETS = ("all", "kept", "random", "background", "kept_background", "random_background")

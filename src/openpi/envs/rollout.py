@@ -3,9 +3,10 @@
 The policy is anything with ``infer(observation) -> {"actions": [H, 7], ...}``: an in-process
 :class:`~openpi.policies.policy.Policy` or a websocket client. When its outputs carry ``kept_patch_mask`` (a pruning
 policy with ``return_kept_patches``), every inference is also scored against the scene's object masks: which
-fraction of the target's patches was kept (target recall), which fraction of the kept patches lies on any object,
-and whether at least one target patch was kept; and per camera, where the kept patches lie and how much of the target
-they hold where it is in view.
+fraction of the target's patches was kept (target recall), which fraction of its pixels lies in kept patches (pixel
+recall: a patch the target only grazes weighs what it holds of it), which fraction of the kept patches lies on any
+object, and whether at least one target patch was kept; and per camera, where the kept patches lie and how much of
+the target they hold where it is in view.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from openpi.envs.shapes import WRIST_FIELD_OF_VIEW, Scene, ShapesEnv
 # An inference is "near" when the target's centre lies inside the wrist camera's view (half its field of view from the
 # effector on both axes), "far" otherwise: then only the third-person camera shows where to go.
 NEAR_DISTANCE = WRIST_FIELD_OF_VIEW / 2
+# Training scenes come from np.random.default_rng(dataset seed) streams; evaluation scenes from these seeds on.
+HELD_OUT_SEED_BASE = 1_000_000_000
 
 
 class Policy(Protocol):
@@ -47,9 +50,14 @@ class PatchGrid:
     def object_patches(self, masks: dict[str, np.ndarray]) -> np.ndarray:
         """``[num_objects, num_slots * patches_per_slot]`` bool: the pooled patches covering any pixel of each object
         (``masks``: camera -> ``[num_objects, S, S]`` pixel masks at the env's resolution)."""
+        return self.object_coverage(masks) > 0
+
+    def object_coverage(self, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """``[num_objects, num_slots * patches_per_slot]`` float: the fraction of each pooled patch's pixels that each
+        object covers (0 for the slots of no camera)."""
         side = self.image_size // self.patch_size
         num_objects = next(iter(masks.values())).shape[0]
-        out = np.zeros((num_objects, self.num_slots, side * side), dtype=bool)
+        out = np.zeros((num_objects, self.num_slots, side * side))
         for slot, camera in enumerate(self.cameras):
             for index, mask in enumerate(masks[camera]):
                 resized = np.asarray(
@@ -57,8 +65,8 @@ class PatchGrid:
                         (self.image_size, self.image_size), resample=Image.Resampling.NEAREST
                     )
                 )
-                blocks = resized[: side * self.patch_size, : side * self.patch_size] > 0
-                blocks = blocks.reshape(side, self.patch_size, side, self.patch_size).any(axis=(1, 3))
+                pixels = resized[: side * self.patch_size, : side * self.patch_size] > 0
+                blocks = pixels.reshape(side, self.patch_size, side, self.patch_size).mean(axis=(1, 3))
                 out[index, slot] = blocks.reshape(-1)
         return out.reshape(num_objects, -1)
 
@@ -78,6 +86,7 @@ class KeptPatchScore:
     """How a kept set relates to the scene's objects at one inference."""
 
     target_recall: float  # kept target patches / target patches
+    target_pixel_recall: float  # the target's pixels in kept patches / the target's pixels
     on_object: float  # kept patches on any object / kept patches
     target_hit: bool  # at least one target patch kept
     kept: int
@@ -88,14 +97,21 @@ class KeptPatchScore:
 def score_kept_patches(
     kept: np.ndarray, objects: np.ndarray, target: int, grid: PatchGrid | None = None
 ) -> KeptPatchScore:
-    """Scores ``kept`` (``[N]`` bool) against ``objects`` (``[num_objects, N]`` bool) for object ``target``; with
-    ``grid``, also per camera (the pooled patches are camera-major, ``grid.patches_per_slot`` per slot)."""
+    """Scores ``kept`` (``[N]`` bool) against ``objects`` for object ``target``; with ``grid``, also per camera (the
+    pooled patches are camera-major, ``grid.patches_per_slot`` per slot).
+
+    ``objects``: ``[num_objects, N]``, each object's coverage of each patch (:meth:`PatchGrid.object_coverage`, the
+    fraction of its pixels) or bool (:meth:`PatchGrid.object_patches`, where the pixel recall is the patch recall).
+    A patch belongs to an object when the object covers any of its pixels."""
     kept = np.asarray(kept, dtype=bool)
-    target_patches = objects[target]
+    coverage = np.asarray(objects, dtype=np.float64)
+    target_patches = coverage[target] > 0
     hits = int((kept & target_patches).sum())
-    on_object = int((kept & objects.any(axis=0)).sum())
+    on_object = int((kept & (coverage > 0).any(axis=0)).sum())
+    target_pixels = coverage[target].sum()
     return KeptPatchScore(
         target_recall=hits / max(1, int(target_patches.sum())),
+        target_pixel_recall=float(coverage[target][kept].sum() / target_pixels) if target_pixels > 0 else 0.0,
         on_object=on_object / max(1, int(kept.sum())),
         target_hit=hits > 0,
         kept=int(kept.sum()),
@@ -150,7 +166,7 @@ def _record_inference(result: EpisodeResult, output: dict, env: ShapesEnv, grid:
     if "kept_ratio_overall_mean" in pruning:
         result.kept_ratio.append(float(pruning["kept_ratio_overall_mean"]))
     if grid is not None and "kept_patch_mask" in output:
-        objects = grid.object_patches(env.masks())
+        objects = grid.object_coverage(env.masks())
         score = score_kept_patches(output["kept_patch_mask"], objects, env.scene.target, grid)
         offset = np.abs(np.asarray(env.scene.objects[env.scene.target].center) - env.effector).max()
         result.kept_patches.append(dataclasses.replace(score, target_offset=float(offset)))
@@ -185,6 +201,7 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "kept_tokens_mean": _mean(s.kept for s in scores),
         "kept_ratio_mean": _mean(ratios),
         "target_recall": _mean(s.target_recall for s in scores),
+        "target_pixel_recall": _mean(s.target_pixel_recall for s in scores),
         "target_hit_rate": _mean(float(s.target_hit) for s in scores),
         "kept_on_object": _mean(s.on_object for s in scores),
         "target_recall_final": _mean(s.target_recall for s in finals),
