@@ -42,6 +42,18 @@ def test_comparison_table_says_which_arm_is_ahead_only_when_the_interval_exclude
     assert rows["union − unpruned"].endswith("| not shown |")
 
 
+def test_vision_gap_kept_pools_the_seeds_that_have_both_controls_and_names_them():
+    def runs(*rates):
+        return [{"seed": s, "successes": round(r * 100), "episodes": 100} for s, r in enumerate(rates)]
+
+    results = {"blind": runs(0.2, 0.2), "unpruned": runs(1.0, 0.8, 0.9), "pruned": runs(0.6, 0.8, 0.0)}
+    # Seeds 0 and 1: pruned 0.7, unpruned 0.9, blind 0.2 pooled -> (0.7 - 0.2) / (0.9 - 0.2); seed 2 has no blind arm.
+    assert bench._vision_gap_kept(results, "pruned") == f"{0.5 / 0.7:.2f} (seeds 0, 1)"
+    results["blind"] = runs(0.2, 0.2, 0.2)
+    assert bench._vision_gap_kept(results, "pruned") == f"{(1.4 / 3 - 0.2) / (0.9 - 0.2):.2f}"
+    assert bench._vision_gap_kept({**results, "blind": runs(1.0)}, "pruned") == "–"  # no gap to keep
+
+
 def test_camera_table_lists_only_the_results_that_carry_the_breakdown():
     older = {"seed": 0, "success_rate": 0.99, "target_recall": 0.38}
     newer = {

@@ -443,17 +443,22 @@ def _load(args: Args) -> dict[str, list[dict]]:
     return results
 
 
-def _vision_gap_kept(results: dict[str, list[dict]], arm: str) -> float | None:
-    """(arm − blind) / (unpruned − blind), pooled over the seeds the arm has, against those seeds' controls."""
-    seeds = {r["seed"] for r in results[arm]}
+def _vision_gap_kept(results: dict[str, list[dict]], arm: str) -> str:
+    """(arm − blind) / (unpruned − blind), pooled over the arm's seeds that also have both controls (named when that
+    is not all of them); – without such a seed or without a gap."""
+    arm_seeds = {r["seed"] for r in results[arm]}
+    seeds = arm_seeds.intersection(*({r["seed"] for r in results.get(name, [])} for name in ("unpruned", "blind")))
+    if not seeds:
+        return "–"
     rates = {}
     for name in (arm, "unpruned", "blind"):
-        runs = [r for r in results.get(name, []) if r["seed"] in seeds]
-        if {r["seed"] for r in runs} != seeds:
-            return None
+        runs = [r for r in results[name] if r["seed"] in seeds]
         rates[name] = sum(r["successes"] for r in runs) / sum(r["episodes"] for r in runs)
     gap = rates["unpruned"] - rates["blind"]
-    return (rates[arm] - rates["blind"]) / gap if gap > 0 else None
+    if gap <= 0:
+        return "–"
+    share = f"{(rates[arm] - rates['blind']) / gap:.2f}"
+    return share if seeds == arm_seeds else f"{share} (seeds {', '.join(map(str, sorted(seeds)))})"
 
 
 def _report(args: Args) -> None:
@@ -470,9 +475,9 @@ def _report(args: Args) -> None:
         kept = _mean_of(runs, "kept_tokens_mean")
         ratio = _mean_of(runs, "kept_ratio_mean")
         swaps = [r["prompt_swap"] for r in runs if (r.get("prompt_swap") or {}).get("recall_after_swap") is not None]
-        share = None if arm == "blind" else _vision_gap_kept(results, arm)
+        share = "–" if arm == "blind" else _vision_gap_kept(results, arm)
         lines.append(
-            f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {_fmt(share)} "
+            f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {share} "
             f"| {_fmt(kept, 1)} | {_fmt(ratio)} | {_fmt(_mean_of(runs, 'target_recall'))} "
             f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_fmt(_mean_of(runs, 'target_hit_rate_final'))} "
             f"| {_swap_recall(swaps)} "
