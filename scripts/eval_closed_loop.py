@@ -52,6 +52,8 @@ class Args:
     seed: int = 0
     token_prune_keep_ratio: float | None = None
     token_prune_keep_tokens: int | None = None
+    token_prune_keep_neighbours: int | None = None
+    """Keep the neighbourhoods of this radius of the top-ranked patches under the budget (None: the config's)."""
     mask_images: bool = False
     """Mask every camera at inference."""
     random_keep: bool = False
@@ -59,6 +61,9 @@ class Args:
     exclude_target: bool = False
     """The pruner may not keep the named target's patches (the env's object masks; its budget is filled from the
     other patches): does the policy need the target's own tokens?"""
+    exclude_target_when_far: bool = False
+    """With ``--exclude-target``, exclude them only at the inferences where the target is outside the wrist camera's
+    view ("far", where only the third-person camera shows the way): does the policy need them there?"""
     replan_steps: int = 2
     """Actions executed from each predicted chunk before the next inference."""
     prompt_swap: int = 0
@@ -87,8 +92,10 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     env = ShapesEnv(train_config.data.spec.task)
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
+    if args.exclude_target_when_far and not args.exclude_target:
+        raise ValueError("--exclude-target-when-far narrows --exclude-target: pass both")
     if args.exclude_target:
-        policy = TargetExcludingPolicy(policy, env, grid)
+        policy = TargetExcludingPolicy(policy, env, grid, only_when_far=args.exclude_target_when_far)
     results = [
         rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
         for seed in tqdm.tqdm(held_out_seeds(args), desc="episodes", unit="episode")
@@ -109,18 +116,35 @@ def _in_process(args: Args, train_config: _config.TrainConfig):
         model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
         model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
         model.pruner.random_keep = args.random_keep
+        if args.token_prune_keep_neighbours is not None:
+            model.pruner.keep_neighbours = args.token_prune_keep_neighbours
         model.pruner.random_generator = torch.Generator().manual_seed(args.seed)
         policy.return_kept_patches = True
-    elif args.token_prune_keep_ratio or args.token_prune_keep_tokens or args.random_keep or args.exclude_target:
+    elif (
+        args.token_prune_keep_ratio
+        or args.token_prune_keep_tokens
+        or args.token_prune_keep_neighbours
+        or args.random_keep
+        or args.exclude_target
+    ):
         raise ValueError(
-            f"{args.policy.config} has no pruner: budgets, --random-keep and --exclude-target need a pruning config"
+            f"{args.policy.config} has no pruner: budgets, neighbourhoods, --random-keep and --exclude-target need "
+            "a pruning config"
         )
     return policy
 
 
 def _remote(args: Args) -> WebsocketClientPolicy:
-    if args.mask_images or args.random_keep or args.token_prune_keep_ratio or args.token_prune_keep_tokens:
-        raise ValueError("Budgets, --random-keep and --mask-images are set on the server (serve_policy.py)")
+    if (
+        args.mask_images
+        or args.random_keep
+        or args.token_prune_keep_ratio
+        or args.token_prune_keep_tokens
+        or args.token_prune_keep_neighbours is not None
+    ):
+        raise ValueError(
+            "Budgets, neighbourhoods, --random-keep and --mask-images are set on the server (serve_policy.py)"
+        )
     if args.exclude_target:
         raise ValueError("--exclude-target needs the policy in process (it reads the env's object masks)")
     return WebsocketClientPolicy(args.host, args.port)
@@ -128,16 +152,20 @@ def _remote(args: Args) -> WebsocketClientPolicy:
 
 @dataclasses.dataclass
 class TargetExcludingPolicy:
-    """An in-process pruning policy whose pruner, at every inference, may not keep the patches of the target the
-    env's prompt names (a control for what target recall measures)."""
+    """An in-process pruning policy whose pruner, at every inference (``only_when_far``: those with the target outside
+    the wrist camera's view), may not keep the patches of the target the env's prompt names (a control for what
+    target recall measures)."""
 
     policy: rollout.Policy
     env: ShapesEnv
     grid: rollout.PatchGrid
+    only_when_far: bool = False
 
     def infer(self, obs: dict, **kwargs) -> dict:
-        target = self.grid.object_patches(self.env.masks())[self.env.scene.target]  # [N] bool
-        self.policy.model.pruner.excluded_patches = torch.from_numpy(target)
+        excluded = None
+        if not self.only_when_far or rollout.target_offset(self.env) >= rollout.NEAR_DISTANCE:
+            excluded = torch.from_numpy(self.grid.object_patches(self.env.masks())[self.env.scene.target])  # [N]
+        self.policy.model.pruner.excluded_patches = excluded
         return self.policy.infer(obs, **kwargs)
 
 

@@ -98,6 +98,21 @@ def test_exclude_target_keeps_every_patch_but_the_targets(script, checkpoint, ca
         script.main(_args(script, checkpoint, exclude_target=True, host="127.0.0.1"))
 
 
+def test_exclude_target_when_far_withholds_the_target_only_while_it_is_far(script, checkpoint, monkeypatch):
+    offsets = iter([0.9, 0.0])  # far, then near
+    monkeypatch.setattr(script.rollout, "target_offset", lambda env: next(offsets))
+    env = ShapesEnv(_small("pi05_shapes_lightvla").data.spec.task)
+    observation = env.reset(0)
+    policy = script._in_process(_args(script, checkpoint, token_prune_keep_ratio=1.0), _small("pi05_shapes_lightvla"))
+    grid = script.rollout.PatchGrid(112, 14)
+    excluding = script.TargetExcludingPolicy(policy, env, grid, only_when_far=True)
+    target = grid.object_patches(env.masks())[env.scene.target]
+    far, near = (excluding.infer(observation)["kept_patch_mask"] for _ in range(2))
+    assert target.any() and not far[target].any() and near[target].all()
+    with pytest.raises(ValueError, match="exclude-target-when-far"):
+        script.main(_args(script, checkpoint, exclude_target_when_far=True))
+
+
 def test_mask_images_really_masks(script, checkpoint):
     env = ShapesEnv(ShapesTask(image_size=112))
     first = env.reset(0)

@@ -715,3 +715,36 @@ def test_realistic_size_smoke():
         out = run(pruner, (patches.detach(), *inputs[1:]), train=False)
     assert out.tokens.shape[1] < num_patches
     assert (out.kept_indices[1][out.mask[1]] < 512).all()
+
+
+def test_neighbourhood_ranks_put_each_top_patch_s_neighbours_next():
+    # One camera, a 4 x 4 grid ranked by index from the bottom right (patch 15 first); patch 10 unselectable.
+    ranks = torch.arange(16).flip(0)[None]
+    selectable = torch.ones(1, 16, dtype=torch.bool)
+    selectable[0, 10] = False
+    ranked = token_pruner._neighbourhood_ranks(ranks, selectable, side=4, radius=1)
+    first_three = set(ranked[0].argsort()[:3].tolist())
+    assert first_three == {15, 14, 11}, "patch 15's neighbourhood (10 is unselectable) comes first, by own rank"
+    assert ranked[0, 10] == 15, "the unselectable patch comes last"
+    assert sorted(ranked[0].tolist()) == list(range(16))
+
+
+def test_keep_neighbours_keeps_the_top_patch_s_neighbourhood_on_its_own_camera():
+    # Two cameras of 4 x 4 patches; the task matches patch 5 (camera 0, row 1, col 1) only.
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=1, num_patches=32, task_len=1)
+    task[0, 0] = patches[0, 5] * 10
+    pruner = ImageTokenPruner(keep_tokens=9, keep_neighbours=1, patch_grid=4, center_patches=True).eval()
+    kept = _kept_sets(pruner(patches, task, task_mask, patch_mask, positions))[0]
+    assert kept == {0, 1, 2, 4, 5, 6, 8, 9, 10}
+    pruner.keep_neighbours = 0
+    assert _kept_sets(pruner(patches, task, task_mask, patch_mask, positions))[0] != kept
+
+
+def test_keep_neighbours_needs_whole_camera_grids():
+    inputs = make_inputs(batch=1, num_patches=30)
+    with pytest.raises(ValueError, match="patch_grid"):
+        run(ImageTokenPruner(keep_tokens=4, keep_neighbours=1, patch_grid=4), inputs, train=False)
+    with pytest.raises(ValueError, match="keep_neighbours"):
+        ImageTokenPruner(keep_neighbours=-1)
+    with pytest.raises(ValueError, match="token_prune_keep_neighbours"):
+        pi0_config.tiny_config(token_pruning_enabled=True, token_prune_keep_neighbours=-1)

@@ -168,8 +168,12 @@ def _record_inference(result: EpisodeResult, output: dict, env: ShapesEnv, grid:
     if grid is not None and "kept_patch_mask" in output:
         objects = grid.object_coverage(env.masks())
         score = score_kept_patches(output["kept_patch_mask"], objects, env.scene.target, grid)
-        offset = np.abs(np.asarray(env.scene.objects[env.scene.target].center) - env.effector).max()
-        result.kept_patches.append(dataclasses.replace(score, target_offset=float(offset)))
+        result.kept_patches.append(dataclasses.replace(score, target_offset=target_offset(env)))
+
+
+def target_offset(env: ShapesEnv) -> float:
+    """The target's centre's distance from the effector, the larger of the two axes (``NEAR_DISTANCE`` splits it)."""
+    return float(np.abs(np.asarray(env.scene.objects[env.scene.target].center) - env.effector).max())
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

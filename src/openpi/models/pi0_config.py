@@ -74,6 +74,10 @@ class Pi0Config:
     # grows with the width: the same scale against the training noise and the same softmax sharpness at any width
     # (an ablation; the eval selection does not depend on it; docs/lightvla_pruning.md). None: LightVLA's scale.
     token_prune_score_temperature: float | None = None
+    # Under a budget, keep the neighbourhoods (this radius, in patches) of the top-ranked patches instead of those
+    # patches alone: an object's patches are contiguous, and one it only grazes scores like the background (a
+    # departure from LightVLA, docs/lightvla_pruning.md). 0: off.
+    token_prune_keep_neighbours: int = 0
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -101,6 +105,8 @@ class Pi0Config:
         temperature = self.token_prune_score_temperature
         if temperature is not None and not 0.0 < temperature < math.inf:
             raise ValueError(f"token_prune_score_temperature must be None or a finite number > 0, got {temperature}")
+        if self.token_prune_keep_neighbours < 0:
+            raise ValueError(f"token_prune_keep_neighbours must be >= 0, got {self.token_prune_keep_neighbours}")
         no_budget = self.token_prune_keep_ratio is None and self.token_prune_keep_tokens is None
         if self.token_pruning_enabled and self.token_prune_budget_training and no_budget:
             raise ValueError(

@@ -351,6 +351,10 @@ def _check_pruner_context(config: Pi0Config) -> None:
             "The JAX model's pruner sees the prompt only; token_prune_state_token / token_prune_action_context "
             "(the seeds' ablations) exist in the PyTorch model"
         )
+    if config.token_prune_keep_neighbours:
+        raise ValueError(
+            "token_prune_keep_neighbours (an ablation of the budget's ranking) exists in the PyTorch model"
+        )
 
 
 def lora_scales(config: Pi0Config) -> tuple[float, float]:

@@ -119,6 +119,8 @@ class PI0Pytorch(nn.Module):
                 rank_by_soft_votes=config.token_prune_rank_by_soft_votes,
                 gate_dropped_patches=config.token_prune_gate_dropped_patches,
                 score_temperature=config.token_prune_score_temperature,
+                keep_neighbours=config.token_prune_keep_neighbours,
+                patch_grid=config.vision_config.image_size // config.vision_config.patch_size,
             )
             if config.token_pruning_enabled
             else None

@@ -136,6 +136,20 @@ def _rank_patches(votes: torch.Tensor, best_score: torch.Tensor, patch_mask: tor
     return ranks.scatter_(1, order, arange)
 
 
+def _neighbourhood_ranks(ranks: torch.Tensor, selectable: torch.Tensor, side: int, radius: int) -> torch.Tensor:
+    """Re-ranks ``[B, N]`` patch ranks (camera-major ``side x side`` grids) by the best rank of a selectable patch
+    within ``radius`` of each (ties: its own rank); the unselectable patches last."""
+    batch, num_patches = ranks.shape
+    anchors = ranks.float().masked_fill(~selectable, num_patches)  # an unselectable patch anchors nothing
+    grids = anchors.view(-1, 1, side, side)  # [B * cameras, 1, side, side]
+    best = -F.max_pool2d(-grids, 2 * radius + 1, stride=1, padding=radius)  # min over each neighbourhood
+    key = best.view(batch, num_patches).long() * num_patches + ranks  # [B, N]
+    key = key.masked_fill(~selectable, num_patches * (num_patches + 1))
+    order = key.argsort(dim=1, stable=True)
+    arange = torch.arange(num_patches, device=ranks.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, arange)
+
+
 def _masked_token_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[B]`` std over the valid tokens (population std), averaged over channels (NaN without valid tokens)."""
     m = mask[..., None].float()
@@ -202,6 +216,13 @@ class ImageTokenPruner(nn.Module):
     patches) the same way at every width; argmaxes and budget rankings by votes and best score do not depend on it,
     so the eval selection is unchanged. None: LightVLA's scale (the temperature ``1 / sqrt(D)``).
 
+    ``keep_neighbours`` (under a budget, a departure from LightVLA): a radius ``r`` in patches. Each patch is ranked
+    by the best rank within ``r`` patches of it on its camera's ``patch_grid x patch_grid`` grid (ties by its own), so
+    the budget keeps the ``(2r + 1)^2`` neighbourhoods of the top-ranked patches, in their order, instead of the
+    top-ranked patches alone: an object's patches are contiguous, and one the object only grazes scores like the
+    background around it. 0: off (LightVLA's ranking). Needs ``patch_grid`` (the pooled patches are camera-major
+    grids, row-major).
+
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
@@ -236,8 +257,17 @@ class ImageTokenPruner(nn.Module):
         rank_by_soft_votes: bool = False,
         gate_dropped_patches: bool = False,
         score_temperature: float | None = None,
+        keep_neighbours: int = 0,
+        patch_grid: int | None = None,
     ):
         super().__init__()
+        if isinstance(keep_neighbours, bool) or not isinstance(keep_neighbours, int) or keep_neighbours < 0:
+            raise ValueError(f"keep_neighbours must be an int >= 0, got {keep_neighbours!r}")
+        bad_grid = isinstance(patch_grid, bool) or not isinstance(patch_grid, int) or patch_grid < 1
+        if patch_grid is not None and bad_grid:
+            raise ValueError(f"patch_grid must be None or an int >= 1, got {patch_grid!r}")
+        self.patch_grid = patch_grid
+        self.keep_neighbours = keep_neighbours
         if score_temperature is not None and (
             isinstance(score_temperature, bool) or not 0 < score_temperature < math.inf
         ):
@@ -306,7 +336,8 @@ class ImageTokenPruner(nn.Module):
         variant = (
             f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
             f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}, "
-            f"gate_dropped_patches={self.gate_dropped_patches}, score_temperature={self.score_temperature}"
+            f"gate_dropped_patches={self.gate_dropped_patches}, score_temperature={self.score_temperature}, "
+            f"keep_neighbours={self.keep_neighbours}"
         )
         return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
@@ -447,7 +478,20 @@ class ImageTokenPruner(nn.Module):
         best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
         if self.rank_by_soft_votes:
             votes = _soft_votes(scores.detach(), patch_mask)
-        return (_rank_patches(votes, best_score, selectable) < budget[:, None]) & selectable
+        ranks = _rank_patches(votes, best_score, selectable)
+        if self.keep_neighbours:
+            ranks = _neighbourhood_ranks(ranks, selectable, self._grid_side(ranks.shape[1]), self.keep_neighbours)
+        return (ranks < budget[:, None]) & selectable
+
+    def _grid_side(self, num_patches: int) -> int:
+        """The side of each camera's patch grid; raises unless the pooled patches are whole grids of it."""
+        side = self.patch_grid
+        if side is None or num_patches % (side * side):
+            raise ValueError(
+                f"keep_neighbours needs the pooled patches to be camera grids of patch_grid x patch_grid, got "
+                f"patch_grid={side} for {num_patches} patches"
+            )
+        return side
 
     def _gather_kept(
         self, patches: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor
