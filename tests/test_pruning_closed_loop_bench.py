@@ -193,3 +193,23 @@ def test_a_warm_start_waits_for_its_base_which_trains_first_even_when_its_own_re
         if bench.EVAL_ARMS[arm][0] == "budget_trained25_gated_finetuned":
             (tmp_path / f"{arm}_seed0.json").write_text("{}")
     assert bench.pending_trainings(args) == []  # nothing left to evaluate on seed 0: neither weight is needed
+
+
+def test_steps_table_names_the_faster_arm_only_when_the_interval_excludes_zero():
+    def runs(*steps):
+        return [{"seed": s, "success_rate": 1.0, "mean_steps": v} for s, v in enumerate(steps)]
+
+    results = {
+        "budget_trained25_gated_finetuned": runs(6.0, 7.0, 6.5),
+        "budget_trained25_gated_finetuned_random": runs(16.0, 15.5, 17.0),
+        "unpruned": runs(5.0, 9.0, 6.0),
+    }
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in bench._steps_table(results)[5:]}
+    assert set(rows) == {
+        "budget_trained25_gated_finetuned − unpruned",
+        "budget_trained25_gated_finetuned − budget_trained25_gated_finetuned_random",
+    }
+    random_row = rows["budget_trained25_gated_finetuned − budget_trained25_gated_finetuned_random"]
+    assert "-10.0, -8.5, -10.5" in random_row and random_row.endswith("| budget_trained25_gated_finetuned faster |")
+    assert rows["budget_trained25_gated_finetuned − unpruned"].endswith("| not shown |")
+    assert bench._steps_table({"unpruned": runs(5.0)}) == []

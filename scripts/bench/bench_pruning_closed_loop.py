@@ -37,7 +37,11 @@ keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on t
 ``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
 named target's) and ``budget_trained25_gated_no_target`` (the default's budget filled without the target's patches),
 with ``budget_trained25_gated_no_target_random`` (as many patches off the target, at random), and
-``budget_trained25_gated_finetuned_no_target``.
+``budget_trained25_gated_finetuned_no_target``; ``unpruned_no_target_far`` and
+``budget_trained25_gated_finetuned_no_target_far`` (the target's patches withheld only while it is outside the wrist
+camera's view: does the policy need them there?). ``budget_trained25_gated_finetuned_neighbours``: the fine-tuned
+default's budget filled with the 3 x 3 neighbourhoods of its top-ranked patches (``token_prune_keep_neighbours=1``,
+training-free), an idea toward target recall.
 """
 
 from __future__ import annotations
@@ -174,6 +178,21 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_finetuned",
         {"exclude_target": True},
     ),
+    "budget_trained25_gated_finetuned_no_target_far": (
+        "budget_trained25_gated_finetuned",
+        "budget_trained25_gated_finetuned",
+        {"exclude_target": True, "exclude_target_when_far": True},
+    ),
+    "unpruned_no_target_far": (
+        "unpruned",
+        "union",
+        {"token_prune_keep_ratio": 1.0, "exclude_target": True, "exclude_target_when_far": True},
+    ),
+    "budget_trained25_gated_finetuned_neighbours": (
+        "budget_trained25_gated_finetuned",
+        "budget_trained25_gated_finetuned",
+        {"token_prune_keep_neighbours": 1},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -207,6 +226,10 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned", "budget25"),
     ("budget_trained25_gated_finetuned", "budget_trained25_gated"),
     ("budget_trained25_gated_finetuned_no_target", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
+    ("unpruned_no_target_far", "unpruned"),
+    ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned_random"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -220,6 +243,14 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("centred_noisy_softmax", "union"),
     ("plan_b", "union"),
     ("plan_1", "union"),
+)
+# (arm, baseline): the paired differences in episode length the docs cite.
+STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("budget_trained25_gated_finetuned", "unpruned"),
+    ("budget_trained25_gated_finetuned", "budget_trained25_gated_finetuned_random"),
+    ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
+    ("unpruned_no_target_far", "unpruned"),
 )
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30 the last one, slightly conservative).
 T_975 = (
@@ -483,7 +514,14 @@ def _report(args: Args) -> None:
             f"| {_swap_recall(swaps)} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
-    lines += ["", _precondition(rate, results), "", *_camera_table(results), *_comparison_table(results)]
+    lines += [
+        "",
+        _precondition(rate, results),
+        "",
+        *_camera_table(results),
+        *_comparison_table(results),
+        *_steps_table(results),
+    ]
     args.output.write_text("\n".join([*lines, ""]))
     _plot(results, pooled, args.plot)
 
@@ -519,18 +557,47 @@ def _comparison_table(results: dict[str, list[dict]]) -> list[str]:
         "| arm − baseline | seeds | per seed | mean [95% t-CI] | verdict |",
         "|---|---|---|---|---|",
     ]
-    for arm, baseline in COMPARISONS:
-        rates = [{r["seed"]: r["success_rate"] for r in results.get(name, [])} for name in (arm, baseline)]
-        diff = paired_difference(*rates)
+    return lines + _paired_rows(results, COMPARISONS, "success_rate", False, "{:+.2f}")
+
+
+def _steps_table(results: dict[str, list[dict]]) -> list[str]:
+    """The paired comparisons of episode length (a failure counts the step limit), where they are measured."""
+    rows = _paired_rows(results, STEP_COMPARISONS, "mean_steps", True, "{:+.1f}")
+    if not rows:
+        return []
+    return [
+        "",
+        "Paired differences in mean steps per episode (a failure counts the step limit: fewer is faster and more "
+        "often successful), seeds as the unit, 95% t-interval.",
+        "",
+        "| arm − baseline | seeds | per seed | mean [95% t-CI] | verdict |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _paired_rows(
+    results: dict[str, list[dict]],
+    comparisons: tuple[tuple[str, str], ...],
+    metric: str,
+    lower_is_better: bool,
+    number: str,
+) -> list[str]:
+    """One row per comparison with two shared seeds; the verdict names the better arm where the interval excludes 0
+    ("ahead" in success, "faster" in steps)."""
+    lines = []
+    for arm, baseline in comparisons:
+        values = [{r["seed"]: r[metric] for r in results.get(name, [])} for name in (arm, baseline)]
+        diff = paired_difference(*values)
         if diff is None:
             continue
-        verdict = f"{arm} ahead" if diff.low > 0 else f"{baseline} ahead" if diff.high < 0 else "not shown"
-        per_seed = ", ".join(f"{d:+.2f}" for d in diff.differences)
+        higher, lower = (arm, baseline) if diff.low > 0 else (baseline, arm) if diff.high < 0 else (None, None)
+        better = lower if lower_is_better else higher
+        verdict = "not shown" if better is None else f"{better} {'faster' if lower_is_better else 'ahead'}"
+        per_seed = ", ".join(number.format(d) for d in diff.differences)
+        interval = f"{number.format(diff.mean)} [{number.format(diff.low)}, {number.format(diff.high)}]"
         seeds = ", ".join(map(str, diff.seeds))
-        lines.append(
-            f"| {arm} − {baseline} | {seeds} | {per_seed} | {diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}] "
-            f"| {verdict} |"
-        )
+        lines.append(f"| {arm} − {baseline} | {seeds} | {per_seed} | {interval} | {verdict} |")
     return lines
 
 
