@@ -164,6 +164,9 @@ def test_a_warm_started_arm_trains_its_finetune_steps_from_its_bases_final_weigh
     assert finetuned.pytorch_weight_path == f"{base.checkpoint_dir}/300" and finetuned.num_train_steps == 40
     assert finetuned.model == bench.train_config(bench.DEFAULT_ARM, 2, args).model
     assert bench.train_config(bench.DEFAULT_ARM, 2, args).pytorch_weight_path is None
+    longer = bench.train_config("budget_trained25_gated_finetuned_long", 2, args)
+    assert longer.pytorch_weight_path == finetuned.pytorch_weight_path and longer.num_train_steps == 80
+    assert longer.model == finetuned.model and longer.lr_schedule.decay_steps == 80
 
 
 def test_the_unpruned_weights_load_into_the_pruned_model_as_they_are(tmp_path):

@@ -21,8 +21,9 @@ spreads over more patches; another idea toward target recall), ``budget_trained2
 temperature of 1, ``|S| <= 1``: the next step of that dose),
 ``budget_trained25_gated_finetuned`` (the default pruner trained ``--finetune-steps`` from the final ``unpruned``
 weights of its seed, which it trains first if needed: a pruner fine-tuned on a policy that already sees, as users
-fine-tune the π0.5 base), ``released`` (LightVLA as released: union of the argmaxes, no centring, softmax of the
-noisy scores), ``union`` (the union with centred scoring), ``released_clean_softmax`` and
+fine-tune the π0.5 base), ``budget_trained25_gated_finetuned_long`` (the same, twice ``--finetune-steps``: does a
+longer fine-tuning lift target recall?), ``released`` (LightVLA as released: union of the argmaxes, no centring,
+softmax of the noisy scores), ``union`` (the union with centred scoring), ``released_clean_softmax`` and
 ``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in the pruner's context in
 training, the sampling's starting noise at inference) and ``plan_1`` (a projected state token in the pruner's
 context): the seeds' proposals, on the union.
@@ -31,7 +32,8 @@ scoring, untrained, ranks the patches) and their random control ``random25`` (25
 on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` /
 ``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` / ``budget_trained25_gated_soft_random`` /
 ``budget_trained25_gated_t05_random`` / ``budget_trained25_gated_t1_random`` /
-``budget_trained25_gated_finetuned_random`` (the same count at random)
+``budget_trained25_gated_finetuned_random`` / ``budget_trained25_gated_finetuned_long_random`` (the same count at
+random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
 ``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
@@ -110,11 +112,17 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "budget_trained25_gated_t05": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 0.5}, {}),
     "budget_trained25_gated_t1": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 1.0}, {}),
     "budget_trained25_gated_finetuned": ("pi05_shapes_lightvla", GATED25, {}),
+    "budget_trained25_gated_finetuned_long": ("pi05_shapes_lightvla", GATED25, {}),
 }
 # Training arms that start from another training arm's final weights of the same seed and train ``--finetune-steps``
 # more: the default pruner fine-tuned on a policy that already looks at its target, as users fine-tune the π0.5 base
 # (the pruner has no parameters of its own, so the unpruned weights load as they are).
-WARM_STARTS: dict[str, str] = {"budget_trained25_gated_finetuned": "unpruned"}
+WARM_STARTS: dict[str, str] = {
+    "budget_trained25_gated_finetuned": "unpruned",
+    "budget_trained25_gated_finetuned_long": "unpruned",
+}
+# Warm-started arms that train a multiple of ``--finetune-steps`` (the others: one).
+FINETUNE_MULTIPLES: dict[str, int] = {"budget_trained25_gated_finetuned_long": 2}
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
@@ -193,6 +201,16 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_finetuned",
         {"token_prune_keep_neighbours": 1},
     ),
+    "budget_trained25_gated_finetuned_long": (
+        "budget_trained25_gated_finetuned_long",
+        "budget_trained25_gated_finetuned_long",
+        {},
+    ),
+    "budget_trained25_gated_finetuned_long_random": (
+        "budget_trained25_gated_finetuned_long",
+        "budget_trained25_gated_finetuned_long",
+        {"random_keep": True},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -230,6 +248,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("unpruned_no_target_far", "unpruned"),
     ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned_random"),
+    ("budget_trained25_gated_finetuned_long", "unpruned"),
+    ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned_long_random"),
+    ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -249,6 +270,7 @@ STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned", "unpruned"),
     ("budget_trained25_gated_finetuned", "budget_trained25_gated_finetuned_random"),
     ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target_far", "unpruned"),
 )
@@ -269,7 +291,8 @@ class Args:
     steps: int | None = None
     """Training steps (default: the config's)."""
     finetune_steps: int = 2000
-    """Training steps of an arm that starts from another arm's weights (``budget_trained25_gated_finetuned``)."""
+    """Training steps of an arm that starts from another arm's weights (``budget_trained25_gated_finetuned``; the
+    ``_long`` one trains twice as many)."""
     objects: int | None = None
     """Objects per scene (default: the config's 3-4); 1 asks only whether the policy can localise."""
     num_episodes: int | None = None
@@ -318,7 +341,8 @@ def train_config(arm: str, seed: int, args: Args):
         data_overrides = {**data_overrides, "action_space": args.action_space}
     if args.vision_variant is not None:
         model_overrides = {**model_overrides, "vision_variant": args.vision_variant}
-    steps = args.finetune_steps if arm in WARM_STARTS else args.steps or config.num_train_steps
+    steps = args.finetune_steps * FINETUNE_MULTIPLES.get(arm, 1) if arm in WARM_STARTS else args.steps
+    steps = steps or config.num_train_steps
     return dataclasses.replace(
         config,
         pytorch_weight_path=_warm_start_weights(arm, seed, args),
