@@ -746,5 +746,7 @@ def test_keep_neighbours_needs_whole_camera_grids():
         run(ImageTokenPruner(keep_tokens=4, keep_neighbours=1, patch_grid=4), inputs, train=False)
     with pytest.raises(ValueError, match="keep_neighbours"):
         ImageTokenPruner(keep_neighbours=-1)
+    with pytest.raises(ValueError, match=r"keep_neighbours must be an int >= 0, got 1\.5"):
+        ImageTokenPruner().keep_neighbours = 1.5  # set at runtime, as the eval CLI does
     with pytest.raises(ValueError, match="token_prune_keep_neighbours"):
         pi0_config.tiny_config(token_pruning_enabled=True, token_prune_keep_neighbours=-1)

@@ -261,8 +261,6 @@ class ImageTokenPruner(nn.Module):
         patch_grid: int | None = None,
     ):
         super().__init__()
-        if isinstance(keep_neighbours, bool) or not isinstance(keep_neighbours, int) or keep_neighbours < 0:
-            raise ValueError(f"keep_neighbours must be an int >= 0, got {keep_neighbours!r}")
         bad_grid = isinstance(patch_grid, bool) or not isinstance(patch_grid, int) or patch_grid < 1
         if patch_grid is not None and bad_grid:
             raise ValueError(f"patch_grid must be None or an int >= 1, got {patch_grid!r}")
@@ -309,6 +307,16 @@ class ImageTokenPruner(nn.Module):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"keep_tokens must be None or an int >= 1, got {value!r}")
         self._keep_tokens = value
+
+    @property
+    def keep_neighbours(self) -> int:
+        return self._keep_neighbours
+
+    @keep_neighbours.setter
+    def keep_neighbours(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"keep_neighbours must be an int >= 0, got {value!r}")
+        self._keep_neighbours = value
 
     @property
     def keep_ratio(self) -> float | None:
