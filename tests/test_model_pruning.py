@@ -171,3 +171,31 @@ def test_the_proposals_are_off_by_default_and_need_pruning():
     assert not any("prune_" in key and "proj" in key for key in PI0Pytorch(tiny_config()).state_dict())
     with pytest.raises(ValueError, match="need token_pruning_enabled"):
         tiny_config(token_prune_state_token=True)
+
+
+def test_query_projection_fine_tunes_from_a_base_without_it(fixture, tmp_path):
+    """A checkpoint trained without the pruner's map (an unpruned base) loads with the identity map; every other
+    weight is the base's. Loading it strictly fails, naming the missing map."""
+    from openpi.policies import libero_policy
+    from openpi.training import config as _config
+    from openpi.training import trainer
+
+    config = dataclasses.replace(
+        fixture.config,
+        token_pruning_enabled=True,
+        token_prune_keep_ratio=0.25,
+        token_prune_budget_training=True,
+        token_prune_query_projection=True,
+    )
+    base = next(fixture.directory.glob("*_weights.safetensors"))
+    train_config = _config.TrainConfig(
+        name="query_projection", model=config, data=libero_policy.LeRobotLiberoDataConfig(),
+        pytorch_weight_path=str(base), pytorch_training_precision="float32",
+    )  # fmt: skip
+    model = trainer.build_model(train_config, torch.device("cpu"))
+    width = config.llm_config.width
+    assert torch.equal(model.pruner.query_projection.detach(), torch.eye(width))
+    for key, value in fixture.build_model().state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(ValueError, match=r"token_pruner\.query_projection"):
+        load_weights(PI0Pytorch(config), base)

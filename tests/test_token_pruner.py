@@ -750,3 +750,44 @@ def test_keep_neighbours_needs_whole_camera_grids():
         ImageTokenPruner().keep_neighbours = 1.5  # set at runtime, as the eval CLI does
     with pytest.raises(ValueError, match="token_prune_keep_neighbours"):
         pi0_config.tiny_config(token_pruning_enabled=True, token_prune_keep_neighbours=-1)
+
+
+def test_query_projection_starts_as_the_parameter_free_scores_and_maps_the_queries():
+    inputs = make_inputs(batch=2, num_patches=32, dim=32)
+    pruner = ImageTokenPruner(keep_tokens=8, query_width=32)
+    torch.testing.assert_close(pruner.query_projection.detach(), torch.eye(32))
+    plain = run(ImageTokenPruner(keep_tokens=8), inputs, train=False)
+    assert torch.equal(run(pruner, inputs, train=False).kept_indices, plain.kept_indices)
+
+    projection = torch.randn(32, 32, generator=torch.Generator().manual_seed(3))
+    scoring = token_pruner._score(*inputs[:4], center_patches=False, query_projection=projection)
+    p, t = rms(inputs[0].double()), rms(inputs[1].double())
+    queries = rms(((p @ t.transpose(1, 2) / math.sqrt(32)).softmax(-1) @ t) @ projection.double().T)
+    expected = queries @ p.transpose(1, 2) / math.sqrt(32)  # restated: the map acts before the queries' RMS norm
+    torch.testing.assert_close(scoring.scores.double(), expected, rtol=1e-4, atol=1e-5)
+    assert scoring.scores.abs().max() <= math.sqrt(32) + 1e-4, "the RMS norm after the map keeps |S| <= sqrt(D)"
+
+
+def test_query_projection_learns_from_the_gate_without_changing_the_forward():
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
+    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    options = {"noise_scale": 0.0, "keep_tokens": 8, "budget_training": True, "gate_dropped_patches": True}
+    plain = attend(ImageTokenPruner(**options).train()(patches, task, task_mask, patch_mask, positions), query)
+    pruner = ImageTokenPruner(query_width=32, **options).train()
+    attended = attend(pruner(patches, task, task_mask, patch_mask, positions), query)
+    torch.testing.assert_close(attended, plain)
+    attended.sum().backward()
+    assert pruner.query_projection.grad.abs().sum() > 0, "the gate's gradient must reach the pruner's own map"
+    assert [name for name, _ in pruner.named_parameters()] == ["query_projection"]
+    assert not list(ImageTokenPruner(**options).parameters()), "without the map the pruner has no parameters"
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_query_width_is_validated(bad):
+    with pytest.raises(ValueError, match="query_width"):
+        ImageTokenPruner(query_width=bad)
+
+
+def test_query_width_must_match_the_patches():
+    with pytest.raises(ValueError, match="query_width=16 does not match the patches' width 32"):
+        run(ImageTokenPruner(query_width=16), make_inputs(dim=32), train=False)

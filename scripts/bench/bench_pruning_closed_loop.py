@@ -22,18 +22,20 @@ temperature of 1, ``|S| <= 1``: the next step of that dose),
 ``budget_trained25_gated_finetuned`` (the default pruner trained ``--finetune-steps`` from the final ``unpruned``
 weights of its seed, which it trains first if needed: a pruner fine-tuned on a policy that already sees, as users
 fine-tune the π0.5 base), ``budget_trained25_gated_finetuned_long`` (the same, twice ``--finetune-steps``: does a
-longer fine-tuning lift target recall?), ``released`` (LightVLA as released: union of the argmaxes, no centring,
-softmax of the noisy scores), ``union`` (the union with centred scoring), ``released_clean_softmax`` and
-``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in the pruner's context in
-training, the sampling's starting noise at inference) and ``plan_1`` (a projected state token in the pruner's
-context): the seeds' proposals, on the union.
+longer fine-tuning lift target recall?), ``budget_trained25_gated_finetuned_query_proj`` (the same fine-tuning with
+the pruner's own learned map of its queries, ``token_prune_query_projection``: can the scorer learn to find the
+target when it need not learn only through the weights the policy shares?), ``released`` (LightVLA as released:
+union of the argmaxes, no centring, softmax of the noisy scores), ``union`` (the union with centred scoring),
+``released_clean_softmax`` and ``centred_noisy_softmax`` (the softmax ablations), ``plan_b`` (the noisy actions in
+the pruner's context in training, the sampling's starting noise at inference) and ``plan_1`` (a projected state
+token in the pruner's context): the seeds' proposals, on the union.
 Evaluation arms add, on the unpruned weights, the training-free budgets ``budget10`` / ``budget25`` (the pruner's
 scoring, untrained, ranks the patches) and their random control ``random25`` (25% of the patches chosen at random);
 on the budget-trained weights ``budget_trained25_random`` / ``budget_trained10_random`` /
 ``budget_trained25_soft_random`` / ``budget_trained25_gated_random`` / ``budget_trained25_gated_soft_random`` /
 ``budget_trained25_gated_t05_random`` / ``budget_trained25_gated_t1_random`` /
-``budget_trained25_gated_finetuned_random`` / ``budget_trained25_gated_finetuned_long_random`` (the same count at
-random)
+``budget_trained25_gated_finetuned_random`` / ``budget_trained25_gated_finetuned_long_random`` /
+``budget_trained25_gated_finetuned_query_proj_random`` (the same count at random)
 and ``budget_trained25_at10`` (served at 10%); on the union's weights ``union_random_k`` (as many patches as it
 keeps, at random) and ``union_budget25`` (its scores ranking a 25% budget); on the released pruner's weights
 ``released_random_k``. What target recall measures: ``unpruned_no_target`` (the unpruned weights, every patch but the
@@ -113,6 +115,11 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "budget_trained25_gated_t1": ("pi05_shapes_lightvla", {**GATED25, "token_prune_score_temperature": 1.0}, {}),
     "budget_trained25_gated_finetuned": ("pi05_shapes_lightvla", GATED25, {}),
     "budget_trained25_gated_finetuned_long": ("pi05_shapes_lightvla", GATED25, {}),
+    "budget_trained25_gated_finetuned_query_proj": (
+        "pi05_shapes_lightvla",
+        {**GATED25, "token_prune_query_projection": True},
+        {},
+    ),
 }
 # Training arms that start from another training arm's final weights of the same seed and train ``--finetune-steps``
 # more: the default pruner fine-tuned on a policy that already looks at its target, as users fine-tune the π0.5 base
@@ -120,6 +127,7 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 WARM_STARTS: dict[str, str] = {
     "budget_trained25_gated_finetuned": "unpruned",
     "budget_trained25_gated_finetuned_long": "unpruned",
+    "budget_trained25_gated_finetuned_query_proj": "unpruned",
 }
 # Warm-started arms that train a multiple of ``--finetune-steps`` (the others: one).
 FINETUNE_MULTIPLES: dict[str, int] = {"budget_trained25_gated_finetuned_long": 2}
@@ -211,6 +219,16 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_finetuned_long",
         {"random_keep": True},
     ),
+    "budget_trained25_gated_finetuned_query_proj": (
+        "budget_trained25_gated_finetuned_query_proj",
+        "budget_trained25_gated_finetuned_query_proj",
+        {},
+    ),
+    "budget_trained25_gated_finetuned_query_proj_random": (
+        "budget_trained25_gated_finetuned_query_proj",
+        "budget_trained25_gated_finetuned_query_proj",
+        {"random_keep": True},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -251,6 +269,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned_long", "unpruned"),
     ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned_long_random"),
     ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_query_proj", "unpruned"),
+    ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned_query_proj_random"),
+    ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -271,6 +292,7 @@ STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned", "budget_trained25_gated_finetuned_random"),
     ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target_far", "unpruned"),
 )

@@ -78,6 +78,11 @@ class Pi0Config:
     # patches alone: an object's patches are contiguous, and one it only grazes scores like the background (a
     # departure from LightVLA, docs/lightvla_pruning.md). 0: off.
     token_prune_keep_neighbours: int = 0
+    # Give the pruner one learned width x width map of its queries, initialised to the identity (LightVLA's scores at
+    # the start), so the scorer learns through parameters of its own instead of only through the patch and prompt
+    # embeddings the policy shares (a departure from LightVLA, whose pruner has no parameters;
+    # docs/lightvla_pruning.md). A checkpoint without the map (an unpruned base) loads with the identity.
+    token_prune_query_projection: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -98,8 +103,14 @@ class Pi0Config:
         self.vision_config  # noqa: B018  (validates the variant)
         if self.token_prune_keep_tokens is not None and self.token_prune_keep_tokens < 1:
             raise ValueError(f"token_prune_keep_tokens must be >= 1, got {self.token_prune_keep_tokens}")
-        if (self.token_prune_state_token or self.token_prune_action_context) and not self.token_pruning_enabled:
-            raise ValueError("token_prune_state_token / token_prune_action_context need token_pruning_enabled")
+        pruner_parameters = (
+            self.token_prune_state_token or self.token_prune_action_context or self.token_prune_query_projection
+        )
+        if pruner_parameters and not self.token_pruning_enabled:
+            raise ValueError(
+                "token_prune_state_token / token_prune_action_context / token_prune_query_projection need "
+                "token_pruning_enabled"
+            )
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
             raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
         temperature = self.token_prune_score_temperature

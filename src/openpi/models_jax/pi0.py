@@ -355,6 +355,11 @@ def _check_pruner_context(config: Pi0Config) -> None:
         raise ValueError(
             "token_prune_keep_neighbours (an ablation of the budget's ranking) exists in the PyTorch model"
         )
+    if config.token_prune_query_projection:
+        raise ValueError(
+            "token_prune_query_projection (an ablation: a learned map of the pruner's queries) exists in the PyTorch "
+            "model"
+        )
 
 
 def lora_scales(config: Pi0Config) -> tuple[float, float]:

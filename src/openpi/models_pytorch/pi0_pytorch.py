@@ -121,6 +121,7 @@ class PI0Pytorch(nn.Module):
                 score_temperature=config.token_prune_score_temperature,
                 keep_neighbours=config.token_prune_keep_neighbours,
                 patch_grid=config.vision_config.image_size // config.vision_config.patch_size,
+                query_width=llm_width if config.token_prune_query_projection else None,
             )
             if config.token_pruning_enabled
             else None

@@ -1,4 +1,5 @@
-"""LightVLA visual-token pruning: a parameter-free, task-conditioned selector of image patches.
+"""LightVLA visual-token pruning: a parameter-free (optionally one learned map), task-conditioned selector of image
+patches.
 
 Every patch asks the task (language + discrete state) what it is looking for (a cross-attention "query"), then votes
 for the patch that best matches that query. Training keeps the sequence length and passes gradients through a
@@ -74,6 +75,12 @@ class _Scoring:
     scores: torch.Tensor  # [B, N, N] Q P^T / sqrt(D) (or cos / temperature), invalid columns set to _NEVER
 
 
+def is_pruner_parameter(name: str) -> bool:
+    """Whether a state-dict key is the pruner's own (its ``query_projection``): checkpoints trained without it lack
+    it, and a model loading one as its base keeps the identity it starts from."""
+    return name.endswith("token_pruner.query_projection")
+
+
 def _rms_norm(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free RMS norm over the last axis, in float32."""
     x = x.float()
@@ -94,18 +101,21 @@ def _score(
     patch_mask: torch.Tensor,
     center_patches: bool,
     score_temperature: float | None = None,
+    query_projection: torch.Tensor | None = None,
 ) -> _Scoring:
     """Computes the patch-to-patch scores; samples without any valid task token get zero queries (no NaN).
 
     ``score_temperature`` None: ``Q P^T / sqrt(D)`` (LightVLA; ``|S| <= sqrt(D)``); a number ``t``: the cosine
-    ``Q P^T / D`` divided by ``t`` (``|S| <= 1 / t`` at any width)."""
+    ``Q P^T / D`` divided by ``t`` (``|S| <= 1 / t`` at any width). ``query_projection``: a ``[D, D]`` map applied to
+    the queries before their last RMS norm (the bound holds either way)."""
     patches_n = _rms_norm(_center(patches, patch_mask) if center_patches else patches)
     task_n = _rms_norm(task_tokens)
     has_task = task_mask.any(dim=1)
     attend = task_mask | ~has_task[:, None]  # an all-False row would make SDPA return NaN
     queries_raw = F.scaled_dot_product_attention(patches_n, task_n, task_n, attn_mask=attend[:, None, :])
     queries_raw = queries_raw * has_task[:, None, None]
-    queries = _rms_norm(queries_raw)
+    projected = queries_raw if query_projection is None else queries_raw @ query_projection.float().T
+    queries = _rms_norm(projected)
     width = patches.shape[-1]
     scale = math.sqrt(width) if score_temperature is None else width * score_temperature
     scores = (queries @ patches_n.transpose(1, 2)).float() / scale  # float32 under autocast
@@ -173,7 +183,7 @@ def _argmax_stats(votes: torch.Tensor, n_rows: torch.Tensor) -> tuple[torch.Tens
 
 
 class ImageTokenPruner(nn.Module):
-    """Parameter-free LightVLA pruner over the pooled patches of all cameras.
+    """LightVLA pruner over the pooled patches of all cameras (parameter-free unless ``query_width`` is set).
 
     ``train()``: adds ``U(0, 1) * noise_scale`` to the scores, takes each row's argmax and returns
     ``W @ patches`` with ``W = onehot(argmax) + softmax(S) - stopgrad(softmax(S))`` (K = N; the forward value is the
@@ -223,6 +233,12 @@ class ImageTokenPruner(nn.Module):
     background around it. 0: off (LightVLA's ranking). Needs ``patch_grid`` (the pooled patches are camera-major
     grids, row-major).
 
+    ``query_width`` (a departure from LightVLA, whose pruner has no parameters): a learned ``[D, D]`` map of the
+    queries, ``query_projection``, initialised to the identity (so the scores start as LightVLA's). Without it the
+    scores can only learn through weights the policy shares (the patch and prompt embeddings), where the pruner's
+    gradient competes with the action loss's; the map is the pruner's own, so the optimizer moves it at its own pace.
+    None: parameter-free.
+
     ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
     at random among the valid ones (``random_generator`` makes it reproducible).
 
@@ -259,8 +275,13 @@ class ImageTokenPruner(nn.Module):
         score_temperature: float | None = None,
         keep_neighbours: int = 0,
         patch_grid: int | None = None,
+        query_width: int | None = None,
     ):
         super().__init__()
+        bad_width = isinstance(query_width, bool) or not isinstance(query_width, int) or query_width < 1
+        if query_width is not None and bad_width:
+            raise ValueError(f"query_width must be None or an int >= 1, got {query_width!r}")
+        self.query_projection = None if query_width is None else nn.Parameter(torch.eye(query_width))
         bad_grid = isinstance(patch_grid, bool) or not isinstance(patch_grid, int) or patch_grid < 1
         if patch_grid is not None and bad_grid:
             raise ValueError(f"patch_grid must be None or an int >= 1, got {patch_grid!r}")
@@ -345,7 +366,7 @@ class ImageTokenPruner(nn.Module):
             f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
             f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}, "
             f"gate_dropped_patches={self.gate_dropped_patches}, score_temperature={self.score_temperature}, "
-            f"keep_neighbours={self.keep_neighbours}"
+            f"keep_neighbours={self.keep_neighbours}, query_projection={self.query_projection is not None}"
         )
         return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
@@ -370,7 +391,19 @@ class ImageTokenPruner(nn.Module):
                 a fresh one, e.g. to replay another implementation's draw; ignored in eval mode.
         """
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
-        scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches, self.score_temperature)
+        if self.query_projection is not None and self.query_projection.shape[0] != patches.shape[-1]:
+            raise ValueError(
+                f"query_width={self.query_projection.shape[0]} does not match the patches' width {patches.shape[-1]}"
+            )
+        scoring = _score(
+            patches,
+            task_tokens,
+            task_mask,
+            patch_mask,
+            self.center_patches,
+            self.score_temperature,
+            self.query_projection,
+        )
         self.last_selection = None
         if self.training and self.budget_training:
             pruned, noisy_choice, kept_counts = self._select_train_budget(
