@@ -173,7 +173,7 @@ def test_the_proposals_are_off_by_default_and_need_pruning():
         tiny_config(token_prune_state_token=True)
 
 
-def test_query_projection_fine_tunes_from_a_base_without_it(fixture, tmp_path):
+def test_query_projection_fine_tunes_from_a_base_without_it(fixture):
     """A checkpoint trained without the pruner's map (an unpruned base) loads with the identity map; every other
     weight is the base's. Loading it strictly fails, naming the missing map."""
     from openpi.policies import libero_policy
