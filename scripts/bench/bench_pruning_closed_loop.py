@@ -45,7 +45,9 @@ with ``budget_trained25_gated_no_target_random`` (as many patches off the target
 ``budget_trained25_gated_finetuned_no_target_far`` (the target's patches withheld only while it is outside the wrist
 camera's view: does the policy need them there?). ``budget_trained25_gated_finetuned_neighbours``: the fine-tuned
 default's budget filled with the 3 x 3 neighbourhoods of its top-ranked patches (``token_prune_keep_neighbours=1``,
-training-free), an idea toward target recall.
+training-free), an idea toward target recall; ``budget_trained25_gated_finetuned_neighbours_trained``: the same
+neighbourhoods in the fine-tuning too (the gate then sees and trains the patches around each top-ranked one), with
+its random control ``budget_trained25_gated_finetuned_neighbours_trained_random``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {**GATED25, "token_prune_query_projection": True},
         {},
     ),
+    "budget_trained25_gated_finetuned_neighbours_trained": (
+        "pi05_shapes_lightvla",
+        {**GATED25, "token_prune_keep_neighbours": 1},
+        {},
+    ),
 }
 # Training arms that start from another training arm's final weights of the same seed and train ``--finetune-steps``
 # more: the default pruner fine-tuned on a policy that already looks at its target, as users fine-tune the π0.5 base
@@ -128,6 +135,7 @@ WARM_STARTS: dict[str, str] = {
     "budget_trained25_gated_finetuned": "unpruned",
     "budget_trained25_gated_finetuned_long": "unpruned",
     "budget_trained25_gated_finetuned_query_proj": "unpruned",
+    "budget_trained25_gated_finetuned_neighbours_trained": "unpruned",
 }
 # Warm-started arms that train a multiple of ``--finetune-steps`` (the others: one).
 FINETUNE_MULTIPLES: dict[str, int] = {"budget_trained25_gated_finetuned_long": 2}
@@ -229,6 +237,16 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_finetuned_query_proj",
         {"random_keep": True},
     ),
+    "budget_trained25_gated_finetuned_neighbours_trained": (
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        {},
+    ),
+    "budget_trained25_gated_finetuned_neighbours_trained_random": (
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        {"random_keep": True},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -272,6 +290,13 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned_query_proj", "unpruned"),
     ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned_query_proj_random"),
     ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_neighbours_trained", "unpruned"),
+    (
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        "budget_trained25_gated_finetuned_neighbours_trained_random",
+    ),
+    ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned_neighbours"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -293,6 +318,7 @@ STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned_neighbours", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target_far", "unpruned"),
 )
