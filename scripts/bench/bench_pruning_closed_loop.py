@@ -47,7 +47,9 @@ camera's view: does the policy need them there?). ``budget_trained25_gated_finet
 default's budget filled with the 3 x 3 neighbourhoods of its top-ranked patches (``token_prune_keep_neighbours=1``,
 training-free), an idea toward target recall; ``budget_trained25_gated_finetuned_neighbours_trained``: the same
 neighbourhoods in the fine-tuning too (the gate then sees and trains the patches around each top-ranked one), with
-its random control ``budget_trained25_gated_finetuned_neighbours_trained_random``.
+its random control ``budget_trained25_gated_finetuned_neighbours_trained_random`` and
+``budget_trained25_gated_finetuned_neighbours_trained_served_plain`` (those weights served without neighbourhoods:
+did the training move the scores, or does the serving rule do the work?).
 """
 
 from __future__ import annotations
@@ -247,6 +249,11 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_finetuned_neighbours_trained",
         {"random_keep": True},
     ),
+    "budget_trained25_gated_finetuned_neighbours_trained_served_plain": (
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        "budget_trained25_gated_finetuned_neighbours_trained",
+        {"token_prune_keep_neighbours": 0},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -297,6 +304,7 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ),
     ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned_neighbours"),
+    ("budget_trained25_gated_finetuned_neighbours_trained_served_plain", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
