@@ -141,15 +141,23 @@ def test_a_vision_tower_without_layers_keeps_each_patch_token_to_its_own_pixels(
     assert ((mixing(repainted) - mixing(pixels)).abs().amax(dim=-1)[0] > 1e-6).all()
 
 
+def _run(seed: int, rate: float) -> dict:
+    return {"seed": seed, "success_rate": rate, "successes": round(rate * 100), "episodes": 100}
+
+
 def test_the_precondition_names_a_seed_that_misses_it_even_when_the_pooled_rates_meet_it():
-    results = {
-        "unpruned": [{"seed": 0, "success_rate": 0.96}, {"seed": 1, "success_rate": 0.70}],
-        "blind": [{"seed": 0, "success_rate": 0.17}, {"seed": 1, "success_rate": 0.13}],
-    }
-    line = bench._precondition({"unpruned": 0.83, "blind": 0.15}, results)
+    results = {"unpruned": [_run(0, 0.96), _run(1, 0.70)], "blind": [_run(0, 0.17), _run(1, 0.13)]}
+    line = bench._precondition(results)
     assert "met" in line and "not met on seed 1 (unpruned 0.70, blind 0.13)" in line
-    results["unpruned"][1]["success_rate"] = 0.85
-    assert "not met on seed" not in bench._precondition({"unpruned": 0.9, "blind": 0.15}, results)
+    results["unpruned"][1] = _run(1, 0.85)
+    assert "not met on seed" not in bench._precondition(results)
+
+
+def test_the_precondition_pools_only_the_seeds_that_have_both_controls():
+    results = {"unpruned": [_run(0, 1.00), _run(1, 0.70), _run(2, 1.00)], "blind": [_run(1, 0.19)]}
+    line = bench._precondition(results)
+    assert "NOT MET" in line and "unpruned 0.70, blind 0.19, pooled over seeds 1; not measured on seeds 0, 2" in line
+    assert "not yet measured" in bench._precondition({"unpruned": [_run(0, 1.0)], "blind": [_run(1, 0.2)]})
 
 
 def test_an_unknown_training_arm_is_named():

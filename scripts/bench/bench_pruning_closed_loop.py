@@ -596,7 +596,7 @@ def _report(args: Args) -> None:
         )
     lines += [
         "",
-        _precondition(rate, results),
+        _precondition(results),
         "",
         *_camera_table(results),
         *_comparison_table(results),
@@ -714,15 +714,15 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
     ]
 
 
-def _precondition(rate: dict[str, float], results: dict[str, list[dict]]) -> str:
-    """The experiment's precondition, stated with the seeds it was measured on: without it no comparison in the
-    table is a finding."""
-    unpruned, blind = rate.get("unpruned"), rate.get("blind")
-    if unpruned is None or blind is None:
-        return "**Precondition: not yet measured** (needs the unpruned and blind arms)."
+def _precondition(results: dict[str, list[dict]]) -> str:
+    """The experiment's precondition, pooled over the seeds that have both controls and stated with them: without it
+    no comparison in the table is a finding."""
+    measured = {r["seed"] for r in results.get("unpruned", [])} & {r["seed"] for r in results.get("blind", [])}
+    if not measured:
+        return "**Precondition: not yet measured** (needs the unpruned and blind arms of one seed)."
+    unpruned, blind = (_pooled_rate(results[arm], measured) for arm in ("unpruned", "blind"))
     met = unpruned >= 0.8 and unpruned - blind >= 0.3
     verdict = "met" if met else "NOT MET: no comparison in this table is a finding about pruning"
-    measured = {r["seed"] for r in results["unpruned"]} & {r["seed"] for r in results["blind"]}
     unmeasured = sorted({r["seed"] for runs in results.values() for r in runs} - measured)
     caveat = f"; not measured on seeds {', '.join(map(str, unmeasured))}" if unmeasured else ""
     failing = _seeds_failing_precondition(results, measured)
@@ -733,6 +733,12 @@ def _precondition(rate: dict[str, float], results: dict[str, list[dict]]) -> str
         f"(unpruned {unpruned:.2f}, blind {blind:.2f}, pooled over seeds {', '.join(map(str, sorted(measured)))}"
         f"{caveat})."
     )
+
+
+def _pooled_rate(runs: list[dict], seeds: set[int]) -> float:
+    """Success pooled over the episodes of the given seeds' runs."""
+    kept = [r for r in runs if r["seed"] in seeds]
+    return sum(r["successes"] for r in kept) / sum(r["episodes"] for r in kept)
 
 
 def _seeds_failing_precondition(results: dict[str, list[dict]], seeds: set[int]) -> list[str]:
@@ -844,7 +850,7 @@ def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], pa
     ax.legend(title="arm (seeds)", fontsize=8, title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits outside the axes
 
 
 if __name__ == "__main__":
