@@ -49,7 +49,11 @@ training-free), an idea toward target recall; ``budget_trained25_gated_finetuned
 neighbourhoods in the fine-tuning too (the gate then sees and trains the patches around each top-ranked one), with
 its random control ``budget_trained25_gated_finetuned_neighbours_trained_random`` and
 ``budget_trained25_gated_finetuned_neighbours_trained_served_plain`` (those weights served without neighbourhoods:
-did the training move the scores, or does the serving rule do the work?).
+did the training move the scores, or does the serving rule do the work?). ``unpruned_long``: the ``unpruned`` policy
+trained twice ``--finetune-steps`` more from its own final weights (a fresh warm-up and cosine), a stronger base;
+``budget_trained25_gated_finetuned_long_base`` and ``budget_trained25_gated_finetuned_neighbours_trained_long_base``:
+those two fine-tunings from it instead (does a policy that sees better give the pruner its target?), each with its
+``_random`` control.
 """
 
 from __future__ import annotations
@@ -129,6 +133,13 @@ TRAINING_ARMS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {**GATED25, "token_prune_keep_neighbours": 1},
         {},
     ),
+    "unpruned_long": ("pi05_shapes", {}, {}),
+    "budget_trained25_gated_finetuned_long_base": ("pi05_shapes_lightvla", GATED25, {}),
+    "budget_trained25_gated_finetuned_neighbours_trained_long_base": (
+        "pi05_shapes_lightvla",
+        {**GATED25, "token_prune_keep_neighbours": 1},
+        {},
+    ),
 }
 # Training arms that start from another training arm's final weights of the same seed and train ``--finetune-steps``
 # more: the default pruner fine-tuned on a policy that already looks at its target, as users fine-tune the π0.5 base
@@ -138,9 +149,12 @@ WARM_STARTS: dict[str, str] = {
     "budget_trained25_gated_finetuned_long": "unpruned",
     "budget_trained25_gated_finetuned_query_proj": "unpruned",
     "budget_trained25_gated_finetuned_neighbours_trained": "unpruned",
+    "unpruned_long": "unpruned",
+    "budget_trained25_gated_finetuned_long_base": "unpruned_long",
+    "budget_trained25_gated_finetuned_neighbours_trained_long_base": "unpruned_long",
 }
 # Warm-started arms that train a multiple of ``--finetune-steps`` (the others: one).
-FINETUNE_MULTIPLES: dict[str, int] = {"budget_trained25_gated_finetuned_long": 2}
+FINETUNE_MULTIPLES: dict[str, int] = {"budget_trained25_gated_finetuned_long": 2, "unpruned_long": 2}
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "released", "union", DEFAULT_ARM)
 # name -> (training arm whose weights it uses, config it is evaluated as, eval options)
@@ -254,6 +268,27 @@ EVAL_ARMS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "budget_trained25_gated_finetuned_neighbours_trained",
         {"token_prune_keep_neighbours": 0},
     ),
+    "unpruned_long": ("unpruned_long", "unpruned_long", {}),
+    "budget_trained25_gated_finetuned_long_base": (
+        "budget_trained25_gated_finetuned_long_base",
+        "budget_trained25_gated_finetuned_long_base",
+        {},
+    ),
+    "budget_trained25_gated_finetuned_long_base_random": (
+        "budget_trained25_gated_finetuned_long_base",
+        "budget_trained25_gated_finetuned_long_base",
+        {"random_keep": True},
+    ),
+    "budget_trained25_gated_finetuned_neighbours_trained_long_base": (
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base",
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base",
+        {},
+    ),
+    "budget_trained25_gated_finetuned_neighbours_trained_long_base_random": (
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base",
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base",
+        {"random_keep": True},
+    ),
 }
 
 # (arm, baseline): the paired differences the docs cite, with the training seed as the unit.
@@ -305,6 +340,19 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned_neighbours"),
     ("budget_trained25_gated_finetuned_neighbours_trained_served_plain", "budget_trained25_gated_finetuned"),
+    ("unpruned_long", "unpruned"),
+    ("budget_trained25_gated_finetuned_long_base", "unpruned_long"),
+    ("budget_trained25_gated_finetuned_long_base", "budget_trained25_gated_finetuned_long_base_random"),
+    ("budget_trained25_gated_finetuned_long_base", "budget_trained25_gated_finetuned"),
+    ("budget_trained25_gated_finetuned_neighbours_trained_long_base", "unpruned_long"),
+    (
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base",
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base_random",
+    ),
+    (
+        "budget_trained25_gated_finetuned_neighbours_trained_long_base",
+        "budget_trained25_gated_finetuned_neighbours_trained",
+    ),
     ("unpruned_no_target", "unpruned"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated"),
     ("budget_trained25_gated_no_target", "budget_trained25_gated_no_target_random"),
@@ -327,6 +375,9 @@ STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_query_proj", "budget_trained25_gated_finetuned"),
     ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned"),
+    ("unpruned_long", "unpruned"),
+    ("budget_trained25_gated_finetuned_long_base", "unpruned_long"),
+    ("budget_trained25_gated_finetuned_neighbours_trained_long_base", "unpruned_long"),
     ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target_far", "unpruned"),
 )
