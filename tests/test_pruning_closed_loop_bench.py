@@ -224,3 +224,19 @@ def test_steps_table_names_the_faster_arm_only_when_the_interval_excludes_zero()
     assert "-10.0, -8.5, -10.5" in random_row and random_row.endswith("| budget_trained25_gated_finetuned faster |")
     assert rows["budget_trained25_gated_finetuned − unpruned"].endswith("| not shown |")
     assert bench._steps_table({"unpruned": runs(5.0)}) == []
+
+
+def test_arms_fine_tuned_from_the_longer_trained_base_measure_their_vision_gap_against_it():
+    assert bench.unpruned_reference("budget_trained25_gated_finetuned_long_base_random") == "unpruned_long"
+    assert bench.unpruned_reference("budget_trained25_gated_finetuned") == "unpruned"
+    assert bench.unpruned_reference("budget25") == "unpruned"
+    results = {
+        "blind": [_run(0, 0.2)],
+        "unpruned": [_run(0, 0.6)],
+        "unpruned_long": [_run(0, 1.0)],
+        "budget_trained25_gated_finetuned_long_base": [_run(0, 0.9)],
+    }
+    assert bench._vision_gap_kept(results, "budget_trained25_gated_finetuned_long_base") == f"{0.7 / 0.8:.2f}"
+    line = bench._precondition(results, "unpruned_long")
+    assert "for the arms on `unpruned_long`" in line and "met" in line and "unpruned_long 1.00, blind 0.20" in line
+    assert "NOT MET" in bench._precondition(results)  # the shorter-trained base misses it

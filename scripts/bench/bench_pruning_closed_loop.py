@@ -153,6 +153,8 @@ WARM_STARTS: dict[str, str] = {
     "budget_trained25_gated_finetuned_long_base": "unpruned_long",
     "budget_trained25_gated_finetuned_neighbours_trained_long_base": "unpruned_long",
 }
+# The policies trained without pruning: each arm's vision gap is measured against the one its weights descend from.
+UNPRUNED_ARMS = ("unpruned", "unpruned_long")
 # Warm-started arms that train a multiple of ``--finetune-steps`` (the others: one).
 FINETUNE_MULTIPLES: dict[str, int] = {"budget_trained25_gated_finetuned_long": 2, "unpruned_long": 2}
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains as it stands (a test holds them equal)
@@ -377,6 +379,7 @@ STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("budget_trained25_gated_finetuned_neighbours_trained", "budget_trained25_gated_finetuned"),
     ("unpruned_long", "unpruned"),
     ("budget_trained25_gated_finetuned_long_base", "unpruned_long"),
+    ("budget_trained25_gated_finetuned_long_base", "budget_trained25_gated_finetuned_long_base_random"),
     ("budget_trained25_gated_finetuned_neighbours_trained_long_base", "unpruned_long"),
     ("budget_trained25_gated_finetuned_no_target_far", "budget_trained25_gated_finetuned"),
     ("unpruned_no_target_far", "unpruned"),
@@ -605,18 +608,25 @@ def _load(args: Args) -> dict[str, list[dict]]:
     return results
 
 
+def unpruned_reference(arm: str) -> str:
+    """The unpruned policy an arm's weights descend from, the reference of its vision gap: ``unpruned`` unless its
+    training warm-starts, directly or through another arm, from a longer-trained one."""
+    training = EVAL_ARMS[arm][0] if arm in EVAL_ARMS else arm
+    while training not in UNPRUNED_ARMS and training in WARM_STARTS:
+        training = WARM_STARTS[training]
+    return training if training in UNPRUNED_ARMS else "unpruned"
+
+
 def _vision_gap_kept(results: dict[str, list[dict]], arm: str) -> str:
-    """(arm − blind) / (unpruned − blind), pooled over the arm's seeds that also have both controls (named when that
-    is not all of them); – without such a seed or without a gap."""
+    """(arm − blind) / (reference − blind) with the arm's unpruned reference, pooled over the arm's seeds that also
+    have both controls (named when that is not all of them); – without such a seed or without a gap."""
+    reference = unpruned_reference(arm)
     arm_seeds = {r["seed"] for r in results[arm]}
-    seeds = arm_seeds.intersection(*({r["seed"] for r in results.get(name, [])} for name in ("unpruned", "blind")))
+    seeds = arm_seeds.intersection(*({r["seed"] for r in results.get(name, [])} for name in (reference, "blind")))
     if not seeds:
         return "–"
-    rates = {}
-    for name in (arm, "unpruned", "blind"):
-        runs = [r for r in results[name] if r["seed"] in seeds]
-        rates[name] = sum(r["successes"] for r in runs) / sum(r["episodes"] for r in runs)
-    gap = rates["unpruned"] - rates["blind"]
+    rates = {name: _pooled_rate(results[name], seeds) for name in (arm, reference, "blind")}
+    gap = rates[reference] - rates["blind"]
     if gap <= 0:
         return "–"
     share = f"{(rates[arm] - rates['blind']) / gap:.2f}"
@@ -647,7 +657,7 @@ def _report(args: Args) -> None:
         )
     lines += [
         "",
-        _precondition(results),
+        *(_precondition(results, reference) for reference in UNPRUNED_ARMS if reference in results),
         "",
         *_camera_table(results),
         *_comparison_table(results),
@@ -765,23 +775,24 @@ def _camera_table(results: dict[str, list[dict]]) -> list[str]:
     ]
 
 
-def _precondition(results: dict[str, list[dict]]) -> str:
-    """The experiment's precondition, pooled over the seeds that have both controls and stated with them: without it
-    no comparison in the table is a finding."""
-    measured = {r["seed"] for r in results.get("unpruned", [])} & {r["seed"] for r in results.get("blind", [])}
+def _precondition(results: dict[str, list[dict]], reference: str = "unpruned") -> str:
+    """The experiment's precondition for the arms on one unpruned policy, pooled over the seeds that have both
+    controls and stated with them: without it no comparison against that policy is a finding."""
+    name = "" if reference == "unpruned" else f" for the arms on `{reference}`"
+    measured = {r["seed"] for r in results.get(reference, [])} & {r["seed"] for r in results.get("blind", [])}
     if not measured:
-        return "**Precondition: not yet measured** (needs the unpruned and blind arms of one seed)."
-    unpruned, blind = (_pooled_rate(results[arm], measured) for arm in ("unpruned", "blind"))
+        return f"**Precondition{name}: not yet measured** (needs the {reference} and blind arms of one seed)."
+    unpruned, blind = (_pooled_rate(results[arm], measured) for arm in (reference, "blind"))
     met = unpruned >= 0.8 and unpruned - blind >= 0.3
     verdict = "met" if met else "NOT MET: no comparison in this table is a finding about pruning"
     unmeasured = sorted({r["seed"] for runs in results.values() for r in runs} - measured)
     caveat = f"; not measured on seeds {', '.join(map(str, unmeasured))}" if unmeasured else ""
-    failing = _seeds_failing_precondition(results, measured)
+    failing = _seeds_failing_precondition(results, measured, reference)
     if failing:
         caveat += f"; **not met on seed {', '.join(failing)}**, whose comparisons are not findings"
     return (
-        f"**Precondition (unpruned ≥ 0.80 success and ≥ 30 points above blind): {verdict}** "
-        f"(unpruned {unpruned:.2f}, blind {blind:.2f}, pooled over seeds {', '.join(map(str, sorted(measured)))}"
+        f"**Precondition{name} ({reference} ≥ 0.80 success and ≥ 30 points above blind): {verdict}** "
+        f"({reference} {unpruned:.2f}, blind {blind:.2f}, pooled over seeds {', '.join(map(str, sorted(measured)))}"
         f"{caveat})."
     )
 
@@ -792,12 +803,12 @@ def _pooled_rate(runs: list[dict], seeds: set[int]) -> float:
     return sum(r["successes"] for r in kept) / sum(r["episodes"] for r in kept)
 
 
-def _seeds_failing_precondition(results: dict[str, list[dict]], seeds: set[int]) -> list[str]:
-    """Each measured seed whose own unpruned and blind policies miss the precondition, with their rates."""
-    unpruned = {r["seed"]: r["success_rate"] for r in results["unpruned"]}
+def _seeds_failing_precondition(results: dict[str, list[dict]], seeds: set[int], reference: str) -> list[str]:
+    """Each measured seed whose own unpruned (reference) and blind policies miss the precondition, with their rates."""
+    unpruned = {r["seed"]: r["success_rate"] for r in results[reference]}
     blind = {r["seed"]: r["success_rate"] for r in results["blind"]}
     return [
-        f"{seed} (unpruned {unpruned[seed]:.2f}, blind {blind[seed]:.2f})"
+        f"{seed} ({reference} {unpruned[seed]:.2f}, blind {blind[seed]:.2f})"
         for seed in sorted(seeds)
         if unpruned[seed] < 0.8 or unpruned[seed] - blind[seed] < 0.3
     ]
@@ -824,7 +835,8 @@ def _header(args: Args, results: dict[str, list[dict]]) -> list[str]:
         "Success: pooled over the arm's seeds, Wilson 95% CI (an arm with fewer seeds is not comparable to the "
         "others' pooled rates; compare per seed). "
         "Vision gap kept = (arm − blind) / (unpruned − blind), each pooled over the arm's seeds that have both "
-        "controls (in brackets when that is not all of them). "
+        "controls (in brackets when that is not all of them), where unpruned is the unpruned policy the arm's "
+        "weights descend from (`unpruned_long` for the arms fine-tuned from it). "
         "Recall: fraction of the target's patches kept, per inference; hit: at least one kept; last hit: the same at "
         "each episode's last inference (in a success, the one before the close; – where a result predates it). "
         "Swap recall: recall on another object of the scene after the prompt names it (in brackets: before it was "
@@ -876,7 +888,7 @@ def _plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], pa
         rate = successes / episodes
         low, high = wilson_interval(successes, episodes)
         ratio = _mean_of(runs, "kept_ratio_mean")
-        x = 1.0 if ratio is None or arm in ("unpruned", "blind") else ratio
+        x = 1.0 if ratio is None or arm in (*UNPRUNED_ARMS, "blind") else ratio
         x = (0.0 if arm == "blind" else x) + _JITTER * (index - len(results) / 2)  # spread arms at the same ratio
         color = plt.cm.tab20(index % 20)
         marker = _MARKERS[index // 20 % len(_MARKERS)]  # a colour repeats only with another marker
