@@ -240,3 +240,12 @@ def test_arms_fine_tuned_from_the_longer_trained_base_measure_their_vision_gap_a
     line = bench._precondition(results, "unpruned_long")
     assert "for the arms on `unpruned_long`" in line and "met" in line and "unpruned_long 1.00, blind 0.20" in line
     assert "NOT MET" in bench._precondition(results)  # the shorter-trained base misses it
+
+
+def test_a_warm_start_on_a_warm_started_base_trains_the_whole_chain_first(tmp_path):
+    arms = ("budget_trained25_gated_finetuned_long_base",)
+    args = bench.Args(seeds=(3,), arms=arms, work_dir=tmp_path, results_dir=tmp_path)
+    chain = [("unpruned", 3), ("unpruned_long", 3), ("budget_trained25_gated_finetuned_long_base", 3)]
+    assert bench.pending_trainings(args) == chain
+    (tmp_path / "train_unpruned_seed3.json").write_text("{}")
+    assert bench.pending_trainings(args) == chain[1:]

@@ -561,19 +561,24 @@ def _train_all(args: Args) -> dict[int, dict[str, dict]]:
 
 
 def pending_trainings(args: Args) -> list[tuple[str, int]]:
-    """The (arm, seed) trainings still needed; a warm start's untrained base comes before it (asked for or not)."""
+    """The (arm, seed) trainings still needed; a warm start's untrained bases, down its chain, come before it (asked
+    for or not)."""
     wanted = [
         (arm, seed)
         for seed in args.seeds
         for arm in args.arms
         if not _trained(args, arm, seed) and _needs_weights(args, arm, seed)
     ]
-    bases = [
-        (WARM_STARTS[arm], seed)
-        for arm, seed in wanted
-        if arm in WARM_STARTS and not _trained(args, WARM_STARTS[arm], seed)
-    ]
+    bases = [base for arm, seed in wanted for base in _untrained_bases(args, arm, seed)]
     return list(dict.fromkeys([*bases, *wanted]))
+
+
+def _untrained_bases(args: Args, arm: str, seed: int) -> list[tuple[str, int]]:
+    """The untrained arms ``arm`` warm-starts from for ``seed``, directly or not, the first to train first."""
+    bases = []
+    while (arm := WARM_STARTS.get(arm)) is not None and not _trained(args, arm, seed):
+        bases.insert(0, (arm, seed))
+    return bases
 
 
 def _trained(args: Args, arm: str | None, seed: int) -> bool:
