@@ -240,6 +240,8 @@ def test_arms_fine_tuned_from_the_longer_trained_base_measure_their_vision_gap_a
     line = bench._precondition(results, "unpruned_long")
     assert "for the arms on `unpruned_long`" in line and "met" in line and "unpruned_long 1.00, blind 0.20" in line
     assert "NOT MET" in bench._precondition(results)  # the shorter-trained base misses it
+    results["unpruned_long"].append(_run(3, 1.0))
+    assert "; not measured on seed 3)" in bench._precondition(results, "unpruned_long")
 
 
 def test_a_warm_start_on_a_warm_started_base_trains_the_whole_chain_first(tmp_path):

@@ -791,7 +791,8 @@ def _precondition(results: dict[str, list[dict]], reference: str = "unpruned") -
     met = unpruned >= 0.8 and unpruned - blind >= 0.3
     verdict = "met" if met else "NOT MET: no comparison in this table is a finding about pruning"
     unmeasured = sorted({r["seed"] for runs in results.values() for r in runs} - measured)
-    caveat = f"; not measured on seeds {', '.join(map(str, unmeasured))}" if unmeasured else ""
+    plural = "s" if len(unmeasured) > 1 else ""
+    caveat = f"; not measured on seed{plural} {', '.join(map(str, unmeasured))}" if unmeasured else ""
     failing = _seeds_failing_precondition(results, measured, reference)
     if failing:
         caveat += f"; **not met on seed {', '.join(failing)}**, whose comparisons are not findings"
