@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import tyro
-from eval_closed_loop import PolicyArgs
 
 from openpi.envs import rollout
 from openpi.envs.shapes import Scene, ShapesEnv
+from openpi.evaluation.closed_loop import PolicyArgs
 from openpi.models.observation import IMAGE_KEYS
 from openpi.policies import policy_config
 from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap

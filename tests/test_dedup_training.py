@@ -158,7 +158,13 @@ def _error(value: torch.Tensor, expected: torch.Tensor, floor: float = 1e-6) -> 
 
 
 def test_merged_patches_are_the_voted_patches_padded_to_the_bucket():
-    pruner = token_pruner.ImageTokenPruner(noise_scale=0.5, kept_multiple=16, dedup_training=True).train()
+    config = tiny_config(
+        token_pruning_enabled=True,
+        token_prune_noise_scale=0.5,
+        token_prune_kept_multiple=16,
+        token_prune_dedup_training=True,
+    )
+    pruner = token_pruner.ImageTokenPruner(config).train()
     gen = torch.Generator().manual_seed(0)
     patches, task = torch.randn(2, 40, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
     patch_mask = torch.ones(2, 40, dtype=torch.bool)

@@ -1,4 +1,5 @@
-"""scripts/eval_closed_loop.py: its JSON summary, masking, random keep, budgets, and the websocket path."""
+"""Closed-loop evaluation (openpi.evaluation.closed_loop): its summary, masking, random patches, budgets, the websocket
+path; and the pruning pictures of scripts/visualize_pruning.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from openpi.envs.shapes import ShapesEnv, ShapesTask
+from openpi.evaluation import closed_loop
+from openpi.evaluation.random_patches import RandomPatchPruner, use_random_patches
+from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from openpi.training import config as _config
 from tests.model_helpers import randomized
@@ -33,10 +39,6 @@ SUMMARY_KEYS = {
 }
 
 
-def _script():
-    return load_script("scripts/eval_closed_loop.py")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, embedded_data_home) -> Path:
     """Random weights of the LightVLA testbed config (a small dataset), saved as a checkpoint."""
@@ -55,20 +57,22 @@ def _small(name: str) -> _config.TrainConfig:
 
 
 @pytest.fixture
-def script(monkeypatch):
-    module = _script()
-    monkeypatch.setattr(module._config, "get_config", _small)
-    return module
+def small_configs(monkeypatch):
+    monkeypatch.setattr(closed_loop._config, "get_config", _small)
 
 
-def _args(script, checkpoint: Path, **overrides):
-    return script.Args(policy=script.PolicyArgs("pi05_shapes_lightvla", str(checkpoint)), episodes=3, **overrides)
+def _args(checkpoint: Path, **overrides) -> closed_loop.Args:
+    policy = closed_loop.PolicyArgs("pi05_shapes_lightvla", str(checkpoint))
+    return closed_loop.Args(policy=policy, episodes=3, **overrides)
 
 
-def test_the_last_line_is_the_json_summary(script, checkpoint, capsys):
-    summary = script.main(_args(script, checkpoint, prompt_swap=2))
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed == summary and set(printed) >= SUMMARY_KEYS
+def _policy(checkpoint: Path, **overrides):
+    return closed_loop.load_policy(_args(checkpoint, **overrides), _small("pi05_shapes_lightvla"))
+
+
+def test_the_summary(small_configs, checkpoint):
+    printed = closed_loop.run(_args(checkpoint, prompt_swap=2))
+    assert set(printed) >= SUMMARY_KEYS and json.loads(json.dumps(printed)) == printed
     assert printed["episodes"] == 3 and 0.0 <= printed["success_rate"] <= 1.0
     low, high = printed["ci95"]
     assert 0.0 <= low <= printed["success_rate"] <= high <= 1.0
@@ -83,44 +87,66 @@ def test_the_last_line_is_the_json_summary(script, checkpoint, capsys):
     }
 
 
-def test_budget_and_random_keep_keep_the_same_count(script, checkpoint, capsys):
-    learned = script.main(_args(script, checkpoint, token_prune_keep_tokens=10))
-    random = script.main(_args(script, checkpoint, token_prune_keep_tokens=10, random_keep=True))
+def test_budget_and_random_keep_keep_the_same_count(small_configs, checkpoint):
+    learned = closed_loop.run(_args(checkpoint, token_prune_keep_tokens=10))
+    random = closed_loop.run(_args(checkpoint, token_prune_keep_tokens=10, random_keep=True))
     assert learned["kept_tokens_mean"] == random["kept_tokens_mean"] == 10
+    assert random["target_recall"] != learned["target_recall"]
 
 
-def test_exclude_target_keeps_every_patch_but_the_targets(script, checkpoint, capsys):
-    every = script.main(_args(script, checkpoint, token_prune_keep_ratio=1.0))
-    others = script.main(_args(script, checkpoint, token_prune_keep_ratio=1.0, exclude_target=True))
-    assert every["target_recall"] == 1.0 and others["target_recall"] == 0.0 and others["target_hit_rate"] == 0.0
-    assert others["kept_tokens_mean"] < every["kept_tokens_mean"]
-    with pytest.raises(ValueError, match="in process"):
-        script.main(_args(script, checkpoint, exclude_target=True, host="127.0.0.1"))
+def test_held_out_seeds_are_disjoint_streams_per_evaluation_seed():
+    first, second = closed_loop.held_out_seeds(100, 0), closed_loop.held_out_seeds(100, 1)
+    assert len(set(first)) == 100 and not set(first) & set(second)
+    assert min(first) >= closed_loop.rollout.HELD_OUT_SEED_BASE
 
 
-def test_exclude_target_when_far_withholds_the_target_only_while_it_is_far(script, checkpoint, monkeypatch):
-    offsets = iter([0.9, 0.0])  # far, then near
-    monkeypatch.setattr(script.rollout, "target_offset", lambda env: next(offsets))
-    env = ShapesEnv(_small("pi05_shapes_lightvla").data.spec.task)
-    observation = env.reset(0)
-    policy = script._in_process(_args(script, checkpoint, token_prune_keep_ratio=1.0), _small("pi05_shapes_lightvla"))
-    grid = script.rollout.PatchGrid(112, 14)
-    excluding = script.TargetExcludingPolicy(policy, env, grid, only_when_far=True)
-    target = grid.object_patches(env.masks())[env.scene.target]
-    far, near = (excluding.infer(observation)["kept_patch_mask"] for _ in range(2))
-    assert target.any() and not far[target].any() and near[target].all()
-    with pytest.raises(ValueError, match="exclude-target-when-far"):
-        script.main(_args(script, checkpoint, exclude_target_when_far=True))
+def _inputs(batch: int = 3, num_patches: int = 48):
+    gen = torch.Generator().manual_seed(0)
+    patch_mask = torch.ones(batch, num_patches, dtype=torch.bool)
+    patch_mask[1, num_patches // 2 :] = False  # an absent camera in sample 1
+    positions = torch.arange(num_patches).expand(batch, -1)
+    task_mask = torch.ones(batch, 8, dtype=torch.bool)
+    return (
+        torch.randn(batch, num_patches, 32, generator=gen),
+        torch.randn(batch, 8, 32, generator=gen),
+        task_mask,
+        patch_mask,
+        positions,
+    )
 
 
-def test_mask_images_really_masks(script, checkpoint):
+@pytest.mark.parametrize("budget", [{"token_prune_keep_ratio": 0.25}, {}], ids=["ratio25", "union"])
+def test_random_patches_keep_as_many_valid_patches_as_the_learned_selection(budget):
+    config = tiny_config(token_pruning_enabled=True, **budget)
+    inputs = _inputs()
+    learned = ImageTokenPruner(config).eval()(*inputs)
+    random_pruner = RandomPatchPruner(config, torch.Generator().manual_seed(0)).eval()
+    random = random_pruner(*inputs)
+    assert torch.equal(random.mask.sum(1), learned.mask.sum(1))
+    chosen = [set(random.kept_indices[b][random.mask[b]].tolist()) for b in range(3)]
+    assert all(i < 24 for i in chosen[1]), "never an absent camera's patch"
+    assert chosen != [set(learned.kept_indices[b][learned.mask[b]].tolist()) for b in range(3)]
+    assert torch.equal(random_pruner.last_selection.kept_indices, random.kept_indices)
+
+
+def test_use_random_patches_keeps_the_models_budget_and_telemetry(checkpoint):
+    model = PI0Pytorch(_small("pi05_shapes_lightvla").model)
+    model.set_token_pruner_keep_tokens(7)
+    model.set_token_pruner_collect_stats(True)
+    use_random_patches(model)
+    assert isinstance(model.pruner, RandomPatchPruner)
+    assert (model.pruner.keep_tokens, model.pruner.collect_stats, model.pruner.training) == (7, True, True)
+    model.eval()
+    use_random_patches(model)
+    assert not model.pruner.training
+
+
+def test_mask_images_really_masks(small_configs, checkpoint):
     env = ShapesEnv(ShapesTask(image_size=112))
     first = env.reset(0)
     other = dict(first, **{k: v for k, v in env.reset(1).items() if k.endswith("image")})  # other scene's images
     noise = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
-    train_config = _small("pi05_shapes_lightvla")
-    seeing = script._in_process(_args(script, checkpoint), train_config)
-    blind = script._in_process(_args(script, checkpoint, mask_images=True), train_config)
+    seeing, blind = _policy(checkpoint), _policy(checkpoint, mask_images=True)
     seeing_actions = [seeing.infer(obs, noise=noise)["actions"] for obs in (first, other)]
     assert not np.array_equal(*seeing_actions), "the images reach the actions"
     np.testing.assert_array_equal(
@@ -128,12 +154,13 @@ def test_mask_images_really_masks(script, checkpoint):
     )
 
 
-def test_evaluates_a_served_policy(script, checkpoint, capsys):
-    policy = script._in_process(_args(script, checkpoint), _small("pi05_shapes_lightvla"))
-    server = WebsocketPolicyServer(policy, host="127.0.0.1", port=0)
+def test_evaluates_a_served_policy(small_configs, checkpoint):
+    server = WebsocketPolicyServer(_policy(checkpoint), host="127.0.0.1", port=0)
     with server.running_in_background() as port:
-        summary = script.main(_args(script, checkpoint, host="127.0.0.1", port=port))
+        summary = closed_loop.run(_args(checkpoint, host="127.0.0.1", port=port))
     assert summary["episodes"] == 3 and summary["kept_tokens_mean"] > 0, "kept patches travel over the websocket"
+    with pytest.raises(ValueError, match="set on the server"):
+        closed_loop.run(_args(checkpoint, host="127.0.0.1", port=port, random_keep=True))
 
 
 def test_visualize_pruning_writes_a_picture_per_camera(checkpoint, tmp_path, monkeypatch):

@@ -215,17 +215,3 @@ def test_lora_adapters_change_the_model_and_merge_into_the_base_variant(tmp_path
     del partial["PaliGemma/llm/layers/mlp/linear_lora_b"]
     with pytest.raises(CheckpointMismatchError, match="LoRA adapters are incomplete"):
         Pi0.from_checkpoint(write_orbax(tmp_path / "partial", partial), lora_config)
-
-
-@pytest.mark.parametrize(
-    ("option", "named"),
-    [
-        ({"token_prune_state_token": True}, "token_prune_state_token"),
-        ({"token_prune_action_context": True}, "token_prune_action_context"),
-        ({"token_prune_keep_ratio": 0.25, "token_prune_keep_neighbours": 1}, "token_prune_keep_neighbours"),
-        ({"token_prune_query_projection": True}, "token_prune_query_projection"),
-    ],
-)
-def test_pytorch_only_pruner_options_are_refused_by_name(option, named):
-    with pytest.raises(ValueError, match=named):
-        Pi0(tiny_config(token_pruning_enabled=True, **option))

@@ -8,12 +8,10 @@ import math
 import pytest
 import torch
 
-from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
-from tests.model_helpers import randomized
 
 
 @pytest.fixture(scope="module", params=["pi05_tiny", "pi0_tiny"])
@@ -133,69 +131,3 @@ def test_setters_on_an_unpruned_model_are_errors(fixture):
     assert model.get_token_pruning_stats() == {}
     with pytest.raises(RuntimeError, match="token_pruning_enabled"):
         model.set_token_pruner_keep_ratio(0.5)
-
-
-# ------------------------------------------------------------------------ the seeds' proposals (ablations)
-def _proposal_model(**options) -> tuple[PI0Pytorch, Observation]:
-    config = tiny_config(vision_variant="tiny_112", action_horizon=4, token_pruning_enabled=True, **options)
-    return randomized(PI0Pytorch(config)), random_observation(config, 2, num_cameras=2, valid_prompt_tokens=6)
-
-
-def _kept(model: PI0Pytorch, observation: Observation, noise: torch.Tensor | None = None) -> torch.Tensor:
-    model.eval().encode_prefix(observation, noise)
-    return model.pruner.last_selection.votes
-
-
-def test_plan_1_the_state_token_steers_the_selection_and_is_trained():
-    model, observation = _proposal_model(token_prune_state_token=True)
-    other_state = dataclasses.replace(observation, state=observation.state + 3.0)
-    assert not torch.equal(_kept(model, observation), _kept(model, other_state)), "the pruner reads the state"
-    model.train()
-    model(observation, torch.randn(2, 4, 32)).mean().backward()
-    assert model.prune_state_proj.weight.grad.abs().sum() > 0
-
-
-def test_plan_b_training_sees_the_noisy_actions_and_inference_the_sampling_noise():
-    model, observation = _proposal_model(token_prune_action_context=True)
-    first, second = torch.randn(2, 4, 32), torch.randn(2, 4, 32)
-    assert not torch.equal(_kept(model, observation, first), _kept(model, observation, second))
-    assert torch.equal(_kept(model, observation, first), _kept(model, observation, first))
-    actions = model.sample_actions(observation, noise=first)
-    assert torch.equal(actions, model.sample_actions(observation, noise=first)), "sampling is deterministic"
-    model.train()
-    model(observation, torch.randn(2, 4, 32)).mean().backward()
-    assert model.prune_action_proj.weight.grad.abs().sum() > 0
-
-
-def test_the_proposals_are_off_by_default_and_need_pruning():
-    assert not any("prune_" in key and "proj" in key for key in PI0Pytorch(tiny_config()).state_dict())
-    with pytest.raises(ValueError, match="need token_pruning_enabled"):
-        tiny_config(token_prune_state_token=True)
-
-
-def test_query_projection_fine_tunes_from_a_base_without_it(fixture):
-    """A checkpoint trained without the pruner's map (an unpruned base) loads with the identity map; every other
-    weight is the base's. Loading it strictly fails, naming the missing map."""
-    from openpi.policies import libero_policy
-    from openpi.training import config as _config
-    from openpi.training import trainer
-
-    config = dataclasses.replace(
-        fixture.config,
-        token_pruning_enabled=True,
-        token_prune_keep_ratio=0.25,
-        token_prune_budget_training=True,
-        token_prune_query_projection=True,
-    )
-    base = next(fixture.directory.glob("*_weights.safetensors"))
-    train_config = _config.TrainConfig(
-        name="query_projection", model=config, data=libero_policy.LeRobotLiberoDataConfig(),
-        pytorch_weight_path=str(base), pytorch_training_precision="float32",
-    )  # fmt: skip
-    model = trainer.build_model(train_config, torch.device("cpu"))
-    width = config.llm_config.width
-    assert torch.equal(model.pruner.query_projection.detach(), torch.eye(width))
-    for key, value in fixture.build_model().state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
-    with pytest.raises(ValueError, match=r"token_pruner\.query_projection"):
-        load_weights(PI0Pytorch(config), base)

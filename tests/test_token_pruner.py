@@ -9,7 +9,7 @@ import torch
 
 from openpi.models import pi0_config
 from openpi.models_pytorch import token_pruner
-from openpi.models_pytorch.token_pruner import DROPPED_KEY_WEIGHT, ImageTokenPruner, PrunedPatches
+from openpi.models_pytorch.token_pruner import ImageTokenPruner, PrunedPatches
 
 STAT_KEYS = {
     "kept_tokens_overall_mean",
@@ -28,6 +28,14 @@ STAT_KEYS = {
     "score_top1_gap_det_mean",
 }
 NOISY_STAT_KEYS = {"kept_tokens_overall_mean_noisy", "argmax_union_mean_noisy", "argmax_top1_share_mean_noisy"}
+
+
+def make_pruner(*, center_patches: bool = False, dedup_training: bool = False, **settings) -> ImageTokenPruner:
+    """A pruner built from a model config with these ``token_prune_*`` settings (without the prefix). The tests'
+    baseline is LightVLA's original scoring (no centring) with one row per vote."""
+    fields = {"center_patches": center_patches, "dedup_training": dedup_training, **settings}
+    config = pi0_config.tiny_config(token_pruning_enabled=True, **{f"token_prune_{k}": v for k, v in fields.items()})
+    return ImageTokenPruner(config)
 
 
 def make_inputs(batch=2, num_patches=32, task_len=8, dim=32, seed=0):
@@ -64,7 +72,7 @@ def run(pruner, inputs, *, train):
 def test_train_output_is_each_rows_voted_patch_with_its_position():
     inputs = make_inputs()
     patches, _, _, _, positions = inputs
-    out = run(ImageTokenPruner(noise_scale=0.0), inputs, train=True)
+    out = run(make_pruner(noise_scale=0.0), inputs, train=True)
     choice = reference_scores(*inputs[:4]).argmax(-1)
     assert isinstance(out, PrunedPatches)
     assert out.tokens.shape == patches.shape
@@ -78,7 +86,7 @@ def test_train_noise_changes_votes_only_within_noise_scale():
     inputs = make_inputs(num_patches=64)
     patches = inputs[0]
     torch.manual_seed(0)
-    out = run(ImageTokenPruner(noise_scale=0.5), inputs, train=True)
+    out = run(make_pruner(noise_scale=0.5), inputs, train=True)
     scores = reference_scores(*inputs[:4])
     chosen = scores.gather(-1, out.kept_indices[..., None])[..., 0]
     assert (chosen >= scores.amax(-1) - 0.5 - 1e-5).all()
@@ -89,7 +97,7 @@ def test_train_noise_changes_votes_only_within_noise_scale():
 def test_train_gradient_flows_through_softmax_of_scores():
     patches, *rest = make_inputs()
     patches.requires_grad_(True)
-    out = run(ImageTokenPruner(noise_scale=0.0), (patches, *rest), train=True)
+    out = run(make_pruner(noise_scale=0.0), (patches, *rest), train=True)
     upstream = torch.randn_like(out.tokens)
     (out.tokens * upstream).sum().backward()
     grad = patches.grad
@@ -103,70 +111,10 @@ def test_train_gradient_flows_through_softmax_of_scores():
     assert not torch.allclose(grad, gather_only)
 
 
-def _train_output_and_grads(noisy_softmax: bool):
-    patches, task, *rest = make_inputs()
-    patches.requires_grad_(True)
-    task.requires_grad_(True)
-    torch.manual_seed(0)  # the same selection noise for both variants
-    out = run(ImageTokenPruner(noise_scale=1.0, noisy_softmax=noisy_softmax), (patches, task, *rest), train=True)
-    (out.tokens * torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-    return out, patches.grad, task.grad
-
-
-def test_the_softmax_choice_changes_the_gradient_not_the_forward():
-    clean, clean_patch_grad, clean_task_grad = _train_output_and_grads(noisy_softmax=False)
-    noisy, noisy_patch_grad, noisy_task_grad = _train_output_and_grads(noisy_softmax=True)
-    assert torch.equal(clean.kept_indices, noisy.kept_indices)
-    torch.testing.assert_close(clean.tokens, noisy.tokens, rtol=0, atol=1e-6)  # hard + soft - soft, rounded
-    assert not torch.allclose(clean_task_grad, noisy_task_grad)
-    assert not torch.allclose(clean_patch_grad, noisy_patch_grad)
-
-
-def test_random_keep_keeps_as_many_valid_patches_as_the_selection():
-    inputs = make_inputs(batch=3, num_patches=48)
-    inputs[3][1, 24:] = False  # an absent camera in sample 1
-    pruner = ImageTokenPruner(keep_ratio=0.25).eval()
-    learned = pruner(*inputs)
-    pruner.random_keep, pruner.random_generator = True, torch.Generator().manual_seed(0)
-    random = pruner(*inputs)
-    assert torch.equal(random.mask.sum(1), learned.mask.sum(1))
-    chosen = [set(random.kept_indices[b][random.mask[b]].tolist()) for b in range(3)]
-    assert all(i < 24 for i in chosen[1]), "never an absent camera's patch"
-    assert chosen != [set(learned.kept_indices[b][learned.mask[b]].tolist()) for b in range(3)]
-    selection = pruner.last_selection
-    assert torch.equal(selection.kept_indices, random.kept_indices) and selection.votes.shape == (3, 48)
-
-
-def _kept_sets(out) -> list[set[int]]:
-    return [set(out.kept_indices[b][out.mask[b]].tolist()) for b in range(out.mask.shape[0])]
-
-
-@pytest.mark.parametrize("budget", [{"keep_ratio": 0.25}, {"keep_tokens": 40}, {"keep_ratio": 1.0}, {}])
-def test_excluded_patches_are_never_kept_and_a_budget_is_refilled_from_the_others(budget):
-    inputs = make_inputs(batch=2, num_patches=48)
-    pruner = ImageTokenPruner(**budget).eval()
-    free = _kept_sets(pruner(*inputs))
-    excluded = torch.zeros(48, dtype=torch.bool)
-    excluded[sorted(free[0])[:3]] = True  # three patches the selection keeps in sample 0
-    pruner.excluded_patches = excluded
-    out = pruner(*inputs)
-    for kept, kept_free in zip(_kept_sets(out), free, strict=True):
-        assert not kept & set(excluded.nonzero().flatten().tolist())
-        if budget:  # the budget is filled from the next-ranked patches, as far as they go
-            assert len(kept) == min(len(kept_free), 48 - 3)
-            assert kept_free - kept <= set(excluded.nonzero().flatten().tolist())
-        else:  # the union keeps its other votes
-            assert kept == kept_free - set(excluded.nonzero().flatten().tolist())
-    pruner.random_keep, pruner.random_generator = True, torch.Generator().manual_seed(0)
-    random = pruner(*inputs)
-    assert torch.equal(random.mask.sum(1), out.mask.sum(1))
-    assert not any(kept & set(excluded.nonzero().flatten().tolist()) for kept in _kept_sets(random))
-
-
 @pytest.mark.parametrize("train", [True, False])
 def test_bfloat16_patches_keep_their_dtype(train):
     patches, *rest = make_inputs()
-    out = run(ImageTokenPruner(noise_scale=0.0), (patches.bfloat16(), *rest), train=train)
+    out = run(make_pruner(noise_scale=0.0), (patches.bfloat16(), *rest), train=train)
     assert out.tokens.dtype == torch.bfloat16
     expected = patches.bfloat16().gather(1, out.kept_indices[..., None].expand(-1, -1, 32)) * out.mask[..., None]
     torch.testing.assert_close(out.tokens, expected)
@@ -174,7 +122,7 @@ def test_bfloat16_patches_keep_their_dtype(train):
 
 def test_train_ignores_budgets_and_keeps_length():
     inputs = make_inputs()
-    out = run(ImageTokenPruner(noise_scale=0.0, keep_tokens=2), inputs, train=True)
+    out = run(make_pruner(noise_scale=0.0, keep_tokens=2), inputs, train=True)
     assert out.tokens.shape == inputs[0].shape
 
 
@@ -184,7 +132,7 @@ def test_train_ignores_budgets_and_keeps_length():
 def test_budget_training_keeps_what_eval_keeps_with_a_zero_valued_gate():
     inputs = make_inputs(batch=2, num_patches=48)
     inputs[3][1, 40:] = False  # sample 1: 40 valid patches
-    pruner = ImageTokenPruner(noise_scale=0.0, keep_ratio=0.25, budget_training=True)
+    pruner = make_pruner(noise_scale=0.0, keep_ratio=0.25, budget_training=True)
     trained, served = run(pruner, inputs, train=True), run(pruner, inputs, train=False)
     assert trained.mask.sum(1).tolist() == served.mask.sum(1).tolist() == [12, 10]
     for name in ("tokens", "mask", "positions", "kept_indices"):
@@ -196,14 +144,14 @@ def test_budget_training_keeps_what_eval_keeps_with_a_zero_valued_gate():
 def test_budget_training_ranks_the_noisy_votes_and_scores():
     inputs = make_inputs(batch=1, num_patches=48)
     uniform = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(3))
-    pruner = ImageTokenPruner(noise_scale=2.0, keep_tokens=9, budget_training=True).train()
+    pruner = make_pruner(noise_scale=2.0, keep_tokens=9, budget_training=True).train()
     out = pruner(*inputs, uniform=uniform)
     noisy = reference_scores(*inputs[:4])[0].float() + 2.0 * uniform[0]
     votes = torch.bincount(noisy.argmax(-1), minlength=48)
     best = noisy.amax(0)
     expected = sorted(sorted(range(48), key=lambda j: (-votes[j].item(), -best[j].item(), j))[:9])
     assert out.kept_indices[0].tolist() == expected
-    assert expected != run(ImageTokenPruner(keep_tokens=9), inputs, train=False).kept_indices[0].tolist()
+    assert expected != run(make_pruner(keep_tokens=9), inputs, train=False).kept_indices[0].tolist()
 
 
 def test_budget_training_gate_passes_the_gradient_of_the_soft_votes():
@@ -213,7 +161,7 @@ def test_budget_training_gate_passes_the_gradient_of_the_soft_votes():
 
     def grads(use_pruner: bool):
         p, t = patches.clone().requires_grad_(True), task.clone().requires_grad_(True)
-        pruner = ImageTokenPruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()
+        pruner = make_pruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()
         out = pruner(p, t, task_mask, patch_mask, positions)
         if use_pruner:
             gate = out.key_bias
@@ -240,8 +188,8 @@ def test_gating_dropped_patches_keeps_the_budgets_forward():
     inputs = make_inputs(batch=2, num_patches=32)
     inputs[3][0, 28:] = False
     query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
-    budget = ImageTokenPruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()
-    gated = ImageTokenPruner(noise_scale=0.0, keep_tokens=8, budget_training=True, gate_dropped_patches=True).train()
+    budget = make_pruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()
+    gated = make_pruner(noise_scale=0.0, keep_tokens=8, budget_training=True, gate_dropped_patches=True).train()
     kept, everything = budget(*inputs), gated(*inputs)
     assert torch.equal(everything.tokens, inputs[0]) and torch.equal(everything.mask, inputs[3])
     assert torch.equal(everything.positions, inputs[4])
@@ -262,7 +210,7 @@ def test_gating_dropped_patches_passes_what_letting_each_back_in_would_change():
     def task_grad(gate_dropped: bool, restated: bool = False) -> torch.Tensor:
         t = task.clone().requires_grad_(True)
         options = {"keep_tokens": 8, "budget_training": True, "gate_dropped_patches": gate_dropped}
-        out = ImageTokenPruner(noise_scale=0.0, **options).train()(patches, t, task_mask, patch_mask, positions)
+        out = make_pruner(noise_scale=0.0, **options).train()(patches, t, task_mask, patch_mask, positions)
         if not restated:
             (attend(out, query) * target).sum().backward()
             return t.grad
@@ -282,101 +230,13 @@ def test_gating_dropped_patches_needs_budget_training():
         pi0_config.tiny_config(token_pruning_enabled=True, token_prune_gate_dropped_patches=True)
 
 
-def expected_soft_vote_selection(scores, patch_mask, budget):
-    """Top-`budget` valid patches by sum over valid rows of softmax(scores) (index asc on ties), original order."""
-    soft = (scores.softmax(-1) * patch_mask[:, None]).sum(0)
-    valid = [j for j in range(scores.shape[-1]) if patch_mask[j]]
-    return sorted(sorted(valid, key=lambda j: (-soft[j].item(), j))[:budget])
-
-
-def test_soft_vote_ranking_keeps_the_patches_with_the_most_softmax_mass():
-    inputs = make_inputs(batch=2, num_patches=48)
-    inputs[3][1, 40:] = False  # sample 1: 40 valid patches
-    out = run(ImageTokenPruner(keep_ratio=0.25, rank_by_soft_votes=True), inputs, train=False)
-    scores = reference_scores(*inputs[:4])
-    for b, count in enumerate((12, 10)):
-        expected = expected_soft_vote_selection(scores[b], inputs[3][b], count)
-        assert out.kept_indices[b, :count].tolist() == expected
-    assert (
-        out.kept_indices[0, :12].tolist()
-        != run(ImageTokenPruner(keep_ratio=0.25), inputs, train=False).kept_indices[0].tolist()
-    ), "the inputs must tell the two rankings apart"
-
-
-def test_budget_training_with_soft_vote_ranking_ranks_the_noisy_soft_votes():
-    inputs = make_inputs(batch=1, num_patches=48)
-    uniform = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(3))
-    pruner = ImageTokenPruner(noise_scale=2.0, keep_tokens=9, budget_training=True, rank_by_soft_votes=True).train()
-    out = pruner(*inputs, uniform=uniform)
-    noisy = reference_scores(*inputs[:4])[0] + 2.0 * uniform[0].double()
-    assert out.kept_indices[0].tolist() == expected_soft_vote_selection(noisy, inputs[3][0], 9)
-    served = run(ImageTokenPruner(keep_tokens=9, rank_by_soft_votes=True), inputs, train=False)
-    assert served.kept_indices[0].tolist() != out.kept_indices[0].tolist(), "the noise must move the ranking"
-
-
-def test_gated_budget_training_with_soft_vote_ranking_gates_all_but_the_top_noisy_soft_votes():
-    inputs = make_inputs(batch=1, num_patches=48)
-    uniform = torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(3))
-    options = {"keep_tokens": 9, "budget_training": True, "gate_dropped_patches": True}
-    gated = ImageTokenPruner(noise_scale=2.0, rank_by_soft_votes=True, **options).train()
-    out = gated(*inputs, uniform=uniform)
-    noisy = reference_scores(*inputs[:4])[0] + 2.0 * uniform[0].double()
-    kept = (out.key_bias[0].detach() > math.log(DROPPED_KEY_WEIGHT) / 2).nonzero().flatten().tolist()
-    assert kept == expected_soft_vote_selection(noisy, inputs[3][0], 9)
-    by_votes = ImageTokenPruner(noise_scale=2.0, **options).train()(*inputs, uniform=uniform)
-    assert not torch.equal(out.key_bias, by_votes.key_bias), "the inputs must tell the two rankings apart"
-
-
-def test_score_temperature_makes_the_scores_cosines_over_it():
-    inputs = make_inputs(batch=2, num_patches=32, dim=64)
-    scoring = token_pruner._score(*inputs[:4], center_patches=False, score_temperature=0.5)
-    cosines = reference_scores(*inputs[:4]) / math.sqrt(64)  # Q P^T / D: |Q| = |P| = sqrt(D) after the RMS norms
-    torch.testing.assert_close(scoring.scores.double(), cosines / 0.5, rtol=1e-4, atol=1e-5)
-    assert scoring.scores.abs().max() <= 2.0 + 1e-4
-
-
-@pytest.mark.parametrize("budget", [{}, {"keep_ratio": 0.25}, {"keep_tokens": 5}])
-def test_score_temperature_leaves_the_eval_selection_unchanged(budget):
-    inputs = make_inputs(batch=2, num_patches=48)
-    inputs[3][1, 40:] = False
-    plain = run(ImageTokenPruner(**budget), inputs, train=False)
-    tempered = run(ImageTokenPruner(score_temperature=0.05, **budget), inputs, train=False)
-    assert torch.equal(plain.kept_indices, tempered.kept_indices) and torch.equal(plain.mask, tempered.mask)
-
-
-def test_score_temperature_changes_the_training_gradient_not_the_zero_noise_forward():
-    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
-    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
-    options = {"noise_scale": 0.0, "keep_tokens": 8, "budget_training": True, "gate_dropped_patches": True}
-
-    def forward_and_task_grad(temperature: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        t = task.clone().requires_grad_(True)
-        out = ImageTokenPruner(score_temperature=temperature, **options).train()(
-            patches, t, task_mask, patch_mask, positions
-        )
-        attended = attend(out, query)
-        attended.sum().backward()
-        return attended.detach(), t.grad
-
-    plain, plain_grad = forward_and_task_grad(None)
-    tempered, tempered_grad = forward_and_task_grad(1.0)
-    torch.testing.assert_close(plain, tempered)
-    cosine = torch.nn.functional.cosine_similarity(plain_grad.flatten(), tempered_grad.flatten(), dim=0)
-    assert cosine < 0.9, "a flatter softmax must change the gradient's direction, not only its scale"
-
-
-@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, True])
-def test_score_temperature_is_validated(bad):
-    with pytest.raises(ValueError, match="score_temperature"):
-        ImageTokenPruner(score_temperature=bad)
-    if bad is not True:
-        with pytest.raises(ValueError, match="token_prune_score_temperature"):
-            pi0_config.tiny_config(token_pruning_enabled=True, token_prune_score_temperature=bad)
-
-
 def test_budget_training_needs_a_budget():
+    with pytest.raises(ValueError, match="token_prune_budget_training trains on the inference budget"):
+        make_pruner(budget_training=True)
+    pruner = make_pruner(budget_training=True, keep_tokens=4)
+    pruner.keep_tokens = None  # a budget removed at run time
     with pytest.raises(ValueError, match="budget_training needs a budget"):
-        run(ImageTokenPruner(budget_training=True), make_inputs(), train=True)
+        run(pruner, make_inputs(), train=True)
 
 
 # --- eval mode ---------------------------------------------------------------------------------------------------
@@ -385,7 +245,7 @@ def test_budget_training_needs_a_budget():
 def test_eval_keeps_union_of_votes_in_original_order():
     inputs = make_inputs(batch=1, num_patches=64)
     patches, _, _, _, positions = inputs
-    out = run(ImageTokenPruner(), inputs, train=False)
+    out = run(make_pruner(), inputs, train=False)
     union = torch.unique(reference_scores(*inputs[:4]).argmax(-1)[0])
     assert 0 < len(union) < 64, "eval must shorten the sequence"
     assert torch.equal(out.kept_indices[0], union)
@@ -397,7 +257,7 @@ def test_eval_keeps_union_of_votes_in_original_order():
 def test_eval_batch_pads_to_largest_kept_count():
     patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=48)
     task[1] = task[1, :1]  # identical task tokens collapse sample 1 to a single patch
-    out = run(ImageTokenPruner(), (patches, task, task_mask, patch_mask, positions), train=False)
+    out = run(make_pruner(), (patches, task, task_mask, patch_mask, positions), train=False)
     counts = out.mask.sum(1)
     assert counts[1] == 1 and counts[0] > 1
     assert out.tokens.shape == (2, int(counts[0]), patches.shape[-1])
@@ -416,7 +276,7 @@ def test_absent_camera_patches_are_never_selected(train):
     patch_mask[0, 32:] = False  # second camera absent in sample 0
     patches[0, 32:] = task[0].mean(0) + 0.1 * torch.randn(32, patches.shape[-1])  # and made attractive to the queries
     torch.manual_seed(0)
-    out = run(ImageTokenPruner(noise_scale=1.0), (patches, task, task_mask, patch_mask, positions), train=train)
+    out = run(make_pruner(noise_scale=1.0), (patches, task, task_mask, patch_mask, positions), train=train)
     picked = out.kept_indices[0][out.mask[0]]
     assert picked.numel() > 0 and (picked < 32).all()
     if train:
@@ -432,7 +292,7 @@ def test_padded_task_tokens_are_ignored(train):
     changed[:, 5:] = 100 * torch.randn_like(changed[:, 5:])
     outputs = []
     for task_tokens in (task, changed):
-        pruner = ImageTokenPruner(noise_scale=0.0)
+        pruner = make_pruner(noise_scale=0.0)
         pruner.collect_stats = True
         out = run(pruner, (patches, task_tokens, task_mask, patch_mask, positions), train=train)
         outputs.append((out, pruner.last_stats))
@@ -449,7 +309,7 @@ def test_degenerate_samples_give_no_nan(train):
     task_mask[0] = False  # no task token at all
     patch_mask[1] = False  # every camera absent
     patches.requires_grad_(True)
-    pruner = ImageTokenPruner(noise_scale=1.0)
+    pruner = make_pruner(noise_scale=1.0)
     pruner.collect_stats = True
     torch.manual_seed(0)
     out = run(pruner, (patches, task, task_mask, patch_mask, positions), train=train)
@@ -484,7 +344,7 @@ def expected_budget_selection(inputs, budget):
 def test_keep_tokens_ranks_by_votes_then_best_score(keep_tokens):
     inputs = make_inputs(batch=1, num_patches=48)
     inputs[3][0, 40:] = False  # 40 valid patches
-    out = run(ImageTokenPruner(keep_tokens=keep_tokens), inputs, train=False)
+    out = run(make_pruner(keep_tokens=keep_tokens), inputs, train=False)
     expected, votes = expected_budget_selection(inputs, keep_tokens)
     assert out.kept_indices[0].tolist() == expected
     assert out.mask.sum() == min(keep_tokens, 40)
@@ -495,7 +355,7 @@ def test_keep_tokens_ranks_by_votes_then_best_score(keep_tokens):
 def test_keep_ratio_keeps_ceil_of_valid(ratio, expected_count):
     inputs = make_inputs(batch=1, num_patches=64)
     inputs[3][0, 50:] = False  # 50 valid patches; 0.14 * 50 = 7.000000000000001 in floats must still give 7
-    out = run(ImageTokenPruner(keep_ratio=ratio), inputs, train=False)
+    out = run(make_pruner(keep_ratio=ratio), inputs, train=False)
     assert out.mask.sum() == expected_count
     assert out.kept_indices[0].tolist() == expected_budget_selection(inputs, expected_count)[0]
 
@@ -503,14 +363,14 @@ def test_keep_ratio_keeps_ceil_of_valid(ratio, expected_count):
 def test_budget_per_sample_and_keep_tokens_wins():
     inputs = make_inputs(batch=2, num_patches=32)
     inputs[3][1, 4:] = False  # sample 1 has only 4 valid patches
-    out = run(ImageTokenPruner(keep_tokens=10, keep_ratio=0.5), inputs, train=False)
+    out = run(make_pruner(keep_tokens=10, keep_ratio=0.5), inputs, train=False)
     assert out.mask.sum(1).tolist() == [10, 4]
     assert (out.kept_indices[1, :4] < 4).all()
     assert (out.tokens[1, 4:] == 0).all()
 
 
 def test_settings_are_validated_and_settable():
-    pruner = ImageTokenPruner()
+    pruner = make_pruner()
     pruner.keep_tokens = 5
     pruner.keep_ratio = 0.5
     pruner.noise_scale = 0.25
@@ -525,7 +385,7 @@ def test_settings_are_validated_and_settable():
 
 def test_wrong_input_shapes_are_named():
     patches, task, task_mask, patch_mask, positions = make_inputs()
-    pruner = ImageTokenPruner()
+    pruner = make_pruner()
     with pytest.raises(ValueError, match="patch_mask"):
         pruner(patches, task, task_mask, patch_mask[:, :-1], positions)
     with pytest.raises(ValueError, match="task_tokens"):
@@ -542,7 +402,7 @@ def test_telemetry_is_off_by_default_and_computes_nothing(monkeypatch):
         raise AssertionError("telemetry computed although collect_stats is False")
 
     monkeypatch.setattr(token_pruner, "_telemetry", fail)
-    pruner = ImageTokenPruner()
+    pruner = make_pruner()
     for train in (True, False):
         run(pruner, make_inputs(), train=train)
         assert pruner.last_stats is None
@@ -552,7 +412,7 @@ def test_telemetry_keys_and_values():
     inputs = make_inputs(batch=2, num_patches=32)
     inputs[3][1, 16:] = False
     inputs[2][0, 6:] = False
-    pruner = ImageTokenPruner(noise_scale=0.3)
+    pruner = make_pruner(noise_scale=0.3)
     pruner.collect_stats = True
     out = run(pruner, inputs, train=False)
     stats = pruner.last_stats
@@ -587,12 +447,12 @@ def test_telemetry_keys_and_values():
     )
 
 
-# --- the collapse the seeds describe ----------------------------------------------------------------------------
+# --- collapse ----------------------------------------------------------------------------------------------------
 
 
 def eval_stats(patches, task, center_patches=False):
     batch, num_patches, _ = patches.shape
-    pruner = ImageTokenPruner(center_patches=center_patches).eval()
+    pruner = make_pruner(center_patches=center_patches).eval()
     pruner.collect_stats = True
     pruner(
         patches,
@@ -629,7 +489,7 @@ def test_collapse_near_identical_task_tokens_vs_diverse():
 
 
 def test_collapse_with_diverse_task_tokens_the_patches_cannot_tell_apart():
-    """The seeds' case: task_std is healthy, yet queries are constant, because the attention is flat.
+    """A healthy task_std, yet constant queries, because the attention is flat.
 
     Task tokens share one component the patches see and differ only in directions orthogonal to every patch, so each
     patch attends uniformly and its query is the mean task token, the same for all patches.
@@ -674,7 +534,7 @@ def test_centering_ignores_absent_cameras_and_keeps_original_tokens():
     batch, num_patches, dim = patches.shape
     patch_mask = torch.ones(batch, num_patches, dtype=torch.bool)
     patch_mask[:, 32:] = False
-    pruner = ImageTokenPruner(center_patches=True).eval()
+    pruner = make_pruner(center_patches=True).eval()
     inputs = (
         patches,
         task,
@@ -704,7 +564,7 @@ def test_realistic_size_smoke():
     inputs[2][:, 40:] = False
     inputs[3][1, 512:] = False  # third camera absent in sample 1
     patches = inputs[0].requires_grad_(True)
-    pruner = ImageTokenPruner(noise_scale=0.5)
+    pruner = make_pruner(noise_scale=0.5)
     pruner.collect_stats = True
     out = run(pruner, (patches, *inputs[1:]), train=True)
     assert out.tokens.shape == (batch, num_patches, dim)
@@ -715,79 +575,3 @@ def test_realistic_size_smoke():
         out = run(pruner, (patches.detach(), *inputs[1:]), train=False)
     assert out.tokens.shape[1] < num_patches
     assert (out.kept_indices[1][out.mask[1]] < 512).all()
-
-
-def test_neighbourhood_ranks_put_each_top_patch_s_neighbours_next():
-    # One camera, a 4 x 4 grid ranked by index from the bottom right (patch 15 first); patch 10 unselectable.
-    ranks = torch.arange(16).flip(0)[None]
-    selectable = torch.ones(1, 16, dtype=torch.bool)
-    selectable[0, 10] = False
-    ranked = token_pruner._neighbourhood_ranks(ranks, selectable, side=4, radius=1)
-    first_three = set(ranked[0].argsort()[:3].tolist())
-    assert first_three == {15, 14, 11}, "patch 15's neighbourhood (10 is unselectable) comes first, by own rank"
-    assert ranked[0, 10] == 15, "the unselectable patch comes last"
-    assert sorted(ranked[0].tolist()) == list(range(16))
-
-
-def test_keep_neighbours_keeps_the_top_patch_s_neighbourhood_on_its_own_camera():
-    # Two cameras of 4 x 4 patches; the task matches patch 5 (camera 0, row 1, col 1) only.
-    patches, task, task_mask, patch_mask, positions = make_inputs(batch=1, num_patches=32, task_len=1)
-    task[0, 0] = patches[0, 5] * 10
-    pruner = ImageTokenPruner(keep_tokens=9, keep_neighbours=1, patch_grid=4, center_patches=True).eval()
-    kept = _kept_sets(pruner(patches, task, task_mask, patch_mask, positions))[0]
-    assert kept == {0, 1, 2, 4, 5, 6, 8, 9, 10}
-    pruner.keep_neighbours = 0
-    assert _kept_sets(pruner(patches, task, task_mask, patch_mask, positions))[0] != kept
-
-
-def test_keep_neighbours_needs_whole_camera_grids():
-    inputs = make_inputs(batch=1, num_patches=30)
-    with pytest.raises(ValueError, match="patch_grid"):
-        run(ImageTokenPruner(keep_tokens=4, keep_neighbours=1, patch_grid=4), inputs, train=False)
-    with pytest.raises(ValueError, match="keep_neighbours"):
-        ImageTokenPruner(keep_neighbours=-1)
-    with pytest.raises(ValueError, match=r"keep_neighbours must be an int >= 0, got 1\.5"):
-        ImageTokenPruner().keep_neighbours = 1.5  # set at runtime, as the eval CLI does
-    with pytest.raises(ValueError, match="token_prune_keep_neighbours"):
-        pi0_config.tiny_config(token_pruning_enabled=True, token_prune_keep_neighbours=-1)
-
-
-def test_query_projection_starts_as_the_parameter_free_scores_and_maps_the_queries():
-    inputs = make_inputs(batch=2, num_patches=32, dim=32)
-    pruner = ImageTokenPruner(keep_tokens=8, query_width=32)
-    torch.testing.assert_close(pruner.query_projection.detach(), torch.eye(32))
-    plain = run(ImageTokenPruner(keep_tokens=8), inputs, train=False)
-    assert torch.equal(run(pruner, inputs, train=False).kept_indices, plain.kept_indices)
-
-    projection = torch.randn(32, 32, generator=torch.Generator().manual_seed(3))
-    scoring = token_pruner._score(*inputs[:4], center_patches=False, query_projection=projection)
-    p, t = rms(inputs[0].double()), rms(inputs[1].double())
-    queries = rms(((p @ t.transpose(1, 2) / math.sqrt(32)).softmax(-1) @ t) @ projection.double().T)
-    expected = queries @ p.transpose(1, 2) / math.sqrt(32)  # restated: the map acts before the queries' RMS norm
-    torch.testing.assert_close(scoring.scores.double(), expected, rtol=1e-4, atol=1e-5)
-    assert scoring.scores.abs().max() <= math.sqrt(32) + 1e-4, "the RMS norm after the map keeps |S| <= sqrt(D)"
-
-
-def test_query_projection_learns_from_the_gate_without_changing_the_forward():
-    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
-    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
-    options = {"noise_scale": 0.0, "keep_tokens": 8, "budget_training": True, "gate_dropped_patches": True}
-    plain = attend(ImageTokenPruner(**options).train()(patches, task, task_mask, patch_mask, positions), query)
-    pruner = ImageTokenPruner(query_width=32, **options).train()
-    attended = attend(pruner(patches, task, task_mask, patch_mask, positions), query)
-    torch.testing.assert_close(attended, plain)
-    attended.sum().backward()
-    assert pruner.query_projection.grad.abs().sum() > 0, "the gate's gradient must reach the pruner's own map"
-    assert [name for name, _ in pruner.named_parameters()] == ["query_projection"]
-    assert not list(ImageTokenPruner(**options).parameters()), "without the map the pruner has no parameters"
-
-
-@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
-def test_query_width_is_validated(bad):
-    with pytest.raises(ValueError, match="query_width"):
-        ImageTokenPruner(query_width=bad)
-
-
-def test_query_width_must_match_the_patches():
-    with pytest.raises(ValueError, match="query_width=16 does not match the patches' width 32"):
-        run(ImageTokenPruner(query_width=16), make_inputs(dim=32), train=False)

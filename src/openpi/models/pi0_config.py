@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Literal
 
 from openpi.models import variants
@@ -36,53 +35,30 @@ class Pi0Config:
     # pads prompts to 200 tokens). None runs every padded token through the model.
     prompt_trim_multiple: int | None = 16
 
-    # LightVLA visual-token pruning (see docs/lightvla_pruning.md).
+    # LightVLA visual-token pruning (docs/lightvla_pruning.md).
     token_pruning_enabled: bool = False
+    # Scale of the uniform noise added to the pruner's scores in training (its exploration).
     token_prune_noise_scale: float = 1.0
+    # Inference budget: keep this many patches in total, or this fraction of the valid patches (rounded up);
+    # neither: LightVLA's union of every patch's vote. With budget training the forward trains on the same budget.
     token_prune_keep_tokens: int | None = None
     token_prune_keep_ratio: float | None = None
     # At inference, pad the kept patch count up to a multiple of this (the padding rows are masked: exact), so that a
     # compiled model meets a few prefix lengths instead of one per kept count. None: no padding.
     token_prune_kept_multiple: int | None = None
-    # In training, run the prefix on the distinct voted patches (each once, its attention logit raised by log of its
-    # vote count) instead of one row per vote: the same loss and gradients, a shorter prefix (docs/lightvla_pruning.md).
-    token_prune_dedup_training: bool = True
-    # Score with mean-centred patches: prevents the collapse to a few patches (docs/lightvla_pruning.md). False is
-    # the original LightVLA scoring.
+    # Score with mean-centred patches: without it the patches' shared direction makes every patch vote alike and the
+    # selection collapses to a few patches. False is LightVLA's original scoring.
     token_prune_center_patches: bool = True
-    # The soft (gradient) part of the straight-through weights from the noisy scores, as LightVLA's released code
-    # does; False uses the noise-free scores (docs/lightvla_pruning.md).
-    token_prune_noisy_softmax: bool = False
-    # The seeds' proposals, as ablations: the pruner also sees a projected state token ("plan 1"), or the projected
-    # noisy actions of the flow-matching step in training and the sampling's starting noise at inference ("plan B").
-    # Each adds one Linear(action_dim -> width) that only the pruner uses.
-    token_prune_state_token: bool = False
-    token_prune_action_context: bool = False
-    # Train on the patches the inference budget (token_prune_keep_ratio / _keep_tokens) keeps, ranked from the noisy
-    # votes, with a straight-through gate on their attention logits, instead of one row per noisy vote: train and
-    # serve see the same count (a departure from LightVLA; docs/lightvla_pruning.md).
+    # Union selection in training: run the prefix on the distinct voted patches (each once, its attention logit
+    # raised by the log of its vote count) instead of one row per vote; the same loss and gradients, a shorter prefix.
+    token_prune_dedup_training: bool = True
+    # Train on the patches the inference budget keeps, ranked from the noisy votes, with a straight-through gate of
+    # their soft votes on their attention logits, instead of one row per noisy vote: train and serve see the same
+    # patches. Needs a budget.
     token_prune_budget_training: bool = False
-    # Under a budget, rank the patches by their soft votes (sum over valid rows of softmax(S), of the noisy scores in
-    # training) instead of hard votes then best score: the quantity budget training's gate trains (an ablation).
-    token_prune_rank_by_soft_votes: bool = False
-    # With budget training, keep every patch in the training prefix, the dropped ones at a 1e-12 attention weight, so
-    # the gate's gradient also reaches the patches the budget dropped (what letting each back in would change); the
-    # forward is the budget's, the training prefix the unpruned length (the *_lightvla default since 2026-12-03;
-    # docs/lightvla_pruning.md).
+    # With budget training, keep the dropped patches in the training prefix at a negligible attention weight, so that
+    # the gate's gradient reaches them too; the forward is the budget's, the training prefix the unpruned length.
     token_prune_gate_dropped_patches: bool = False
-    # Score with the cosine of queries and patches over this temperature instead of Q P^T / sqrt(width), whose scale
-    # grows with the width: the same scale against the training noise and the same softmax sharpness at any width
-    # (an ablation; the eval selection does not depend on it; docs/lightvla_pruning.md). None: LightVLA's scale.
-    token_prune_score_temperature: float | None = None
-    # Under a budget, keep the neighbourhoods (this radius, in patches) of the top-ranked patches instead of those
-    # patches alone: an object's patches are contiguous, and one it only grazes scores like the background (a
-    # departure from LightVLA, docs/lightvla_pruning.md). 0: off.
-    token_prune_keep_neighbours: int = 0
-    # Give the pruner one learned width x width map of its queries, initialised to the identity (LightVLA's scores at
-    # the start), so the scorer learns through parameters of its own instead of only through the patch and prompt
-    # embeddings the policy shares (a departure from LightVLA, whose pruner has no parameters;
-    # docs/lightvla_pruning.md). A checkpoint without the map (an unpruned base) loads with the identity.
-    token_prune_query_projection: bool = False
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -103,21 +79,8 @@ class Pi0Config:
         self.vision_config  # noqa: B018  (validates the variant)
         if self.token_prune_keep_tokens is not None and self.token_prune_keep_tokens < 1:
             raise ValueError(f"token_prune_keep_tokens must be >= 1, got {self.token_prune_keep_tokens}")
-        pruner_parameters = (
-            self.token_prune_state_token or self.token_prune_action_context or self.token_prune_query_projection
-        )
-        if pruner_parameters and not self.token_pruning_enabled:
-            raise ValueError(
-                "token_prune_state_token / token_prune_action_context / token_prune_query_projection need "
-                "token_pruning_enabled"
-            )
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
             raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
-        temperature = self.token_prune_score_temperature
-        if temperature is not None and not 0.0 < temperature < math.inf:
-            raise ValueError(f"token_prune_score_temperature must be None or a finite number > 0, got {temperature}")
-        if self.token_prune_keep_neighbours < 0:
-            raise ValueError(f"token_prune_keep_neighbours must be >= 0, got {self.token_prune_keep_neighbours}")
         no_budget = self.token_prune_keep_ratio is None and self.token_prune_keep_tokens is None
         if self.token_pruning_enabled and self.token_prune_budget_training and no_budget:
             raise ValueError(

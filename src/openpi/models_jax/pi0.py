@@ -117,15 +117,7 @@ def prefix_of(inputs: PrefixInputs, patches: tp.PrunedPatches | None) -> Prefix:
 
 
 def _score(config: Pi0Config, inputs: PrefixInputs) -> tp.Scoring:
-    _check_pruner_context(config)
-    return tp.score(
-        inputs.patches,
-        inputs.lang,
-        inputs.lang_mask,
-        inputs.patch_mask,
-        config.token_prune_center_patches,
-        config.token_prune_score_temperature,
-    )
+    return tp.score(inputs.patches, inputs.lang, inputs.lang_mask, inputs.patch_mask, config.token_prune_center_patches)
 
 
 def embed_suffix(params: Params, config: Pi0Config, state: jax.Array, x_t: jax.Array, time: jax.Array):
@@ -178,15 +170,10 @@ def _select_train(
     common = (inputs.patches, scores, inputs.patch_mask, inputs.patch_positions, uniform, noise_scale)
     if config.token_prune_budget_training:
         selection = tp.select_train_budget(
-            *common,
-            config.token_prune_noisy_softmax,
-            prune.keep_tokens,
-            prune.keep_ratio,
-            config.token_prune_rank_by_soft_votes,
-            config.token_prune_gate_dropped_patches,
+            *common, prune.keep_tokens, prune.keep_ratio, config.token_prune_gate_dropped_patches
         )
         return selection.kept, selection.gate, selection.choice, selection.kept_counts
-    patches, choice = tp.select_train(*common, config.token_prune_noisy_softmax)
+    patches, choice = tp.select_train(*common)
     return patches, None, choice, None
 
 
@@ -223,13 +210,7 @@ def compute_loss_fn(
                 config, inputs, scoring.scores, prune_uniform, noise_scale, prune
             )
         else:
-            keep, _ = tp.keep_mask(
-                scoring.scores,
-                inputs.patch_mask,
-                prune.keep_tokens,
-                prune.keep_ratio,
-                config.token_prune_rank_by_soft_votes,
-            )
+            keep, _ = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
             patches = tp.PrunedPatches(inputs.patches, keep, inputs.patch_positions, None)
             choice, kept_counts = None, keep.sum(axis=1)
         if prune.collect_stats:
@@ -266,9 +247,7 @@ def select_fn(
     if not prune.enabled:
         return inputs, None, None, {}
     scoring = _score(config, inputs)
-    keep, votes = tp.keep_mask(
-        scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio, config.token_prune_rank_by_soft_votes
-    )
+    keep, votes = tp.keep_mask(scoring.scores, inputs.patch_mask, prune.keep_tokens, prune.keep_ratio)
     stats = tp.telemetry(scoring, inputs.lang_mask, inputs.patch_mask, keep.sum(1), None) if prune.collect_stats else {}
     return inputs, keep, votes, stats
 
@@ -345,23 +324,6 @@ def draw_training_noise(
     return TrainingNoise(noise, time, uniform)
 
 
-def _check_pruner_context(config: Pi0Config) -> None:
-    if config.token_prune_state_token or config.token_prune_action_context:
-        raise ValueError(
-            "The JAX model's pruner sees the prompt only; token_prune_state_token / token_prune_action_context "
-            "(the seeds' ablations) exist in the PyTorch model"
-        )
-    if config.token_prune_keep_neighbours:
-        raise ValueError(
-            "token_prune_keep_neighbours (an ablation of the budget's ranking) exists in the PyTorch model"
-        )
-    if config.token_prune_query_projection:
-        raise ValueError(
-            "token_prune_query_projection (an ablation: a learned map of the pruner's queries) exists in the PyTorch "
-            "model"
-        )
-
-
 def lora_scales(config: Pi0Config) -> tuple[float, float]:
     """The adapter scale of the language model and of the expert: ``alpha / rank`` (``/ sqrt(rank)`` rank-stabilised),
     1 for a variant without adapters."""
@@ -391,7 +353,6 @@ class Pi0(nnx.Module):
     """
 
     def __init__(self, config: Pi0Config, params: Params | None = None, *, seed: int = 0):
-        _check_pruner_context(config)
         self.config = config
         tree = _params.init_params(config, seed) if params is None else params
         for name, value in tree.items():

@@ -55,16 +55,10 @@ def _center(patches: jax.Array, patch_mask: jax.Array) -> jax.Array:
 
 
 def score(
-    patches: jax.Array,
-    task: jax.Array,
-    task_mask: jax.Array,
-    patch_mask: jax.Array,
-    center_patches: bool,
-    score_temperature: float | None = None,
+    patches: jax.Array, task: jax.Array, task_mask: jax.Array, patch_mask: jax.Array, center_patches: bool
 ) -> Scoring:
-    """Patch-to-patch scores: each patch's query is its attention over the task tokens; a sample without any valid
-    task token gets zero queries. ``score_temperature`` None: ``Q P^T / sqrt(D)`` (LightVLA); a number ``t``: the
-    cosine ``Q P^T / D`` over ``t``."""
+    """Patch-to-patch scores ``Q P^T / sqrt(D)``: each patch's query is its attention over the task tokens; a sample
+    without any valid task token gets zero queries."""
     patches_n = _rms_norm(_center(patches, patch_mask) if center_patches else patches)
     task_n = _rms_norm(task)
     dim = patches.shape[-1]
@@ -74,8 +68,7 @@ def score(
     attention = jax.nn.softmax(jnp.where(attend[:, None, :], logits, -jnp.inf), axis=-1)
     queries_raw = jnp.einsum("bnt,btd->bnd", attention, task_n) * has_task[:, None, None]
     queries = _rms_norm(queries_raw)
-    scale = math.sqrt(dim) if score_temperature is None else dim * score_temperature
-    scores = jnp.einsum("bnd,bmd->bnm", queries, patches_n) / scale
+    scores = jnp.einsum("bnd,bmd->bnm", queries, patches_n) / math.sqrt(dim)
     return Scoring(patches_n, task_n, queries_raw, queries, jnp.where(patch_mask[:, None, :], scores, _NEVER))
 
 
@@ -92,13 +85,11 @@ def select_train(
     positions: jax.Array,
     uniform: jax.Array,
     noise_scale: float | jax.Array,
-    noisy_softmax: bool,
 ) -> tuple[PrunedPatches, jax.Array]:
     """Row i becomes the patch of its noisy argmax (``uniform [B, N, N]`` in [0, 1) times ``noise_scale``), with the
-    straight-through gradient of the softmax of the clean (or, ``noisy_softmax``, the noisy) scores."""
-    noisy = scores + uniform * noise_scale
-    choice = noisy.argmax(axis=-1)  # [B, N]
-    soft = jax.nn.softmax(noisy if noisy_softmax else scores, axis=-1)
+    straight-through gradient of the softmax of the clean scores."""
+    choice = (scores + uniform * noise_scale).argmax(axis=-1)  # [B, N]
+    soft = jax.nn.softmax(scores, axis=-1)
     hard = jax.nn.one_hot(choice, scores.shape[-1], dtype=soft.dtype)
     weights = hard + soft - jax.lax.stop_gradient(soft)
     tokens = jnp.einsum("bnm,bmd->bnd", weights.astype(patches.dtype), patches)
@@ -127,11 +118,7 @@ def budget(patch_mask: jax.Array, keep_tokens: int | None, keep_ratio: float | N
 
 
 def keep_mask(
-    scores: jax.Array,
-    patch_mask: jax.Array,
-    keep_tokens: int | None,
-    keep_ratio: float | None,
-    rank_by_soft_votes: bool = False,
+    scores: jax.Array, patch_mask: jax.Array, keep_tokens: int | None, keep_ratio: float | None
 ) -> tuple[jax.Array, jax.Array]:
     """Eval selection: ``[B, N]`` bool kept patches and ``[B, N]`` votes (the union of the argmaxes, or a budget's
     best-ranked patches)."""
@@ -139,7 +126,7 @@ def keep_mask(
     limit = budget(patch_mask, keep_tokens, keep_ratio)
     if limit is None:
         return votes > 0, votes
-    return _best_ranked(scores, votes, patch_mask, limit, rank_by_soft_votes), votes
+    return _best_ranked(scores, votes, patch_mask, limit), votes
 
 
 def soft_votes(scores: jax.Array, patch_mask: jax.Array) -> jax.Array:
@@ -147,14 +134,9 @@ def soft_votes(scores: jax.Array, patch_mask: jax.Array) -> jax.Array:
     return (jax.nn.softmax(scores, axis=-1) * patch_mask[..., None]).sum(axis=1)
 
 
-def _best_ranked(
-    scores: jax.Array, votes: jax.Array, patch_mask: jax.Array, limit: jax.Array, rank_by_soft_votes: bool
-) -> jax.Array:
-    """``[B, N]`` bool: the ``limit [B]`` best-ranked patches (votes, then best score over valid rows; or the soft
-    votes of ``scores``)."""
+def _best_ranked(scores: jax.Array, votes: jax.Array, patch_mask: jax.Array, limit: jax.Array) -> jax.Array:
+    """``[B, N]`` bool: the ``limit [B]`` best-ranked patches (votes, then best score over valid rows)."""
     best_score = jnp.where(patch_mask[:, :, None], scores, _NEVER).max(axis=1)
-    if rank_by_soft_votes:
-        votes = soft_votes(jax.lax.stop_gradient(scores), patch_mask)
     return _rank_patches(votes, best_score, patch_mask) < limit[:, None]
 
 
@@ -172,25 +154,23 @@ def select_train_budget(
     positions: jax.Array,
     uniform: jax.Array,
     noise_scale: float | jax.Array,
-    noisy_softmax: bool,
     keep_tokens: int | None,
     keep_ratio: float | None,
-    rank_by_soft_votes: bool = False,
-    gate_dropped_patches: bool = False,
+    gate_dropped_patches: bool,
 ) -> BudgetSelection:
     """Budget training (``token_prune_budget_training``): the patches the serving budget keeps, ranked from the noisy
-    votes and scores, and each kept patch's soft votes ``v_j = sum_i softmax(S)[i, j]`` over valid rows as a gate
-    ``v - stop_gradient(v)`` to add to every attention logit into its key (the clean or, ``noisy_softmax``, the
-    noisy scores' softmax). ``gate_dropped_patches``: all N patches instead, the dropped ones at the attention weight
-    ``w = DROPPED_KEY_WEIGHT`` (1 kept) through the gate ``log(w + v - stop_gradient(v))``: the budget's forward, and
-    a gradient that reaches the dropped patches too."""
+    votes and scores, and each kept patch's soft votes ``v_j = sum_i softmax(S)[i, j]`` over valid rows (of the clean
+    scores) as a gate ``v - stop_gradient(v)`` to add to every attention logit into its key.
+    ``gate_dropped_patches``: all N patches instead, the dropped ones at the attention weight ``w =
+    DROPPED_KEY_WEIGHT`` (1 kept) through the gate ``log(w + v - stop_gradient(v))``: the budget's forward, and a
+    gradient that reaches the dropped patches too."""
     limit = budget(patch_mask, keep_tokens, keep_ratio)
     if limit is None:
         raise ValueError("token_prune_budget_training needs a budget: set keep_tokens or keep_ratio")
     noisy = scores + uniform * noise_scale
     choice = noisy.argmax(axis=-1)  # [B, N]
-    keep = _best_ranked(noisy, count_votes(choice, patch_mask), patch_mask, limit, rank_by_soft_votes)
-    votes = soft_votes(noisy if noisy_softmax else scores, patch_mask)  # [B, N]
+    keep = _best_ranked(noisy, count_votes(choice, patch_mask), patch_mask, limit)
+    votes = soft_votes(scores, patch_mask)  # [B, N]
     if gate_dropped_patches:
         weight = jnp.where(keep, 1.0, DROPPED_KEY_WEIGHT)  # [B, N]
         gate = (jnp.log(weight) + (votes - jax.lax.stop_gradient(votes)) / weight) * patch_mask

@@ -100,32 +100,7 @@ class PI0Pytorch(nn.Module):
             self.state_proj = nn.Linear(config.action_dim, expert_width)
             self.action_time_mlp_in = nn.Linear(2 * expert_width, expert_width)
             self.action_time_mlp_out = nn.Linear(expert_width, expert_width)
-        llm_width = config.llm_config.width
-        # The seeds' proposals for what the pruner may see besides the prompt (ablations; docs/lightvla_pruning.md).
-        if config.token_prune_state_token:
-            self.prune_state_proj = nn.Linear(config.action_dim, llm_width)
-        if config.token_prune_action_context:
-            self.prune_action_proj = nn.Linear(config.action_dim, llm_width)
-        self.token_pruner = (
-            ImageTokenPruner(
-                config.token_prune_noise_scale,
-                config.token_prune_keep_tokens,
-                config.token_prune_keep_ratio,
-                center_patches=config.token_prune_center_patches,
-                noisy_softmax=config.token_prune_noisy_softmax,
-                kept_multiple=config.token_prune_kept_multiple,
-                dedup_training=config.token_prune_dedup_training,
-                budget_training=config.token_prune_budget_training,
-                rank_by_soft_votes=config.token_prune_rank_by_soft_votes,
-                gate_dropped_patches=config.token_prune_gate_dropped_patches,
-                score_temperature=config.token_prune_score_temperature,
-                keep_neighbours=config.token_prune_keep_neighbours,
-                patch_grid=config.vision_config.image_size // config.vision_config.patch_size,
-                query_width=llm_width if config.token_prune_query_projection else None,
-            )
-            if config.token_pruning_enabled
-            else None
-        )
+        self.token_pruner = ImageTokenPruner(config) if config.token_pruning_enabled else None
         if config.dtype == "bfloat16":
             self.to_bfloat16()
         if config.pytorch_compile_mode is not None:
@@ -161,7 +136,7 @@ class PI0Pytorch(nn.Module):
             raise RuntimeError("Token pruning is disabled; build the model with token_pruning_enabled=True")
         return self.token_pruner
 
-    # The seeds' public setters: each sets one pruner attribute; None restores the config's value.
+    # Each setter changes one pruner setting between calls; None restores the config's value.
     def set_token_pruner_noise_scale(self, noise_scale: float | None) -> None:
         """Training-time selection noise; None restores ``config.token_prune_noise_scale``."""
         self.pruner.noise_scale = _or(noise_scale, self.config.token_prune_noise_scale)
@@ -190,18 +165,14 @@ class PI0Pytorch(nn.Module):
         img_masks: list[torch.Tensor],
         lang_tokens: torch.Tensor,
         lang_masks: torch.Tensor,
-        state: torch.Tensor | None = None,
-        noisy_actions: torch.Tensor | None = None,
         prune_uniform: torch.Tensor | None = None,
     ) -> EmbeddedPrefix:
         """Embeds the prefix (all cameras' patches, pruned if enabled, then the prompt).
 
-        ``state [B, A]`` and ``noisy_actions [B, H, A]`` reach only the pruner's task context, and only with
-        ``token_prune_state_token`` / ``token_prune_action_context``; ``prune_uniform [B, N, N]`` replaces the
-        pruner's training noise draw. Positions are those of the unpruned prefix
-        (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens. The
-        key bias is the pruner's (training: ``log(count)`` of merged duplicate votes, or the straight-through gate of
-        ``token_prune_budget_training``).
+        ``prune_uniform [B, N, N]`` replaces the pruner's training noise draw. Positions are those of the unpruned
+        prefix (count of valid tokens before a token), so pruned patches leave gaps instead of shifting later tokens.
+        The key bias is the pruner's (training: ``log(count)`` of merged duplicate votes, or the straight-through
+        gate of budget training).
         """
         pwe = self.paligemma_with_expert
         image_embs = [pwe.embed_image(image) for image in images]  # C x [B, P, W], P patches per camera
@@ -216,8 +187,7 @@ class PI0Pytorch(nn.Module):
         patch_positions, lang_positions = positions[:, : patches.shape[1]], positions[:, patches.shape[1] :]
         key_bias = None
         if self.token_pruner is not None:
-            task, task_mask = self._pruner_task_context(lang_embs, lang_masks, state, noisy_actions)
-            pruned = self.token_pruner(patches, task, task_mask, patch_mask, patch_positions, prune_uniform)
+            pruned = self.token_pruner(patches, lang_embs, lang_masks, patch_mask, patch_positions, prune_uniform)
             patches, patch_mask, patch_positions = pruned.tokens, pruned.mask, pruned.positions  # [B, K, W], [B, K]
             if pruned.key_bias is not None:
                 key_bias = F.pad(pruned.key_bias.float(), (0, lang_embs.shape[1]))  # [B, K + T], the prompt unbiased
@@ -226,29 +196,6 @@ class PI0Pytorch(nn.Module):
         pad_masks = torch.cat([patch_mask, lang_masks], dim=1)
         positions = torch.cat([patch_positions, lang_positions], dim=1)
         return EmbeddedPrefix(embs, pad_masks, torch.zeros_like(pad_masks), positions, key_bias)
-
-    def _pruner_task_context(
-        self,
-        lang_embs: torch.Tensor,
-        lang_masks: torch.Tensor,
-        state: torch.Tensor | None,
-        noisy_actions: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pruner's task tokens ``[B, T (+1) (+H), W]``: the prompt, then (plan 1) a projected state token and
-        (plan B) the projected noisy actions."""
-        tokens, masks = [lang_embs], [lang_masks]
-        extras = []
-        if self.config.token_prune_state_token:
-            extras.append(
-                self.prune_state_proj(_required(state, "state")[:, None].to(self.prune_state_proj.weight.dtype))
-            )
-        if self.config.token_prune_action_context:
-            actions = _required(noisy_actions, "noisy_actions").to(self.prune_action_proj.weight.dtype)
-            extras.append(self.prune_action_proj(actions))
-        for extra in extras:
-            tokens.append(extra.to(lang_embs.dtype))
-            masks.append(torch.ones(extra.shape[:2], dtype=torch.bool, device=lang_masks.device))
-        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
 
     # ------------------------------------------------------------------------------------------------- suffix
     def embed_suffix(
@@ -303,7 +250,7 @@ class PI0Pytorch(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1.0 - t) * actions
 
-        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, state, x_t, prune_uniform)
+        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, prune_uniform)
         self._record_prefix_length(prefix.embs.shape[1])
         suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(state, x_t, time)
         mask = make_attention_mask(
@@ -341,7 +288,7 @@ class PI0Pytorch(nn.Module):
         device = observation.state.device
         x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)  # [B, H, A]
         start = perf_counter()
-        prefix = self.encode_prefix(observation, x_t)
+        prefix = self.encode_prefix(observation)
         prefix_done = _synchronized(device)
         dt = -1.0 / num_steps
         for step in range(num_steps):
@@ -351,17 +298,10 @@ class PI0Pytorch(nn.Module):
         self.last_timing_ms = {"prefix_ms": (prefix_done - start) * 1e3, "denoise_ms": (end - prefix_done) * 1e3}
         return x_t
 
-    def encode_prefix(self, observation: Observation, noise: torch.Tensor | None = None) -> PrefixCache:
-        """Embeds (and, if enabled, prunes) the prefix and runs the language model over it once.
-
-        ``noise [B, H, A]`` is where sampling starts; only a pruner with ``token_prune_action_context`` reads it.
-        """
+    def encode_prefix(self, observation: Observation) -> PrefixCache:
+        """Embeds (and, if enabled, prunes) the prefix and runs the language model over it once."""
         images, img_masks, tokens, token_masks, state = self._unpack(observation)
-        if noise is None and self.config.token_prune_action_context:
-            noise = self.sample_noise(
-                (state.shape[0], self.config.action_horizon, self.config.action_dim), state.device
-            )
-        prefix = self.embed_prefix(images, img_masks, tokens, token_masks, state, noise)
+        prefix = self.embed_prefix(images, img_masks, tokens, token_masks)
         prefix_mask = make_attention_mask(prefix.pad_masks, prefix.block_starts)
         _, kv_cache = self.paligemma_with_expert(
             [prefix.embs, None], prefix_mask, prefix.positions, [None, None], key_bias=prefix.key_bias
@@ -455,9 +395,3 @@ def _sample_actions_args(
     if len(rest) > 1:
         num_steps = rest[1]
     return observation, noise, num_steps
-
-
-def _required(value: torch.Tensor | None, name: str) -> torch.Tensor:
-    if value is None:
-        raise ValueError(f"The pruner's task context needs {name} (token_prune_state_token / _action_context)")
-    return value

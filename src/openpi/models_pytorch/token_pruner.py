@@ -1,5 +1,4 @@
-"""LightVLA visual-token pruning: a parameter-free (optionally one learned map), task-conditioned selector of image
-patches.
+"""LightVLA visual-token pruning: a parameter-free, task-conditioned selector of image patches.
 
 Every patch asks the task (language + discrete state) what it is looking for (a cross-attention "query"), then votes
 for the patch that best matches that query. Training keeps the sequence length and passes gradients through a
@@ -16,6 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from openpi.models.pi0_config import Pi0Config
 
 _RMS_EPS = 1e-6
 # Score of a patch that must never be selected. Finite (unlike -inf) so that a sample without any valid patch yields a
@@ -72,13 +73,7 @@ class _Scoring:
     task_n: torch.Tensor  # [B, T, D] rms(task)
     queries_raw: torch.Tensor  # [B, N, D] SDPA output before the last RMS norm
     queries: torch.Tensor  # [B, N, D] rms(queries_raw)
-    scores: torch.Tensor  # [B, N, N] Q P^T / sqrt(D) (or cos / temperature), invalid columns set to _NEVER
-
-
-def is_pruner_parameter(name: str) -> bool:
-    """Whether a state-dict key is the pruner's own (its ``query_projection``): checkpoints trained without it lack
-    it, and a model loading one as its base keeps the identity it starts from."""
-    return name.endswith("token_pruner.query_projection")
+    scores: torch.Tensor  # [B, N, N] Q P^T / sqrt(D), invalid columns set to _NEVER
 
 
 def _rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -100,25 +95,17 @@ def _score(
     task_mask: torch.Tensor,
     patch_mask: torch.Tensor,
     center_patches: bool,
-    score_temperature: float | None = None,
-    query_projection: torch.Tensor | None = None,
 ) -> _Scoring:
-    """Computes the patch-to-patch scores; samples without any valid task token get zero queries (no NaN).
-
-    ``score_temperature`` None: ``Q P^T / sqrt(D)`` (LightVLA; ``|S| <= sqrt(D)``); a number ``t``: the cosine
-    ``Q P^T / D`` divided by ``t`` (``|S| <= 1 / t`` at any width). ``query_projection``: a ``[D, D]`` map applied to
-    the queries before their last RMS norm (the bound holds either way)."""
+    """Computes the patch-to-patch scores ``Q P^T / sqrt(D)`` (``|S| <= sqrt(D)``); samples without any valid task
+    token get zero queries (no NaN)."""
     patches_n = _rms_norm(_center(patches, patch_mask) if center_patches else patches)
     task_n = _rms_norm(task_tokens)
     has_task = task_mask.any(dim=1)
     attend = task_mask | ~has_task[:, None]  # an all-False row would make SDPA return NaN
     queries_raw = F.scaled_dot_product_attention(patches_n, task_n, task_n, attn_mask=attend[:, None, :])
     queries_raw = queries_raw * has_task[:, None, None]
-    projected = queries_raw if query_projection is None else queries_raw @ query_projection.float().T
-    queries = _rms_norm(projected)
-    width = patches.shape[-1]
-    scale = math.sqrt(width) if score_temperature is None else width * score_temperature
-    scores = (queries @ patches_n.transpose(1, 2)).float() / scale  # float32 under autocast
+    queries = _rms_norm(queries_raw)
+    scores = (queries @ patches_n.transpose(1, 2)).float() / math.sqrt(patches.shape[-1])  # float32 under autocast
     scores = scores.masked_fill(~patch_mask[:, None, :], _NEVER)
     return _Scoring(patches_n, task_n, queries_raw, queries, scores)
 
@@ -135,8 +122,8 @@ def _soft_votes(scores: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _rank_patches(votes: torch.Tensor, best_score: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-    """Rank of each patch (0 = most important): votes desc, then best score desc, then index asc; invalid last.
-    ``votes`` may be counts or soft votes (both >= 0)."""
+    """``[B, N]`` rank of each patch (0 = most important): votes desc, then best score desc, then index asc; the
+    patches outside ``patch_mask`` last."""
     votes = votes.masked_fill(~patch_mask, -1)
     by_score = torch.sort(best_score, dim=1, descending=True, stable=True).indices
     by_votes = torch.sort(votes.gather(1, by_score), dim=1, descending=True, stable=True).indices
@@ -144,20 +131,6 @@ def _rank_patches(votes: torch.Tensor, best_score: torch.Tensor, patch_mask: tor
     ranks = torch.empty_like(order)
     arange = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return ranks.scatter_(1, order, arange)
-
-
-def _neighbourhood_ranks(ranks: torch.Tensor, selectable: torch.Tensor, side: int, radius: int) -> torch.Tensor:
-    """Re-ranks ``[B, N]`` patch ranks (camera-major ``side x side`` grids) by the best rank of a selectable patch
-    within ``radius`` of each (ties: its own rank); the unselectable patches last."""
-    batch, num_patches = ranks.shape
-    anchors = ranks.float().masked_fill(~selectable, num_patches)  # an unselectable patch anchors nothing
-    grids = anchors.view(-1, 1, side, side)  # [B * cameras, 1, side, side]
-    best = -F.max_pool2d(-grids, 2 * radius + 1, stride=1, padding=radius)  # min over each neighbourhood
-    key = best.view(batch, num_patches).long() * num_patches + ranks  # [B, N]
-    key = key.masked_fill(~selectable, num_patches * (num_patches + 1))
-    order = key.argsort(dim=1, stable=True)
-    arange = torch.arange(num_patches, device=ranks.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, arange)
 
 
 def _masked_token_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -182,132 +155,66 @@ def _argmax_stats(votes: torch.Tensor, n_rows: torch.Tensor) -> tuple[torch.Tens
     return (votes > 0).sum(dim=1).float(), votes.amax(dim=1).float() / n_rows.clamp(min=1.0)
 
 
+def select_kept(
+    scores: torch.Tensor,
+    votes: torch.Tensor,
+    patch_mask: torch.Tensor,
+    budget: torch.Tensor | None,
+    selectable: torch.Tensor,
+) -> torch.Tensor:
+    """``[B, N]`` bool, the kept patches among the ``selectable`` ones: the voted ones (``budget`` None: the union of
+    the votes), or the ``budget [B]`` best-ranked ones (votes, then best score over the valid rows)."""
+    if budget is None:
+        return (votes > 0) & selectable
+    best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)  # [B, N]
+    return (_rank_patches(votes, best_score, selectable) < budget[:, None]) & selectable
+
+
 class ImageTokenPruner(nn.Module):
-    """LightVLA pruner over the pooled patches of all cameras (parameter-free unless ``query_width`` is set).
+    """LightVLA's pruner over the pooled patches of all cameras (camera-major); it has no parameters.
 
-    ``train()``: adds ``U(0, 1) * noise_scale`` to the scores, takes each row's argmax and returns
-    ``W @ patches`` with ``W = onehot(argmax) + softmax(S) - stopgrad(softmax(S))`` (K = N; the forward value is the
-    voted patch, the gradient flows through the noise-free ``softmax(S)``). ``eval()``: no noise; keeps the union of
-    each valid row's argmax, in original order, padded to the batch's largest count.
+    Scoring: each patch's query is its attention over the task tokens (the prompt, with the discretised state for
+    π0.5); it scores every patch ``S = Q P^T / sqrt(D)`` and votes for its argmax. With ``center_patches`` the patches
+    are centred on the sample's mean valid patch for the scoring only: patch embeddings share a dominant direction
+    that makes every patch ask the same question and the votes collapse onto a few patches.
 
-    Fixed budgets (eval only): ``keep_tokens`` keeps exactly ``min(keep_tokens, valid patches)`` per sample,
-    ``keep_ratio`` keeps ``ceil(keep_ratio * valid patches)``; ``keep_tokens`` wins when both are set. Patches are
-    ranked by support (number of valid rows voting for them), ties broken by the patch's best score over valid rows
-    (``max_i S[i, j]``), then by lower index.
+    Selection:
 
-    ``noisy_softmax``: the soft part of the straight-through weights is ``softmax`` of the *noisy* scores, as in
-    LightVLA's released code; False (the default) uses the noise-free scores. The forward value is the same either
-    way; only the gradient into the scores differs.
+    - eval: the union of the valid rows' votes or, under a budget (``keep_tokens`` patches, else ``ceil(keep_ratio *
+      valid patches)``), the best-ranked patches (votes desc, best score desc, index asc); they keep their original
+      order, padded to the batch's largest count rounded up to ``kept_multiple``.
+    - train, union: ``U(0, 1) * noise_scale`` is added to the scores and row i becomes the patch of its argmax through
+      the straight-through weights ``onehot + softmax(S) - stopgrad(softmax(S))`` (the voted patch in value, the
+      gradient of the clean softmax). ``dedup_training`` merges the rows that voted for one patch into one token with
+      ``log(count)`` on its attention logit: the same attention over fewer tokens.
+    - train, ``budget_training``: the budget's patches ranked from the noisy votes and scores, each gated on its
+      attention logit by its straight-through soft votes ``v_j = sum_i softmax(S)[i, j]`` (0 in value).
+      ``gate_dropped_patches`` keeps every patch in the prefix, the dropped ones at the attention weight
+      ``w = DROPPED_KEY_WEIGHT`` through ``log(w + v - stopgrad(v))``: the budget's forward, and a gradient that
+      reaches the dropped patches too.
 
-    ``dedup_training``: in train mode, return each voted patch once instead of once per voting row (K = the number
-    of distinct votes U, padded to the batch's largest, bucketed like the eval count), as the mean of its rows, with
-    ``counts``. The rows it merges are the same token at the same position, so a transformer that adds ``log(count)``
-    to the attention logit of each such key computes exactly what it would on the N rows, on U tokens; the mean
-    gives every row its share of the token's gradient, so the straight-through gradient is unchanged.
-
-    ``budget_training`` (a departure from LightVLA): train on the patches the budget keeps at inference, ranked the
-    same way but from the noisy votes and scores, instead of one row per noisy vote. The kept patches' soft votes
-    (``sum_i softmax(S)[i, j]``) enter as a straight-through bias on their attention logits, so the scores learn
-    which patches the policy attends to. Needs ``keep_tokens`` or ``keep_ratio``; train and eval keep the same count.
-
-    ``gate_dropped_patches`` (with ``budget_training``, a departure from LightVLA): train on all N patches, the
-    dropped ones weighted ``DROPPED_KEY_WEIGHT`` in attention (a logit bias of ``log(w)``, ``w`` = 1 kept or the
-    weight dropped) through the straight-through weight ``w + soft_votes - stopgrad(soft_votes)``. The forward is the
-    budget's, but the gate's gradient reaches the dropped patches too: the first-order effect of letting each back in
-    (in budget training alone only the kept patches' votes learn). Costs the unpruned prefix length in training.
-
-    ``rank_by_soft_votes`` (under a budget, a departure from LightVLA): rank the patches by their soft votes
-    ``sum_i softmax(S)[i, j]`` over valid rows (of the noisy scores in training), the quantity budget training's gate
-    differentiates, instead of by hard votes and best score. The union selection is unchanged.
-
-    ``score_temperature`` (a departure from LightVLA): score with the cosine of queries and patches divided by this
-    temperature instead of ``Q P^T / sqrt(D)``, whose magnitude grows with the width (8 at 64, 45 at 2048). It sets
-    the scores' scale against the training noise and the softmax's sharpness (so the gradient's spread over the
-    patches) the same way at every width; argmaxes and budget rankings by votes and best score do not depend on it,
-    so the eval selection is unchanged. None: LightVLA's scale (the temperature ``1 / sqrt(D)``).
-
-    ``keep_neighbours`` (under a budget, a departure from LightVLA): a radius ``r`` in patches. Each patch is ranked
-    by the best rank within ``r`` patches of it on its camera's ``patch_grid x patch_grid`` grid (ties by its own), so
-    the budget keeps the ``(2r + 1)^2`` neighbourhoods of the top-ranked patches, in their order, instead of the
-    top-ranked patches alone: an object's patches are contiguous, and one the object only grazes scores like the
-    background around it. 0: off (LightVLA's ranking). Needs ``patch_grid`` (the pooled patches are camera-major
-    grids, row-major).
-
-    ``query_width`` (a departure from LightVLA, whose pruner has no parameters): a learned ``[D, D]`` map of the
-    queries, ``query_projection``, initialised to the identity (so the scores start as LightVLA's). Without it the
-    scores can only learn through weights the policy shares (the patch and prompt embeddings), where the pruner's
-    gradient competes with the action loss's; the map is the pruner's own, so the optimizer moves it at its own pace.
-    None: parameter-free.
-
-    ``random_keep`` (eval only, a control): keep as many patches per sample as the selection would, chosen uniformly
-    at random among the valid ones (``random_generator`` makes it reproducible).
-
-    ``excluded_patches`` (eval only, a control): ``[N]`` or ``[B, N]`` bool, patches the selection may not keep (the
-    shapes testbed's evaluation sets it to the target's patches to ask whether the policy needs them). They still vote;
-    a budget counts every valid patch and is filled from the others (the union keeps its other votes).
-
-    ``center_patches``: score with the patches centred on each sample's mean valid patch (``P = rms(patches -
-    mean)``). Patch embeddings share a dominant common direction, which makes every patch attend to the task the same
-    way: identical queries, identical votes, a union of 2–3 patches (the collapse the seeds report). Centring removes
-    that shared component from the scoring only; the selected tokens are the original patches.
+    The settings are the model config's ``token_prune_*`` fields; ``noise_scale``, ``keep_tokens`` and ``keep_ratio``
+    may be changed between calls. Subclasses change what the eval selection keeps by overriding :meth:`keep_mask`.
 
     Attributes:
-        noise_scale: scale of the uniform noise added to the scores in train mode (>= 0).
-        keep_tokens: fixed eval budget in patches, or None.
-        keep_ratio: fixed eval budget as a fraction of the valid patches in (0, 1], or None.
-        collect_stats: when True every forward writes telemetry (python floats) to ``last_stats``; otherwise
+        collect_stats: when True every forward writes its telemetry (python floats) to ``last_stats``; otherwise
             ``last_stats`` is None and no extra work is done.
         last_selection: the :class:`Selection` of the last eval forward (None after a train forward).
     """
 
-    def __init__(
-        self,
-        noise_scale: float = 1.0,
-        keep_tokens: int | None = None,
-        keep_ratio: float | None = None,
-        center_patches: bool = False,
-        noisy_softmax: bool = False,
-        kept_multiple: int | None = None,
-        dedup_training: bool = False,
-        budget_training: bool = False,
-        rank_by_soft_votes: bool = False,
-        gate_dropped_patches: bool = False,
-        score_temperature: float | None = None,
-        keep_neighbours: int = 0,
-        patch_grid: int | None = None,
-        query_width: int | None = None,
-    ):
+    def __init__(self, config: Pi0Config):
         super().__init__()
-        bad_width = isinstance(query_width, bool) or not isinstance(query_width, int) or query_width < 1
-        if query_width is not None and bad_width:
-            raise ValueError(f"query_width must be None or an int >= 1, got {query_width!r}")
-        self.query_projection = None if query_width is None else nn.Parameter(torch.eye(query_width))
-        bad_grid = isinstance(patch_grid, bool) or not isinstance(patch_grid, int) or patch_grid < 1
-        if patch_grid is not None and bad_grid:
-            raise ValueError(f"patch_grid must be None or an int >= 1, got {patch_grid!r}")
-        self.patch_grid = patch_grid
-        self.keep_neighbours = keep_neighbours
-        if score_temperature is not None and (
-            isinstance(score_temperature, bool) or not 0 < score_temperature < math.inf
-        ):
-            raise ValueError(f"score_temperature must be None or a finite number > 0, got {score_temperature!r}")
-        self.score_temperature = score_temperature
-        self.gate_dropped_patches = gate_dropped_patches
-        self.rank_by_soft_votes = rank_by_soft_votes
-        self.center_patches = center_patches
-        self.dedup_training = dedup_training
-        self.budget_training = budget_training
-        self.kept_multiple = kept_multiple
-        self.noisy_softmax = noisy_softmax
-        self.random_keep = False
-        self.random_generator: torch.Generator | None = None
-        self.excluded_patches: torch.Tensor | None = None
-        self.last_selection: Selection | None = None
-        self.noise_scale = noise_scale
-        self.keep_tokens = keep_tokens
-        self.keep_ratio = keep_ratio
+        self.center_patches = config.token_prune_center_patches
+        self.dedup_training = config.token_prune_dedup_training
+        self.budget_training = config.token_prune_budget_training
+        self.gate_dropped_patches = config.token_prune_gate_dropped_patches
+        self.kept_multiple = config.token_prune_kept_multiple
+        self.noise_scale = config.token_prune_noise_scale
+        self.keep_tokens = config.token_prune_keep_tokens
+        self.keep_ratio = config.token_prune_keep_ratio
         self.collect_stats = False
         self.last_stats: dict[str, float] | None = None
+        self.last_selection: Selection | None = None
 
     @property
     def noise_scale(self) -> float:
@@ -328,16 +235,6 @@ class ImageTokenPruner(nn.Module):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"keep_tokens must be None or an int >= 1, got {value!r}")
         self._keep_tokens = value
-
-    @property
-    def keep_neighbours(self) -> int:
-        return self._keep_neighbours
-
-    @keep_neighbours.setter
-    def keep_neighbours(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"keep_neighbours must be an int >= 0, got {value!r}")
-        self._keep_neighbours = value
 
     @property
     def keep_ratio(self) -> float | None:
@@ -361,14 +258,11 @@ class ImageTokenPruner(nn.Module):
         return {f"{METRIC_PREFIX}{key}": value for key, value in self.stats().items()}
 
     def extra_repr(self) -> str:
-        budgets = f"keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}"
-        variant = (
-            f"center_patches={self.center_patches}, noisy_softmax={self.noisy_softmax}, "
-            f"budget_training={self.budget_training}, rank_by_soft_votes={self.rank_by_soft_votes}, "
-            f"gate_dropped_patches={self.gate_dropped_patches}, score_temperature={self.score_temperature}, "
-            f"keep_neighbours={self.keep_neighbours}, query_projection={self.query_projection is not None}"
+        return (
+            f"noise_scale={self.noise_scale}, keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}, "
+            f"center_patches={self.center_patches}, budget_training={self.budget_training}, "
+            f"gate_dropped_patches={self.gate_dropped_patches}"
         )
-        return f"noise_scale={self.noise_scale}, {budgets}, {variant}, random_keep={self.random_keep}"
 
     def forward(
         self,
@@ -391,19 +285,7 @@ class ImageTokenPruner(nn.Module):
                 a fresh one, e.g. to replay another implementation's draw; ignored in eval mode.
         """
         _check_inputs(patches, task_tokens, task_mask, patch_mask, patch_positions)
-        if self.query_projection is not None and self.query_projection.shape[0] != patches.shape[-1]:
-            raise ValueError(
-                f"query_width={self.query_projection.shape[0]} does not match the patches' width {patches.shape[-1]}"
-            )
-        scoring = _score(
-            patches,
-            task_tokens,
-            task_mask,
-            patch_mask,
-            self.center_patches,
-            self.score_temperature,
-            self.query_projection,
-        )
+        scoring = _score(patches, task_tokens, task_mask, patch_mask, self.center_patches)
         self.last_selection = None
         if self.training and self.budget_training:
             pruned, noisy_choice, kept_counts = self._select_train_budget(
@@ -421,6 +303,21 @@ class ImageTokenPruner(nn.Module):
                 self.last_stats = _telemetry(scoring, task_mask, patch_mask, kept_counts, noisy_choice)
         return pruned
 
+    def keep_mask(self, scores: torch.Tensor, votes: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        """The eval selection ``[B, N]`` bool from the scores ``[B, N, N]`` and the votes ``[B, N]``: the union of the
+        votes, or the budget's best-ranked patches."""
+        return select_kept(scores, votes, patch_mask, self.budget(patch_mask), patch_mask)
+
+    def budget(self, patch_mask: torch.Tensor) -> torch.Tensor | None:
+        """``[B]`` patches to keep per sample under a fixed budget, or None for the union selection."""
+        valid = patch_mask.sum(dim=1)
+        if self.keep_tokens is not None:
+            return valid.clamp(max=self.keep_tokens)
+        if self.keep_ratio is not None:
+            wanted = torch.ceil(valid.double() * self.keep_ratio - _CEIL_TOLERANCE).long().clamp(min=1)
+            return torch.minimum(wanted, valid)
+        return None
+
     def _noisy(self, scores: torch.Tensor, uniform: torch.Tensor | None) -> torch.Tensor:
         """``S + U(0, 1) * noise_scale`` (``uniform`` replaces the draw)."""
         if self.noise_scale == 0:
@@ -436,9 +333,8 @@ class ImageTokenPruner(nn.Module):
         positions: torch.Tensor,
         uniform: torch.Tensor | None,
     ) -> tuple[PrunedPatches, torch.Tensor]:
-        noisy = self._noisy(scores, uniform)
-        choice = noisy.argmax(dim=-1)  # [B, N]
-        soft = (noisy if self.noisy_softmax else scores).softmax(dim=-1)
+        choice = self._noisy(scores, uniform).argmax(dim=-1)  # [B, N]
+        soft = scores.softmax(dim=-1)
         hard = torch.zeros_like(soft).scatter_(-1, choice[..., None], 1.0)
         weights = hard + soft - soft.detach()
         tokens = weights.to(patches.dtype) @ patches  # [B, N, D], row i = patches[choice_i] in value
@@ -476,12 +372,13 @@ class ImageTokenPruner(nn.Module):
         uniform: torch.Tensor | None,
     ) -> tuple[PrunedPatches, torch.Tensor, torch.Tensor]:
         """The budget's patches ranked by the noisy votes and scores, each gated by its straight-through soft votes."""
-        if self.keep_tokens is None and self.keep_ratio is None:
+        budget = self.budget(patch_mask)
+        if budget is None:
             raise ValueError("budget_training needs a budget: set keep_tokens or keep_ratio")
         noisy = self._noisy(scores, uniform)
         choice = noisy.argmax(dim=-1)  # [B, N]
-        keep = self._kept_by_budget(noisy, _count_votes(choice, patch_mask), patch_mask)  # ranked by the noisy scores
-        soft_votes = _soft_votes(noisy if self.noisy_softmax else scores, patch_mask)  # [B, N]
+        keep = select_kept(noisy, _count_votes(choice, patch_mask), patch_mask, budget, patch_mask)
+        soft_votes = _soft_votes(scores, patch_mask)  # [B, N]
         if self.gate_dropped_patches:
             return _gate_all_patches(patches, keep, soft_votes, patch_mask, positions), choice, keep.sum(dim=1)
         pruned, counts = self._gather_kept(patches, keep, positions)
@@ -492,47 +389,9 @@ class ImageTokenPruner(nn.Module):
         self, patches: torch.Tensor, scores: torch.Tensor, patch_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[PrunedPatches, torch.Tensor]:
         votes = _count_votes(scores.argmax(dim=-1), patch_mask)  # [B, N]
-        selectable = patch_mask
-        if self.excluded_patches is not None:
-            selectable = patch_mask & ~self.excluded_patches.to(patch_mask.device).expand_as(patch_mask)
-        keep = self._kept_by_budget(scores, votes, patch_mask, selectable)
-        if self.random_keep:
-            keep = self._random_subset(selectable, keep.sum(dim=1))
-        pruned, counts = self._gather_kept(patches, keep, positions)
+        pruned, counts = self._gather_kept(patches, self.keep_mask(scores, votes, patch_mask), positions)
         self.last_selection = Selection(pruned.kept_indices, pruned.mask, votes)
         return pruned, counts
-
-    def _kept_by_budget(
-        self,
-        scores: torch.Tensor,
-        votes: torch.Tensor,
-        patch_mask: torch.Tensor,
-        selectable: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``[B, N]`` bool: the voted patches, or under a budget (of the valid patches) the top-ranked ones (votes,
-        then best score; or the soft votes with ``rank_by_soft_votes``), among the ``selectable`` ones (default:
-        every valid patch)."""
-        selectable = patch_mask if selectable is None else selectable
-        budget = self._budget(patch_mask)  # [B] or None
-        if budget is None:
-            return (votes > 0) & selectable
-        best_score = scores.masked_fill(~patch_mask[:, :, None], _NEVER).amax(dim=1)
-        if self.rank_by_soft_votes:
-            votes = _soft_votes(scores.detach(), patch_mask)
-        ranks = _rank_patches(votes, best_score, selectable)
-        if self.keep_neighbours:
-            ranks = _neighbourhood_ranks(ranks, selectable, self._grid_side(ranks.shape[1]), self.keep_neighbours)
-        return (ranks < budget[:, None]) & selectable
-
-    def _grid_side(self, num_patches: int) -> int:
-        """The side of each camera's patch grid; raises unless the pooled patches are whole grids of it."""
-        side = self.patch_grid
-        if side is None or num_patches % (side * side):
-            raise ValueError(
-                f"keep_neighbours needs the pooled patches to be camera grids of patch_grid x patch_grid, got "
-                f"patch_grid={side} for {num_patches} patches"
-            )
-        return side
 
     def _gather_kept(
         self, patches: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor
@@ -554,7 +413,7 @@ class ImageTokenPruner(nn.Module):
         most the budget can keep, every patch valid."""
         if counts.device.type != "meta":
             return counts.max()
-        budget = self._budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))
+        budget = self.budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))
         return torch.tensor(num_patches, device="cpu") if budget is None else budget[0]
 
     def _bucketed(self, largest: torch.Tensor, num_patches: int) -> int:
@@ -564,26 +423,6 @@ class ImageTokenPruner(nn.Module):
             multiple = self.kept_multiple
             largest = ((largest + multiple - 1) // multiple * multiple).clamp(max=num_patches)
         return int(largest)
-
-    def _random_subset(self, patch_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` bool: ``counts[b]`` valid patches of sample b, uniformly at random."""
-        device = self.random_generator.device if self.random_generator is not None else patch_mask.device
-        noise = torch.rand(patch_mask.shape, generator=self.random_generator, device=device).to(patch_mask.device)
-        order = noise.masked_fill(~patch_mask, -1.0).argsort(dim=1, descending=True)  # valid patches first
-        ranks = torch.empty_like(order).scatter_(
-            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-        )
-        return ranks < counts[:, None]
-
-    def _budget(self, patch_mask: torch.Tensor) -> torch.Tensor | None:
-        """``[B]`` patches to keep per sample under a fixed budget, or None for the implicit (union) selection."""
-        valid = patch_mask.sum(dim=1)
-        if self.keep_tokens is not None:
-            return valid.clamp(max=self.keep_tokens)
-        if self.keep_ratio is not None:
-            wanted = torch.ceil(valid.double() * self.keep_ratio - _CEIL_TOLERANCE).long().clamp(min=1)
-            return torch.minimum(wanted, valid)
-        return None
 
 
 def _gate_all_patches(

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openpi.models.observation import Observation
-from openpi.models_pytorch import lora, preprocessing, token_pruner, weights
+from openpi.models_pytorch import lora, preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import data_config, pruning_overlay
 from openpi.training import checkpoints, data_loader, freezing, fsdp
@@ -145,7 +145,7 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     model = PI0Pytorch(model_config)
     if load_pretrained and config.pytorch_weight_path is not None:
         logger.info("Loading weights from %s", config.pytorch_weight_path)
-        weights.load_weights(model, config.pytorch_weight_path, keep_if_missing=_initialised_if_missing)
+        weights.load_weights(model, config.pytorch_weight_path, keep_if_missing=lora.is_lora_parameter)
     if config.freeze_filter is not None:
         freezing.freeze_parameters(model, config.freeze_filter)
     if config.gradient_checkpointing:
@@ -155,11 +155,6 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     if config.pytorch_training_compile_mode is not None:
         compile_training_forward(model, mode=config.pytorch_training_compile_mode)
     return model.to(device)
-
-
-def _initialised_if_missing(key: str) -> bool:
-    """Parameters a base checkpoint may lack: LoRA adapters and the pruner's query map keep their initial values."""
-    return lora.is_lora_parameter(key) or token_pruner.is_pruner_parameter(key)
 
 
 def compile_training_forward(model: PI0Pytorch, *, mode: str | None = None, backend: str = "inductor") -> None:

@@ -1,0 +1,118 @@
+"""Closed-loop evaluation of a policy on held-out shapes scenes (the pruning testbed), in process or over a websocket.
+
+Episode ``i`` of seed ``s`` starts from scene seed ``HELD_OUT_SEED_BASE + s * 100_000 + i``
+(:mod:`openpi.envs.rollout`), a stream no training dataset draws from. The summary is
+:func:`openpi.envs.rollout.summarize`'s (success with its Wilson interval, steps, kept patches, target recall, latency),
+plus ``prompt_swap`` when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import tqdm
+
+from openpi import transforms
+from openpi.envs import rollout
+from openpi.envs.shapes import ShapesEnv
+from openpi.evaluation.random_patches import use_random_patches
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.policies import policy_config
+from openpi.policies.libero_policy import EmbeddedDataConfig
+from openpi.policies.policy import Policy
+from openpi.serving.websocket_client import WebsocketClientPolicy
+from openpi.training import config as _config
+
+SEEDS_PER_EVALUATION_SEED = 100_000
+
+
+@dataclasses.dataclass
+class PolicyArgs:
+    config: str = "pi05_shapes_lightvla"
+    """Training config of the checkpoint (its scene difficulty and model)."""
+    dir: str = ""
+    """Checkpoint folder (in-process evaluation)."""
+
+
+@dataclasses.dataclass
+class Args:
+    policy: PolicyArgs = dataclasses.field(default_factory=PolicyArgs)
+    episodes: int = 100
+    seed: int = 0
+    """Held-out scene stream (and the seed of the random controls)."""
+    token_prune_keep_ratio: float | None = None
+    """Serve with this fraction of the valid patches (None: the config's budget)."""
+    token_prune_keep_tokens: int | None = None
+    """Serve with this many patches (None: the config's budget)."""
+    mask_images: bool = False
+    """Mask every camera at inference (the blind control)."""
+    random_keep: bool = False
+    """Keep as many patches as the pruner would, chosen uniformly at random (the random control)."""
+    replan_steps: int = 2
+    """Actions executed from each predicted chunk before the next inference."""
+    prompt_swap: int = 0
+    """Also run the prompt-swap test on this many scenes (pruning policies)."""
+    host: str | None = None
+    """Evaluate the policy served at this host (serve_policy.py) instead of loading it."""
+    port: int = 8000
+
+
+def held_out_seeds(episodes: int, seed: int) -> list[int]:
+    """The scene seeds of ``episodes`` held-out episodes of evaluation seed ``seed``."""
+    start = rollout.HELD_OUT_SEED_BASE + seed * SEEDS_PER_EVALUATION_SEED
+    return list(range(start, start + episodes))
+
+
+def run(args: Args) -> dict:
+    """Loads (or connects to) the policy and evaluates it; returns the summary."""
+    train_config = _config.get_config(args.policy.config)
+    if not isinstance(train_config.data, EmbeddedDataConfig):
+        raise ValueError(f"Config {args.policy.config!r} does not train on the shapes scene")
+    policy = connect(args) if args.host else load_policy(args, train_config)
+    return evaluate(args, train_config, policy)
+
+
+def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Policy) -> dict:
+    """Runs ``args.episodes`` held-out episodes of ``train_config``'s scene (and the prompt-swap test) and
+    summarises them."""
+    env = ShapesEnv(train_config.data.spec.task)
+    vision = train_config.model.vision_config
+    grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
+    seeds = held_out_seeds(args.episodes, args.seed)
+    results = [
+        rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
+        for seed in tqdm.tqdm(seeds, desc="episodes", unit="episode")
+    ]
+    summary = rollout.summarize(results)
+    if args.prompt_swap:
+        summary["prompt_swap"] = rollout.prompt_swap(env, policy, seeds[: args.prompt_swap], grid)
+    return summary
+
+
+def load_policy(args: Args, train_config: _config.TrainConfig) -> Policy:
+    """The checkpoint's policy on the CPU with the evaluation's budget and controls, returning its kept patches."""
+    torch.manual_seed(args.seed)
+    policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")
+    if args.mask_images:
+        policy.input_transforms = (*policy.input_transforms, transforms.MaskImages())
+    model = policy.model
+    if not model.token_pruning_enabled:
+        if args.token_prune_keep_ratio or args.token_prune_keep_tokens or args.random_keep:
+            raise ValueError(f"{args.policy.config} has no pruner: budgets and --random-keep need a pruning config")
+        return policy
+    if args.random_keep:
+        if not isinstance(model, PI0Pytorch):
+            raise ValueError("--random-keep needs a PyTorch checkpoint")
+        use_random_patches(model, torch.Generator().manual_seed(args.seed))
+    model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
+    model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
+    policy.return_kept_patches = True
+    return policy
+
+
+def connect(args: Args) -> WebsocketClientPolicy:
+    """A client of the policy served at ``args.host``; what the server sets cannot be set from here."""
+    if args.mask_images or args.random_keep or args.token_prune_keep_ratio or args.token_prune_keep_tokens:
+        raise ValueError("Budgets, --random-keep and --mask-images are set on the server (serve_policy.py)")
+    return WebsocketClientPolicy(args.host, args.port)
