@@ -107,10 +107,9 @@ def _debug_embedded(name: str, **model_kwargs: Any) -> TrainConfig:
 
 
 # What the *_lightvla configs prune with: the pruner trained on the budget it is served with, 25% of the patches, the
-# dropped patches gated in training so that the gate's gradient reaches them too. On the shapes testbed this kept the
-# most of the vision gap at <= 25% kept (docs/lightvla_pruning.md, "Defaults follow the evidence"); LightVLA's own
-# union-of-argmaxes selection is `--model.token-prune-budget-training False --model.token-prune-keep-ratio None
-# --model.token-prune-gate-dropped-patches False`.
+# dropped patches gated in training so that the gate's gradient reaches them too (the evidence: research/lightvla/).
+# LightVLA's own union-of-argmaxes selection is `--model.token-prune-budget-training False
+# --model.token-prune-keep-ratio None --model.token-prune-gate-dropped-patches False`.
 LIGHTVLA_PRUNING: dict[str, Any] = {
     "token_pruning_enabled": True,
     "token_prune_budget_training": True,
@@ -143,10 +142,10 @@ def _shapes(name: str, **model_kwargs: Any) -> TrainConfig:
     )
 
 
-def _seeds_recipe(
+def _finetune_recipe(
     name: str, model: pi0_config.Pi0Config, data: DataConfigFactory, ema_decay: float | None = 0.99
 ) -> TrainConfig:
-    """The seeds' fine-tuning recipe: cosine schedule (warmup 10k, peak 5e-5, decay over 1M steps to 5e-5), AdamW
+    """The single-GPU fine-tuning recipe: cosine schedule (warmup 10k, peak 5e-5, decay over 1M steps to 5e-5), AdamW
     clipped at 1.0, 30k steps, batch 64 on one GPU (upstream uses 256), EMA of the weights (upstream's 0.99 unless
     the published config says otherwise), gradient checkpointing on, and base weights required."""
     return TrainConfig(
@@ -165,12 +164,12 @@ def _seeds_recipe(
 
 def _libero(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
     """Upstream's pi05_libero (horizon 10, no delta transform, EMA 0.999) or pi0_libero (horizon 50, delta actions on
-    the first six dims, EMA 0.99) with the seeds' single-GPU recipe."""
+    the first six dims, EMA 0.99) with the single-GPU fine-tuning recipe."""
     if pi05:
         model = pi0_config.Pi0Config(pi05=True, action_horizon=10, **model_kwargs)
-        return _seeds_recipe(name, model, LeRobotLiberoDataConfig(), ema_decay=0.999)
+        return _finetune_recipe(name, model, LeRobotLiberoDataConfig(), ema_decay=0.999)
     model = pi0_config.Pi0Config(pi05=False, **model_kwargs)
-    return _seeds_recipe(name, model, LeRobotLiberoDataConfig(extra_delta_transform=True), ema_decay=0.99)
+    return _finetune_recipe(name, model, LeRobotLiberoDataConfig(extra_delta_transform=True), ema_decay=0.99)
 
 
 def _libero_low_mem(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
@@ -181,7 +180,7 @@ def _libero_low_mem(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
 
 
 def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
-    return _seeds_recipe(name, pi0_config.Pi0Config(pi05=pi05, **model_kwargs), _PICK_PLACE_DATA)
+    return _finetune_recipe(name, pi0_config.Pi0Config(pi05=pi05, **model_kwargs), _PICK_PLACE_DATA)
 
 
 _CONFIGS: tuple[TrainConfig, ...] = (
@@ -272,8 +271,9 @@ def _describe(config: TrainConfig) -> str:
 def _bool_values_to_flags(args: list[str]) -> list[str]:
     """Rewrites ``--flag True`` / ``--flag False`` for boolean fields into tyro's ``--flag`` / ``--no-flag``.
 
-    It stays because users type both spellings (upstream's ``--resume``; the seeds' ``--model.token_pruning_enabled
-    True``) and tyro accepts one per field: flags by default, values only with ``tyro.conf.FlagConversionOff``.
+    It stays because users type both spellings (upstream's ``--resume``; ``--model.token_pruning_enabled True`` in
+    the LightVLA recipes) and tyro accepts one per field: flags by default, values only with
+    ``tyro.conf.FlagConversionOff``.
     """
     bool_fields = set().union(*(_bool_field_paths(config) for config in _CONFIGS))
     out: list[str] = []
