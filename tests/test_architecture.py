@@ -31,6 +31,7 @@ LAYERS = (
     ("envs",),
     ("policies", "serving"),
     ("training",),
+    ("cli",),
 )
 
 

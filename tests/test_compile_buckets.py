@@ -8,9 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from openpi.cli import serve_policy
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.training import config as _config
 from tests.model_helpers import randomized
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,10 +69,6 @@ def test_a_compiled_model_recompiles_once_per_bucket(multiple):
 
 
 def test_serving_with_a_compile_mode_buckets_the_kept_count():
-    from openpi.training import config as _config
-    from tests.script_loader import load_script
-
-    serve_policy = load_script("scripts/serve_policy.py")
     config = _config.get_config("pi05_libero_pytorch_lightvla")
     assert serve_policy.with_compile(config, None) is config
     compiled = serve_policy.with_compile(config, "max-autotune").model
@@ -78,9 +76,6 @@ def test_serving_with_a_compile_mode_buckets_the_kept_count():
 
 
 def test_serving_with_a_compile_mode_buckets_the_batch():
-    from tests.script_loader import load_script
-
-    serve_policy = load_script("scripts/serve_policy.py")
     buckets = serve_policy.batch_buckets
     assert buckets(serve_policy.Args()) is None
     assert buckets(serve_policy.Args(compile_mode="default")) == (1, 2, 4, 8, 16)

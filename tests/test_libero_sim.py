@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tyro
 
+from openpi.cli import serve_policy
 from openpi.models import tokenizer
 from openpi.serving.recorder import read_records
-from tests.script_loader import load_script
 from tests.test_policy import PROMPTS, make_train_config, write_checkpoint
 
 pytestmark = pytest.mark.libero
@@ -54,7 +55,6 @@ def libero_python() -> Path:
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory, libero_python) -> dict:
     """Serves a tiny LightVLA checkpoint (recording every exchange) and runs one short LIBERO episode against it."""
-    serve_policy = load_script("scripts/serve_policy.py")
     workdir = tmp_path_factory.mktemp("libero")
     tokenizer_path = tokenizer.train_sentencepiece(PROMPTS, workdir / "tok", vocab_size=300)
     train_config = make_train_config(tokenizer_path, CONFIG_NAME)
@@ -68,7 +68,7 @@ def rollout(tmp_path_factory, libero_python) -> dict:
     try:
         with pytest.MonkeyPatch.context() as patch, contextlib.ExitStack() as stack:
             patch.setattr(serve_policy._config, "get_config", {CONFIG_NAME: train_config}.__getitem__)
-            server = serve_policy.create_server(serve_policy.tyro.cli(serve_policy.Args, args=argv))
+            server = serve_policy.create_server(tyro.cli(serve_policy.Args, args=argv))
             port = stack.enter_context(server.running_in_background())
             client = [str(libero_python), str(REPO_ROOT / "examples" / "libero" / "main.py"), "--port", str(port)]
             client += ["--task-suite-name", "libero_spatial", "--task-ids", str(TASK_ID), "--num-trials-per-task", "1"]

@@ -1,4 +1,5 @@
-"""End to end with the published ``openpi-client``: a tiny checkpoint served by scripts/serve_policy.py on loopback.
+"""End to end with the published ``openpi-client``: a tiny checkpoint served as scripts/serve_policy.py serves it
+(``openpi.cli.serve_policy``), on loopback.
 
 The client needs numpy<2, so it runs once for the whole module in its own environment
 (``uv run --no-project --with openpi-client``) and executes a plan of connections and requests written by the test.
@@ -15,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tyro
 
+from openpi.cli import serve_policy
 from openpi.models import tokenizer
 from openpi.policies import libero_policy
 from openpi.serving import msgpack_numpy
 from openpi.training.config import get_config
-from tests.script_loader import load_script
 from tests.test_convert import write_orbax
 from tests.test_policy import PROMPTS, libero_observation, make_train_config, write_checkpoint, write_norm_stats
 
@@ -67,13 +69,10 @@ PROBE = {
 }
 
 
-serve_policy = load_script("scripts/serve_policy.py")
-
-
 def _serve_args(checkpoint: Path, *flags: str):
     argv = [*flags, "--port", "0", "--host", "127.0.0.1", "--pytorch-device", "cpu", "--num-steps", "2"]
     argv += ["policy:checkpoint", "--policy.config", CONFIG_NAME, "--policy.dir", str(checkpoint)]
-    return serve_policy.tyro.cli(serve_policy.Args, args=argv)
+    return tyro.cli(serve_policy.Args, args=argv)
 
 
 def _run_published_client(plan: dict, workdir: Path) -> dict:

@@ -1,0 +1,206 @@
+"""Serving a trained policy over websocket (``scripts/serve_policy.py``): the command line's arguments, the checkpoint
+they name, the policy and the server built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from typing import Any
+
+import torch
+
+from openpi.policies import policy_config
+from openpi.policies.policy import Policy
+from openpi.serving.recorder import RequestRecorder
+from openpi.serving.websocket_policy_server import DEFAULT_MAX_MESSAGE_BYTES, WebsocketPolicyServer
+from openpi.training import config as _config
+
+logger = logging.getLogger(__name__)
+KEPT_BUCKET = 16  # with --compile-mode, a pruned model's kept patch count is padded to a multiple of this
+
+
+class EnvMode(enum.Enum):
+    """The robot or simulator the default checkpoint is for."""
+
+    ALOHA = "aloha"
+    ALOHA_SIM = "aloha_sim"
+    DROID = "droid"
+    LIBERO = "libero"
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Serve a trained checkpoint."""
+
+    config: str
+    """Training config name (e.g. pi05_libero_pytorch)."""
+    dir: str
+    """Checkpoint folder with model.safetensors and assets/<asset_id>/norm_stats.json."""
+    raw_weights: bool = False
+    """Serve model_raw.safetensors (the optimised weights) instead of the moving average a training run with
+    ema_decay saved as model.safetensors."""
+
+
+@dataclasses.dataclass
+class Default:
+    """Serve the default checkpoint of --env."""
+
+
+DEFAULT_CHECKPOINTS: dict[EnvMode, Checkpoint] = {
+    EnvMode.LIBERO: Checkpoint("pi05_libero_pytorch", "./checkpoints/pi05_libero_pytorch"),
+    EnvMode.ALOHA: Checkpoint("pi05_pick_place_pytorch", "./checkpoints/pi05_pick_place_pytorch"),
+    EnvMode.ALOHA_SIM: Checkpoint("pi0_aloha_sim_pytorch", "./checkpoints/pi0_aloha_sim_pytorch"),
+    EnvMode.DROID: Checkpoint("pi05_droid_pytorch", "./checkpoints/pi05_droid_pytorch"),
+}
+
+
+@dataclasses.dataclass
+class Args:
+    env: EnvMode = EnvMode.LIBERO
+    """Environment whose default checkpoint is served when no policy:checkpoint is given."""
+    default_prompt: str | None = None
+    """Prompt for observations without one."""
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """When set, clients must send the header `Authorization: Api-Key <key>`."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest accepted websocket message; a larger one closes the connection (code 1009)."""
+    record: bool = False
+    """Save every request and reply under --record-dir (see openpi.serving.recorder)."""
+    record_dir: str = "policy_records"
+    """Folder for --record."""
+    record_max_mb: int = 1024
+    """--record stops (with a warning) once it has written this many MiB."""
+    token_prune_keep_ratio: float | None = None
+    """LightVLA serving budget: keep this fraction of the valid image tokens."""
+    token_prune_keep_tokens: int | None = None
+    """LightVLA serving budget: keep this many image tokens."""
+    num_steps: int | None = None
+    """Denoising steps per action chunk; None keeps the model's default."""
+    compile_mode: str | None = None
+    """torch.compile mode for sample_actions (e.g. default, max-autotune); a pruned model then pads its kept patch
+    count to multiples of 16 and each batch to a power of two (both exact, see --batch-buckets), so it compiles once
+    per bucket, not per observation."""
+    max_batch: int = 16
+    """Requests that queue while the model is busy are answered by one batched call of at most this many (1: off)."""
+    batch_buckets: tuple[int, ...] | None = None
+    """Batch sizes the model runs at (a batch is padded up to the next one); default: the powers of two up to
+    --max-batch with --compile-mode, else none (eager runs every size as it comes)."""
+    batch_window_ms: float = 0.0
+    """Wait this long for more requests before running a batch (0: batch only what already waits)."""
+    pytorch_device: str | None = None
+    """e.g. cuda, cuda:1, cpu; default: CUDA when available."""
+    policy: Checkpoint | Default = dataclasses.field(default_factory=Default)
+    """The checkpoint to serve."""
+
+
+def resolve_checkpoint(args: Args) -> Checkpoint:
+    """The checkpoint to serve: the explicit one, or the environment's default."""
+    if isinstance(args.policy, Checkpoint):
+        return args.policy
+    checkpoint = DEFAULT_CHECKPOINTS[args.env]
+    if checkpoint.config not in _config.list_configs():
+        raise ValueError(
+            f"No default policy for --env {args.env.name}: config {checkpoint.config!r} is not registered. "
+            "Serve a checkpoint explicitly: policy:checkpoint --policy.config NAME --policy.dir DIR"
+        )
+    return checkpoint
+
+
+def create_policy(args: Args) -> Policy:
+    """Loads the checkpoint and applies the serving-time pruning budget."""
+    if args.token_prune_keep_ratio is not None and args.token_prune_keep_tokens is not None:
+        raise ValueError("Give at most one of --token-prune-keep-ratio and --token-prune-keep-tokens")
+    checkpoint = resolve_checkpoint(args)
+    sample_kwargs = {} if args.num_steps is None else {"num_steps": args.num_steps}
+    policy = policy_config.create_trained_policy(
+        with_compile(_config.get_config(checkpoint.config), args.compile_mode),
+        checkpoint.dir,
+        default_prompt=args.default_prompt,
+        sample_kwargs=sample_kwargs,
+        pytorch_device=args.pytorch_device,
+        raw_weights=checkpoint.raw_weights,
+        batch_buckets=batch_buckets(args),
+    )
+    if args.token_prune_keep_ratio is not None:
+        policy.model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
+    if args.token_prune_keep_tokens is not None:
+        policy.model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
+    return policy
+
+
+def batch_buckets(args: Args) -> tuple[int, ...] | None:
+    """The batch sizes the model runs at: the flag's, else the powers of two up to --max-batch when compiling."""
+    if args.batch_buckets is not None:
+        if args.batch_buckets[-1] < args.max_batch:
+            raise ValueError(f"--batch-buckets {args.batch_buckets} must reach --max-batch {args.max_batch}")
+        return args.batch_buckets
+    if args.compile_mode is None:
+        return None
+    powers = [2**i for i in range(args.max_batch.bit_length()) if 2**i < args.max_batch]
+    return (*powers, args.max_batch)
+
+
+def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _config.TrainConfig:
+    """``config`` whose model compiles ``sample_actions`` with ``compile_mode`` (and buckets its kept count)."""
+    if compile_mode is None:
+        return config
+    model = dataclasses.replace(
+        config.model,
+        pytorch_compile_mode=compile_mode,
+        token_prune_kept_multiple=config.model.token_prune_kept_multiple or KEPT_BUCKET,
+    )
+    return dataclasses.replace(config, model=model)
+
+
+def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
+    """The policy's metadata plus the pruning budget in effect (the flag's, else the model config's)."""
+    model_config = policy.model.config
+    ratio, tokens = args.token_prune_keep_ratio, args.token_prune_keep_tokens
+    return {
+        **policy.metadata,
+        "token_prune_keep_ratio": model_config.token_prune_keep_ratio if ratio is None else ratio,
+        "token_prune_keep_tokens": model_config.token_prune_keep_tokens if tokens is None else tokens,
+        "compile_mode": model_config.pytorch_compile_mode,
+        "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
+        "max_batch": args.max_batch,
+        "batch_buckets": policy.batch_buckets,
+        "batch_window_ms": args.batch_window_ms,
+    }
+
+
+def create_server(args: Args) -> WebsocketPolicyServer:
+    """Builds the server for ``args`` (not yet listening)."""
+    policy = create_policy(args)
+    metadata = server_metadata(policy, args)
+    logger.info("Serving %s", metadata)
+    if policy.model.token_pruning_enabled:
+        logger.info(
+            "Token pruning budget: keep_ratio=%s keep_tokens=%s (None for both: keep the union of the votes)",
+            metadata["token_prune_keep_ratio"],
+            metadata["token_prune_keep_tokens"],
+        )
+    return WebsocketPolicyServer(
+        policy,
+        args.host,
+        args.port,
+        metadata=metadata,
+        api_key=args.api_key,
+        max_message_bytes=args.max_message_bytes,
+        recorder=RequestRecorder(args.record_dir, args.record_max_mb * 2**20) if args.record else None,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        warmup=policy.warmup,
+    )
+
+
+def serve(args: Args) -> None:
+    """Serves until interrupted."""
+    create_server(args).serve_forever()
+    if args.compile_mode is not None:
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        logger.info("torch.compile built %d graphs over this run", graphs)
