@@ -1,4 +1,4 @@
-"""A seeded fuzz run against a real policy behind a real server on loopback (``scripts/bench/fuzz_server.py``, small):
+"""A seeded fuzz run (``openpi.serving.fuzz``, small) against a real policy behind a real server on loopback:
 bad frames of every kind get a named error, never actions, and never cost the connection; valid requests interleaved
 with them all succeed; a 16 MiB junk frame on one connection does not stall another."""
 
@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.script_loader import load_script
-
-fuzz = load_script("scripts/bench/fuzz_server.py")
+from openpi.cli.random_policies import serve_tiny_policy
+from openpi.serving import fuzz
 
 
 @pytest.fixture(scope="module")
 def server_port(tmp_path_factory):
-    with fuzz.serve_tiny_policy(tmp_path_factory.mktemp("fuzz")).running_in_background() as port:
+    with serve_tiny_policy(tmp_path_factory.mktemp("fuzz")).running_in_background() as port:
         yield port
 
 
