@@ -18,10 +18,7 @@ import dataclasses
 import tyro
 
 from openpi.training import config as _config
-from openpi.training import memory
-
-GIB = 2**30
-LORA_VARIANTS = {"gemma_2b": "gemma_2b_lora", "gemma_300m": "gemma_300m_lora"}
+from openpi.training import memory_report
 
 
 @dataclasses.dataclass
@@ -36,47 +33,11 @@ class Args:
     """Per-rank share with weights, gradients, optimizer state and EMA sharded over this many ranks (``--fsdp``)."""
 
 
-def modes(config: _config.TrainConfig) -> dict[str, _config.TrainConfig]:
-    """The config as it is, with LoRA, and with the vision tower frozen; each with checkpointing off and on."""
-    model = config.model
-    lora_model = dataclasses.replace(
-        model,
-        paligemma_variant=LORA_VARIANTS.get(model.paligemma_variant, model.paligemma_variant),
-        action_expert_variant=LORA_VARIANTS.get(model.action_expert_variant, model.action_expert_variant),
-    )
-    variants = {
-        "as configured": config,
-        "lora": dataclasses.replace(config, model=lora_model, freeze_filter="lora", ema_decay=None),
-        "frozen vision": dataclasses.replace(config, freeze_filter="vision"),
-    }
-    return {
-        f"{name}, checkpointing {'on' if on else 'off'}": dataclasses.replace(variant, gradient_checkpointing=on)
-        for name, variant in variants.items()
-        for on in (False, True)
-    }
-
-
-def main(args: Args) -> None:
+if __name__ == "__main__":
+    args = tyro.cli(Args)
     config = _config.get_config(args.config)
     print(
-        f"{args.config}: {config.pytorch_training_precision} weights, EMA {config.ema_decay}, batch "
-        f"{args.batch_size or config.batch_size} per rank, {args.prompt_tokens or config.model.max_token_len} prompt "
-        "tokens (GiB per rank)"
+        memory_report.report(
+            config, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, fsdp_devices=args.fsdp_devices
+        )
     )
-    print("| mode | FSDP ranks | trainable params | weights | grads | optimizer | EMA | batch | activations | total |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, variant in modes(config).items():
-        for ranks in args.fsdp_devices:
-            batch = args.batch_size or config.batch_size
-            e = memory.estimate(variant, batch_size=batch, prompt_tokens=args.prompt_tokens, fsdp_devices=ranks)
-            parts = (e.weight_bytes, e.gradient_bytes, e.optimizer_bytes, e.ema_bytes)
-            parts += (e.batch_bytes, e.activation_bytes)
-            print(
-                f"| {name} | {ranks} | {e.trainable_parameters / 1e9:.2f} B | "
-                + " | ".join(f"{b / GIB:.1f}" for b in parts)
-                + f" | {e.total_bytes / GIB:.1f} |"
-            )
-
-
-if __name__ == "__main__":
-    main(tyro.cli(Args))

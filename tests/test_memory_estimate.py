@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from openpi.models.observation import random_observation
+from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import config as _config
-from openpi.training import memory
-from tests.script_loader import load_script
+from openpi.training import memory, memory_profile, memory_report
 
 _LIGHTVLA = _config.get_config("debug_pi05_lightvla")
 # LightVLA's union selection: its training prefix has one row per patch. (Budget training's gate is an attention bias
@@ -94,10 +94,9 @@ def test_fsdp_shards_everything_but_activations():
         memory.estimate(BASE, fsdp_devices=0)
 
 
-def test_the_script_prints_every_mode(capsys):
-    script = load_script("scripts/estimate_memory.py")
-    script.main(script.Args(config="debug_pi05_lightvla", batch_size=2, fsdp_devices=(1, 2)))
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "mode" not in line]
+def test_the_report_has_every_mode():
+    report = memory_report.report(_config.get_config("debug_pi05_lightvla"), batch_size=2, fsdp_devices=(1, 2))
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "mode" not in line]
     assert len(rows) == 12 and any(row.startswith("| lora, checkpointing on | 2 |") for row in rows)
 
 
@@ -105,13 +104,18 @@ def test_checkpointed_estimate_is_within_15_percent_of_the_measured_tensor_peak(
     """Checkpointed training steps of the tiny model, measured with the profiler's memory timeline (a fresh
     process): tensors that every layer saves (the attention mask) are checkpoint inputs, not part of one layer's
     recomputation (counting them twice put the estimate 20% over the peak)."""
-    bench = load_script("scripts/bench/bench_memory.py")
-    args = bench.Args(batch_size=2, prompt_tokens=16)
-    config = bench.train_config("tiny", "full", True, args)
-    estimate = memory.estimate(config, prompt_tokens=args.prompt_tokens)
+    model = dataclasses.replace(tiny_config(), max_token_len=16, dtype="float32")
+    config = _config.TrainConfig(
+        name="tensor_peak",
+        model=model,
+        pytorch_training_precision="float32",
+        gradient_checkpointing=True,
+        batch_size=2,
+    )
+    estimate = memory.estimate(config, prompt_tokens=16)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        peak_mib = pool.apply(bench.measure_tensors, (config, args.steps))
-    assert peak_mib * bench.MIB / estimate.total_bytes == pytest.approx(1.0, abs=0.15)
+        peak_bytes = pool.apply(memory_profile.tensor_peak_bytes, (config, 2))
+    assert peak_bytes / estimate.total_bytes == pytest.approx(1.0, abs=0.15)
 
 
 def test_budget_training_is_estimated_at_the_most_its_budget_keeps():

@@ -21,11 +21,9 @@ checkpointing off and on. Appends a Markdown table (estimate, measured, ratio) t
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +33,9 @@ import torch
 import tyro
 
 from openpi.models import variants
-from openpi.models.observation import random_observation
 from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
 from openpi.training import config as _config
-from openpi.training import memory, trainer
+from openpi.training import memory, memory_profile
 
 SIZES = {"tiny": tiny_config(), "mid": mid_config()}
 MODES = {"full": None, "lora": "lora", "frozen-vision": "vision"}
@@ -82,34 +79,18 @@ def _with_lora(model: Pi0Config) -> Pi0Config:
     )
 
 
-def _run_steps(config: _config.TrainConfig, steps: int) -> None:
-    torch.manual_seed(0)
-    model = trainer.build_model(config, torch.device("cpu"), load_pretrained=False).train()
-    optimizer = config.optimizer.build([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    observation = random_observation(config.model, config.batch_size)
-    actions = torch.randn(config.batch_size, config.model.action_horizon, config.model.action_dim)
-    for step in range(steps):
-        bench_common.train_step(model, optimizer, observation, actions, step)
-
-
 def measure_rss(config: _config.TrainConfig, steps: int) -> float:
     """Peak RSS increase (MiB) over building ``config``'s model and ``steps`` training steps (in a fresh process)."""
     torch.set_num_threads(2)
     before = bench_common.rss_mib()
-    _run_steps(config, steps)
+    memory_profile.run_steps(config, steps)
     return bench_common.peak_rss_mib() - before
 
 
 def measure_tensors(config: _config.TrainConfig, steps: int) -> float:
     """The most MiB of tensors alive at once over building ``config``'s model and ``steps`` training steps."""
     torch.set_num_threads(2)
-    with torch.profiler.profile(profile_memory=True, record_shapes=True, with_stack=True) as profile:
-        _run_steps(config, steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "timeline.json")
-        profile.export_memory_timeline(path, device="cpu")  # [times, [bytes per category at each time]]
-        _, sizes = json.loads(Path(path).read_text())
-    return max(sum(by_category) for by_category in sizes) / MIB
+    return memory_profile.tensor_peak_bytes(config, steps) / MIB
 
 
 def _in_fresh_process(
