@@ -5,9 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.script_loader import load_script
-
-eval_loop = load_script("examples/libero/eval_loop.py")
+from examples.libero import eval_loop
 
 HORIZON = 8
 
