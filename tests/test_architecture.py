@@ -31,7 +31,7 @@ LAYERS = (
     ("envs",),
     ("policies", "serving"),
     ("training",),
-    ("cli",),
+    ("evaluation", "cli"),
 )
 
 
