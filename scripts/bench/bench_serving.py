@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+import bench_common
 import numpy as np
 import tyro
 import websockets.sync.client
@@ -210,7 +211,7 @@ class Args:
     """Torch threads of the server process."""
     seed: int = 0
     output: Path | None = None
-    """Append the table (with the command line) to this Markdown file."""
+    """Write the table (with the command line) into this Markdown file; a new run of the same command replaces it."""
 
 
 def model_policy(size: str, setting: ServerSetting, workdir: Path):
@@ -301,8 +302,7 @@ def main(args: Args) -> None:
     print(table)
     if args.output is not None:
         command = "uv run scripts/bench/bench_serving.py " + " ".join(sys.argv[1:])
-        with args.output.open("a") as f:
-            f.write(f"\n```\n{command}\n```\n\n{table}\n")
+        bench_common.write_run(args.output, command, ["```", command, "```", "", table])
 
 
 if __name__ == "__main__":
