@@ -59,7 +59,7 @@ class Args:
     objects: int | None = 1
     num_episodes: int | None = 1000
     steps: int | None = 6000
-    """Objects per scene, training scenes and steps the arm was trained with (as given to the closed-loop bench)."""
+    """Objects per scene, training scenes and steps the arm was trained with (as given to the driver)."""
     work_dir: Path = Path("outputs") / "one_object"
     fit_scenes: int = 400
     test_scenes: int = 200
@@ -239,7 +239,7 @@ def _mean_predictor(fit: Frames, test: Frames) -> dict[str, float]:
 
 
 def _footprint(frames: Frames) -> dict[str, float]:
-    """How the kept set sits on the target in these frames (the closed-loop bench's recall and hit rate)."""
+    """How the kept set sits on the target in these frames (the driver's recall and hit rate)."""
     target = frames.target.sum(dim=1).float()
     hits = (frames.kept & frames.target).sum(dim=1).float()
     return {
