@@ -1,4 +1,5 @@
-"""Pieces the benchmark scripts share: a timed-or-measured training step on fixed inputs, and the resident set size."""
+"""Pieces the benchmark scripts share: a timed-or-measured training step on fixed inputs, the resident set size, and
+writing a run into its results file."""
 
 from __future__ import annotations
 
@@ -41,8 +42,21 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB
 
 
-def append_markdown(output: Path, lines: list[str]) -> None:
-    """Appends ``lines`` (a results section: header, command, table) to the Markdown file ``output``."""
+RUN_END = "<!-- end of run -->"
+
+
+def write_run(output: Path, command: str, lines: list[str]) -> None:
+    """Writes one run's section (``lines``: its header, command and table) into the results file ``output``. A new
+    run replaces the old table: the section an earlier run of the same ``command`` wrote (between
+    ``<!-- run: COMMAND -->`` and :data:`RUN_END`) is replaced, another command's section is appended. The text around
+    the sections (the reading) is kept; revise it when the numbers change."""
+    start = f"<!-- run: {command.strip()} -->"
+    section = "\n".join([start, *lines, "", RUN_END])
+    text = output.read_text() if output.is_file() else ""
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(RUN_END, 1)[1]
+    else:
+        text = f"{text.rstrip()}\n\n{section}\n" if text.strip() else f"{section}\n"
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("a") as f:
-        f.write("\n".join([*lines, "", ""]))
+    output.write_text(text)

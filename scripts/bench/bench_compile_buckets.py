@@ -5,7 +5,8 @@
 Compiles ``encode_prefix`` (where pruning and prompt trimming set the shapes) of the tiny π0.5 with a counting
 backend (``dynamic=False``: every new shape is a new graph, as CUDA graphs require) and feeds it observations whose
 images and valid prompt lengths vary (8-64 tokens of a 200-token padded prompt), with the pruner's argmax union
-deciding the kept count. Reports the distinct (prompt, kept) shapes met and the graphs compiled, per setting.
+deciding the kept count. Reports the distinct (prompt, kept) shapes met and the graphs compiled, per setting,
+written into ``--output`` (a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_common
 import torch
 import tyro
 
@@ -64,11 +66,12 @@ def main(args: Args) -> None:
             base, token_prune_kept_multiple=args.kept_multiple
         ),
     }
+    command = "uv run scripts/bench/bench_compile_buckets.py " + " ".join(sys.argv[1:])
     lines = [
-        f"# Recompilations of compiled pruned inference ({time.strftime('%Y-%m-%d')}, CPU)",
+        f"## {time.strftime('%Y-%m-%d')}, CPU: {args.observations} observations",
         "",
         "```",
-        "uv run scripts/bench/bench_compile_buckets.py " + " ".join(sys.argv[1:]),
+        command,
         "```",
         "",
         f"Tiny π0.5, 3 cameras, a 200-token padded prompt with 8-64 valid tokens, {args.observations} observations, "
@@ -81,7 +84,7 @@ def main(args: Args) -> None:
         shapes, graphs, seconds = count_compiles(config, args.observations)
         lines.append(f"| {name} | {shapes} | {graphs} | {seconds:.0f} |")
         print(lines[-1], flush=True)
-    args.output.write_text("\n".join(lines) + "\n")
+    bench_common.write_run(args.output, command, lines)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ converter's rules), so both compute the same function (the table's last column: 
 actions). Inputs: batch 1, 3 cameras, the prompt padded to ``--prompt-tokens`` (200, what the π0.5 pipeline pads
 to) with ``--valid-prompt-tokens`` valid ones; both frameworks trim the padding. The variants are timed round-robin
 (median of ``--repeats`` after one warm-up round, which for JAX includes compiling), so ratios are comparable on a busy
-machine. Results are appended to ``--output`` with the command line.
+machine. Results are written into ``--output`` with the command line (a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -129,13 +129,14 @@ def bench_size(name: str, args: Args) -> list[str]:
 
 
 def main(args: Args) -> None:
+    command = "uv run scripts/bench/bench_jax.py " + " ".join(sys.argv[1:])
     header = [
         f"## {time.strftime('%Y-%m-%d')} — {jax.devices()[0].device_kind} ({torch.get_num_threads()} torch threads), "
         f"{args.dtype}, batch 1, 3 cameras, prompt padded to {args.prompt_tokens} tokens "
         f"({args.valid_prompt_tokens} valid), 10 denoising steps, median of {args.repeats}",
         "",
         "```",
-        "uv run scripts/bench/bench_jax.py " + " ".join(sys.argv[1:]),
+        command,
         "```",
         "",
         "| size | budget | implementation | first call (ms) | sample_actions (ms) | ratio to unpruned PyTorch eager "
@@ -143,7 +144,7 @@ def main(args: Args) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     rows = [row for size in args.sizes for row in bench_size(size, args)]
-    bench_common.append_markdown(args.output, [*header, *rows])
+    bench_common.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Part 1 trains ``--config`` (default the README's ``debug_pi05_lightvla``: embedd
 and writes both logged loss curves to the table and to ``--plot``. Part 2 times one optimizer step of each
 framework on a fixed batch (pruning on; the prompt padded to ``--prompt-tokens`` with ``--valid-prompt-tokens``
 valid; PyTorch with its default deduplicated pruned training, JAX on all N rows), round-robin, median of
-``--repeats`` after one warm-up step (JAX's includes compiling). Results are appended to ``--output``.
+``--repeats`` after one warm-up step (JAX's includes compiling). Results are written into
+``--output`` (a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def main(args: Args) -> None:
         *[row for size in args.sizes for row in step_times(size, args)],
     ]
     print("\n".join(lines), flush=True)
-    bench_common.append_markdown(args.output, lines)
+    bench_common.write_run(args.output, command, lines)
 
 
 if __name__ == "__main__":

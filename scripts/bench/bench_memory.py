@@ -15,7 +15,8 @@ AdamW, synthetic batches of 3 cameras at 224 px and a ``--prompt-tokens`` prompt
 
 Modes: ``full`` (every parameter trains), ``lora`` (rank-16 adapters on both Gemmas, the ``lora`` freeze filter: the
 language model's and expert's base weights frozen), ``frozen-vision`` (the ``vision`` filter), each with gradient
-checkpointing off and on. Appends a Markdown table (estimate, measured, ratio) to ``--output``.
+checkpointing off and on. Writes a Markdown table (estimate, measured, ratio)
+into ``--output`` (a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -104,12 +105,13 @@ def _in_fresh_process(
 
 
 def main(args: Args) -> None:
+    command = "uv run scripts/bench/bench_memory.py " + " ".join(sys.argv[1:])
     header = [
         f"## {time.strftime('%Y-%m-%d')} — CPU, float32, batch {args.batch_size}, 3 cameras at 224 px, "
         f"{args.prompt_tokens} prompt tokens, peak over {args.steps} steps",
         "",
         "```",
-        "uv run scripts/bench/bench_memory.py " + " ".join(sys.argv[1:]),
+        command,
         "```",
         "",
         "| size | mode | checkpointing | trainable params | weights | gradients | optimizer | batch | activations "
@@ -134,7 +136,7 @@ def main(args: Args) -> None:
                     + f" | {estimate.total_bytes / MIB:.0f} | {tensors:.0f} | {ratio:.2f} | {rss:.0f} |"
                 )
                 print(rows[-1], flush=True)
-    bench_common.append_markdown(args.output, [*header, *rows])
+    bench_common.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

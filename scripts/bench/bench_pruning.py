@@ -8,8 +8,8 @@ prompt padding trimmed or not.
 The prompt is padded to ``--prompt-tokens`` (200, what the π0.5 pipeline pads to) with ``--valid-prompt-tokens``
 valid ones (a LIBERO prompt). One set of weights per size: the variants are views of it (models built on the meta
 device and given the same tensors) whose budget and prompt trimming differ, timed round-robin on the same inputs
-(3 cameras, batch 1), so the ratios are comparable even on a busy machine. Results are appended as a Markdown table
-to ``--output`` together with the command line.
+(3 cameras, batch 1), so the ratios are comparable even on a busy machine. Results are written as a Markdown table
+into ``--output`` with the command line (a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_common
 import torch
 import tyro
 
@@ -113,12 +114,13 @@ def bench_size(name: str, args: Args) -> list[str]:
 def main(args: Args) -> None:
     cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    command = "uv run scripts/bench/bench_pruning.py " + " ".join(sys.argv[1:])
     header = [
         f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch 1, 3 cameras, prompt padded to "
         f"{args.prompt_tokens} tokens ({args.valid_prompt_tokens} valid), 10 denoising steps, median of {args.repeats}",
         "",
         "```",
-        "uv run scripts/bench/bench_pruning.py " + " ".join(sys.argv[1:]),
+        command,
         "```",
         "",
         "| size | variant | image tokens kept | prefix length | KV cache (MiB) | KV ratio | sample_actions (ms) "
@@ -126,9 +128,7 @@ def main(args: Args) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = [row for size in args.sizes for row in bench_size(size, args)]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("a") as f:
-        f.write("\n".join([*header, *rows, "", ""]))
+    bench_common.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+import bench_common
 import torch
 import tyro
 
@@ -55,7 +56,7 @@ class Args:
     """Torch threads of the server process."""
     seed: int = 0
     output: Path | None = None
-    """Append the table (with the command line) to this Markdown file."""
+    """Write the table (with the command line) into this Markdown file; a new run of the same command replaces it."""
 
 
 def _serve(args: Args, setting: ServerSetting, port_queue: multiprocessing.Queue, stop: threading.Event) -> None:
@@ -108,8 +109,7 @@ def main(args: Args) -> None:
     print(table)
     if args.output is not None:
         command = "uv run scripts/bench/bench_serving.py " + " ".join(sys.argv[1:])
-        with args.output.open("a") as f:
-            f.write(f"\n```\n{command}\n```\n\n{table}\n")
+        bench_common.write_run(args.output, command, ["```", command, "```", "", table])
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ as on non-log steps. Cases: unpruned and pruned, each with the prompt's padding 
 (``prompt_trim_multiple``), and pruned with the full-length prefix or the deduplicated one
 (``token_prune_dedup_training``). "prefix" is the length the transformer runs (patch rows + prompt columns).
 Every case runs in a fresh child process, so its peak memory is its own: on CPU the peak resident set size above the
-process's size before the model was built, on CUDA ``torch.cuda.max_memory_allocated``. Results are appended as a
-Markdown table to ``--output`` together with the command line.
+process's size before the model was built, on CUDA ``torch.cuda.max_memory_allocated``. Results are written as a
+Markdown table into ``--output`` with the command line (a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -158,13 +158,14 @@ def main(args: Args) -> None:
     on_cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name() if on_cuda else f"CPU ({torch.get_num_threads()} threads)"
     memory_label = "peak CUDA alloc (MiB)" if on_cuda else "peak RSS increase (MiB)"
+    command = "uv run scripts/bench/bench_train.py " + " ".join(sys.argv[1:])
     header = [
         f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch {args.batch_size}, 3 cameras at 224x224, "
         f"{args.prompt_tokens}-token prompt ({args.valid_prompt_tokens} valid), pruner noise {args.noise_scale}, "
         f"median of {args.steps} steps after {args.warmup_steps} warm-up",
         "",
         "```",
-        "uv run scripts/bench/bench_train.py " + " ".join(sys.argv[1:]),
+        command,
         "```",
         "",
         "| size | pruning | prompt trim | dedup | prefix tokens | step (s) | samples/s | vs unpruned untrimmed "
@@ -186,7 +187,7 @@ def main(args: Args) -> None:
                 f"| {r.peak_mib:.0f} | {r.peak_mib / base.peak_mib:.2f} |"
             )
             print(rows[-1], flush=True)
-    bench_common.append_markdown(args.output, [*header, *rows])
+    bench_common.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ A tiny random-weight π0.5 (``debug_pi05`` with a LIBERO data config) is served 
 seeded frames (every kind in ``BAD_FRAMES`` in turn, and a valid observation every ``--valid-every`` frames). Counted:
 dropped connections, bad frames answered with actions, error texts that name neither the frame nor a key, failed
 valid requests. The stall probe sends a 16 MiB junk-map frame on one connection while another measures its
-request latency; the added latency is the probe's p50 minus the quiet p50. Appends a Markdown table to ``--output``.
+request latency; the added latency is the probe's p50 minus the quiet p50. Writes a Markdown table into ``--output``
+(a new run of the same command replaces its table).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_common
 import tyro
 
 from openpi.cli.random_policies import serve_tiny_policy
@@ -48,17 +50,18 @@ def main(args: Args) -> dict:
         quiet, loaded = stall_probe(port)
     total = Counts(**{f.name: sum(getattr(r, f.name) for r in results) for f in dataclasses.fields(Counts)})
     summary = {**dataclasses.asdict(total), "seconds": seconds, "quiet_p50_ms": quiet, "stalled_p50_ms": loaded}
-    _append(args, summary)
+    _write(args, summary)
     print(summary)
     return summary
 
 
-def _append(args: Args, s: dict) -> None:
+def _write(args: Args, s: dict) -> None:
+    command = "uv run scripts/bench/fuzz_server.py " + " ".join(sys.argv[1:])
     lines = [
         f"## {time.strftime('%Y-%m-%d')} — {s['frames']} frames on {args.connections} connections (CPU, loopback)",
         "",
         "```",
-        "uv run scripts/bench/fuzz_server.py " + " ".join(sys.argv[1:]),
+        command,
         "```",
         "",
         "| frames | dropped connections | bad frames answered with actions | unnamed errors | valid requests "
@@ -70,11 +73,8 @@ def _append(args: Args, s: dict) -> None:
         "",
         f"{len(BAD_FRAMES)} kinds of bad frames ({', '.join(BAD_FRAMES)}); a valid observation every "
         f"{args.valid_every} frames; {s['seconds']:.0f} s.",
-        "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    bench_common.write_run(args.output, command, lines)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ LIGHTVLA_PRUNING: dict[str, Any] = {
 }
 
 
-# The pruning testbed (docs/lightvla_pruning.md): many scenes so that memorising them cannot solve held-out ones.
+# The pruning testbed (research/lightvla/README.md): many scenes so that memorising them cannot solve held-out ones.
 SHAPES_DATA = EmbeddedDataConfig(num_episodes=2000, episode_length=15, image_size=112, frames_after_arrival=1)
 SHAPES_STEPS = 1500
 

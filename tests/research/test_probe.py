@@ -1,11 +1,8 @@
-"""The kept-token probe (scripts/bench/bench_pruning_probe.py): its token sets and that it decodes only what the set
-holds."""
+"""The kept-token probe (research/lightvla/probe.py): its token sets and that it decodes only what the set holds."""
 
 import torch
 
-from tests.script_loader import load_script
-
-probe = load_script("scripts/bench/bench_pruning_probe.py")
+from research.lightvla import probe
 
 
 def _frames(num_frames: int = 512, num_tokens: int = 8, width: int = 8) -> "probe.Frames":

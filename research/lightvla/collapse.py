@@ -1,6 +1,6 @@
 """Does the pruner collapse? Trains the tiny LightVLA config with and without patch centring and compares.
 
-    uv run scripts/bench/bench_pruning_collapse.py --steps 150 --seeds 0 1
+    uv run python -m research.lightvla.collapse --steps 150 --seeds 0 1
 
 For each variant and seed: trains ``debug_pi05_lightvla`` with LightVLA's union-of-argmaxes selection (the collapse
 this studies; the config itself trains on a fixed budget) on the embedded dataset (CPU, no wandb), then on held-out
@@ -34,7 +34,7 @@ class Args:
     steps: int = 150
     seeds: tuple[int, ...] = (0,)
     eval_batches: int = 4
-    output: Path = Path(__file__).parent / "results" / "pruning_collapse.md"
+    output: Path = Path(__file__).parent / "results" / "collapse.md"
 
 
 def _train(center: bool, seed: int, steps: int, workdir: Path) -> tuple[PI0Pytorch, _config.TrainConfig, dict]:
@@ -96,7 +96,7 @@ def main(args: Args) -> None:
         f"## {time.strftime('%Y-%m-%d')} — debug_pi05_lightvla, {args.steps} steps, CPU",
         "",
         "```",
-        "uv run scripts/bench/bench_pruning_collapse.py " + " ".join(sys.argv[1:]),
+        "uv run python -m research.lightvla.collapse " + " ".join(sys.argv[1:]),
         "```",
         "",
         "| scoring | seed | final train loss | top-1 vote share | query cosine | eval kept / valid patches "

@@ -6,8 +6,8 @@ patches the target touches per camera, how many of them it only grazes, and the 
 keep the target's most-covered patches and nothing else: the recall a pruner that sees the whole target in a few
 patches can have. No model is involved.
 
-    uv run scripts/bench/bench_target_footprint.py --objects 1 --scenes 2000 \
-        --output scripts/bench/results/target_footprint_one_object.md
+    uv run python -m research.lightvla.footprint --objects 1 --scenes 2000 \
+        --output research/lightvla/results/target_footprint.md
 
 The third-person camera is scored at each scene's start; the wrist camera with the effector over the target's centre
 (where the policy closes the gripper).
@@ -39,7 +39,7 @@ class Args:
     image_size: int = 112
     """Model image size (the testbed's ``tiny_112`` and local towers)."""
     patch_size: int = 14
-    output: Path = Path("scripts/bench/results/target_footprint_one_object.md")
+    output: Path = Path("research/lightvla/results/target_footprint.md")
 
 
 def camera_footprint(coverage: np.ndarray, target: int) -> dict[str, float]:
@@ -83,7 +83,7 @@ def report(args: Args, footprint: dict[str, dict[str, float]]) -> str:
         "# The target's footprint on the patch grid (shapes testbed)",
         "",
         "```",
-        f"uv run scripts/bench/bench_target_footprint.py --objects {args.objects} --scenes {args.scenes} "
+        f"uv run python -m research.lightvla.footprint --objects {args.objects} --scenes {args.scenes} "
         f"--image-size {args.image_size} --patch-size {args.patch_size} --output {args.output}",
         "```",
         "",

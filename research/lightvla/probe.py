@@ -1,13 +1,13 @@
 """Do the kept tokens still say where the target is? A position probe on the pruner's kept set.
 
-    uv run scripts/bench/bench_pruning_probe.py --arm budget_trained25_gated --seeds 0 1 2 \
-        --objects 1 --num-episodes 1000 --steps 6000 --work-dir outputs/one_object_6k
+    uv run python -m research.lightvla.probe --arm budget_trained25_gated --seeds 0 1 2 \
+        --objects 1 --num-episodes 1000 --steps 6000 --work-dir outputs/one_object
 
 Target recall counts the target's own patches in the kept set. But the pruner chooses among the vision tower's
 *output* tokens, and the tower's self-attention lets a background token carry where the target is. This benchmark
 asks the question recall stands in for: can the way to the target be read from the tokens the language model gets?
 
-For each training seed of ``--arm`` (checkpoints from ``bench_pruning_closed_loop.py``'s ``--work-dir``), it walks
+For each training seed of ``--arm`` (checkpoints from :mod:`research.lightvla.driver`'s ``--work-dir``), it walks
 the scripted expert through held-out scenes (seeds no training dataset and no closed-loop evaluation draws from),
 records the image tokens that reach the pruner, the pruner's kept set and the target's patches, and fits a small
 attention-pooling probe (learned patch-position embeddings, as the language model knows each token's position) to
@@ -32,14 +32,14 @@ import numpy as np
 import torch
 import tqdm
 import tyro
-from bench_common import append_markdown
-from bench_pruning_closed_loop import Args as ClosedLoopArgs
-from bench_pruning_closed_loop import paired_difference, train_config
 from torch import nn
 
 from openpi.envs import rollout
 from openpi.envs.shapes import OBJECT_RADIUS, ShapesEnv
 from openpi.policies import policy_config
+from research.lightvla.driver import Args as ClosedLoopArgs
+from research.lightvla.driver import train_config
+from research.lightvla.report import paired_difference
 
 RESULTS = Path(__file__).parent / "results"
 # Scene seeds for fitting and testing the probe: far from the training datasets' streams and from
@@ -54,20 +54,20 @@ COMPARISONS = (("kept", "random"), ("kept_background", "random_background"), ("k
 @dataclasses.dataclass
 class Args:
     arm: str = "budget_trained25_gated"
-    """Training arm of bench_pruning_closed_loop.py whose checkpoints are probed (a pruning arm)."""
+    """Training arm of research.lightvla.driver whose checkpoints are probed (a pruning arm)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     objects: int | None = 1
     num_episodes: int | None = 1000
     steps: int | None = 6000
-    """Objects per scene, training scenes and steps the arm was trained with (as given to the closed-loop bench)."""
-    work_dir: Path = Path("outputs") / "one_object_6k"
+    """Objects per scene, training scenes and steps the arm was trained with (as given to the driver)."""
+    work_dir: Path = Path("outputs") / "one_object"
     fit_scenes: int = 400
     test_scenes: int = 200
     frames_per_scene: int = 8
     """Frames recorded per scene while the expert approaches the target (far views first, then the wrist view)."""
     probe_steps: int = 1500
     threads: int = 1
-    output: Path = RESULTS / "pruning_probe_one_object_6k.md"
+    output: Path = RESULTS / "probe.md"
 
 
 @dataclasses.dataclass
@@ -193,7 +193,7 @@ def probe_seed(args: Args, seed: int) -> dict[str, dict[str, float]]:
         raise ValueError(f"Arm {args.arm!r} has no pruner to probe")
     checkpoint = Path(config.checkpoint_dir) / str(config.num_train_steps)
     if not checkpoint.is_dir():
-        raise FileNotFoundError(f"No checkpoint {checkpoint}: train the arm with bench_pruning_closed_loop.py first")
+        raise FileNotFoundError(f"No checkpoint {checkpoint}: train the arm with research.lightvla.driver first")
     policy = policy_config.create_trained_policy(config, checkpoint, pytorch_device="cpu")
     policy.return_kept_patches = True
     env = ShapesEnv(config.data.spec.task)
@@ -239,7 +239,7 @@ def _mean_predictor(fit: Frames, test: Frames) -> dict[str, float]:
 
 
 def _footprint(frames: Frames) -> dict[str, float]:
-    """How the kept set sits on the target in these frames (the closed-loop bench's recall and hit rate)."""
+    """How the kept set sits on the target in these frames (the driver's recall and hit rate)."""
     target = frames.target.sum(dim=1).float()
     hits = (frames.kept & frames.target).sum(dim=1).float()
     return {
@@ -253,7 +253,7 @@ def report(args: Args, results: dict[int, dict[str, dict[str, float]]]) -> list[
     """The Markdown section: per-seed RMSE and within-radius share per token set, then the paired differences."""
     seeds = sorted(results)
     command = (
-        f"uv run scripts/bench/bench_pruning_probe.py --arm {args.arm} --seeds {' '.join(map(str, seeds))} "
+        f"uv run python -m research.lightvla.probe --arm {args.arm} --seeds {' '.join(map(str, seeds))} "
         f"--objects {args.objects} --num-episodes {args.num_episodes} --steps {args.steps} --work-dir {args.work_dir}"
     )
     footprint = [results[s]["footprint"] for s in seeds]
@@ -301,7 +301,9 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     results = {seed: probe_seed(args, seed) for seed in args.seeds}
     lines = report(args, results)
-    append_markdown(args.output, lines)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("a") as f:  # the results file keeps every run's section
+        f.write("\n".join([*lines, "", ""]))
     print("\n".join(lines))
 
 

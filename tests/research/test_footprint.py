@@ -1,11 +1,9 @@
-"""The target-footprint measurement (scripts/bench/bench_target_footprint.py)."""
+"""The target-footprint measurement (research/lightvla/footprint.py)."""
 
 import numpy as np
 import pytest
 
-from tests.script_loader import load_script
-
-footprint = load_script("scripts/bench/bench_target_footprint.py")
+from research.lightvla import footprint
 
 
 def test_camera_footprint_counts_grazed_patches_and_scores_the_most_covered_ones():

@@ -1,0 +1,1 @@
+"""Research beside the openpi package: experiments that compose its parts, their records and their stories."""

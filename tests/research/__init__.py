@@ -1,0 +1,1 @@
+"""Tests of the research code (research/)."""
