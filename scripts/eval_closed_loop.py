@@ -32,7 +32,7 @@ from openpi import transforms
 from openpi.envs import rollout
 from openpi.envs.shapes import ShapesEnv
 from openpi.policies import policy_config
-from openpi.policies.libero_policy import EmbeddedDataConfig
+from openpi.policies.shapes_policy import EmbeddedDataConfig
 from openpi.serving.websocket_client import WebsocketClientPolicy
 from openpi.training import config as _config
 

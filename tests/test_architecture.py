@@ -16,7 +16,7 @@ from openpi import transforms
 from openpi.models.observation import Observation
 from openpi.models_pytorch import preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.policies import data_config, libero_policy, pipeline, policy_config
+from openpi.policies import data_config, pipeline, policy_config, shapes_policy
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
@@ -90,7 +90,7 @@ def _identity_stats(dim: int) -> dict[str, normalize.NormStats]:
 def _resolved(name: str, tmp_path: Path) -> data_config.DataConfig:
     config = _config.get_config(name)
     data = config.data
-    if isinstance(data, libero_policy.EmbeddedDataConfig):  # the steps do not depend on the dataset's size
+    if isinstance(data, shapes_policy.EmbeddedDataConfig):  # the steps do not depend on the dataset's size
         data = dataclasses.replace(data, num_episodes=2, episode_length=3)
     elif not isinstance(data, data_config.FakeDataConfig):  # the PaliGemma tokenizer
         data = dataclasses.replace(data, tokenizer_path=str(write_tokenizer(tmp_path)))

@@ -9,7 +9,7 @@ import pytest
 from openpi import transforms
 from openpi.envs import shapes_dataset
 from openpi.models import tokenizer as _tokenizer
-from openpi.policies import aloha_policy, data_config, libero_policy
+from openpi.policies import aloha_policy, data_config, shapes_policy
 from openpi.training import config as _config
 from tests.lerobot_fixtures import write_tokenizer
 
@@ -132,7 +132,7 @@ def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_hom
         assert config.model.vocab_size >= vocab
     assert isinstance(_config.get_config("debug").data, data_config.FakeDataConfig)
     lightvla = _config.get_config("debug_pi05_lightvla")
-    assert isinstance(lightvla.data, libero_policy.EmbeddedDataConfig)
+    assert isinstance(lightvla.data, shapes_policy.EmbeddedDataConfig)
     assert lightvla.model.pi05 and lightvla.model.token_pruning_enabled and lightvla.model.action_horizon == 10
     assert lightvla.save_interval <= lightvla.num_train_steps and lightvla.pytorch_training_precision == "float32"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from openpi.models.observation import IMAGE_KEYS
-from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy
+from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy, shapes_policy
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
@@ -49,7 +49,7 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
         data = dataclasses.replace(data, repo_id=str(root), tokenizer_path=datasets["tokenizer"], assets=assets)
     elif isinstance(data, droid_policy.DroidDataConfig):
         data = dataclasses.replace(data, tokenizer_path=datasets["tokenizer"])
-    elif isinstance(data, libero_policy.EmbeddedDataConfig):
+    elif isinstance(data, shapes_policy.EmbeddedDataConfig):
         data = dataclasses.replace(data, num_episodes=3, episode_length=6, image_size=32)
     fields = {"batch_size": BATCH, "num_workers": 0, "assets_base_dir": str(tmp / "assets"), **overrides}
     config = dataclasses.replace(config, data=data, **fields)
@@ -88,7 +88,7 @@ def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_
     assert observation.tokenized_prompt.shape == (BATCH, model.max_token_len)
     assert observation.tokenized_prompt_mask[:, 0].all()
     assert actions.shape == (BATCH, model.action_horizon, model.action_dim) and actions.dtype == torch.float32
-    if isinstance(config.data, libero_policy.LeRobotLiberoDataConfig | libero_policy.EmbeddedDataConfig):
+    if isinstance(config.data, libero_policy.LeRobotLiberoDataConfig | shapes_policy.EmbeddedDataConfig):
         assert not observation.image_masks["right_wrist_0_rgb"].any()
         assert not actions[..., 7:].any() and not observation.state[:, 8:].any()
 
