@@ -107,6 +107,7 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
 
 
 def _in_process(args: Args, train_config: _config.TrainConfig):
+    train_config.data.prepare()  # the policy's pipeline reads the testbed's tokenizer
     torch.manual_seed(args.seed)
     policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")
     if args.mask_images:

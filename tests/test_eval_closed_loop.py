@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from openpi.envs import shapes_dataset
 from openpi.envs.shapes import ShapesEnv, ShapesTask
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
@@ -137,6 +138,7 @@ def test_evaluates_a_served_policy(script, checkpoint, capsys):
 
 
 def test_visualize_pruning_writes_a_picture_per_camera(checkpoint, tmp_path, monkeypatch):
+    shapes_dataset.prepare_tokenizer()  # the policy's pipeline reads it
     module = load_script("scripts/visualize_pruning.py")
     monkeypatch.setattr(module._config, "get_config", _small)
     args = module.Args(module.PolicyArgs("pi05_shapes_lightvla", str(checkpoint)), output_dir=tmp_path)

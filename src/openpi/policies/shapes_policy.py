@@ -1,7 +1,8 @@
 """The shapes testbed (:mod:`openpi.envs.shapes`): its embedded dataset as a data config.
 
 The recorded scene has LIBERO's features (a third-person and a wrist camera, 8-dim state, 7-dim actions), so it
-reuses LIBERO's mapping.
+reuses LIBERO's mapping; what is its own is where the data comes from: :func:`openpi.envs.shapes_dataset.prepare`
+generates it (``prepare``), ``create`` only locates it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from openpi.policies.libero_policy import ACTION_DIM, LIBERO_REPACK, LIBERO_TRAN
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
-    """The embedded shapes dataset (LIBERO's features), generated on first use with its norm stats and tokenizer.
+    """The embedded shapes dataset (LIBERO's features) with its norm stats and tokenizer.
 
     Its fields are the dataset's (:class:`~openpi.envs.shapes_dataset.EmbeddedDatasetSpec`: size and scene
     difficulty) plus ``mask_images``, which masks every camera (the blind control of the pruning experiment).
@@ -32,10 +33,13 @@ class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
         fields = dataclasses.fields(shapes_dataset.EmbeddedDatasetSpec)
         return shapes_dataset.EmbeddedDatasetSpec(**{f.name: getattr(self, f.name) for f in fields})
 
+    def prepare(self) -> None:
+        shapes_dataset.prepare(self.spec)
+
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
         spec = self.spec
-        root = shapes_dataset.ensure_dataset(spec)
-        tokenizer_path = self.tokenizer_path or str(shapes_dataset.tokenizer_path())
+        root = shapes_dataset.dataset_dir(spec)
+        tokenizer_path = self.tokenizer_path or str(shapes_dataset.prepared_tokenizer(spec))
         return DataConfig(
             repo_id=shapes_dataset.REPO_ID,
             root=str(root),
@@ -52,4 +56,5 @@ class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
             default_prompt=self.default_prompt,
             tokenizer_path=tokenizer_path,
             robot_action_dim=ACTION_DIM,
+            generate_command=shapes_dataset.generate_command(spec),
         )
