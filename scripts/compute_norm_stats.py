@@ -36,6 +36,7 @@ def compute_norm_stats(
     config: _config.TrainConfig, max_frames: int | None = None, batch_size: int = 32
 ) -> tuple[dict[str, normalize.NormStats], Path]:
     """Returns the statistics of ``config``'s dataset and the folder they belong in."""
+    config.data.prepare()
     data_config = config.data.create(config.assets_dirs, config.model)
     if data_config.norm_stats_dir is None:
         raise ValueError(f"Config {config.name!r} has no norm stats folder (no repo_id / asset_id)")

@@ -35,6 +35,7 @@ class Args:
 
 def main(args: Args) -> list[Path]:
     train_config = _config.get_config(args.policy.config)
+    train_config.data.prepare()  # the testbed's tokenizer
     policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")
     if not policy.model.token_pruning_enabled:
         raise ValueError(f"{args.policy.config} does not prune; pick a *_lightvla config")

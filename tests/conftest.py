@@ -38,7 +38,9 @@ def layouts_root() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Points ``$OPENPI_DATA_HOME`` at a session-wide temporary folder (embedded dataset cache)."""
+    """Points ``$OPENPI_DATA_HOME`` at a session-wide temporary folder (embedded dataset cache), empty at first: only
+    the explicit preparation step writes there, so a test that reads the embedded data prepares it
+    (``config.data.prepare()``, ``shapes_dataset.prepare``) unless it trains (the trainers prepare it)."""
     home = tmp_path_factory.mktemp("openpi_data_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENPI_DATA_HOME", str(home))

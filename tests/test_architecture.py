@@ -16,7 +16,7 @@ from openpi import transforms
 from openpi.models.observation import Observation
 from openpi.models_pytorch import preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.policies import data_config, libero_policy, pipeline, policy_config
+from openpi.policies import data_config, pipeline, policy_config
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
@@ -89,12 +89,9 @@ def _identity_stats(dim: int) -> dict[str, normalize.NormStats]:
 
 
 def _resolved(name: str, tmp_path: Path) -> data_config.DataConfig:
+    """The config's pipeline with a test tokenizer (the steps do not depend on which)."""
     config = _config.get_config(name)
-    data = config.data
-    if isinstance(data, libero_policy.EmbeddedDataConfig):  # the steps do not depend on the dataset's size
-        data = dataclasses.replace(data, num_episodes=2, episode_length=3)
-    elif not isinstance(data, data_config.FakeDataConfig):  # the PaliGemma tokenizer
-        data = dataclasses.replace(data, tokenizer_path=str(write_tokenizer(tmp_path)))
+    data = dataclasses.replace(config.data, tokenizer_path=str(write_tokenizer(tmp_path)))
     return data.create(tmp_path / "assets", config.model)
 
 
@@ -113,8 +110,9 @@ def test_serving_runs_the_training_steps_after_the_dataset_steps(name, tmp_path,
     assert resizes == [transforms.ResizeImages(size, size)], "one resize, to the vision tower's resolution"
 
 
-def test_policy_serves_exactly_the_pipeline(tmp_path, monkeypatch):
+def test_policy_serves_exactly_the_pipeline(tmp_path, embedded_data_home, monkeypatch):
     config = _config.get_config("debug")
+    config.data.prepare()
     built = []
     original = pipeline.build_pipeline
 
@@ -132,6 +130,7 @@ def test_policy_serves_exactly_the_pipeline(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ one resize
 def test_a_dataset_image_is_resized_once_to_the_tower(tmp_path, embedded_data_home, monkeypatch):
     config = _config.get_config("debug_pi05")
+    config.data.prepare()
     created = config.data.create(tmp_path / "assets", config.model)
     calls = []
     original = transforms.resize_with_pad

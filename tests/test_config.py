@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
 from openpi import transforms
 from openpi.envs import shapes_dataset
 from openpi.models import tokenizer as _tokenizer
-from openpi.policies import aloha_policy, data_config, libero_policy
+from openpi.policies import aloha_policy, data_config, shapes_policy
 from openpi.training import config as _config
 from tests.lerobot_fixtures import write_tokenizer
 
@@ -125,14 +126,14 @@ def test_pick_place_reads_norm_stats_from_its_assets_config(tmp_path):
 
 
 def test_debug_configs_are_tiny_and_fit_the_embedded_tokenizer(embedded_data_home):
-    vocab = _tokenizer.PaligemmaTokenizer(8, shapes_dataset.ensure_tokenizer()).vocab_size
+    vocab = _tokenizer.PaligemmaTokenizer(8, shapes_dataset.prepare_tokenizer()).vocab_size
     for name in ("debug", "debug_pi05", "debug_pi05_lightvla"):
         config = _config.get_config(name)
         assert config.model.paligemma_variant == "dummy" and config.model.vision_variant == "tiny_112"
         assert config.model.vocab_size >= vocab
     assert isinstance(_config.get_config("debug").data, data_config.FakeDataConfig)
     lightvla = _config.get_config("debug_pi05_lightvla")
-    assert isinstance(lightvla.data, libero_policy.EmbeddedDataConfig)
+    assert isinstance(lightvla.data, shapes_policy.EmbeddedDataConfig)
     assert lightvla.model.pi05 and lightvla.model.token_pruning_enabled and lightvla.model.action_horizon == 10
     assert lightvla.save_interval <= lightvla.num_train_steps and lightvla.pytorch_training_precision == "float32"
 
@@ -166,6 +167,26 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
         config.data.create(config.assets_dirs, config.model)
     monkeypatch.setenv(_tokenizer.TOKENIZER_PATH_ENV, str(write_tokenizer(tmp_path)))
     assert config.data.create(config.assets_dirs, config.model).tokenizer_path.endswith("tiny_tokenizer.model")
+
+
+@pytest.mark.parametrize("name", _config.list_configs())
+def test_building_and_creating_a_config_writes_no_file(name, tmp_path, monkeypatch, capsys):
+    home, cwd = tmp_path / "data_home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv(shapes_dataset.DATA_HOME_ENV, str(home))
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit):
+        _config.cli([name, "--help"])
+    config = _config.cli([name, "--exp-name", "e1"])
+    tokenizer = str(write_tokenizer(tmp_path / "tokenizer"))
+    dataclasses.replace(config.data, tokenizer_path=tokenizer).create(config.assets_dirs, config.model)
+    if isinstance(config.data, shapes_policy.EmbeddedDataConfig | data_config.FakeDataConfig):
+        # Without the testbed's tokenizer: an error naming the command that prepares it, and still no file.
+        spec = config.data.spec if isinstance(config.data, shapes_policy.EmbeddedDataConfig) else None
+        with pytest.raises(FileNotFoundError, match=re.escape(shapes_dataset.generate_command(spec))):
+            config.data.create(config.assets_dirs, config.model)
+    assert not list(home.iterdir()) and not list(cwd.iterdir())
 
 
 def test_train_config_paths():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from openpi.envs import shapes_dataset
 from openpi.models.observation import IMAGE_KEYS
-from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy
+from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy, shapes_policy
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
@@ -49,10 +51,11 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
         data = dataclasses.replace(data, repo_id=str(root), tokenizer_path=datasets["tokenizer"], assets=assets)
     elif isinstance(data, droid_policy.DroidDataConfig):
         data = dataclasses.replace(data, tokenizer_path=datasets["tokenizer"])
-    elif isinstance(data, libero_policy.EmbeddedDataConfig):
+    elif isinstance(data, shapes_policy.EmbeddedDataConfig):
         data = dataclasses.replace(data, num_episodes=3, episode_length=6, image_size=32)
     fields = {"batch_size": BATCH, "num_workers": 0, "assets_base_dir": str(tmp / "assets"), **overrides}
     config = dataclasses.replace(config, data=data, **fields)
+    config.data.prepare()  # the testbed's dataset and tokenizer
     created = config.data.create(config.assets_dirs, config.model)
     if created.norm_stats is None:
         dim = (
@@ -88,9 +91,25 @@ def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_
     assert observation.tokenized_prompt.shape == (BATCH, model.max_token_len)
     assert observation.tokenized_prompt_mask[:, 0].all()
     assert actions.shape == (BATCH, model.action_horizon, model.action_dim) and actions.dtype == torch.float32
-    if isinstance(config.data, libero_policy.LeRobotLiberoDataConfig | libero_policy.EmbeddedDataConfig):
+    if isinstance(config.data, libero_policy.LeRobotLiberoDataConfig | shapes_policy.EmbeddedDataConfig):
         assert not observation.image_masks["right_wrist_0_rgb"].any()
         assert not actions[..., 7:].any() and not observation.state[:, 8:].any()
+
+
+def test_an_unprepared_shapes_dataset_is_a_clear_error_until_prepared(tmp_path, monkeypatch):
+    monkeypatch.setenv(shapes_dataset.DATA_HOME_ENV, str(tmp_path))
+    base = _config.get_config("debug_pi05")
+    data = dataclasses.replace(base.data, num_episodes=2, episode_length=3, image_size=16)
+    config = dataclasses.replace(base, data=data, batch_size=2, num_workers=0)
+    command = re.escape(shapes_dataset.generate_command(data.spec))
+    with pytest.raises(FileNotFoundError, match=f"tokenizer is not prepared .*: run `{command}`"):
+        data_loader.create_data_loader(config, num_batches=1)
+    shapes_dataset.prepare_tokenizer()
+    with pytest.raises(FileNotFoundError, match=f"No dataset at .*: generate it with `{command}`"):
+        data_loader.create_data_loader(config, num_batches=1)
+    data.prepare()
+    (_, actions), *_ = data_loader.create_data_loader(config, num_batches=1)
+    assert actions.shape == (2, base.model.action_horizon, base.model.action_dim)
 
 
 def test_libero_batch_values_follow_the_pipeline(datasets):

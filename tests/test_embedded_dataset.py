@@ -1,10 +1,12 @@
-"""The embedded synthetic dataset: generated once into the cache, LeRobot-readable, and solvable only by vision."""
+"""The embedded synthetic dataset: prepared once into the cache by an explicit step (a function and its script),
+LeRobot-readable, and solvable only by vision."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shlex
 
 import numpy as np
 import pytest
@@ -12,24 +14,56 @@ import pytest
 from openpi.envs import shapes, shapes_dataset
 from openpi.models import tokenizer as _tokenizer
 from openpi.shared import normalize
+from openpi.training import config as _config
+from tests.script_loader import load_script
 
 SPEC = shapes_dataset.EmbeddedDatasetSpec(num_episodes=3, episode_length=6, image_size=32, seed=1)
 
 
 @pytest.fixture(scope="module")
 def dataset_root(embedded_data_home):
-    return shapes_dataset.ensure_dataset(SPEC)
+    return shapes_dataset.prepare(SPEC).root
 
 
-def test_dataset_is_cached_in_versioned_folder(dataset_root, embedded_data_home, monkeypatch):
+def test_prepare_caches_in_a_versioned_folder_and_is_idempotent(dataset_root, embedded_data_home, monkeypatch):
     assert dataset_root == embedded_data_home / "embedded_dataset" / shapes_dataset.VERSION / SPEC.folder_name
     assert not [p for p in dataset_root.parent.iterdir() if ".tmp-" in p.name]
 
     def fail(*args, **kwargs):
-        raise AssertionError("dataset regenerated although cached")
+        raise AssertionError("regenerated although cached")
 
     monkeypatch.setattr(shapes_dataset, "_write_dataset", fail)
-    assert shapes_dataset.ensure_dataset(SPEC) == dataset_root
+    monkeypatch.setattr(shapes_dataset._tokenizer, "train_sentencepiece", fail)
+    again = shapes_dataset.prepare(SPEC)
+    assert again == shapes_dataset.PreparedDataset(dataset_root, shapes_dataset.tokenizer_path())
+    assert shapes_dataset.is_generated(SPEC) and again.tokenizer.is_file()
+
+
+def test_the_script_prepares_the_spec_its_command_names(embedded_data_home, capsys):
+    spec = shapes_dataset.EmbeddedDatasetSpec(
+        num_episodes=2, episode_length=3, image_size=16, seed=5, shared_attributes=True, action_space="position"
+    )
+    command = shlex.split(shapes_dataset.generate_command(spec))
+    assert command[:3] == ["uv", "run", shapes_dataset.GENERATE_SCRIPT]
+    script = load_script(shapes_dataset.GENERATE_SCRIPT)
+    args = script.tyro.cli(script.Args, args=command[3:])
+    assert args.spec == spec and not shapes_dataset.is_generated(spec)
+    script.main(args)
+    out = capsys.readouterr().out
+    assert shapes_dataset.is_generated(spec)
+    assert str(shapes_dataset.dataset_dir(spec)) in out and "Prepared in" in out
+    tokenizer_only = script.tyro.cli(script.Args, args=shlex.split(shapes_dataset.generate_command())[3:])
+    assert tokenizer_only.tokenizer_only
+
+
+def test_the_script_takes_a_config_name():
+    script = load_script(shapes_dataset.GENERATE_SCRIPT)
+    spec = script.resolve_spec(script.Args(config_name="pi05_shapes_lightvla"))
+    assert spec == _config.get_config("pi05_shapes_lightvla").data.spec and spec.num_episodes == 2000
+    with pytest.raises(ValueError, match="does not train on the shapes dataset"):
+        script.resolve_spec(script.Args(config_name="pi05_libero_pytorch"))
+    with pytest.raises(ValueError, match="not both"):
+        script.resolve_spec(script.Args(spec=SPEC, config_name="pi05_shapes_lightvla"))
 
 
 def test_dataset_reads_back_with_lerobot_and_libero_features(dataset_root):
@@ -115,5 +149,5 @@ def test_a_killed_generation_leaves_no_partial_copy_behind(embedded_data_home):
     alive = root.parent / f".{root.name}.tmp-{os.getpid()}-def"  # a generation still running (this process)
     dead.mkdir()
     alive.mkdir()
-    assert shapes_dataset.ensure_dataset(spec) == root
+    assert shapes_dataset.prepare(spec).root == root
     assert not dead.exists() and alive.exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from openpi.envs import shapes_dataset
 from openpi.envs.shapes import ShapesEnv, ShapesTask
 from openpi.evaluation import closed_loop
 from openpi.evaluation.random_patches import RandomPatchPruner, use_random_patches
@@ -164,6 +165,7 @@ def test_evaluates_a_served_policy(small_configs, checkpoint):
 
 
 def test_visualize_pruning_writes_a_picture_per_camera(checkpoint, tmp_path, monkeypatch):
+    shapes_dataset.prepare_tokenizer()  # the policy's pipeline reads it
     module = load_script("scripts/visualize_pruning.py")
     monkeypatch.setattr(module._config, "get_config", _small)
     args = module.Args(module.PolicyArgs("pi05_shapes_lightvla", str(checkpoint)), output_dir=tmp_path)

@@ -32,6 +32,7 @@ def test_readme_training_command_trains_and_checkpoints(tmp_path: Path):
     )
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
+    assert "Preparing the shapes dataset" in log, "the trainer prepares the testbed's dataset itself"
     assert "Enabled LightVLA-style token pruning" in log
     assert "prune/kept_tokens_overall_mean=" in log
     exp_dir = tmp_path / "checkpoints" / "debug_pi05_lightvla" / command[command.index("--exp-name") + 1]

@@ -194,6 +194,7 @@ def probe_seed(args: Args, seed: int) -> dict[str, dict[str, float]]:
     checkpoint = Path(config.checkpoint_dir) / str(config.num_train_steps)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"No checkpoint {checkpoint}: train the arm with research.lightvla.driver first")
+    config.data.prepare()  # the testbed's tokenizer
     policy = policy_config.create_trained_policy(config, checkpoint, pytorch_device="cpu")
     policy.return_kept_patches = True
     env = ShapesEnv(config.data.spec.task)

@@ -67,7 +67,7 @@ def model_policy(size: str, setting: ServerSetting, workdir: Path) -> Policy:
     ratio = setting.keep_ratio
     pruning = {"token_pruning_enabled": True, "token_prune_keep_ratio": ratio} if ratio else {}
     model = make(action_horizon=10, prompt_trim_multiple=16 if setting.trim else None, **pruning)
-    data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(shapes_dataset.ensure_tokenizer()))
+    data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(shapes_dataset.prepare_tokenizer()))
     train_config = dataclasses.replace(_config.get_config("pi05_libero_pytorch"), model=model, data=data)
     torch.manual_seed(0)
     weights.save_weights(PI0Pytorch(model), workdir)

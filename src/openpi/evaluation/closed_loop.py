@@ -19,8 +19,8 @@ from openpi.envs.shapes import ShapesEnv
 from openpi.evaluation.random_patches import use_random_patches
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import policy_config
-from openpi.policies.libero_policy import EmbeddedDataConfig
 from openpi.policies.policy import Policy
+from openpi.policies.shapes_policy import EmbeddedDataConfig
 from openpi.serving.websocket_client import WebsocketClientPolicy
 from openpi.training import config as _config
 
@@ -93,6 +93,7 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
 def load_policy(args: Args, train_config: _config.TrainConfig) -> Policy:
     """The checkpoint's policy on the CPU with the evaluation's budget and controls, returning its kept patches."""
     torch.manual_seed(args.seed)
+    train_config.data.prepare()  # the testbed's tokenizer
     policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")
     if args.mask_images:
         policy.input_transforms = (*policy.input_transforms, transforms.MaskImages())

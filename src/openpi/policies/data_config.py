@@ -2,8 +2,9 @@
 
 A :class:`DataConfigFactory` describes one kind of dataset (LIBERO, ALOHA, DROID, ...) and lives beside that robot's
 input/output mapping in ``policies/<robot>_policy.py``; ``create`` resolves it for one model into a
-:class:`DataConfig`. :func:`openpi.policies.pipeline.build_pipeline` turns that into the ordered list of steps that
-training, norm-stat computation and serving all run.
+:class:`DataConfig` and writes no file. :func:`openpi.policies.pipeline.build_pipeline` turns that into the ordered
+list of steps that training, norm-stat computation and serving all run. Data generated locally (the shapes testbed)
+is made by the factory's ``prepare``, which the trainers call before building their data.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class DataConfig:
     # The robot's action dimension (what its outputs keep); the action norm stats must cover it.
     robot_action_dim: int | None = None
     tokenizer_path: str | None = None
+    # The command that generates the dataset at `root` with its norm stats (a dataset generated locally), for the
+    # errors that find it missing.
+    generate_command: str | None = None
 
 
 def model_transforms(model: pi0_config.Pi0Config, tokenizer_path: str) -> _transforms.Group:
@@ -96,7 +100,13 @@ class DataConfigFactory(abc.ABC):
 
     @abc.abstractmethod
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
-        """Resolves the data pipeline for ``model_config``; norm stats come from ``assets_dirs`` unless overridden."""
+        """Resolves the data pipeline for ``model_config``; norm stats come from ``assets_dirs`` unless overridden.
+        Reads what exists and writes nothing."""
+
+    def prepare(self) -> None:
+        """Generates the files ``create`` and the data loader read where this factory generates them locally; a
+        recorded dataset has none to generate. Cached, and safe to call from concurrent processes."""
+        return None
 
     def _asset_id(self) -> str | None:
         if self.assets.asset_id is not None or self.repo_id is None:
@@ -141,12 +151,16 @@ def load_norm_stats_if_present(directory: Path | None) -> dict[str, _normalize.N
 
 @dataclasses.dataclass(frozen=True)
 class FakeDataConfig(DataConfigFactory):
-    """Random samples already in the model's layout (no dataset); uses the embedded tokenizer."""
+    """Random samples already in the model's layout (no dataset); uses the embedded dataset's tokenizer."""
 
     repo_id: str | None = FAKE_REPO_ID
 
+    def prepare(self) -> None:
+        if self.tokenizer_path is None:
+            shapes_dataset.prepare_tokenizer()
+
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
-        tokenizer_path = self.tokenizer_path or str(shapes_dataset.ensure_tokenizer())
+        tokenizer_path = self.tokenizer_path or str(shapes_dataset.prepared_tokenizer())
         dim = model_config.action_dim
         identity = _normalize.NormStats(mean=[0.0] * dim, std=[1.0] * dim, q01=[-1.0] * dim, q99=[1.0] * dim)
         return DataConfig(

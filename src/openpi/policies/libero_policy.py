@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from openpi import transforms
-from openpi.envs import shapes_dataset
 from openpi.models import pi0_config
-from openpi.policies.data_config import DataConfig, DataConfigFactory, load_norm_stats_if_present, model_transforms
+from openpi.policies.data_config import DataConfig, DataConfigFactory
 
 ACTION_DIM = 7
 STATE_DIM = 8
@@ -84,45 +83,6 @@ class LeRobotLiberoDataConfig(DataConfigFactory):
             repack_transforms=LIBERO_REPACK,
             data_transforms=data_transforms,
             prompt_from_task=True,
-            robot_action_dim=ACTION_DIM,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
-    """The embedded shapes dataset (LIBERO's features), generated on first use with its norm stats and tokenizer.
-
-    Its fields are the dataset's (:class:`~openpi.envs.shapes_dataset.EmbeddedDatasetSpec`: size and scene
-    difficulty) plus ``mask_images``, which masks every camera (the blind control of the pruning experiment).
-    """
-
-    repo_id: str | None = shapes_dataset.REPO_ID
-    mask_images: bool = False
-
-    @property
-    def spec(self) -> shapes_dataset.EmbeddedDatasetSpec:
-        fields = dataclasses.fields(shapes_dataset.EmbeddedDatasetSpec)
-        return shapes_dataset.EmbeddedDatasetSpec(**{f.name: getattr(self, f.name) for f in fields})
-
-    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
-        spec = self.spec
-        root = shapes_dataset.ensure_dataset(spec)
-        tokenizer_path = self.tokenizer_path or str(shapes_dataset.tokenizer_path())
-        return DataConfig(
-            repo_id=shapes_dataset.REPO_ID,
-            root=str(root),
-            asset_id=spec.folder_name,
-            norm_stats_dir=str(root),
-            norm_stats=load_norm_stats_if_present(root),
-            repack_transforms=LIBERO_REPACK,
-            data_transforms=LIBERO_TRANSFORMS.push(inputs=(transforms.MaskImages(),))
-            if self.mask_images
-            else LIBERO_TRANSFORMS,
-            model_transforms=model_transforms(model_config, tokenizer_path),
-            use_quantile_norm=model_config.pi05,
-            prompt_from_task=True,
-            default_prompt=self.default_prompt,
-            tokenizer_path=tokenizer_path,
             robot_action_dim=ACTION_DIM,
         )
 

@@ -18,7 +18,8 @@ from openpi.models import pi0_config
 from openpi.policies.aloha_policy import LeRobotAlohaDataConfig
 from openpi.policies.data_config import AssetsConfig, DataConfigFactory, FakeDataConfig
 from openpi.policies.droid_policy import DroidDataConfig
-from openpi.policies.libero_policy import EmbeddedDataConfig, LeRobotLiberoDataConfig
+from openpi.policies.libero_policy import LeRobotLiberoDataConfig
+from openpi.policies.shapes_policy import EmbeddedDataConfig
 from openpi.training import optimizer
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -98,7 +99,16 @@ def create_torch_dataset(
         raise ValueError("DataConfig has no repo_id; set --data.repo-id to a LeRobot repo id or local dataset folder")
     if data_config.repo_id == FAKE_REPO_ID:
         return FakeDataset(model_config, action_horizon)
+    require_local_dataset(data_config)
     return LeRobotSamples(data_config.repo_id, data_config.root, action_horizon, data_config.action_sequence_keys)
+
+
+def require_local_dataset(data_config: DataConfig) -> None:
+    """Fails, naming the command that generates it where there is one, when the dataset's local folder is missing."""
+    if data_config.root is None or Path(data_config.root).is_dir():
+        return
+    hint = f": generate it with `{data_config.generate_command}`" if data_config.generate_command else ""
+    raise FileNotFoundError(f"No dataset at {data_config.root}{hint}")
 
 
 def training_transforms(data_config: DataConfig, *, skip_norm_stats: bool = False) -> list:
@@ -205,6 +215,7 @@ def create_data_loader(
     if config.batch_size % world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by world_size {world_size}")
     data_config = config.data.create(config.assets_dirs, config.model)
+    require_local_dataset(data_config)  # first: a missing generated dataset lacks its norm stats too
     if data_config.norm_stats is None and not skip_norm_stats:
         raise FileNotFoundError(
             f"Norm stats not found: {data_config.norm_stats_dir}/norm_stats.json. Compute them with "

@@ -227,6 +227,7 @@ def initial_params(config: _config.TrainConfig) -> Params:
 
 def train(config: _config.TrainConfig) -> JaxTrainResult:
     """Trains ``config`` to ``num_train_steps`` with JAX, saving checkpoints under ``config.checkpoint_dir``."""
+    config.data.prepare()
     exp_dir = Path(config.checkpoint_dir)
     resume_step = trainer.prepare_experiment_dir(config)
     mesh = make_mesh(config.fsdp_devices)

@@ -237,6 +237,7 @@ def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, 
 # -------------------------------------------------------------------------------------------- the loop
 def train(config: _config.TrainConfig) -> TrainResult:
     """Trains ``config`` to ``num_train_steps``, saving checkpoints under ``config.checkpoint_dir``."""
+    config.data.prepare()  # every rank: concurrent preparation is safe, and ranks on other machines need their copy
     ctx = init_distributed()
     try:
         return _Trainer(config, ctx).run()
