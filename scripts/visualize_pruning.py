@@ -17,7 +17,7 @@ from eval_closed_loop import PolicyArgs
 
 from openpi.envs import rollout
 from openpi.envs.shapes import Scene, ShapesEnv
-from openpi.models.observation import IMAGE_KEYS
+from openpi.models.batch import IMAGE_KEYS
 from openpi.policies import policy_config
 from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap
 from openpi.training import config as _config

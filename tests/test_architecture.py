@@ -28,6 +28,7 @@ LAYERS = (
     ("shared", "transforms"),
     ("models",),
     ("models_pytorch", "models_jax"),
+    ("conversion",),
     ("envs",),
     ("policies", "serving"),
     ("training",),

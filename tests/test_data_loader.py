@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from openpi.models.observation import IMAGE_KEYS
+from openpi.models.batch import IMAGE_KEYS
 from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy
 from openpi.shared import normalize
 from openpi.training import config as _config

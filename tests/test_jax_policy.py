@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openpi.models_pytorch.reference import ReferenceFixture
+from openpi.models.reference_fixture import ReferenceFixture
 from openpi.policies import libero_policy, policy_config
 from openpi.training import config as _config
 from tests.lerobot_fixtures import write_tokenizer

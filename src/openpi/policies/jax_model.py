@@ -83,7 +83,7 @@ class JaxPolicyModel:
         self._rng, rng = jax.random.split(self._rng)
         sampled = self.jax_model.sample(
             rng,
-            JaxObservation.from_observation(observation),
+            JaxObservation.from_dict(observation.to_dict()),
             num_steps=num_steps,
             noise=None if noise is None else noise.float().cpu().numpy(),
         )
