@@ -48,7 +48,7 @@ def main(args: Args) -> list[Path]:
     output = policy.infer(observation)
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
-    votes = policy.model.pruner.last_selection.votes[0].cpu().numpy()
+    votes = policy.last_patch_selection.votes[0]
     kept = np.asarray(output["kept_patch_mask"], dtype=bool)
     score = rollout.score_kept_patches(kept, grid.object_coverage(env.masks()), env.scene.target)
     args.output_dir.mkdir(parents=True, exist_ok=True)
