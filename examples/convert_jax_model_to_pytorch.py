@@ -16,8 +16,9 @@ from pathlib import Path
 
 import tyro
 
+from openpi.conversion import convert, rules
+from openpi.models import orbax_params
 from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch import convert, convert_rules, orbax_params
 
 
 @dataclasses.dataclass
@@ -32,7 +33,7 @@ class Args:
     # Output folder for model.safetensors, config.json and assets/.
     output_path: Path | None = None
     # Weights dtype; bfloat16 keeps vision embeddings, norms and action/time/state projections in float32.
-    precision: convert_rules.Precision = "bfloat16"
+    precision: rules.Precision = "bfloat16"
     # Print the parameter tree (paths, shapes, dtypes, total parameters) and exit without converting.
     inspect_only: bool = False
     allow_nonfinite: bool = False

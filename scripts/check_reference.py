@@ -17,24 +17,28 @@ from typing import Literal
 
 import tyro
 
-from openpi.models_pytorch import reference
+from openpi.models.reference_fixture import TOLERANCE, ReferenceFixture, passes
 
 
-def _errors(fixture: reference.ReferenceFixture, framework: str) -> dict[str, float]:
+def _errors(fixture: ReferenceFixture, framework: str) -> dict[str, float]:
     if framework == "jax":
         from openpi.models_jax import reference as jax_reference
 
         return jax_reference.compare(jax_reference.build_model(fixture), fixture)
-    return reference.compare(fixture.build_model(), fixture)
+    from openpi.conversion import convert
+    from openpi.models_pytorch import reference
+
+    state = convert.convert_params_dir(fixture.checkpoint_dir, fixture.config) if fixture.is_jax else None
+    return reference.compare(reference.build_model(fixture, state), fixture)
 
 
 def main(fixtures: tyro.conf.Positional[list[Path]], framework: Literal["pytorch", "jax"] = "pytorch") -> int:
     """Returns 0 when every fixture passes, 1 otherwise."""
     failed = []
     for directory in fixtures:
-        fixture = reference.ReferenceFixture.load(directory)
+        fixture = ReferenceFixture.load(directory)
         errors = _errors(fixture, framework)
-        ok = reference.passes(errors)
+        ok = passes(errors)
         kind = ("π0.5" if fixture.config.pi05 else "π0") + (" (JAX checkpoint)" if fixture.is_jax else "")
         print(f"{directory} [{kind}, {framework} model]: {'PASS' if ok else 'FAIL'}")
         for key, value in errors.items():
@@ -42,9 +46,9 @@ def main(fixtures: tyro.conf.Positional[list[Path]], framework: Literal["pytorch
         if not ok:
             failed.append(directory)
     if failed:
-        print(f"{len(failed)} of {len(fixtures)} fixture(s) exceed the tolerance {reference.TOLERANCE}: {failed}")
+        print(f"{len(failed)} of {len(fixtures)} fixture(s) exceed the tolerance {TOLERANCE}: {failed}")
         return 1
-    print(f"All {len(fixtures)} fixture(s) within {reference.TOLERANCE}")
+    print(f"All {len(fixtures)} fixture(s) within {TOLERANCE}")
     return 0
 
 

@@ -17,7 +17,7 @@ import tyro
 from openpi.envs import rollout
 from openpi.envs.shapes import Scene, ShapesEnv
 from openpi.evaluation.closed_loop import PolicyArgs
-from openpi.models.observation import IMAGE_KEYS
+from openpi.models.batch import IMAGE_KEYS
 from openpi.policies import policy_config
 from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap
 from openpi.training import config as _config
@@ -49,7 +49,7 @@ def main(args: Args) -> list[Path]:
     output = policy.infer(observation)
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
-    votes = policy.model.pruner.last_selection.votes[0].cpu().numpy()
+    votes = policy.last_patch_selection.votes[0]
     kept = np.asarray(output["kept_patch_mask"], dtype=bool)
     score = rollout.score_kept_patches(kept, grid.object_coverage(env.masks()), env.scene.target)
     args.output_dir.mkdir(parents=True, exist_ok=True)

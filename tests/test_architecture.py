@@ -23,16 +23,19 @@ from openpi.training import data_loader
 from tests.lerobot_fixtures import write_tokenizer
 
 SRC = Path(openpi.__file__).parent
-# Lower layers never import higher ones; modules of one layer may import each other.
+# Lower layers never import higher ones; modules of one layer may import each other, except the two frameworks.
 LAYERS = (
     ("shared", "transforms"),
     ("models",),
     ("models_pytorch", "models_jax"),
+    ("conversion",),
     ("envs",),
     ("policies", "serving"),
     ("training",),
     ("evaluation", "cli"),
 )
+# Sibling layers: neither framework imports the other.
+FRAMEWORKS = ("models_pytorch", "models_jax")
 
 
 def _layer(module: str) -> int:
@@ -80,6 +83,50 @@ def test_the_layer_check_sees_a_violation(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("tests.test_architecture._openpi_imports", policies_import_training)
     with pytest.raises(AssertionError, match=r"imports openpi\.training\.config"):
         test_no_module_imports_a_higher_layer()
+
+
+def _frameworks(module: str) -> set[str]:
+    """The frameworks (``models_pytorch``, ``models_jax``) whose modules ``module`` imports."""
+    return {name.split(".")[1] for name in _openpi_imports(module)} & set(FRAMEWORKS)
+
+
+def test_the_frameworks_do_not_import_each_other():
+    violations = [
+        f"{module} imports {framework}"
+        for module in _modules()
+        if module.count(".") >= 1 and module.split(".")[1] in FRAMEWORKS
+        for framework in _frameworks(module) - {module.split(".")[1]}
+    ]
+    assert not violations, "\n".join(violations)
+
+
+def _may_import_both_frameworks(module: str) -> bool:
+    """The JAX -> PyTorch converter's package; and JAX training, which reads the PyTorch data loader's batches through
+    the PyTorch augmentation."""
+    return module.split(".")[1] == "conversion" or module == "openpi.training.jax_trainer"
+
+
+def test_only_the_converter_imports_both_frameworks():
+    violations = [
+        module
+        for module in _modules()
+        if _frameworks(module) == set(FRAMEWORKS) and not _may_import_both_frameworks(module)
+    ]
+    assert not violations, f"{violations} import both models_pytorch and models_jax"
+
+
+def test_the_framework_checks_see_a_violation(monkeypatch: pytest.MonkeyPatch):
+    original = _openpi_imports
+
+    def jax_imports_pytorch(module: str) -> set[str]:
+        jax_side = module.startswith(("openpi.models_jax.", "openpi.policies."))
+        return original(module) | ({"openpi.models_pytorch.weights"} if jax_side else set())
+
+    monkeypatch.setattr("tests.test_architecture._openpi_imports", jax_imports_pytorch)
+    with pytest.raises(AssertionError, match=r"openpi\.models_jax\.pi0 imports models_pytorch"):
+        test_the_frameworks_do_not_import_each_other()
+    with pytest.raises(AssertionError, match=r"openpi\.policies\.jax_model'.* import both"):
+        test_only_the_converter_imports_both_frameworks()
 
 
 # --------------------------------------------------------------------------------------------- one pipeline

@@ -13,11 +13,12 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from openpi.models import variants
+from openpi.conversion import convert, rules
+from openpi.models import orbax_params, param_layout, variants
 from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch import convert, convert_rules, orbax_params
+from openpi.models.reference_fixture import ReferenceFixture, relative_error
+from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.models_pytorch.reference import ReferenceFixture, relative_error
 from openpi.models_pytorch.weights import load_weights
 from openpi.policies import libero_policy
 from openpi.shared import checkpoint_files
@@ -54,7 +55,7 @@ def random_params(config: Pi0Config, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         path: rng.standard_normal(shape).astype(np.float32)
-        for path, shape in convert_rules.expected_jax_shapes(config).items()
+        for path, shape in param_layout.published_shapes(config).items()
     }
 
 
@@ -76,9 +77,9 @@ def test_rules_reproduce_the_published_layouts(name: str, layouts_root: Path) ->
     config = Pi0Config(pi05=name == "pi05")
     jax_layout = json.loads((layouts_root / "reference_jax_params.json").read_text())[name]
     torch_layout = json.loads((layouts_root / "reference_pytorch_state_dict.json").read_text())[name]
-    rules = convert_rules.build_rules(config)
-    assert {r.source: list(r.shape) for r in rules} == {k: shape for k, (shape, _) in jax_layout.items()}
-    ours = {t.key: [list(t.shape), str(convert_rules.target_dtype(t, "bfloat16"))] for r in rules for t in r.targets}
+    built = rules.build_rules(config)
+    assert {r.source: list(r.shape) for r in built} == {k: shape for k, (shape, _) in jax_layout.items()}
+    ours = {t.key: [list(t.shape), str(rules.target_dtype(t, "bfloat16"))] for r in built for t in r.targets}
     assert ours == {k: v for k, v in torch_layout.items() if k not in LM_HEADS}
 
 
@@ -88,19 +89,19 @@ def test_architecture_is_read_from_the_tree(name: str, reference_root: Path) -> 
     infos = orbax_params.read_param_metadata(reference_root / name / "checkpoint" / "params")
     shapes = {path: info.shape for path, info in infos.items()}
     assert shapes == {k: tuple(v) for k, v in fixture.raw_config["param_shapes"].items()}
-    inferred = convert_rules.infer_model_config(shapes, action_horizon=fixture.config.action_horizon)
+    inferred = param_layout.infer_model_config(shapes, action_horizon=fixture.config.action_horizon)
     expected = fixture.config
     assert inferred.pi05 == expected.pi05
     assert (inferred.llm_config, inferred.expert_config) == (expected.llm_config, expected.expert_config)
     assert (inferred.vision_config, inferred.vocab_size) == (expected.vision_config, expected.vocab_size)
-    assert convert_rules.find_param_problems(shapes, expected) == []
+    assert param_layout.find_param_problems(shapes, expected) == []
 
 
 @pytest.mark.parametrize("pi05", [True, False])
 def test_tensors_compute_what_the_jax_einsums_compute(pi05: bool) -> None:
     config = odd_config(pi05)
     flat = random_params(config)
-    state = dict(convert_rules.convert_params(flat, config))
+    state = dict(rules.convert_params(flat, config))
     rng = np.random.default_rng(1)
     for prefix, suffix, width in ((LLM, "", 24), (EXPERT, "_1", 16)):
         x = rng.standard_normal((3, width))
@@ -155,9 +156,9 @@ def test_unknown_parameter_is_an_error_naming_it() -> None:
     flat = random_params(config)
     flat["PaliGemma/llm/layers/attn/extra_einsum/w"] = np.zeros((2, 3), np.float32)
     with pytest.raises(
-        convert_rules.CheckpointMismatchError, match="unknown parameter PaliGemma/llm/layers/attn/extra_einsum/w"
+        param_layout.CheckpointMismatchError, match="unknown parameter PaliGemma/llm/layers/attn/extra_einsum/w"
     ):
-        dict(convert_rules.convert_params(flat, config))
+        dict(rules.convert_params(flat, config))
 
 
 def test_missing_parameter_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_missing_parameter_is_an_error_and_writes_nothing(tmp_path: Path) -> Non
     flat = random_params(config)
     del flat["PaliGemma/llm/layers/mlp_1/linear"], flat["state_proj/bias"]
     write_orbax(tmp_path / "ckpt", flat)
-    with pytest.raises(convert_rules.CheckpointMismatchError) as error:
+    with pytest.raises(param_layout.CheckpointMismatchError) as error:
         convert.convert_checkpoint(tmp_path / "ckpt", config, tmp_path / "out", "float32")
     assert "missing parameter PaliGemma/llm/layers/mlp_1/linear" in str(error.value)
     assert "missing parameter state_proj/bias" in str(error.value)
@@ -176,9 +177,9 @@ def test_shape_and_architecture_mismatches_are_named() -> None:
     config = odd_config(True)
     flat = random_params(config)
     flat["action_out_proj/bias"] = np.zeros(7, np.float32)
-    problems = convert_rules.find_param_problems({k: v.shape for k, v in flat.items()}, config)
+    problems = param_layout.find_param_problems({k: v.shape for k, v in flat.items()}, config)
     assert problems == ["shape of action_out_proj/bias is [7], config expects [6]"]
-    pi0_problems = convert_rules.find_param_problems(
+    pi0_problems = param_layout.find_param_problems(
         {k: v.shape for k, v in flat.items()}, dataclasses.replace(config, pi05=False)
     )
     assert pi0_problems[0] == "pi05: checkpoint has True, config has False"
@@ -207,8 +208,8 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
     (checkpoint / "assets" / "robot" / "norm_stats.json").write_text('{"norm_stats": {}}')
     weights = convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "bfloat16")
     written = safetensors.torch.load_file(weights)
-    reference = {k: torch.from_numpy(v) for k, v in convert_rules.convert_params(flat, config, "float32")}
-    assert written.keys() == reference.keys()
+    expected = {k: torch.from_numpy(v) for k, v in rules.convert_params(flat, config, "float32")}
+    assert written.keys() == expected.keys()
     float32_keys = {k for k, v in written.items() if v.dtype == torch.float32}
     assert {k for k, v in written.items() if v.dtype not in (torch.float32, torch.bfloat16)} == set()
     assert f"{VISION}.embeddings.patch_embedding.weight" in float32_keys
@@ -219,7 +220,7 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
     assert f"{LLM}.self_attn.o_proj.weight" not in float32_keys
     assert f"{VISION}.encoder.layers.0.layer_norm1.weight" not in float32_keys
     for key, value in written.items():
-        torch.testing.assert_close(value, reference[key].to(value.dtype), rtol=0, atol=0)
+        torch.testing.assert_close(value, expected[key].to(value.dtype), rtol=0, atol=0)
     saved_config = json.loads((weights.parent / checkpoint_files.CONFIG_FILE).read_text())
     assert Pi0Config(**saved_config) == dataclasses.replace(config, dtype="bfloat16")
     assert (weights.parent / "assets" / "robot" / "norm_stats.json").read_text() == '{"norm_stats": {}}'
@@ -230,11 +231,11 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["jax_pi05_tiny", "jax_pi0_tiny"])
 def test_converted_fixture_reproduces_reference_outputs(name: str, tmp_path: Path, reference_root: Path) -> None:
     fixture = ReferenceFixture.load(reference_root / name)
-    weights = convert.convert_checkpoint(fixture.directory / "checkpoint", fixture.config, tmp_path, "float32")
+    weights = convert.convert_checkpoint(fixture.checkpoint_dir, fixture.config, tmp_path, "float32")
     model = PI0Pytorch(fixture.config)
     load_weights(model, weights)
     model.eval()
-    obs, io = fixture.observation(), fixture.io
+    obs, io = reference.observation(fixture), reference.tensors(fixture)
     assert obs.images["base_0_rgb"].shape[1] == 3
     with torch.no_grad():
         loss = model.forward(obs, io["input.actions"], noise=io["input.noise"], time=io["input.time"])
@@ -259,9 +260,9 @@ def test_converted_folder_trains_and_serves(tmp_path: Path, reference_root: Path
         name="converted", model=fixture.config, data=data, pytorch_weight_path=str(converted),
         pytorch_training_precision="float32",
     )  # fmt: skip
-    reference = fixture.build_model()
+    state = convert.convert_params_dir(fixture.checkpoint_dir, fixture.config)
     trained = trainer.build_model(train_config, torch.device("cpu"))
-    for key, value in reference.state_dict().items():
+    for key, value in reference.build_model(fixture, state).state_dict().items():
         assert torch.equal(trained.state_dict()[key], value), key
 
     policy = policy_config.create_trained_policy(train_config, converted)
@@ -275,7 +276,7 @@ def jax_checkpoint_and_conversion(fixture: ReferenceFixture, tmp_path: Path) -> 
 
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    (checkpoint / "params").symlink_to(fixture.directory / "checkpoint" / "params", target_is_directory=True)
+    (checkpoint / "params").symlink_to(fixture.checkpoint_dir / "params", target_is_directory=True)
     stats = normalize.NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8))
     normalize.save(checkpoint / "assets" / "physical-intelligence" / "libero", {"state": stats, "actions": stats})
     return checkpoint, convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
@@ -312,7 +313,7 @@ def test_nonfinite_weights_are_refused_naming_the_leaf(tmp_path: Path) -> None:
     flat[leaf] = flat[leaf].copy()
     flat[leaf].reshape(-1)[:64] = np.nan
     checkpoint = write_orbax(tmp_path / "checkpoint", flat)
-    with pytest.raises(convert_rules.CheckpointMismatchError, match=f"{leaf} holds 64 NaN/infinite values"):
+    with pytest.raises(param_layout.CheckpointMismatchError, match=f"{leaf} holds 64 NaN/infinite values"):
         convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "float32")
     assert not (tmp_path / "out" / "model.safetensors").exists()
     convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "float32", allow_nonfinite=True)
@@ -323,5 +324,5 @@ def test_damaged_metadata_is_named(tmp_path: Path) -> None:
     checkpoint = write_orbax(tmp_path / "checkpoint", random_params(config))
     metadata = checkpoint / "params" / "_METADATA"
     metadata.write_bytes(metadata.read_bytes()[:40])
-    with pytest.raises(convert_rules.CheckpointMismatchError, match=r"Cannot read the orbax metadata of .*damaged"):
+    with pytest.raises(param_layout.CheckpointMismatchError, match=r"Cannot read the orbax metadata of .*damaged"):
         orbax_params.read_param_metadata(checkpoint / "params")

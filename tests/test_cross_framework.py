@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from openpi.conversion import convert
 from openpi.models.observation import random_observation
+from openpi.models.reference_fixture import ReferenceFixture, relative_error
+from openpi.models_jax import reference as jax_reference
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0, compute_loss_fn
-from openpi.models_pytorch import convert, reference
+from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from tests.test_convert import odd_config, random_params, write_orbax
 
@@ -28,28 +31,28 @@ TELEMETRY = ("kept_tokens_overall_mean", "argmax_union_mean", "argmax_top1_share
 
 
 @pytest.fixture(scope="module", params=["jax_pi05_tiny", "jax_pi0_tiny"])
-def fixture(request, reference_root) -> reference.ReferenceFixture:
-    return reference.ReferenceFixture.load(reference_root / request.param)
+def fixture(request, reference_root) -> ReferenceFixture:
+    return ReferenceFixture.load(reference_root / request.param)
 
 
-def _models(fixture: reference.ReferenceFixture, **pruning) -> tuple[PI0Pytorch, Pi0]:
+def _models(fixture: ReferenceFixture, **pruning) -> tuple[PI0Pytorch, Pi0]:
     config = dataclasses.replace(fixture.config, token_pruning_enabled=True, token_prune_kept_multiple=16, **pruning)
     torch_model = PI0Pytorch(config)
-    state = convert.convert_params_dir(fixture.directory / "checkpoint" / "params", config)
+    state = convert.convert_params_dir(fixture.checkpoint_dir, config)
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    return torch_model.eval(), Pi0.from_checkpoint(fixture.directory / "checkpoint", config)
+    return torch_model.eval(), Pi0.from_checkpoint(fixture.checkpoint_dir, config)
 
 
 @pytest.mark.parametrize("budget", BUDGETS, ids=["union", "ratio25", "tokens40"])
 def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
     torch_model, jax_model = _models(fixture, **budget)
-    obs, noise = fixture.observation(), fixture.io["input.sample_noise"]
+    obs, noise = reference.observation(fixture), reference.tensors(fixture)["input.sample_noise"]
     torch_model.set_token_pruner_collect_stats(True)
     jax_model.collect_stats = True
     with torch.no_grad():
         torch_actions = torch_model.sample_actions(obs, noise=noise)
         torch_prefix = torch_model.encode_prefix(obs).pad_masks.sum(dim=1).tolist()  # valid tokens per sample
-    jax_obs = JaxObservation.from_observation(obs)
+    jax_obs = jax_reference.observation(fixture)
     sampled = jax_model.sample(jax.random.key(0), jax_obs, noise=noise.numpy())
     jax_actions, keep = sampled.actions, sampled.keep
 
@@ -62,7 +65,7 @@ def test_eval_kept_sets_prefix_lengths_and_actions_agree(fixture, budget):
     assert (np.asarray(keep).sum(axis=1) + prompt).tolist() == torch_prefix
     # Padded lengths: both frameworks pad a union to a multiple of 16; JAX gives a budget exactly its K slots.
     assert sampled.prefix_length <= torch_model.encode_prefix(obs).pad_masks.shape[1]
-    assert reference.relative_error(torch.from_numpy(np.array(jax_actions)), torch_actions) < TOLERANCE
+    assert relative_error(jax_actions, torch_actions) < TOLERANCE
     torch_stats = torch_model.get_token_pruning_stats()
     for key in TELEMETRY:
         assert jax_model.last_stats[key] == pytest.approx(torch_stats[key], rel=1e-4, abs=1e-5), key
@@ -72,9 +75,9 @@ BUDGET_TRAINING = {"token_prune_budget_training": True, "token_prune_keep_ratio"
 GATED_BUDGET_TRAINING = {**BUDGET_TRAINING, "token_prune_gate_dropped_patches": True}
 
 
-def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
+def _uniform(fixture: ReferenceFixture) -> torch.Tensor:
     """One draw of the pruner's training noise ``[B, N, N]``, replayed in both frameworks."""
-    obs = fixture.observation()
+    obs = reference.observation(fixture)
     num_patches = sum(1 for _ in obs.images) * fixture.config.vision_config.num_patches
     return torch.rand(obs.batch_size, num_patches, num_patches, generator=torch.Generator().manual_seed(0))
 
@@ -87,7 +90,7 @@ def _uniform(fixture: reference.ReferenceFixture) -> torch.Tensor:
 @pytest.mark.parametrize("noise_scale", [0.0, 1.0])
 def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, training):
     torch_model, jax_model = _models(fixture, token_prune_noise_scale=noise_scale, **training)
-    obs, io = fixture.observation(), fixture.io
+    obs, io = reference.observation(fixture), reference.tensors(fixture)
     uniform = _uniform(fixture)
     torch_model.train()
     torch_model.set_token_pruner_collect_stats(True)
@@ -96,14 +99,14 @@ def test_training_losses_agree_with_the_same_noise(fixture, noise_scale, trainin
     jax_model.collect_stats = True
     jax_loss = jax_model.compute_loss(
         jax.random.key(0),
-        JaxObservation.from_observation(obs),
+        jax_reference.observation(fixture),
         io["input.actions"].numpy(),
         train=True,
         noise=io["input.noise"].numpy(),
         time=io["input.time"].numpy(),
         prune_uniform=uniform.numpy(),
     )
-    assert reference.relative_error(torch.from_numpy(np.array(jax_loss)), torch_loss) < TOLERANCE
+    assert relative_error(jax_loss, torch_loss) < TOLERANCE
     torch_stats = torch_model.get_token_pruning_stats()
     assert jax_model.last_stats["argmax_union_mean_noisy"] == torch_stats["argmax_union_mean_noisy"]
     assert jax_model.last_stats["kept_tokens_overall_mean"] == torch_stats["kept_tokens_overall_mean"]
@@ -119,7 +122,7 @@ def test_budget_training_gradients_agree(fixture, training):
     kept (gated: and dropped) patches' straight-through gate carries the policy's attention back into the pruner's
     scores, whose queries are made from the prompt (without the gate the two frameworks' gradients differ)."""
     torch_model, jax_model = _models(fixture, token_prune_noise_scale=0.5, **training)
-    obs, io = fixture.observation(), fixture.io
+    obs, io = reference.observation(fixture), reference.tensors(fixture)
     uniform = _uniform(fixture)
     torch_model.train()
     torch_model(obs, io["input.actions"], io["input.noise"], io["input.time"], prune_uniform=uniform).mean().backward()
@@ -128,7 +131,7 @@ def test_budget_training_gradients_agree(fixture, training):
     def loss(params):
         value, _ = compute_loss_fn(
             params,
-            JaxObservation.from_observation(obs).trim_prompt_padding(fixture.config.prompt_trim_multiple),
+            jax_reference.observation(fixture).trim_prompt_padding(fixture.config.prompt_trim_multiple),
             io["input.actions"].numpy(),
             io["input.noise"].numpy(),
             io["input.time"].numpy(),
@@ -142,7 +145,7 @@ def test_budget_training_gradients_agree(fixture, training):
 
     jax_grad = jax.grad(loss)(jax_model.params())["PaliGemma"]["llm"]["embedder"]["input_embedding"]
     assert torch_grad.abs().max() > 0
-    assert reference.relative_error(torch.from_numpy(np.array(jax_grad)), torch_grad) < TOLERANCE
+    assert relative_error(jax_grad, torch_grad) < TOLERANCE
 
 
 @pytest.mark.parametrize("pi05", [True, False])
@@ -162,10 +165,10 @@ def test_odd_dimensions_agree(pi05, tmp_path):
     with torch.no_grad():
         torch_actions = torch_model.eval().sample_actions(obs, noise=noise)
         torch_loss = torch_model(obs, noise * 0.5, noise, torch.tensor([0.2, 0.5, 0.9]))
-    jax_obs = JaxObservation.from_observation(obs)
+    jax_obs = JaxObservation.from_dict(obs.to_dict())
     jax_actions = jax_model.sample_actions(jax.random.key(0), jax_obs, noise=noise.numpy())
     jax_loss = jax_model.compute_loss(
         jax.random.key(0), jax_obs, noise.numpy() * 0.5, noise=noise.numpy(), time=np.array([0.2, 0.5, 0.9])
     )
-    assert reference.relative_error(torch.from_numpy(np.array(jax_actions)), torch_actions) < TOLERANCE
-    assert reference.relative_error(torch.from_numpy(np.array(jax_loss)), torch_loss) < TOLERANCE
+    assert relative_error(jax_actions, torch_actions) < TOLERANCE
+    assert relative_error(jax_loss, torch_loss) < TOLERANCE

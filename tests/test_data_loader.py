@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from openpi.envs import shapes_dataset
-from openpi.models.observation import IMAGE_KEYS
+from openpi.models.batch import IMAGE_KEYS
 from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy, shapes_policy
 from openpi.shared import normalize
 from openpi.training import config as _config

@@ -15,9 +15,9 @@ import torch
 
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import tiny_config
+from openpi.models.reference_fixture import relative_error
 from openpi.models_pytorch import token_pruner
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.models_pytorch.reference import relative_error
 from openpi.training import optimizer, trainer
 from tests.model_helpers import randomized
 from tests.test_training import _pruned_fake_data_config, _state_dict

@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from openpi.conversion import convert
 from openpi.models.observation import random_observation
+from openpi.models.orbax_params import flatten_params
+from openpi.models.param_layout import CheckpointMismatchError, lora_shapes, published_shapes
 from openpi.models.pi0_config import Pi0Config, tiny_config
+from openpi.models.reference_fixture import ReferenceFixture, passes, relative_error
 from openpi.models_jax import params as jax_params
 from openpi.models_jax import reference as jax_reference
 from openpi.models_jax.lora import merge_lora
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0, compute_loss_fn, prefix_cache_fn
-from openpi.models_pytorch import convert, reference
-from openpi.models_pytorch.convert_rules import CheckpointMismatchError, expected_jax_shapes
-from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
 from tests.test_convert import write_orbax
@@ -32,8 +33,8 @@ BF16_TOLERANCE = 5e-2
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
-def fixture(request, reference_root) -> reference.ReferenceFixture:
-    return reference.ReferenceFixture.load(reference_root / request.param)
+def fixture(request, reference_root) -> ReferenceFixture:
+    return ReferenceFixture.load(reference_root / request.param)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def model(fixture) -> Pi0:
 
 def test_matches_reference_outputs(model, fixture):
     errors = jax_reference.compare(model, fixture)
-    assert reference.passes(errors), errors
+    assert passes(errors), errors
 
 
 def test_parameter_tree_is_the_checkpoint_tree(model, fixture):
@@ -65,7 +66,7 @@ def _sample(model: Pi0, obs: JaxObservation, noise: np.ndarray) -> np.ndarray:
 
 
 def test_padding_and_absent_cameras_are_invisible_and_images_are_seen(model, fixture):
-    obs, noise = JaxObservation.from_observation(fixture.observation()), fixture.io["input.sample_noise"].numpy()
+    obs, noise = jax_reference.observation(fixture), fixture.io["input.sample_noise"]
     before = _sample(model, obs, noise)
     camera = next(name for name, mask in obs.image_masks.items() if not mask.all())
     sample = int(np.flatnonzero(~obs.image_masks[camera])[0])
@@ -74,19 +75,19 @@ def test_padding_and_absent_cameras_are_invisible_and_images_are_seen(model, fix
     tokens = np.array(obs.tokenized_prompt)
     tokens[sample, int(obs.tokenized_prompt_mask[sample].sum())] = 7
     after = _sample(model, obs.replace(images=images, tokenized_prompt=tokens), noise)
-    assert jax_reference.relative_error(after[sample], before[sample]) < 1e-5
+    assert relative_error(after[sample], before[sample]) < 1e-5
 
     seen = {k: np.array(v) for k, v in obs.images.items()}
     seen["base_0_rgb"][1] = -seen["base_0_rgb"][1]
-    assert jax_reference.relative_error(_sample(model, obs.replace(images=seen), noise)[1], before[1]) > 1e-2
+    assert relative_error(_sample(model, obs.replace(images=seen), noise)[1], before[1]) > 1e-2
 
 
 def test_bfloat16_sampling_agrees_with_float32(model, fixture):
     bf16 = Pi0(dataclasses.replace(fixture.config, dtype="bfloat16"), model.params())
-    obs, noise = JaxObservation.from_observation(fixture.observation()), fixture.io["input.sample_noise"].numpy()
+    obs, noise = jax_reference.observation(fixture), fixture.io["input.sample_noise"]
     actions = bf16.sample_actions(jax.random.key(0), obs, noise=noise)
     assert actions.dtype == np.float32
-    assert 0 < jax_reference.relative_error(actions, _sample(model, obs, noise)) < BF16_TOLERANCE
+    assert 0 < relative_error(actions, _sample(model, obs, noise)) < BF16_TOLERANCE
 
 
 def test_value_wrapped_checkpoint_restores_like_a_plain_one(tmp_path: Path):
@@ -101,7 +102,7 @@ def test_value_wrapped_checkpoint_restores_like_a_plain_one(tmp_path: Path):
 
 def test_strict_restore_names_every_unknown_missing_and_misshapen_path(tmp_path: Path):
     config = tiny_config(vision_variant="hidden_size=8,num_hidden_layers=1,num_attention_heads=2,intermediate_size=8")
-    flat = {path: np.zeros(shape, np.float32) for path, shape in expected_jax_shapes(config).items()}
+    flat = {path: np.zeros(shape, np.float32) for path, shape in published_shapes(config).items()}
     flat["PaliGemma/llm/extra_head/kernel"] = np.zeros((2, 2), np.float32)
     del flat["action_out_proj/bias"]
     flat["time_mlp_in/kernel"] = np.zeros((64, 32), np.float32)
@@ -117,7 +118,7 @@ def test_training_loss_passes_gradient_through_the_pruner_to_vision():
     # π0: at initialisation π0.5's adaRMS gates are zero, so no gradient reaches the prefix before the first step.
     config = tiny_config(pi05=False, token_pruning_enabled=True)
     model = Pi0(config, seed=1)
-    obs = JaxObservation.from_observation(random_observation(config, 2, valid_prompt_tokens=9))
+    obs = JaxObservation.from_dict(random_observation(config, 2, valid_prompt_tokens=9).to_dict())
     actions = np.random.default_rng(0).standard_normal((2, config.action_horizon, config.action_dim), np.float32)
     num_patches = len(obs.images) * config.vision_config.num_patches
 
@@ -148,7 +149,7 @@ def _varied_observations(config: Pi0Config, count: int) -> list[JaxObservation]:
         obs = random_observation(config, 2, valid_prompt_tokens=1 + (i * 7) % 40, seed=i)
         if i % 3 == 0:
             obs.image_masks["left_wrist_0_rgb"][1] = False
-        observations.append(JaxObservation.from_observation(obs))
+        observations.append(JaxObservation.from_dict(obs.to_dict()))
     return observations
 
 
@@ -186,17 +187,17 @@ def test_lora_adapters_change_the_model_and_merge_into_the_base_variant(tmp_path
     model = Pi0(lora_config, seed=2)
     flat = flatten_params(model.params())
     adapters = {path for path in flat if "lora_" in path}
-    assert adapters == set(jax_params.lora_shapes(lora_config)) and len(adapters) == 20
+    assert adapters == set(lora_shapes(lora_config)) and len(adapters) == 20
     assert flat["PaliGemma/llm/layers/attn/attn_vec_einsum_1/lora_b"].shape == (4, 8, 2, 64)
 
     base = Pi0(base_config, jax_params.nest({p: v for p, v in flat.items() if p not in adapters}))
     merged = Pi0(base_config, merge_lora(model.params(), lora_config))
     torch_obs = random_observation(base_config, 2, valid_prompt_tokens=7)
-    obs = JaxObservation.from_observation(torch_obs)
+    obs = JaxObservation.from_dict(torch_obs.to_dict())
     noise = np.random.default_rng(0).standard_normal((2, base_config.action_horizon, 32)).astype(np.float32)
     adapted = _sample(model, obs, noise)
-    assert jax_reference.relative_error(_sample(base, obs, noise), adapted) > 1e-3  # the adapters do something
-    assert jax_reference.relative_error(_sample(merged, obs, noise), adapted) < 1e-5
+    assert relative_error(_sample(base, obs, noise), adapted) > 1e-3  # the adapters do something
+    assert relative_error(_sample(merged, obs, noise), adapted) < 1e-5
 
     # The converter folds the adapters in: the PyTorch base model samples the adapted model's actions.
     lora_checkpoint = write_orbax(tmp_path / "lora", {p: np.asarray(v) for p, v in flat.items()})
@@ -205,7 +206,7 @@ def test_lora_adapters_change_the_model_and_merge_into_the_base_variant(tmp_path
     load_weights(torch_model, weights_file)
     with torch.no_grad():
         torch_actions = torch_model.eval().sample_actions(torch_obs, noise=torch.from_numpy(noise)).numpy()
-    assert jax_reference.relative_error(torch_actions, adapted) < 2e-3
+    assert relative_error(torch_actions, adapted) < 2e-3
 
     # A base checkpoint loads into the LoRA variant with fresh adapters; a partial set of adapters is refused.
     checkpoint = write_orbax(tmp_path / "base", {p: np.asarray(v) for p, v in flatten_params(base.params()).items()})

@@ -4,14 +4,17 @@ as its conversion served through the PyTorch model, and the pruning overrides an
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from openpi.models_pytorch.reference import ReferenceFixture
+from openpi.models.reference_fixture import ReferenceFixture
 from openpi.policies import libero_policy, policy_config
 from openpi.training import config as _config
+from tests.conftest import REPO_ROOT
 from tests.lerobot_fixtures import write_tokenizer
 from tests.test_convert import jax_checkpoint_and_conversion
 from tests.test_policy import libero_observation
@@ -66,3 +69,36 @@ def test_raw_weights_of_a_jax_folder_are_refused(folders):
     fixture, checkpoint, _, tokenizer = folders
     with pytest.raises(ValueError, match="JAX checkpoint"):
         policy_config.create_trained_policy(_train_config(fixture, tokenizer), checkpoint, raw_weights=True)
+
+
+SERVE_WITHOUT_TORCH = """
+import dataclasses, sys, types
+from pathlib import Path
+import numpy as np
+from openpi.models.reference_fixture import ReferenceFixture
+from openpi.policies import libero_policy, policy_config
+
+fixture_dir, checkpoint, tokenizer = map(Path, sys.argv[1:])
+model = dataclasses.replace(ReferenceFixture.load(fixture_dir).config, token_pruning_enabled=True)
+data = libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer))
+config = types.SimpleNamespace(name="tiny", model=model, data=data)  # a PolicyConfig (TrainConfig imports torch)
+policy = policy_config.create_trained_policy(config, checkpoint, sample_kwargs={"num_steps": 2})
+rng = np.random.default_rng(0)
+reply = policy.infer({
+    "observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+    "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+    "observation/state": np.zeros(8, np.float32),
+    "prompt": "pick up the black bowl",
+    "return_kept_patches": True,
+})
+assert reply["kept_patch_mask"].any() and policy.metadata["framework"] == "jax"
+print("torch" in sys.modules)
+"""
+
+
+def test_serving_a_jax_folder_imports_no_torch(folders):
+    fixture, checkpoint, _, tokenizer = folders
+    args = [sys.executable, "-c", SERVE_WITHOUT_TORCH, str(fixture.directory), str(checkpoint), str(tokenizer)]
+    served = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.strip().splitlines()[-1] == "False", "torch was imported on the JAX serving path"

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+from openpi.models.orbax_params import flatten_params
+from openpi.models.param_layout import CheckpointMismatchError
 from openpi.models_jax import params as jax_params
-from openpi.models_pytorch.convert_rules import CheckpointMismatchError
-from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.training import checkpoints, jax_trainer
 from openpi.training import config as _config
 from tests.conftest import REPO_ROOT
@@ -42,7 +42,7 @@ def test_loss_falls_on_embedded_dataset_and_the_checkpoint_serves_and_converts(t
     assert checkpoints.complete_steps(config.checkpoint_dir) == [steps]
     assert {p.name for p in checkpoint.iterdir()} >= {"params", "train_state", "assets"}
 
-    from openpi.models_pytorch import convert
+    from openpi.conversion import convert
     from openpi.policies import policy_config
     from tests.test_policy import libero_observation
 

@@ -9,33 +9,35 @@ import pytest
 import torch
 
 from openpi.models.pi0_config import tiny_config
+from openpi.models.reference_fixture import TOLERANCE, ReferenceFixture, relative_error
 from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
 
 
 @pytest.fixture(scope="module", params=["pi05_tiny", "pi0_tiny"])
-def fixture(request, reference_root) -> reference.ReferenceFixture:
-    return reference.ReferenceFixture.load(reference_root / request.param)
+def fixture(request, reference_root) -> ReferenceFixture:
+    return ReferenceFixture.load(reference_root / request.param)
 
 
-def _pruned_model(fixture: reference.ReferenceFixture, **pruning) -> PI0Pytorch:
+def _pruned_model(fixture: ReferenceFixture, **pruning) -> PI0Pytorch:
     model = PI0Pytorch(dataclasses.replace(fixture.config, token_pruning_enabled=True, **pruning))
-    load_weights(model, next(fixture.directory.glob("*_weights.safetensors")))
+    load_weights(model, fixture.weights_file)
     return model.eval()
 
 
 def test_keeping_every_patch_reproduces_the_unpruned_model(fixture):
     """With keep_ratio=1.0 only padding is dropped: positions and masks must leave the outputs unchanged."""
     model = _pruned_model(fixture, token_prune_keep_ratio=1.0)
-    actions = model.sample_actions(fixture.observation(), noise=fixture.io["input.sample_noise"])
-    assert reference.relative_error(actions, fixture.io["output.sampled_actions"]) <= reference.TOLERANCE
+    io = reference.tensors(fixture)
+    actions = model.sample_actions(reference.observation(fixture), noise=io["input.sample_noise"])
+    assert relative_error(actions, io["output.sampled_actions"]) <= TOLERANCE
 
 
 def test_budget_of_ten_percent_shrinks_the_kv_cache(fixture):
-    obs = fixture.observation()
+    obs = reference.observation(fixture)
     valid = torch.stack([m for m in obs.image_masks.values()], 1).sum(1) * 256
-    unpruned = fixture.build_model().encode_prefix(obs)
+    unpruned = reference.build_model(fixture).encode_prefix(obs)
     pruned = _pruned_model(fixture, token_prune_keep_ratio=0.1).encode_prefix(obs)
 
     text = obs.tokenized_prompt.shape[1]
@@ -49,7 +51,7 @@ def test_budget_of_ten_percent_shrinks_the_kv_cache(fixture):
 def test_batch_with_different_kept_counts_equals_per_sample_runs(fixture):
     """Implicit (argmax-union) selection keeps a different count per sample; padding to the batch max is invisible."""
     model = _pruned_model(fixture)
-    obs, noise = fixture.observation(), fixture.io["input.sample_noise"]
+    obs, noise = reference.observation(fixture), reference.tensors(fixture)["input.sample_noise"]
     prefix = model.encode_prefix(obs)
     text = obs.tokenized_prompt.shape[1]
     counts = prefix.pad_masks[:, :-text].sum(1)
@@ -57,13 +59,13 @@ def test_batch_with_different_kept_counts_equals_per_sample_runs(fixture):
     batched = model.sample_actions(obs, noise=noise)
     for i in range(2):
         alone = model.sample_actions(obs.select(slice(i, i + 1)), noise=noise[i : i + 1])
-        assert reference.relative_error(batched[i : i + 1], alone) < 1e-4
+        assert relative_error(batched[i : i + 1], alone) < 1e-4
 
 
 @pytest.mark.parametrize("dedup", [False, True])
 def test_training_forward_selects_voted_patches_and_trains_the_vision_tower(fixture, dedup):
     model = _pruned_model(fixture, token_prune_noise_scale=0.5, token_prune_dedup_training=dedup).train()
-    obs, io = fixture.observation(), fixture.io
+    obs, io = reference.observation(fixture), reference.tensors(fixture)
     images = list(obs.images.values())
     masks = [obs.image_masks[n] for n in obs.images]
     prefix = model.embed_prefix(images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
@@ -84,7 +86,7 @@ def test_training_forward_selects_voted_patches_and_trains_the_vision_tower(fixt
 def test_budget_training_trains_on_the_served_prefix_and_the_loss_reaches_the_gate(fixture):
     model = _pruned_model(fixture, token_prune_keep_ratio=0.1, token_prune_budget_training=True)
     model.set_token_pruner_noise_scale(0.0)
-    obs, io = fixture.observation(), fixture.io
+    obs, io = reference.observation(fixture), reference.tensors(fixture)
     images, masks = list(obs.images.values()), [obs.image_masks[n] for n in obs.images]
     args = (images, masks, obs.tokenized_prompt, obs.tokenized_prompt_mask)
     served = model.eval().embed_prefix(*args)
@@ -113,7 +115,7 @@ def test_runtime_setters_and_telemetry(fixture):
     model = _pruned_model(fixture, token_prune_keep_tokens=32)
     model.set_token_pruner_keep_tokens(8)
     model.set_token_pruner_collect_stats(True)
-    model.encode_prefix(fixture.observation())
+    model.encode_prefix(reference.observation(fixture))
     stats = model.get_token_pruning_stats()
     assert stats["kept_tokens_overall_max"] == 8
     expected = {"kept_ratio_overall_mean", "argmax_union_mean", "queries_std_mean", "score_top1_gap_det_mean"}

@@ -94,8 +94,8 @@ def _run_published_client(plan: dict, workdir: Path) -> dict:
 
 
 def _jax_params(train_config) -> dict[str, np.ndarray]:
+    from openpi.models.orbax_params import flatten_params
     from openpi.models_jax import params as jax_params
-    from openpi.models_pytorch.orbax_params import flatten_params
 
     return {path: np.asarray(leaf) for path, leaf in flatten_params(jax_params.init_params(train_config.model)).items()}
 

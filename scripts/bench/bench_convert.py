@@ -32,9 +32,9 @@ import orbax.checkpoint as ocp
 import tyro
 from safetensors import safe_open
 
-from openpi.models import variants
+from openpi.conversion import rules
+from openpi.models import param_layout, variants
 from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch import convert_rules
 from openpi.shared import checkpoint_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def write_checkpoint(config: Pi0Config, directory: Path, seed: int) -> None:
     """Writes ``directory/params`` and, in ``directory/samples.npz``, a few small leaves to spot-check the output."""
     rng = np.random.default_rng(seed)
     tree: dict = {}
-    for path, shape in convert_rules.expected_jax_shapes(config).items():
+    for path, shape in param_layout.published_shapes(config).items():
         node = tree
         *parents, leaf = path.split("/")
         for key in parents:
@@ -112,7 +112,7 @@ def run_converter(command: list[str]) -> tuple[float, int]:
 
 
 def check_output(weights: Path, config: Pi0Config, samples: Mapping[str, np.ndarray]) -> None:
-    expected = {t.key: (list(t.shape), t) for rule in convert_rules.build_rules(config) for t in rule.targets}
+    expected = {t.key: (list(t.shape), t) for rule in rules.build_rules(config) for t in rule.targets}
     with safe_open(weights, "np") as f:
         if set(f.keys()) != set(expected):
             raise RuntimeError(f"Output keys differ from the layout: {sorted(set(f.keys()) ^ set(expected))[:10]}")
@@ -162,7 +162,7 @@ def main(args: Args) -> None:
         with np.load(checkpoint / "samples.npz") as samples:
             check_output(weights, config, samples)
         output_size, input_size = weights.stat().st_size, directory_size(checkpoint / "params")
-        num_params = sum(math.prod(s) for s in convert_rules.expected_jax_shapes(config).values())
+        num_params = sum(math.prod(s) for s in param_layout.published_shapes(config).values())
         results = {
             "parameters": f"{num_params:,}",
             "LLM / expert depth, vocab": f"{args.llm_depth}, {args.vocab_size:,}",

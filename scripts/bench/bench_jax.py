@@ -28,13 +28,14 @@ import numpy as np
 import torch
 import tyro
 
-from openpi.models.observation import IMAGE_KEYS, random_observation
+from openpi.conversion.rules import convert_params
+from openpi.models.batch import IMAGE_KEYS
+from openpi.models.observation import random_observation
+from openpi.models.orbax_params import flatten_params
 from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0
-from openpi.models_pytorch.convert_rules import convert_params
-from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 
 SIZES = {"tiny": tiny_config(), "mid": mid_config(), "full": Pi0Config(pi05=True)}
@@ -83,7 +84,7 @@ def _timed(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
 
 
 def _runners(jax_model: Pi0, torch_model: PI0Pytorch, obs, noise, compile_torch: bool) -> dict[str, Callable]:
-    jax_obs = JaxObservation.from_observation(obs)
+    jax_obs = JaxObservation.from_dict(obs.to_dict())
     runners: dict[str, Callable[[], np.ndarray]] = {
         "PyTorch eager": lambda: torch_model.sample_actions(obs, noise=noise).numpy(),
         "JAX jit": lambda: np.asarray(jax_model.sample_actions(jax.random.key(0), jax_obs, noise=noise.numpy())),

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import tyro
 
+from openpi.conversion.rules import convert_params
 from openpi.models.observation import random_observation
+from openpi.models.orbax_params import flatten_params
 from openpi.models.pi0_config import mid_config, tiny_config
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_pytorch.convert_rules import convert_params
-from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import config as _config
 from openpi.training import jax_trainer, trainer
@@ -112,7 +112,7 @@ def step_times(size: str, args: Args) -> list[str]:
         functools.partial(jax_trainer.train_step, config=config, frozen=frozen, collect_stats=False),
         donate_argnums=(0,),
     )
-    obs = JaxObservation.from_observation(observation).trim_prompt_padding(model_config.prompt_trim_multiple)
+    obs = JaxObservation.from_dict(observation.to_dict()).trim_prompt_padding(model_config.prompt_trim_multiple)
     jax_actions = actions.numpy()
     times: dict[str, list[float]] = {"PyTorch": [], "JAX jit": []}
     for index in range(args.repeats + 1):

@@ -24,7 +24,8 @@ import bench_common
 import torch
 import tyro
 
-from openpi.models.observation import IMAGE_KEYS, Observation, random_observation
+from openpi.models.batch import IMAGE_KEYS
+from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 

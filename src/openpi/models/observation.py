@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from openpi.models.batch import IMAGE_KEYS
 from openpi.models.pi0_config import Pi0Config
-
-# Camera names the model is trained with, in prefix order. Robot-specific transforms map their cameras onto these.
-IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
 
 @dataclasses.dataclass
@@ -64,6 +62,20 @@ class Observation:
             tokenized_prompt=None if prompt is None else _as_tensor(prompt).long(),
             tokenized_prompt_mask=None if prompt_mask is None else _as_tensor(prompt_mask).bool(),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The batch as numpy arrays, in the form :meth:`from_dict` reads (images channels-first, float)."""
+
+        def numpy(t: torch.Tensor | None) -> np.ndarray | None:
+            return None if t is None else t.detach().cpu().numpy()
+
+        return {
+            "image": {name: numpy(image) for name, image in self.images.items()},
+            "image_mask": {name: numpy(mask) for name, mask in self.image_masks.items()},
+            "state": numpy(self.state),
+            "tokenized_prompt": numpy(self.tokenized_prompt),
+            "tokenized_prompt_mask": numpy(self.tokenized_prompt_mask),
+        }
 
     def select(self, index: slice) -> Observation:
         """The observations of the samples ``index`` of the batch."""

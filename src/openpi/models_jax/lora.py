@@ -11,10 +11,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from openpi.models.orbax_params import flatten_params
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.pi0 import lora_scales
-from openpi.models_pytorch.orbax_params import flatten_params
 
 Params = dict[str, Any]
 

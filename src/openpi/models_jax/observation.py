@@ -1,5 +1,5 @@
-"""The model's input at the JAX boundary: the same fields as :class:`openpi.models.observation.Observation`, as
-numpy/JAX arrays with channels-last images."""
+"""The model's input at the JAX boundary: a batch (:mod:`openpi.models.batch`) as numpy/JAX arrays with channels-last
+float images."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Any
 import flax.struct
 import jax
 import numpy as np
-
-from openpi.models.observation import Observation
 
 
 @flax.struct.dataclass
@@ -36,27 +34,22 @@ class JaxObservation:
         return self.state.shape[0]
 
     @classmethod
-    def from_observation(cls, observation: Observation) -> JaxObservation:
-        """Converts the PyTorch-side observation (channels-first images) to the JAX boundary's form."""
-        if observation.tokenized_prompt is None or observation.tokenized_prompt_mask is None:
-            raise ValueError("The observation has no tokenized_prompt; run the TokenizePrompt transform first")
-
-        def numpy(t: Any) -> np.ndarray:
-            return t.detach().cpu().numpy()
-
-        return cls(
-            images={k: np.ascontiguousarray(numpy(v).transpose(0, 2, 3, 1)) for k, v in observation.images.items()},
-            image_masks={k: numpy(v).astype(bool) for k, v in observation.image_masks.items()},
-            state=numpy(observation.state).astype(np.float32),
-            tokenized_prompt=numpy(observation.tokenized_prompt).astype(np.int32),
-            tokenized_prompt_mask=numpy(observation.tokenized_prompt_mask).astype(bool),
-        )
-
-    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JaxObservation:
-        """From a transformed sample dict (``image``, ``image_mask``, ``state``, ``tokenized_prompt``, ...); uint8
-        images are scaled to [-1, 1], channels-first ones transposed."""
-        return cls.from_observation(Observation.from_dict(data))
+        """From a batch dict of numpy arrays (``image``, ``image_mask``, ``state``, ``tokenized_prompt``,
+        ``tokenized_prompt_mask``); uint8 images are scaled to [-1, 1], channels-first ones transposed. Without
+        ``image_mask`` every camera is present."""
+        prompt, prompt_mask = data.get("tokenized_prompt"), data.get("tokenized_prompt_mask")
+        if prompt is None or prompt_mask is None:
+            raise ValueError("The observation has no tokenized_prompt; run the TokenizePrompt transform first")
+        images = {name: _float_channels_last(np.asarray(image)) for name, image in data["image"].items()}
+        masks = data.get("image_mask") or {name: np.ones(len(image), dtype=bool) for name, image in images.items()}
+        return cls(
+            images=images,
+            image_masks={name: np.asarray(mask).astype(bool) for name, mask in masks.items()},
+            state=np.asarray(data["state"]).astype(np.float32),
+            tokenized_prompt=np.asarray(prompt).astype(np.int32),
+            tokenized_prompt_mask=np.asarray(prompt_mask).astype(bool),
+        )
 
     def trim_prompt_padding(self, multiple: int | None) -> JaxObservation:
         """Cuts the prompt columns after the batch's last valid token, keeping a multiple of ``multiple`` (exact:
@@ -70,3 +63,14 @@ class JaxObservation:
         return self.replace(
             tokenized_prompt=self.tokenized_prompt[:, :keep], tokenized_prompt_mask=self.tokenized_prompt_mask[:, :keep]
         )
+
+
+def _float_channels_last(image: np.ndarray) -> np.ndarray:
+    """``[B, H, W, 3]`` or ``[B, 3, H, W]`` images, uint8 or float in [-1, 1] -> float32 ``[B, H, W, 3]``."""
+    if image.ndim != 4:
+        raise ValueError(f"Expected a batch of images [B, H, W, 3] or [B, 3, H, W], got shape {image.shape}")
+    if not (image.shape[-1] == 3 and image.shape[1] != 3):  # channels-first, read as the PyTorch observation reads it
+        image = image.transpose(0, 2, 3, 1)
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image.astype(np.float32) / 127.5 - 1.0)
+    return np.ascontiguousarray(image, dtype=np.float32)

@@ -1,15 +1,12 @@
 """The JAX model's parameter tree: the published orbax ``params`` layout, initialised or restored strictly.
 
-The layout (every path and shape for a :class:`Pi0Config`) is the one the JAX → PyTorch converter checks checkpoints
-against (``convert_rules.expected_jax_shapes``): one description of the published tree for both frameworks. LoRA
-variants add upstream's adapter leaves (:func:`lora_shapes`): ``lora_a`` / ``lora_b`` inside each attention einsum
-(the weight's last axis, then its second-to-last, replaced by the rank) and ``gating_einsum_lora_a`` / ``_b``,
-``linear_lora_a`` / ``_b`` beside the MLP weights.
+The layout (every path and shape for a :class:`Pi0Config`, and the adapters of LoRA variants) is
+:mod:`openpi.models.param_layout`'s, the description of the published tree that the JAX → PyTorch converter checks
+checkpoints against too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -20,11 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from openpi.models import variants
+from openpi.models import orbax_params
+from openpi.models.param_layout import (
+    CheckpointMismatchError,
+    Shape,
+    base_variant,
+    check_params,
+    lora_shapes,
+    published_shapes,
+)
 from openpi.models.pi0_config import Pi0Config
-from openpi.models.variants import GemmaConfig
-from openpi.models_pytorch import orbax_params
-from openpi.models_pytorch.convert_rules import CheckpointMismatchError, Shape, check_params, expected_jax_shapes
 
 Params = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -45,46 +47,9 @@ def nest(flat: Mapping[str, Any]) -> Params:
 LORA_INIT_STD = 0.01
 
 
-def lora_shapes(config: Pi0Config) -> dict[str, Shape]:
-    """The adapter leaves of the LoRA variants among the language model (no suffix) and the expert (``_1``)."""
-    shapes: dict[str, Shape] = {}
-    for suffix, gemma in (("", config.llm_config), ("_1", config.expert_config)):
-        rank = gemma.lora_rank
-        if not rank:
-            continue
-        depth, heads, kv, width, dim, mlp = (
-            gemma.depth, gemma.num_heads, gemma.num_kv_heads, gemma.width, gemma.head_dim, gemma.mlp_dim
-        )  # fmt: skip
-        attn, ffn = "PaliGemma/llm/layers/attn", f"PaliGemma/llm/layers/mlp{suffix}"
-        shapes |= {
-            f"{attn}/q_einsum{suffix}/lora_a": (depth, heads, width, rank),
-            f"{attn}/q_einsum{suffix}/lora_b": (depth, heads, rank, dim),
-            f"{attn}/kv_einsum{suffix}/lora_a": (depth, 2, kv, width, rank),
-            f"{attn}/kv_einsum{suffix}/lora_b": (depth, 2, kv, rank, dim),
-            f"{attn}/attn_vec_einsum{suffix}/lora_a": (depth, heads, dim, rank),
-            f"{attn}/attn_vec_einsum{suffix}/lora_b": (depth, heads, rank, width),
-            f"{ffn}/gating_einsum_lora_a": (depth, 2, width, rank),
-            f"{ffn}/gating_einsum_lora_b": (depth, 2, rank, mlp),
-            f"{ffn}/linear_lora_a": (depth, mlp, rank),
-            f"{ffn}/linear_lora_b": (depth, rank, width),
-        }
-    return shapes
-
-
 def layout(config: Pi0Config) -> dict[str, Shape]:
     """Every path and shape of the model's tree: the published layout, plus the adapters of LoRA variants."""
-    return expected_jax_shapes(config) | lora_shapes(config)
-
-
-def base_variant(config: Pi0Config) -> Pi0Config:
-    """``config`` with its Gemma variants stripped of their adapters (what a merged or base checkpoint holds)."""
-
-    def strip(variant: GemmaConfig) -> str:
-        return variants.spell_variant(dataclasses.replace(variant, lora_rank=0, lora_alpha=0, lora_rslora=0))
-
-    return dataclasses.replace(
-        config, paligemma_variant=strip(config.llm_config), action_expert_variant=strip(config.expert_config)
-    )
+    return published_shapes(config) | lora_shapes(config)
 
 
 def _fan_in(path: str, shape: Shape) -> int:

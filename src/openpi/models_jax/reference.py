@@ -1,13 +1,14 @@
-"""Checks the JAX model against the reference fixtures (shared/reference/README.md), straight from the orbax tree."""
+"""Checks the JAX model against the reference fixtures (:mod:`openpi.models.reference_fixture`), straight from the
+orbax tree."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
+from openpi.models.reference_fixture import ReferenceFixture, relative_error
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0, embed_inputs, prefix_of
-from openpi.models_pytorch.reference import ReferenceFixture
 
 
 def build_model(fixture: ReferenceFixture) -> Pi0:
@@ -16,19 +17,18 @@ def build_model(fixture: ReferenceFixture) -> Pi0:
         raise ValueError(
             f"{fixture.directory} holds PyTorch weights; the JAX model restores orbax trees (checkpoint/params)"
         )
-    return Pi0.from_checkpoint(fixture.directory / "checkpoint", fixture.config)
+    return Pi0.from_checkpoint(fixture.checkpoint_dir, fixture.config)
 
 
-def relative_error(ours: jax.Array | np.ndarray, ref: np.ndarray) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+def observation(fixture: ReferenceFixture) -> JaxObservation:
+    """The fixture's inputs as a JAX observation."""
+    return JaxObservation.from_dict(fixture.batch())
 
 
 def compare(model: Pi0, fixture: ReferenceFixture) -> dict[str, float]:
     """Relative errors of prefix embeddings, per-element loss and sampled actions (and prefix-mask mismatches),
     under the same keys as the PyTorch check."""
-    io = {key: value.numpy() for key, value in fixture.io.items()}
-    obs = JaxObservation.from_observation(fixture.observation())
+    io, obs = fixture.io, observation(fixture)
     prefix = prefix_of(jax.jit(embed_inputs, static_argnums=1)(model.params(), model.config, obs), None)
     if prefix.mask.shape != io["output.prefix_pad_mask"].shape:
         raise ValueError(

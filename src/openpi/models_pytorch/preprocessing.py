@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from openpi.models.batch import check_image_resolution
 from openpi.models.observation import Observation
 
 CROP_FRACTION = 0.95
@@ -56,11 +57,7 @@ def preprocess_observation(
     """
     for name, image in observation.images.items():
         _check_images(image)
-        if tuple(image.shape[-2:]) != tuple(image_resolution):
-            raise ValueError(
-                f"Camera {name!r} is {tuple(image.shape[-2:])} px; the vision tower takes {tuple(image_resolution)}. "
-                "Images are resized by the data pipeline's ResizeImages step (openpi.policies.pipeline)."
-            )
+        check_image_resolution(name, image.shape[-2:], image_resolution)
     if not train:
         return observation
     return dataclasses.replace(observation, images=augment_images(observation.images, generator))

@@ -1,38 +1,45 @@
-"""The JAX model behind a :class:`~openpi.policies.policy.Policy`: the policy's model interface over ``models_jax``.
+"""The JAX model behind a :class:`~openpi.policies.policy.Policy` (a :class:`PolicyModel` over ``models_jax``).
 
-A policy's input pipeline (transforms, image preprocessing) produces torch observations; this wrapper hands them to
-the JAX model at its boundary (channels-last numpy) and returns torch tensors, so the policy, the server and every
-client work the same with either framework. The pruning setters and telemetry keep the PyTorch model's names.
+Numpy batches go straight into a :class:`JaxObservation`: serving a JAX checkpoint needs no torch. The adapter is
+also what ``Policy.model`` returns: it carries the PyTorch model's pruning controls (``set_token_pruner_*``,
+``get_token_pruning_stats``), so scripts set a budget the same way with either framework.
 """
 
 from __future__ import annotations
 
-import jax
-import numpy as np
-import torch
+import logging
+from pathlib import Path
+from typing import Any
 
-from openpi.models.observation import Observation
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from openpi.models.batch import check_image_resolution
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0
-from openpi.models_pytorch.token_pruner import Selection
+from openpi.policies.policy_model import PatchSelection, Sampled
 
-
-class _PrunerView:
-    """What the policy reads of a pruner: the last selection (kept patches per sample)."""
-
-    def __init__(self) -> None:
-        self.last_selection: Selection | None = None
+logger = logging.getLogger(__name__)
 
 
 class JaxPolicyModel:
-    """Wraps a JAX :class:`Pi0` with the methods a policy calls on a model."""
+    """Runs a JAX :class:`Pi0` (on JAX's default device), with pruning telemetry on."""
 
-    def __init__(self, model: Pi0, seed: int = 0):
+    def __init__(self, model: Pi0, seed: int = 0) -> None:
         self.jax_model = model
+        # One compiled call: the prefix and the denoising steps are not timed apart (the policy reports infer_ms).
         self.last_timing_ms: dict[str, float] = {}
         self._rng = jax.random.key(seed)
-        self._pruner = _PrunerView()
+        size = model.config.vision_config.image_size
+        self._image_resolution = (size, size)
+        if self.token_pruning_enabled:
+            self.set_token_pruner_collect_stats(True)
+
+    @property
+    def model(self) -> JaxPolicyModel:
+        return self
 
     @property
     def config(self) -> Pi0Config:
@@ -41,19 +48,6 @@ class JaxPolicyModel:
     @property
     def token_pruning_enabled(self) -> bool:
         return self.config.token_pruning_enabled
-
-    @property
-    def pruner(self) -> _PrunerView:
-        if not self.token_pruning_enabled:
-            raise RuntimeError("Token pruning is disabled; build the model with token_pruning_enabled=True")
-        return self._pruner
-
-    def to(self, device: torch.device | str) -> JaxPolicyModel:
-        """JAX places arrays itself (on its default device); the torch device only holds the inputs."""
-        return self
-
-    def eval(self) -> JaxPolicyModel:
-        return self
 
     def set_token_pruner_collect_stats(self, enabled: bool) -> None:
         self.jax_model.collect_stats = enabled
@@ -73,34 +67,28 @@ class JaxPolicyModel:
     def get_token_pruning_stats(self) -> dict[str, float]:
         return dict(self.jax_model.last_stats) if self.token_pruning_enabled else {}
 
-    def sample_noise(self, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-        return torch.randn(shape, dtype=torch.float32, device=device)
+    def observation(self, batch: dict[str, Any]) -> JaxObservation:
+        observation = JaxObservation.from_dict(batch)
+        for name, image in observation.images.items():
+            check_image_resolution(name, image.shape[1:3], self._image_resolution)  # [B, H, W, 3]
+        return observation
 
-    def sample_actions(
-        self, observation: Observation, *, noise: torch.Tensor | None = None, num_steps: int = 10
-    ) -> torch.Tensor:
-        """Actions ``[B, H, action_dim]`` (float32, CPU) for a torch observation."""
+    def sample_noise(self, batch_size: int) -> np.ndarray:
         self._rng, rng = jax.random.split(self._rng)
-        sampled = self.jax_model.sample(
-            rng,
-            JaxObservation.from_observation(observation),
-            num_steps=num_steps,
-            noise=None if noise is None else noise.float().cpu().numpy(),
-        )
+        shape = (batch_size, self.config.action_horizon, self.config.action_dim)
+        return np.asarray(jax.random.normal(rng, shape, jnp.float32))
+
+    def sample(self, observation: JaxObservation, noise: np.ndarray | None = None, num_steps: int = 10) -> Sampled:
+        self._rng, rng = jax.random.split(self._rng)
+        noise = None if noise is None else np.asarray(noise, np.float32)
+        sampled = self.jax_model.sample(rng, observation, num_steps=num_steps, noise=noise)
         actions = np.array(sampled.actions)  # waits for the device
-        # One compiled call: the prefix and the denoising steps are not timed apart (the policy reports infer_ms).
-        self.last_timing_ms = {}
-        if sampled.keep is not None:
-            self._pruner.last_selection = _selection(np.asarray(sampled.keep), np.asarray(sampled.votes))
-        return torch.from_numpy(actions)
+        if sampled.keep is None:
+            return Sampled(actions, None)
+        return Sampled(actions, PatchSelection(np.asarray(sampled.keep), np.asarray(sampled.votes)))
 
 
-def _selection(keep: np.ndarray, votes: np.ndarray) -> Selection:
-    """The :class:`Selection` of a ``[B, N]`` kept-patch mask (kept patches first, in order)."""
-    order = np.argsort(~keep, axis=1, kind="stable")
-    counts = keep.sum(axis=1)
-    width = int(counts.max()) if counts.size else 0
-    mask = np.arange(width)[None, :] < counts[:, None]
-    return Selection(
-        torch.from_numpy(order[:, :width].copy()), torch.from_numpy(mask), torch.from_numpy(votes.astype(np.int64))
-    )
+def load(config: Pi0Config, checkpoint_dir: Path) -> JaxPolicyModel:
+    """The JAX model of ``config`` restored (strictly) from ``checkpoint_dir/params``."""
+    logger.info("Serving %s through the JAX model on %s", checkpoint_dir, jax.devices()[0])
+    return JaxPolicyModel(Pi0.from_checkpoint(checkpoint_dir, config))

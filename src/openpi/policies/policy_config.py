@@ -6,19 +6,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-import torch
+from typing import Any, Protocol
 
 from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch import weights
-from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies.data_config import DataConfig, DataConfigFactory
-
-if TYPE_CHECKING:
-    from openpi.policies.jax_model import JaxPolicyModel
 from openpi.policies.pipeline import build_pipeline
 from openpi.policies.policy import Policy
+from openpi.policies.policy_model import PolicyModel
 from openpi.shared import checkpoint_files
 from openpi.shared import normalize as _normalize
 
@@ -60,14 +54,14 @@ def create_trained_policy(
         batch_buckets: batch sizes the model runs at (see :class:`Policy`); None runs each call's size.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    device = pytorch_device or ("cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
         model, framework = _load_jax_model(train_config.model, checkpoint_dir, raw_weights), "jax"
     else:
-        model, framework = _load_pytorch_model(train_config.model, checkpoint_dir, raw_weights), "pytorch"
+        model = _load_pytorch_model(train_config.model, checkpoint_dir, raw_weights, pytorch_device)
+        framework = "pytorch"
     data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
     norm_stats = _load_norm_stats(checkpoint_dir, data_config)
-    logger.info("Loaded %s (config %s, %s) on %s", checkpoint_dir, train_config.name, framework, device)
+    logger.info("Loaded %s (config %s, %s)", checkpoint_dir, train_config.name, framework)
 
     pipeline = build_pipeline(data_config, norm_stats, from_dataset=False, default_prompt=default_prompt)
     model_config = train_config.model
@@ -86,12 +80,11 @@ def create_trained_policy(
         output_transforms=pipeline.outputs,
         sample_kwargs=sample_kwargs,
         metadata=metadata,
-        pytorch_device=device,
         batch_buckets=batch_buckets,
     )
 
 
-def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> PI0Pytorch:
+def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool, device: str | None) -> PolicyModel:
     filename = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
     weights_file = checkpoint_files.weights_path(checkpoint_dir, filename)
     if not weights_file.is_file():
@@ -100,18 +93,17 @@ def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bo
             f"No {filename} (nor a JAX {checkpoint_files.JAX_PARAMS_DIR}/ tree) in checkpoint folder {checkpoint_dir}"
             f"{hint}"
         )
-    model = PI0Pytorch(config)
-    weights.load_weights(model, weights_file)
-    return model
+    from openpi.policies import pytorch_model  # torch is imported only when a PyTorch checkpoint is served
+
+    return pytorch_model.load(config, weights_file, device)
 
 
-def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> JaxPolicyModel:
+def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> PolicyModel:
     if raw_weights:
         raise ValueError(f"{checkpoint_dir} is a JAX checkpoint: its params/ tree is the only weight set it holds")
-    from openpi.models_jax.pi0 import Pi0  # JAX is imported only when a JAX checkpoint is served
-    from openpi.policies.jax_model import JaxPolicyModel
+    from openpi.policies import jax_model  # JAX is imported only when a JAX checkpoint is served
 
-    return JaxPolicyModel(Pi0.from_checkpoint(checkpoint_dir, config))
+    return jax_model.load(config, checkpoint_dir)
 
 
 def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> dict[str, _normalize.NormStats]:

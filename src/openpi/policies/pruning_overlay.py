@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from openpi.models.observation import Observation
 from openpi.models.variants import SiglipConfig
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.policies.pytorch_model import last_patch_selection
 
 KEPT_OUTLINE = (255, 230, 0)
 DIMMED = 0.3  # brightness of the patches that were dropped
@@ -61,13 +62,8 @@ def kept_patch_pictures(model: PI0Pytorch, observation: Observation) -> dict[str
         model.encode_prefix(observation.select(slice(0, 1)))
     finally:
         model.train(was_training)
-    selection = model.pruner.last_selection
-    kept = (
-        torch.zeros(selection.votes.shape, dtype=torch.bool)
-        .scatter_(1, selection.kept_indices.cpu(), selection.mask.cpu())[0]
-        .numpy()
-    )
-    return selection_pictures(observation, kept, selection.votes[0].cpu().numpy(), model.config.vision_config)
+    selection = last_patch_selection(model)
+    return selection_pictures(observation, selection.kept[0], selection.votes[0], model.config.vision_config)
 
 
 def selection_pictures(

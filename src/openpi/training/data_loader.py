@@ -17,7 +17,8 @@ import torch
 
 from openpi import transforms as _transforms
 from openpi.models import pi0_config
-from openpi.models.observation import IMAGE_KEYS, Observation
+from openpi.models.batch import IMAGE_KEYS
+from openpi.models.observation import Observation
 from openpi.policies.data_config import FAKE_REPO_ID, DataConfig
 from openpi.policies.pipeline import build_pipeline
 from openpi.training import config as _config

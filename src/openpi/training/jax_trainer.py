@@ -27,11 +27,11 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from openpi.models.observation import Observation
+from openpi.models.orbax_params import flatten_params
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise, select_fn
 from openpi.models_pytorch import preprocessing
-from openpi.models_pytorch.orbax_params import flatten_params
 from openpi.policies import data_config as _data_config
 from openpi.policies import pruning_overlay
 from openpi.shared.checkpoint_files import TRAIN_STATE_DIR
@@ -295,7 +295,7 @@ def _loop(
                 image_resolution=(image_size, image_size),
                 generator=trainer.augmentation_generator(config.seed, step, 0),
             )
-            obs = JaxObservation.from_observation(observation).trim_prompt_padding(config.model.prompt_trim_multiple)
+            obs = JaxObservation.from_dict(observation.to_dict()).trim_prompt_padding(config.model.prompt_trim_multiple)
             obs, actions = jax.device_put((obs, actions.numpy()), batch_sharding(mesh))
             is_log_step = step % config.log_interval == 0 or step == config.num_train_steps - 1
             noise_scale = trainer.pruner_noise_scale(config, step)
@@ -344,7 +344,7 @@ def _log_metrics(
 def kept_patch_pictures(config: _config.TrainConfig, params: Params, observation: Observation) -> dict[str, Any]:
     """The eval selection of the first sample, drawn per present camera (kept patches beside the votes)."""
     first = observation.select(slice(0, 1))
-    obs = JaxObservation.from_observation(first).trim_prompt_padding(config.model.prompt_trim_multiple)
+    obs = JaxObservation.from_dict(first.to_dict()).trim_prompt_padding(config.model.prompt_trim_multiple)
     _, keep, votes, _ = select_fn(params, obs, config=config.model, prune=PruneSettings.from_config(config.model))
     vision = config.model.vision_config
     return pruning_overlay.selection_pictures(first, np.asarray(keep[0]), np.asarray(votes[0]), vision)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from openpi.models.observation import IMAGE_KEYS, random_observation
+from openpi.models.batch import IMAGE_KEYS
+from openpi.models.observation import random_observation
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.siglip import SiglipEncoderLayer

@@ -1,8 +1,9 @@
 """Conversion of JAX/orbax π0 and π0.5 checkpoints into a PyTorch checkpoint folder.
 
-:mod:`convert_rules` says what every JAX leaf becomes; :mod:`orbax_params` reads the leaves one at a time;
-:mod:`safetensors_stream` writes the output with its header declared first, so memory stays bounded by the largest
-leaf.
+:mod:`openpi.conversion.rules` says what every published leaf becomes; :mod:`openpi.models.orbax_params` reads the
+leaves one at a time; :mod:`openpi.models_pytorch.safetensors_stream` writes the output with its header declared
+first, so memory stays bounded by the largest leaf. A LoRA checkpoint has its adapters folded in by the JAX model's
+:func:`openpi.models_jax.lora.merge_lora` first.
 """
 
 from __future__ import annotations
@@ -19,19 +20,8 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from openpi.models.pi0_config import Pi0Config
-from openpi.models_pytorch.convert_rules import (
-    CheckpointMismatchError,
-    Precision,
-    build_rules,
-    check_params,
-    check_precision,
-    convert_leaf,
-    convert_params,
-    infer_model_config,
-    target_dtype,
-)
-from openpi.models_pytorch.orbax_params import (
+from openpi.conversion.rules import Precision, build_rules, check_precision, convert_leaf, convert_params, target_dtype
+from openpi.models.orbax_params import (
     ParamInfo,
     flatten_params,
     load_jax_params,
@@ -39,6 +29,10 @@ from openpi.models_pytorch.orbax_params import (
     read_param_metadata,
     resolve_params_dir,
 )
+from openpi.models.param_layout import CheckpointMismatchError, base_variant, check_params, infer_model_config
+from openpi.models.pi0_config import Pi0Config
+from openpi.models_jax import lora
+from openpi.models_jax import params as jax_params
 from openpi.models_pytorch.safetensors_stream import SafetensorsStreamWriter
 from openpi.shared import checkpoint_files
 
@@ -63,13 +57,10 @@ def _merged_lora_tree(checkpoint_dir: Path, config: Pi0Config | None) -> tuple[P
             f"{checkpoint_dir} holds LoRA adapters: pass the LoRA config it was trained with (--config-name) so "
             "that they can be merged into the weights"
         )
-    from openpi.models_jax import lora
-    from openpi.models_jax import params as jax_params
-
     tree = jax_params.load_params(checkpoint_dir, config)
     flat = flatten_params(lora.merge_lora(tree, config))
     logger.info("Merged the LoRA adapters into their weights")
-    return jax_params.base_variant(config), {path: np.asarray(array) for path, array in flat.items()}
+    return base_variant(config), {path: np.asarray(array) for path, array in flat.items()}
 
 
 def describe_params(infos: Mapping[str, ParamInfo]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from openpi.models_pytorch.convert_rules import CheckpointMismatchError, Shape
+from openpi.models.param_layout import CheckpointMismatchError, Shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _merge(into: dict[str, Any], tree: dict[str, Any]) -> None:
 def load_jax_params(params_dir: str | os.PathLike) -> dict[str, Any]:
     """The whole parameter tree as a nested dict of numpy arrays, ``params`` root and ``value`` wrappers removed.
 
-    Holds every weight in memory at once; :func:`convert_checkpoint` reads leaf by leaf instead.
+    Holds every weight in memory at once; :func:`read_leaves` reads the leaves one at a time instead.
     """
     params_dir = Path(params_dir)
     infos = read_param_metadata(params_dir)
