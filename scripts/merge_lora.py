@@ -7,50 +7,12 @@ loads and serves (e.g. pi05_libero_pytorch for pi05_libero_low_mem_finetune_pyto
 Copies the checkpoint's assets (norm stats) beside the merged ``model.safetensors``.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import logging
-import shutil
-from pathlib import Path
 
 import tyro
 
-from openpi.models_pytorch import lora, weights
-from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.shared import checkpoint_files
-from openpi.training import config as _config
-
-logger = logging.getLogger("merge_lora")
-
-
-@dataclasses.dataclass
-class Args:
-    config: str
-    """The LoRA training config the checkpoint was trained with."""
-    checkpoint: Path
-    """Its checkpoint folder."""
-    output: Path
-    """Folder for the merged model.safetensors and assets/."""
-    raw_weights: bool = False
-    """Merge model_raw.safetensors (the optimised weights) instead of model.safetensors (the EMA, if one was kept)."""
-
-
-def main(args: Args) -> Path:
-    model_config = _config.get_config(args.config).model
-    model = PI0Pytorch(model_config)
-    if not any(isinstance(m, lora.LoRALinear) for m in model.modules()):
-        raise ValueError(f"Config {args.config!r} has no LoRA adapters (its variants have lora_rank 0)")
-    filename = checkpoint_files.RAW_WEIGHTS_FILE if args.raw_weights else checkpoint_files.WEIGHTS_FILE
-    weights.load_weights(model, args.checkpoint, filename)
-    path = weights.save_weights(lora.merge_lora(model), args.output)
-    assets = checkpoint_files.assets_dir(args.checkpoint)
-    if assets.is_dir():
-        shutil.copytree(assets, checkpoint_files.assets_dir(args.output), dirs_exist_ok=True)
-    logger.info("Wrote %s: serve it with a config whose variants are the base ones of %s", path, args.config)
-    return path
-
+from openpi.cli import merge_lora
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    main(tyro.cli(Args))
+    merge_lora.merge(tyro.cli(merge_lora.Args))

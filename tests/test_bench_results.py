@@ -3,26 +3,25 @@ table its command wrote."""
 
 from pathlib import Path
 
-from tests.script_loader import load_script
+from openpi.shared import results_file
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "scripts" / "bench" / "results"
 
 
 def test_a_new_run_replaces_the_table_of_its_command_and_keeps_the_rest(tmp_path):
-    bench_common = load_script("scripts/bench/bench_common.py")
     output = tmp_path / "results.md"
     output.write_text("# A benchmark\n\nWhat it measures.\n")
-    bench_common.write_run(output, "uv run bench.py --a ", ["## day 1", "| old |"])
-    bench_common.write_run(output, "uv run bench.py --b", ["## day 1", "| other |"])
+    results_file.write_run(output, "uv run bench.py --a ", ["## day 1", "| old |"])
+    results_file.write_run(output, "uv run bench.py --b", ["## day 1", "| other |"])
     output.write_text(output.read_text() + "\nReading: the author's.\n")
-    bench_common.write_run(output, "uv run bench.py --a", ["## day 2", "| new |"])
+    results_file.write_run(output, "uv run bench.py --a", ["## day 2", "| new |"])
     text = output.read_text()
     assert "| old |" not in text and text.count("| new |") == 1 and text.count("| other |") == 1
     assert text.startswith("# A benchmark\n\nWhat it measures.\n") and text.endswith("Reading: the author's.\n")
     assert text.index("| new |") < text.index("| other |")  # replaced in place
     fresh = tmp_path / "fresh.md"
-    bench_common.write_run(fresh, "uv run bench.py", ["| row |"])
+    results_file.write_run(fresh, "uv run bench.py", ["| row |"])
     assert fresh.read_text() == "<!-- run: uv run bench.py -->\n| row |\n\n<!-- end of run -->\n"
 
 

@@ -1,4 +1,5 @@
-"""scripts/compute_norm_stats.py: statistics of a config's dataset after repack + robot transforms."""
+"""openpi.training.norm_stats (scripts/compute_norm_stats.py): statistics of a config's dataset after repack + robot
+transforms."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import numpy as np
 
 from openpi.shared import normalize
 from openpi.training import config as _config
+from openpi.training import norm_stats
 from tests.lerobot_fixtures import write_libero_dataset, write_tokenizer
-from tests.script_loader import load_script
-
-compute_norm_stats = load_script("scripts/compute_norm_stats.py")
 
 
 def test_norm_stats_match_numpy_and_land_where_training_reads_them(tmp_path):
@@ -24,7 +23,7 @@ def test_norm_stats_match_numpy_and_land_where_training_reads_them(tmp_path):
         assets_base_dir=str(tmp_path / "assets"),
         num_workers=0,
     )
-    stats, directory = compute_norm_stats.compute_norm_stats(config, batch_size=7)
+    stats, directory = norm_stats.compute_norm_stats(config, batch_size=7)
     assert directory == tmp_path / "assets" / "pi05_libero_pytorch" / "libero"
     for key, values in (("state", written.state), ("actions", written.actions)):
         np.testing.assert_allclose(stats[key].mean, values.mean(0), rtol=1e-5, atol=1e-5)
@@ -46,6 +45,6 @@ def test_max_frames_limits_the_sample(tmp_path):
         model=dataclasses.replace(base.model, action_horizon=1),
         num_workers=0,
     )
-    stats, _ = compute_norm_stats.compute_norm_stats(config, max_frames=5)
-    full, _ = compute_norm_stats.compute_norm_stats(config)
+    stats, _ = norm_stats.compute_norm_stats(config, max_frames=5)
+    full, _ = norm_stats.compute_norm_stats(config)
     assert not np.allclose(stats["state"].mean, full["state"].mean)

@@ -13,6 +13,7 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+from openpi.cli import convert_jax_checkpoint
 from openpi.conversion import convert, rules
 from openpi.models import orbax_params, param_layout, variants
 from openpi.models.pi0_config import Pi0Config
@@ -22,7 +23,6 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
 from openpi.policies import libero_policy
 from openpi.shared import checkpoint_files
-from tests.script_loader import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "convert_jax_model_to_pytorch.py"
 LM_HEADS = ("paligemma_with_expert.paligemma.lm_head.weight", "paligemma_with_expert.gemma_expert.lm_head.weight")
@@ -282,27 +282,24 @@ def jax_checkpoint_and_conversion(fixture: ReferenceFixture, tmp_path: Path) -> 
     return checkpoint, convert.convert_checkpoint(checkpoint, fixture.config, tmp_path / "converted", "float32").parent
 
 
-def _load_example():
-    return load_script("examples/convert_jax_model_to_pytorch.py")
-
-
 def test_cli_accepts_underscore_spellings_and_inspects(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, reference_root: Path
 ) -> None:
     import tyro
 
-    example = _load_example()
     checkpoint = str(reference_root / "jax_pi0_tiny" / "checkpoint")
-    args = tyro.cli(example.Args, args=["--checkpoint_dir", checkpoint, "--inspect_only"])
-    example.main(args)
+    args = tyro.cli(convert_jax_checkpoint.Args, args=["--checkpoint_dir", checkpoint, "--inspect_only"])
+    convert_jax_checkpoint.convert_or_inspect(args)
     printed = capsys.readouterr().out
     assert "PaliGemma/llm/layers/attn/q_einsum/w" in printed and "[4, 8, 64, 16]" in printed
     assert "50 arrays, 475,776 parameters" in printed
     assert "architecture: π0;" in printed
     assert not (tmp_path / "out").exists()
-    args = tyro.cli(example.Args, args=["--checkpoint-dir", checkpoint, "--output-path", str(tmp_path / "out")])
+    args = tyro.cli(
+        convert_jax_checkpoint.Args, args=["--checkpoint-dir", checkpoint, "--output-path", str(tmp_path / "out")]
+    )
     assert args.precision == "bfloat16"
-    example.main(args)
+    convert_jax_checkpoint.convert_or_inspect(args)
     assert (tmp_path / "out" / checkpoint_files.WEIGHTS_FILE).is_file()
 
 

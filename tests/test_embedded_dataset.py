@@ -10,12 +10,13 @@ import shlex
 
 import numpy as np
 import pytest
+import tyro
 
+from openpi.cli import generate_shapes_dataset
 from openpi.envs import shapes, shapes_dataset
 from openpi.models import tokenizer as _tokenizer
 from openpi.shared import normalize
 from openpi.training import config as _config
-from tests.script_loader import load_script
 
 SPEC = shapes_dataset.EmbeddedDatasetSpec(num_episodes=3, episode_length=6, image_size=32, seed=1)
 
@@ -45,25 +46,25 @@ def test_the_script_prepares_the_spec_its_command_names(embedded_data_home, caps
     )
     command = shlex.split(shapes_dataset.generate_command(spec))
     assert command[:3] == ["uv", "run", shapes_dataset.GENERATE_SCRIPT]
-    script = load_script(shapes_dataset.GENERATE_SCRIPT)
-    args = script.tyro.cli(script.Args, args=command[3:])
+    args = tyro.cli(generate_shapes_dataset.Args, args=command[3:])
     assert args.spec == spec and not shapes_dataset.is_generated(spec)
-    script.main(args)
+    generate_shapes_dataset.generate(args)
     out = capsys.readouterr().out
     assert shapes_dataset.is_generated(spec)
     assert str(shapes_dataset.dataset_dir(spec)) in out and "Prepared in" in out
-    tokenizer_only = script.tyro.cli(script.Args, args=shlex.split(shapes_dataset.generate_command())[3:])
+    tokenizer_only = tyro.cli(generate_shapes_dataset.Args, args=shlex.split(shapes_dataset.generate_command())[3:])
     assert tokenizer_only.tokenizer_only
 
 
 def test_the_script_takes_a_config_name():
-    script = load_script(shapes_dataset.GENERATE_SCRIPT)
-    spec = script.resolve_spec(script.Args(config_name="pi05_shapes_lightvla"))
+    spec = generate_shapes_dataset.resolve_spec(generate_shapes_dataset.Args(config_name="pi05_shapes_lightvla"))
     assert spec == _config.get_config("pi05_shapes_lightvla").data.spec and spec.num_episodes == 2000
     with pytest.raises(ValueError, match="does not train on the shapes dataset"):
-        script.resolve_spec(script.Args(config_name="pi05_libero_pytorch"))
+        generate_shapes_dataset.resolve_spec(generate_shapes_dataset.Args(config_name="pi05_libero_pytorch"))
     with pytest.raises(ValueError, match="not both"):
-        script.resolve_spec(script.Args(spec=SPEC, config_name="pi05_shapes_lightvla"))
+        generate_shapes_dataset.resolve_spec(
+            generate_shapes_dataset.Args(spec=SPEC, config_name="pi05_shapes_lightvla")
+        )
 
 
 def test_dataset_reads_back_with_lerobot_and_libero_features(dataset_root):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from openpi.cli import visualize_pruning
 from openpi.envs import shapes_dataset
 from openpi.envs.shapes import ShapesEnv, ShapesTask
 from openpi.evaluation import closed_loop
@@ -23,7 +24,6 @@ from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from openpi.training import config as _config
 from tests.model_helpers import randomized
-from tests.script_loader import load_script
 
 SUMMARY_KEYS = {
     "success_rate",
@@ -166,10 +166,9 @@ def test_evaluates_a_served_policy(small_configs, checkpoint):
 
 def test_visualize_pruning_writes_a_picture_per_camera(checkpoint, tmp_path, monkeypatch):
     shapes_dataset.prepare_tokenizer()  # the policy's pipeline reads it
-    module = load_script("scripts/visualize_pruning.py")
-    monkeypatch.setattr(module._config, "get_config", _small)
-    args = module.Args(module.PolicyArgs("pi05_shapes_lightvla", str(checkpoint)), output_dir=tmp_path)
-    paths = module.main(args)
+    monkeypatch.setattr(visualize_pruning._config, "get_config", _small)
+    args = visualize_pruning.Args(closed_loop.PolicyArgs("pi05_shapes_lightvla", str(checkpoint)), output_dir=tmp_path)
+    paths = visualize_pruning.draw(args)
     assert len(paths) == 2
     for path in paths:
         picture = np.asarray(Image.open(path))

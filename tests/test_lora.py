@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openpi.cli import merge_lora
 from openpi.models import variants
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import tiny_config
@@ -18,7 +19,6 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import checkpoints, freezing, trainer
 from openpi.training import config as _config
 from tests.model_helpers import randomized
-from tests.script_loader import load_script
 from tests.test_training import SMALL_VISION, _small_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -87,15 +87,14 @@ def test_merged_weights_give_the_adapted_model_outputs_in_a_base_model(tmp_path:
 
 
 def test_merge_script_writes_a_plain_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    merge = load_script("scripts/merge_lora.py")
     torch.manual_seed(0)
     adapted = _adapted_from(randomized(PI0Pytorch(BASE)), tmp_path / "base")
     weights.save_weights(adapted, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "assets" / "robot").mkdir(parents=True)
     (tmp_path / "ckpt" / "assets" / "robot" / "norm_stats.json").write_text("{}")
     config = _config.TrainConfig(name="lora_test", model=ADAPTED)
-    monkeypatch.setattr(merge._config, "get_config", {"lora_test": config}.__getitem__)
-    merge.main(merge.Args(config="lora_test", checkpoint=tmp_path / "ckpt", output=tmp_path / "merged"))
+    monkeypatch.setattr(merge_lora._config, "get_config", {"lora_test": config}.__getitem__)
+    merge_lora.merge(merge_lora.Args(config="lora_test", checkpoint=tmp_path / "ckpt", output=tmp_path / "merged"))
     plain = PI0Pytorch(BASE)
     weights.load_weights(plain, tmp_path / "merged")
     torch.testing.assert_close(_actions(plain), _actions(adapted), rtol=1e-5, atol=1e-5)

@@ -16,13 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import bench_common
 import torch
 import tyro
 
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.shared import results_file
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ def main(args: Args) -> None:
         shapes, graphs, seconds = count_compiles(config, args.observations)
         lines.append(f"| {name} | {shapes} | {graphs} | {seconds:.0f} |")
         print(lines[-1], flush=True)
-    bench_common.write_run(args.output, command, lines)
+    results_file.write_run(args.output, command, lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import bench_common
 import jax
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import Pi0
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.shared import results_file
 
 SIZES = {"tiny": tiny_config(), "mid": mid_config(), "full": Pi0Config(pi05=True)}
 BUDGETS: tuple[float | None, ...] = (None, 0.25, 0.1)
@@ -145,7 +145,7 @@ def main(args: Args) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     rows = [row for size in args.sizes for row in bench_size(size, args)]
-    bench_common.write_run(args.output, command, [*header, *rows])
+    results_file.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

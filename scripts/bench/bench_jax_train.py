@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_common
 import jax
 import numpy as np
 import torch
@@ -35,8 +34,9 @@ from openpi.models.pi0_config import mid_config, tiny_config
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.shared import results_file
 from openpi.training import config as _config
-from openpi.training import jax_trainer, trainer
+from openpi.training import jax_trainer, memory_profile, trainer
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = {"tiny": tiny_config, "mid": mid_config}
@@ -117,7 +117,7 @@ def step_times(size: str, args: Args) -> list[str]:
     times: dict[str, list[float]] = {"PyTorch": [], "JAX jit": []}
     for index in range(args.repeats + 1):
         start = time.perf_counter()
-        bench_common.train_step(torch_model, optimizer, observation, actions, index)
+        memory_profile.train_step(torch_model, optimizer, observation, actions, index)
         times["PyTorch"].append(time.perf_counter() - start)
         start = time.perf_counter()
         state, metrics = step(state, obs, jax_actions, jax.random.key(index), np.float32(0.5))
@@ -155,7 +155,7 @@ def main(args: Args) -> None:
         *[row for size in args.sizes for row in step_times(size, args)],
     ]
     print("\n".join(lines), flush=True)
-    bench_common.write_run(args.output, command, lines)
+    results_file.write_run(args.output, command, lines)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import tyro
 
 from openpi.models import variants
 from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
+from openpi.shared import results_file
 from openpi.training import config as _config
 from openpi.training import memory, memory_profile
 
@@ -136,7 +137,7 @@ def main(args: Args) -> None:
                     + f" | {estimate.total_bytes / MIB:.0f} | {tensors:.0f} | {ratio:.2f} | {rss:.0f} |"
                 )
                 print(rows[-1], flush=True)
-    bench_common.write_run(args.output, command, [*header, *rows])
+    results_file.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

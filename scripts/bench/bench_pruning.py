@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import bench_common
 import torch
 import tyro
 
@@ -28,6 +27,7 @@ from openpi.models.batch import IMAGE_KEYS
 from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.shared import results_file
 
 SIZES = {"tiny": tiny_config(), "mid": mid_config(), "full": Pi0Config(pi05=True)}
 BUDGETS: tuple[float | None, ...] = (None, 0.5, 0.25, 0.1)
@@ -129,7 +129,7 @@ def main(args: Args) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = [row for size in args.sizes for row in bench_size(size, args)]
-    bench_common.write_run(args.output, command, [*header, *rows])
+    results_file.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

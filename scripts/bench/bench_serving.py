@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import bench_common
 import torch
 import tyro
 
 from openpi.cli.random_policies import ServerSetting, model_policy
 from openpi.serving.load_test import LOOPBACK, MARKDOWN_HEADER, REPLY_TIMEOUT_S, SyntheticPolicy, markdown_row, run_load
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+from openpi.shared import results_file
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def main(args: Args) -> None:
     print(table)
     if args.output is not None:
         command = "uv run scripts/bench/bench_serving.py " + " ".join(sys.argv[1:])
-        bench_common.write_run(args.output, command, ["```", command, "```", "", table])
+        results_file.write_run(args.output, command, ["```", command, "```", "", table])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ import tyro
 from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import Pi0Config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+from openpi.shared import results_file
 from openpi.training import config as _config
+from openpi.training import memory_profile
 
 SIZES = {
     "tiny": Pi0Config(
@@ -134,7 +136,7 @@ def run_case(size: str, case: Case, args: Args) -> CaseResult:
     for step in range(args.warmup_steps + args.steps):
         _synchronize(device)
         start = time.perf_counter()
-        bench_common.train_step(model, optimizer, observation, actions, step)
+        memory_profile.train_step(model, optimizer, observation, actions, step)
         _synchronize(device)
         if step >= args.warmup_steps:
             times.append(time.perf_counter() - start)
@@ -187,7 +189,7 @@ def main(args: Args) -> None:
                 f"| {r.peak_mib:.0f} | {r.peak_mib / base.peak_mib:.2f} |"
             )
             print(rows[-1], flush=True)
-    bench_common.write_run(args.output, command, [*header, *rows])
+    results_file.write_run(args.output, command, [*header, *rows])
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_common
 import tyro
 
 from openpi.cli.random_policies import serve_tiny_policy
 from openpi.serving.fuzz import BAD_FRAMES, Counts, fuzz_connection, stall_probe
+from openpi.shared import results_file
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ def _write(args: Args, s: dict) -> None:
         f"{len(BAD_FRAMES)} kinds of bad frames ({', '.join(BAD_FRAMES)}); a valid observation every "
         f"{args.valid_every} frames; {s['seconds']:.0f} s.",
     ]
-    bench_common.write_run(args.output, command, lines)
+    results_file.write_run(args.output, command, lines)
 
 
 if __name__ == "__main__":

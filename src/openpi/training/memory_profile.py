@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from openpi.models.observation import random_observation
+from openpi.models.observation import Observation, random_observation
 from openpi.training import config as _config
 from openpi.training import trainer
 
@@ -23,18 +23,26 @@ def run_steps(config: _config.TrainConfig, steps: int) -> None:
     optimizer = config.optimizer.build([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     observation = random_observation(config.model, config.batch_size)
     actions = torch.randn(config.batch_size, config.model.action_horizon, config.model.action_dim)
-    size = config.model.vision_config.image_size
     for step in range(steps):
-        trainer.train_step(
-            model,
-            optimizer,
-            observation,
-            actions,
-            lr=1e-5,
-            clip_gradient_norm=1.0,
-            image_resolution=(size, size),
-            generator=trainer.augmentation_generator(0, step, 0),
-        )
+        train_step(model, optimizer, observation, actions, step)
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, observation: Observation, actions: torch.Tensor, step: int
+) -> None:
+    """One training step on fixed inputs exactly as the trainer runs it (augmentation, forward, backward, clipping,
+    AdamW), at a fixed learning rate."""
+    size = model.config.vision_config.image_size
+    trainer.train_step(
+        model,
+        optimizer,
+        observation,
+        actions,
+        lr=1e-5,
+        clip_gradient_norm=1.0,
+        image_resolution=(size, size),
+        generator=trainer.augmentation_generator(0, step, 0),
+    )
 
 
 def tensor_peak_bytes(config: _config.TrainConfig, steps: int) -> int:
