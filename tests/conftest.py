@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT
 
 # Under pytest-xdist every worker gets its own core: more torch threads only contend with the other workers.
 if os.environ.get("PYTEST_XDIST_WORKER"):

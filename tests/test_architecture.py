@@ -20,7 +20,7 @@ from openpi.policies import data_config, pipeline, policy_config
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
-from tests.lerobot_fixtures import write_tokenizer
+from tests.helpers.lerobot import write_tokenizer
 
 SRC = Path(openpi.__file__).parent
 # Lower layers never import higher ones; modules of one layer may import each other, except the two frameworks.
@@ -127,6 +127,16 @@ def test_the_framework_checks_see_a_violation(monkeypatch: pytest.MonkeyPatch):
         test_the_frameworks_do_not_import_each_other()
     with pytest.raises(AssertionError, match=r"openpi\.policies\.jax_model'.* import both"):
         test_only_the_converter_imports_both_frameworks()
+
+
+def test_the_tests_mirror_the_packages():
+    """One test folder per package of ``openpi`` (tests of top-level modules at the root), besides the shared
+    helpers, the research home's and the examples' tests."""
+    tests = Path(__file__).parent
+    folders = {path.name for path in tests.iterdir() if path.is_dir() and (path / "__init__.py").is_file()}
+    packages = {path.name for path in SRC.iterdir() if (path / "__init__.py").is_file()}
+    assert folders - {"helpers", "research", "examples"} <= packages
+    assert not [path.name for path in tests.glob("test_*.py") if path.stem.removeprefix("test_") in packages]
 
 
 # --------------------------------------------------------------------------------------------- one pipeline

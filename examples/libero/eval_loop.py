@@ -2,7 +2,7 @@
 
 The simulator environment, the policy (anything with ``infer(obs) -> {"actions": [H, 7]}``), the image preprocessing
 and the video writer are injected, so the loop runs against the real LIBERO ``OffScreenRenderEnv`` (see ``main.py``)
-or a fake environment with the same interface (see ``tests/test_libero_example.py``).
+or a fake environment with the same interface (see ``tests/examples/test_libero_eval_loop.py``).
 
 The protocol is upstream's: 10 gripper-open no-ops while the objects settle, both cameras rotated by 180 degrees (the
 published LIBERO checkpoints were trained on upright images) and resized with padding on the client, the state as

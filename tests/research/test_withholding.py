@@ -19,7 +19,7 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.training import config as _config
 from research.lightvla import withholding
-from tests.model_helpers import randomized
+from tests.helpers.models import randomized
 
 NUM_PATCHES = 48
 

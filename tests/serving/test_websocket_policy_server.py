@@ -1,0 +1,219 @@
+"""The websocket policy server: protocol, errors, health check, API key, size limit, concurrency and recording."""
+
+import concurrent.futures
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import websockets.exceptions
+import websockets.sync.client
+
+from openpi.serving import msgpack_numpy
+from openpi.serving.recorder import RequestRecorder, read_records
+from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+from tests.helpers.serving import HORIZON, EchoPolicy, connect, request, state_of
+
+
+@pytest.fixture
+def echo_server():
+    policy = EchoPolicy()
+    with WebsocketPolicyServer(policy, "127.0.0.1", 0).running_in_background() as port:
+        yield port, policy
+
+
+def test_metadata_then_actions_with_server_timing(echo_server):
+    port, _ = echo_server
+    with connect(port) as (conn, metadata):
+        assert metadata == {"action_horizon": HORIZON, "name": "echo"}
+        first = request(conn, {"state": state_of(1.0)})
+        second = request(conn, {"state": state_of(2.0)})
+    np.testing.assert_array_equal(first["actions"], np.ones((HORIZON, 8), np.float32))
+    assert set(first["server_timing"]) == {"infer_ms", "queue_ms", "batch_size"}
+    assert second["server_timing"]["infer_ms"] >= 0
+    assert second["server_timing"]["prev_total_ms"] >= first["server_timing"]["infer_ms"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (msgpack_numpy.packb({"image": np.zeros(3)}), "Invalid observation: missing key 'state'"),
+        (msgpack_numpy.packb({"state": np.zeros(5, np.float32)}), "shape (8,), got float32 (5,)"),
+        (msgpack_numpy.packb({"state": np.zeros(8, np.float64)}), "float32 of shape (8,), got float64"),
+        (b"\xc1 definitely not msgpack", "Invalid request: Message is not valid msgpack"),
+        (msgpack_numpy.packb([1, 2, 3]), "must be a msgpack map (dict), got list"),
+        ("a text frame", "got a text frame"),
+        (msgpack_numpy.packb({"state": state_of(0), "explode": True}), "Inference failed: RuntimeError: model blew up"),
+    ],
+)
+def test_bad_request_gets_error_text_and_connection_stays_usable(echo_server, frame, message):
+    port, _ = echo_server
+    with connect(port) as (conn, _):
+        conn.send(frame)
+        reply = conn.recv(timeout=10)
+        assert isinstance(reply, str)
+        assert message in reply
+        good = request(conn, {"state": state_of(3.0)})
+    np.testing.assert_array_equal(good["actions"][0], state_of(3.0))
+
+
+def test_healthz_answers_ok(echo_server):
+    port, _ = echo_server
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        assert response.status == 200
+        assert response.read() == b"OK\n"
+
+
+def test_api_key_is_required_when_configured():
+    with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, api_key="s3cret").running_in_background() as port:
+        for headers in (None, {"Authorization": "Api-Key wrong"}, {"Authorization": "Bearer s3cret"}):
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                websockets.sync.client.connect(f"ws://127.0.0.1:{port}", additional_headers=headers)
+            assert refused.value.response.status_code == 401
+        with connect(port, additional_headers={"Authorization": "Api-Key s3cret"}) as (conn, metadata):
+            assert metadata["name"] == "echo"
+            assert request(conn, {"state": state_of(1.0)})["actions"].shape == (HORIZON, 8)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200
+
+
+def test_frames_over_the_size_limit_close_the_connection():
+    with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, max_message_bytes=4096).running_in_background() as port:
+        with connect(port) as (conn, _):
+            assert request(conn, {"state": state_of(1.0)})["actions"].shape == (HORIZON, 8)
+            conn.send(msgpack_numpy.packb({"state": state_of(1.0), "image": np.zeros(8192, np.uint8)}))
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                conn.recv(timeout=10)
+        assert closed.value.rcvd.code == 1009
+        with connect(port) as (conn, _):
+            assert request(conn, {"state": state_of(2.0)})["actions"].shape == (HORIZON, 8)
+
+
+def test_concurrent_clients_get_their_own_replies_and_inference_is_serialised():
+    policy = EchoPolicy(delay_s=0.002)
+    num_clients, num_requests = 8, 10
+
+    def client(client_id: int) -> list[bool]:
+        with connect(port) as (conn, _):
+            return [
+                bool(np.all(request(conn, {"state": state_of(client_id * 100 + i)})["actions"] == client_id * 100 + i))
+                for i in range(num_requests)
+            ]
+
+    server = WebsocketPolicyServer(policy, "127.0.0.1", 0)
+    with server.running_in_background() as port, concurrent.futures.ThreadPoolExecutor(num_clients) as pool:
+        results = list(pool.map(client, range(num_clients)))
+    assert all(all(r) and len(r) == num_requests for r in results)
+    assert policy.max_active == 1
+
+
+def test_a_stalled_client_does_not_block_others():
+    with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0).running_in_background() as port:
+        stalled = socket.create_connection(("127.0.0.1", port))
+        with stalled:
+            handshake = (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            stalled.sendall(handshake.encode())
+            # A masked binary frame header announcing 65536 bytes, followed by only a few of them.
+            stalled.sendall(bytes([0x82, 0xFF]) + (65536).to_bytes(8, "big") + b"\x00\x00\x00\x00" + b"abc")
+            with connect(port) as (conn, _):
+                start = time.perf_counter()
+                for i in range(5):
+                    assert request(conn, {"state": state_of(i)})["actions"][0, 0] == i
+                assert time.perf_counter() - start < 5.0
+
+
+def test_recorder_saves_requests_replies_and_errors(tmp_path):
+    recorder = RequestRecorder(tmp_path / "records")
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, recorder=recorder)
+    with server.running_in_background() as port, connect(port) as (conn, _):
+        request(conn, {"state": state_of(1.0), "prompt": "stack the cups"})
+        request(conn, {"state": np.zeros(3, np.float32)})
+        conn.send(b"\xc1junk")
+        conn.recv(timeout=10)
+        request(conn, {"state": state_of(2.0)})
+    records = read_records(tmp_path / "records")
+    assert [r.name for r in records] == ["0001-000000", "0001-000001", "0001-000002", "0001-000003"]
+    assert records[0].request["prompt"] == "stack the cups"
+    np.testing.assert_array_equal(records[0].reply["actions"], np.ones((HORIZON, 8), np.float32))
+    assert records[0].error is None
+    assert records[1].reply is None and "shape (8,)" in records[1].error
+    assert records[2].request == b"\xc1junk" and "not valid msgpack" in records[2].error
+    assert records[3].reply["actions"][0, 0] == 2.0
+
+
+def test_closed_server_stops_listening():
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0)
+    with server.running_in_background() as port:
+        pass
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_serve_forever_stops_cleanly_on_sigterm():
+    script = (
+        "import logging, sys\n"
+        "from openpi.serving.websocket_policy_server import WebsocketPolicyServer\n"
+        "class Idle:\n"
+        "    metadata = {}\n"
+        "    def infer(self, obs):\n"
+        "        return {}\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "WebsocketPolicyServer(Idle(), '127.0.0.1', 0).serve_forever()\n"
+        "print('stopped', flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in process.stdout:
+            if line.startswith("Policy server listening on"):
+                port = int(line.rsplit(":", 1)[1])
+                break
+        with connect(port) as (_, metadata):
+            assert metadata == {}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert "stopped" in process.stdout.read()
+    finally:
+        process.kill()
+
+
+def test_recording_stops_at_its_size_cap(tmp_path, caplog):
+    recorder = RequestRecorder(tmp_path, max_bytes=100)
+    recorder.record(0, 0, b"x" * 40, "e" * 40)
+    recorder.record(0, 1, b"x" * 40, "e" * 40)  # would exceed the cap
+    recorder.record(0, 2, b"x" * 40, "e" * 40)
+    assert [r.name for r in read_records(tmp_path)] == ["0000-000000"]
+    assert caplog.text.count("Recording stopped") == 1
+
+
+def test_healthz_answers_503_until_the_warm_up_has_run():
+    release, calls = threading.Event(), []
+
+    def warmup() -> None:
+        release.wait(timeout=10)
+        calls.append("warm")
+
+    policy = EchoPolicy()
+    server = WebsocketPolicyServer(policy, "127.0.0.1", 0, warmup=warmup)
+    with server.running_in_background() as port:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert error.value.code == 503
+        release.set()
+        deadline = time.perf_counter() + 10
+        while not server.ready and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200
+        with connect(port) as (conn, _):
+            assert request(conn, {"state": state_of(3.0)})["actions"][0, 0] == 3.0
+    assert calls == ["warm"]
