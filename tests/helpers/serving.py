@@ -42,16 +42,16 @@ class EchoPolicy:
 
 
 @contextlib.contextmanager
-def connect(port: int, **kwargs) -> Iterator[tuple[websockets.sync.client.ClientConnection, dict]]:
+def open_connection(port: int, **kwargs) -> Iterator[tuple[websockets.sync.client.ClientConnection, dict]]:
     with websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, **kwargs) as conn:
         yield conn, msgpack_numpy.unpackb(conn.recv(timeout=10))
 
 
-def request(conn, obs: dict) -> dict | str:
+def round_trip(conn, obs: dict) -> dict | str:
     conn.send(msgpack_numpy.packb(obs))
     reply = conn.recv(timeout=10)
     return reply if isinstance(reply, str) else msgpack_numpy.unpackb(reply)
 
 
-def state_of(value: float) -> np.ndarray:
+def state_vector(value: float) -> np.ndarray:
     return np.full(8, value, np.float32)

@@ -14,7 +14,7 @@ from openpi.policies import policy_config
 from openpi.serving import msgpack_numpy
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from tests.helpers.policies import PROMPTS, SAMPLE_KWARGS, libero_observation, make_train_config, write_checkpoint
-from tests.helpers.serving import EchoPolicy, connect, request, state_of
+from tests.helpers.serving import EchoPolicy, open_connection, round_trip, state_vector
 
 
 class BatchingEchoPolicy(EchoPolicy):
@@ -44,7 +44,7 @@ def _concurrent_requests(port: int, observations: list[dict], release: threading
     with concurrent.futures.ThreadPoolExecutor(len(observations)) as pool:
 
         def client(obs: dict) -> dict | str:
-            with connect(port) as (conn, _):
+            with open_connection(port) as (conn, _):
                 conn.send(msgpack_numpy.packb(obs))
                 sent.release()
                 reply = conn.recv(timeout=30)
@@ -60,7 +60,7 @@ def _concurrent_requests(port: int, observations: list[dict], release: threading
 
 def test_queued_requests_run_as_one_batch_and_each_client_gets_its_own_reply():
     policy = BatchingEchoPolicy()
-    observations = [{"state": state_of(i)} for i in range(6)]
+    observations = [{"state": state_vector(i)} for i in range(6)]
     with WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=8).running_in_background() as port:
         replies = _concurrent_requests(port, observations, policy.release)
     for i, reply in enumerate(replies):
@@ -74,7 +74,7 @@ def test_queued_requests_run_as_one_batch_and_each_client_gets_its_own_reply():
 
 def test_a_bad_request_in_a_batch_fails_alone():
     policy = BatchingEchoPolicy()
-    observations = [{"state": state_of(i)} for i in range(5)]
+    observations = [{"state": state_vector(i)} for i in range(5)]
     observations[2] = {"state": np.zeros(3, np.float32)}
     with WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=8).running_in_background() as port:
         replies = _concurrent_requests(port, observations, policy.release)
@@ -86,7 +86,7 @@ def test_a_bad_request_in_a_batch_fails_alone():
 def test_max_batch_bounds_the_batch_and_one_is_no_batching():
     for max_batch, largest in ((3, 3), (1, 1)):
         policy = BatchingEchoPolicy()
-        observations = [{"state": state_of(i)} for i in range(7)]
+        observations = [{"state": state_vector(i)} for i in range(7)]
         with WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=max_batch).running_in_background() as port:
             replies = _concurrent_requests(port, observations, policy.release)
         assert all(np.all(r["actions"] == i) for i, r in enumerate(replies))
@@ -97,8 +97,8 @@ def test_a_lone_client_is_not_delayed_by_the_window():
     policy = BatchingEchoPolicy()
     policy.release.set()
     server = WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=8)
-    with server.running_in_background() as port, connect(port) as (conn, _):
-        replies = [request(conn, {"state": state_of(i)}) for i in range(3)]
+    with server.running_in_background() as port, open_connection(port) as (conn, _):
+        replies = [round_trip(conn, {"state": state_vector(i)}) for i in range(3)]
     assert [r["server_timing"]["batch_size"] for r in replies] == [1, 1, 1]
 
 

@@ -18,7 +18,7 @@ import websockets.sync.client
 from openpi.serving import msgpack_numpy
 from openpi.serving.recorder import RequestRecorder, read_records
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
-from tests.helpers.serving import HORIZON, EchoPolicy, connect, request, state_of
+from tests.helpers.serving import HORIZON, EchoPolicy, open_connection, round_trip, state_vector
 
 
 @pytest.fixture
@@ -30,10 +30,10 @@ def echo_server():
 
 def test_metadata_then_actions_with_server_timing(echo_server):
     port, _ = echo_server
-    with connect(port) as (conn, metadata):
+    with open_connection(port) as (conn, metadata):
         assert metadata == {"action_horizon": HORIZON, "name": "echo"}
-        first = request(conn, {"state": state_of(1.0)})
-        second = request(conn, {"state": state_of(2.0)})
+        first = round_trip(conn, {"state": state_vector(1.0)})
+        second = round_trip(conn, {"state": state_vector(2.0)})
     np.testing.assert_array_equal(first["actions"], np.ones((HORIZON, 8), np.float32))
     assert set(first["server_timing"]) == {"infer_ms", "queue_ms", "batch_size"}
     assert second["server_timing"]["infer_ms"] >= 0
@@ -49,18 +49,21 @@ def test_metadata_then_actions_with_server_timing(echo_server):
         (b"\xc1 definitely not msgpack", "Invalid request: Message is not valid msgpack"),
         (msgpack_numpy.packb([1, 2, 3]), "must be a msgpack map (dict), got list"),
         ("a text frame", "got a text frame"),
-        (msgpack_numpy.packb({"state": state_of(0), "explode": True}), "Inference failed: RuntimeError: model blew up"),
+        (
+            msgpack_numpy.packb({"state": state_vector(0), "explode": True}),
+            "Inference failed: RuntimeError: model blew up",
+        ),
     ],
 )
 def test_bad_request_gets_error_text_and_connection_stays_usable(echo_server, frame, message):
     port, _ = echo_server
-    with connect(port) as (conn, _):
+    with open_connection(port) as (conn, _):
         conn.send(frame)
         reply = conn.recv(timeout=10)
         assert isinstance(reply, str)
         assert message in reply
-        good = request(conn, {"state": state_of(3.0)})
-    np.testing.assert_array_equal(good["actions"][0], state_of(3.0))
+        good = round_trip(conn, {"state": state_vector(3.0)})
+    np.testing.assert_array_equal(good["actions"][0], state_vector(3.0))
 
 
 def test_healthz_answers_ok(echo_server):
@@ -76,23 +79,23 @@ def test_api_key_is_required_when_configured():
             with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
                 websockets.sync.client.connect(f"ws://127.0.0.1:{port}", additional_headers=headers)
             assert refused.value.response.status_code == 401
-        with connect(port, additional_headers={"Authorization": "Api-Key s3cret"}) as (conn, metadata):
+        with open_connection(port, additional_headers={"Authorization": "Api-Key s3cret"}) as (conn, metadata):
             assert metadata["name"] == "echo"
-            assert request(conn, {"state": state_of(1.0)})["actions"].shape == (HORIZON, 8)
+            assert round_trip(conn, {"state": state_vector(1.0)})["actions"].shape == (HORIZON, 8)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
             assert response.status == 200
 
 
 def test_frames_over_the_size_limit_close_the_connection():
     with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, max_message_bytes=4096).running_in_background() as port:
-        with connect(port) as (conn, _):
-            assert request(conn, {"state": state_of(1.0)})["actions"].shape == (HORIZON, 8)
-            conn.send(msgpack_numpy.packb({"state": state_of(1.0), "image": np.zeros(8192, np.uint8)}))
+        with open_connection(port) as (conn, _):
+            assert round_trip(conn, {"state": state_vector(1.0)})["actions"].shape == (HORIZON, 8)
+            conn.send(msgpack_numpy.packb({"state": state_vector(1.0), "image": np.zeros(8192, np.uint8)}))
             with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
                 conn.recv(timeout=10)
         assert closed.value.rcvd.code == 1009
-        with connect(port) as (conn, _):
-            assert request(conn, {"state": state_of(2.0)})["actions"].shape == (HORIZON, 8)
+        with open_connection(port) as (conn, _):
+            assert round_trip(conn, {"state": state_vector(2.0)})["actions"].shape == (HORIZON, 8)
 
 
 def test_concurrent_clients_get_their_own_replies_and_inference_is_serialised():
@@ -100,11 +103,9 @@ def test_concurrent_clients_get_their_own_replies_and_inference_is_serialised():
     num_clients, num_requests = 8, 10
 
     def client(client_id: int) -> list[bool]:
-        with connect(port) as (conn, _):
-            return [
-                bool(np.all(request(conn, {"state": state_of(client_id * 100 + i)})["actions"] == client_id * 100 + i))
-                for i in range(num_requests)
-            ]
+        with open_connection(port) as (conn, _):
+            values = [client_id * 100 + i for i in range(num_requests)]
+            return [bool(np.all(round_trip(conn, {"state": state_vector(v)})["actions"] == v)) for v in values]
 
     server = WebsocketPolicyServer(policy, "127.0.0.1", 0)
     with server.running_in_background() as port, concurrent.futures.ThreadPoolExecutor(num_clients) as pool:
@@ -124,22 +125,22 @@ def test_a_stalled_client_does_not_block_others():
             stalled.sendall(handshake.encode())
             # A masked binary frame header announcing 65536 bytes, followed by only a few of them.
             stalled.sendall(bytes([0x82, 0xFF]) + (65536).to_bytes(8, "big") + b"\x00\x00\x00\x00" + b"abc")
-            with connect(port) as (conn, _):
+            with open_connection(port) as (conn, _):
                 start = time.perf_counter()
                 for i in range(5):
-                    assert request(conn, {"state": state_of(i)})["actions"][0, 0] == i
+                    assert round_trip(conn, {"state": state_vector(i)})["actions"][0, 0] == i
                 assert time.perf_counter() - start < 5.0
 
 
 def test_recorder_saves_requests_replies_and_errors(tmp_path):
     recorder = RequestRecorder(tmp_path / "records")
     server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, recorder=recorder)
-    with server.running_in_background() as port, connect(port) as (conn, _):
-        request(conn, {"state": state_of(1.0), "prompt": "stack the cups"})
-        request(conn, {"state": np.zeros(3, np.float32)})
+    with server.running_in_background() as port, open_connection(port) as (conn, _):
+        round_trip(conn, {"state": state_vector(1.0), "prompt": "stack the cups"})
+        round_trip(conn, {"state": np.zeros(3, np.float32)})
         conn.send(b"\xc1junk")
         conn.recv(timeout=10)
-        request(conn, {"state": state_of(2.0)})
+        round_trip(conn, {"state": state_vector(2.0)})
     records = read_records(tmp_path / "records")
     assert [r.name for r in records] == ["0001-000000", "0001-000001", "0001-000002", "0001-000003"]
     assert records[0].request["prompt"] == "stack the cups"
@@ -177,7 +178,7 @@ def test_serve_forever_stops_cleanly_on_sigterm():
             if line.startswith("Policy server listening on"):
                 port = int(line.rsplit(":", 1)[1])
                 break
-        with connect(port) as (_, metadata):
+        with open_connection(port) as (_, metadata):
             assert metadata == {}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
@@ -214,6 +215,6 @@ def test_healthz_answers_503_until_the_warm_up_has_run():
             time.sleep(0.01)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
             assert response.status == 200
-        with connect(port) as (conn, _):
-            assert request(conn, {"state": state_of(3.0)})["actions"][0, 0] == 3.0
+        with open_connection(port) as (conn, _):
+            assert round_trip(conn, {"state": state_vector(3.0)})["actions"][0, 0] == 3.0
     assert calls == ["warm"]

@@ -18,21 +18,19 @@ from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, TRAIN_STATE_DIR, WEIGHTS_FILE
 from openpi.training import checkpoints, optimizer, trainer
-from tests.helpers.training import Crash, free_port, pruned_fake_data_config
+from tests.helpers.training import Crash, crash_after, free_port, pruned_fake_data_config
 
 WORLD = 2
 
 
-def _worker(rank: int, port: int, config, out_dir: str, crash_after: int | None) -> None:
+def _worker(rank: int, port: int, config, out_dir: str, crash_at: int | None) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
     )
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
-        if crash_after is not None:
-            from tests.helpers.training import crash_after
-
-            crash_after(crash_after, patch)
+        if crash_at is not None:
+            crash_after(crash_at, patch)
         try:
             result = trainer.train(config)
         except Crash:
@@ -48,8 +46,8 @@ def _worker(rank: int, port: int, config, out_dir: str, crash_after: int | None)
         (Path(out_dir) / f"{config.exp_name}.json").write_text(json.dumps(record))
 
 
-def _run(config, tmp_path: Path, crash_after: int | None = None) -> None:
-    mp.spawn(_worker, args=(free_port(), config, str(tmp_path), crash_after), nprocs=WORLD, join=True)
+def _run(config, tmp_path: Path, crash_at: int | None = None) -> None:
+    mp.spawn(_worker, args=(free_port(), config, str(tmp_path), crash_at), nprocs=WORLD, join=True)
 
 
 def test_fsdp_matches_ddp_and_resumes_from_its_checkpoint(tmp_path: Path):
@@ -59,7 +57,7 @@ def test_fsdp_matches_ddp_and_resumes_from_its_checkpoint(tmp_path: Path):
     )
     _run(dataclasses.replace(config, exp_name="ddp"), tmp_path)
     sharded = dataclasses.replace(config, exp_name="fsdp", fsdp_devices=2)
-    _run(sharded, tmp_path, crash_after=3)  # checkpoint 2 is written, then the data "dies" during step 3
+    _run(sharded, tmp_path, crash_at=3)  # checkpoint 2 is written, then the data "dies" during step 3
     assert checkpoints.complete_steps(sharded.checkpoint_dir) == [2]
     _run(dataclasses.replace(sharded, resume=True), tmp_path)
     assert checkpoints.complete_steps(sharded.checkpoint_dir) == [2, 4]
