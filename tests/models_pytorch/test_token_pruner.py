@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -575,3 +576,25 @@ def test_realistic_size_smoke():
         out = run(pruner, (patches.detach(), *inputs[1:]), train=False)
     assert out.tokens.shape[1] < num_patches
     assert (out.kept_indices[1][out.mask[1]] < 512).all()
+
+
+# --- settings ----------------------------------------------------------------------------------------------------
+
+
+def test_the_model_config_is_the_one_source_of_the_pruners_settings():
+    fields = [f for f in dataclasses.fields(pi0_config.Pi0Config) if f.name.startswith("token_prun")]
+    assert len(fields) <= 9, "research variants compose the pruner in research/, they add no field here"
+    config = pi0_config.tiny_config(token_pruning_enabled=True)
+    pruner = ImageTokenPruner(config)
+    settings = {
+        "noise_scale": config.token_prune_noise_scale,
+        "keep_tokens": config.token_prune_keep_tokens,
+        "keep_ratio": config.token_prune_keep_ratio,
+        "kept_multiple": config.token_prune_kept_multiple,
+        "center_patches": config.token_prune_center_patches,
+        "dedup_training": config.token_prune_dedup_training,
+        "budget_training": config.token_prune_budget_training,
+        "gate_dropped_patches": config.token_prune_gate_dropped_patches,
+    }
+    assert {name: getattr(pruner, name) for name in settings} == settings
+    assert not list(pruner.parameters())
