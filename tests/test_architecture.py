@@ -131,11 +131,11 @@ def test_the_framework_checks_see_a_violation(monkeypatch: pytest.MonkeyPatch):
 
 def test_the_tests_mirror_the_packages():
     """One test folder per package of ``openpi`` (tests of top-level modules at the root), besides the shared
-    helpers, the research home's and the examples' tests."""
+    helpers and the tests of the research home, the examples and the benchmarks."""
     tests = Path(__file__).parent
     folders = {path.name for path in tests.iterdir() if path.is_dir() and (path / "__init__.py").is_file()}
     packages = {path.name for path in SRC.iterdir() if (path / "__init__.py").is_file()}
-    assert folders - {"helpers", "research", "examples"} <= packages
+    assert folders - {"helpers", "research", "examples", "bench"} <= packages
     assert not [path.name for path in tests.glob("test_*.py") if path.stem.removeprefix("test_") in packages]
 
 

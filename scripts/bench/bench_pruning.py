@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_common
 import torch
 import tyro
 
@@ -52,14 +53,6 @@ def _observation(config: Pi0Config, args: Args) -> Observation:
     return observation.to(args.device)
 
 
-def _view(base: PI0Pytorch, config: Pi0Config) -> PI0Pytorch:
-    """A model of ``config`` that shares ``base``'s weights (no copy: built on the meta device, then assigned)."""
-    with torch.device("meta"):
-        model = PI0Pytorch(config)
-    model.load_state_dict(base.state_dict(), assign=True, strict=True)
-    return model.eval()
-
-
 def _timed(model: PI0Pytorch, obs: Observation, device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -77,11 +70,11 @@ def bench_size(name: str, args: Args) -> list[str]:
         base = PI0Pytorch(config).eval()
     untrimmed = dataclasses.replace(config, prompt_trim_multiple=None)
     pruned, pruned_untrimmed = (
-        _view(base, dataclasses.replace(c, token_pruning_enabled=True)) for c in (config, untrimmed)
+        bench_common.view(base, dataclasses.replace(c, token_pruning_enabled=True)) for c in (config, untrimmed)
     )
     variants: dict[str, tuple[PI0Pytorch, float | None]] = {
         "unpruned": (base, None),
-        "unpruned, prompt untrimmed": (_view(base, untrimmed), None),
+        "unpruned, prompt untrimmed": (bench_common.view(base, untrimmed), None),
     }
     for ratio in BUDGETS:
         label = "argmax union" if ratio is None else f"keep {ratio:.0%}"

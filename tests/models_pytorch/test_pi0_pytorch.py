@@ -133,10 +133,28 @@ def test_sampling_accepts_the_upstream_signature_with_a_device():
         model.sample_actions("cpu")
 
 
-def test_compile_mode_wraps_sampling():
+def test_compile_mode_compiles_the_prefix_and_the_denoising_once_each():
     model = PI0Pytorch(dataclasses.replace(TINY, pytorch_compile_mode="default"))
-    assert model.sample_actions is not PI0Pytorch.sample_actions
-    assert hasattr(model.sample_actions, "_torchdynamo_orig_callable")
+    assert hasattr(model.encode_prefix, "_torchdynamo_orig_callable")
+    assert hasattr(model.denoise, "_torchdynamo_orig_callable")
+    graphs: list[int] = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(1)
+        return graph_module.forward
+
+    model = PI0Pytorch(TINY)
+    model.compile_sampling(backend=counting_backend, dynamic=False)
+    obs, noise = _observation(), torch.randn(2, TINY.action_horizon, TINY.action_dim)
+    expected = PI0Pytorch(TINY).eval()
+    expected.load_state_dict(model.state_dict())
+    for _ in range(3):
+        actions = model.sample_actions(obs, noise=noise, num_steps=2)
+    compiled_once = len(graphs)
+    model.sample_actions(obs, noise=noise, num_steps=2)
+    assert len(graphs) == compiled_once, "a repeated call compiles nothing new (the timing is not traced)"
+    torch.testing.assert_close(actions, expected.sample_actions(obs, noise=noise, num_steps=2))
+    assert set(model.last_timing_ms) == {"prefix_ms", "denoise_ms"}
 
 
 def test_missing_prompt_and_unpadded_state_are_clear_errors():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from time import perf_counter
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,7 @@ class PI0Pytorch(nn.Module):
         if config.dtype == "bfloat16":
             self.to_bfloat16()
         if config.pytorch_compile_mode is not None:
-            self.sample_actions = torch.compile(self.sample_actions, mode=config.pytorch_compile_mode)
+            self.compile_sampling(mode=config.pytorch_compile_mode)
 
     # ----------------------------------------------------------------------------------------------- precision
     def to_bfloat16(self) -> PI0Pytorch:
@@ -290,13 +290,25 @@ class PI0Pytorch(nn.Module):
         start = perf_counter()
         prefix = self.encode_prefix(observation)
         prefix_done = _synchronized(device)
-        dt = -1.0 / num_steps
-        for step in range(num_steps):
-            time = torch.full((shape[0],), 1.0 + step * dt, dtype=torch.float32, device=device)
-            x_t = x_t + dt * self.denoise_step(prefix, x_t, time)
+        actions = self.denoise(prefix, x_t, num_steps)
         end = _synchronized(device)
         self.last_timing_ms = {"prefix_ms": (prefix_done - start) * 1e3, "denoise_ms": (end - prefix_done) * 1e3}
+        return actions
+
+    def denoise(self, prefix: PrefixCache, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """Euler-integrates the flow from ``noise [B, H, A]`` (t=1) to actions (t=0) in ``num_steps`` steps, every
+        step attending to the cached prefix."""
+        x_t, dt = noise, -1.0 / num_steps
+        for step in range(num_steps):
+            time = torch.full((x_t.shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x_t.device)
+            x_t = x_t + dt * self.denoise_step(prefix, x_t, time)
         return x_t
+
+    def compile_sampling(self, **compile_options: Any) -> None:
+        """Wraps the two parts of :meth:`sample_actions`, :meth:`encode_prefix` and :meth:`denoise`, in
+        ``torch.compile`` (the timing between them stays eager, so it neither breaks nor guards the graphs)."""
+        self.encode_prefix = torch.compile(self.encode_prefix, **compile_options)
+        self.denoise = torch.compile(self.denoise, **compile_options)
 
     def encode_prefix(self, observation: Observation) -> PrefixCache:
         """Embeds (and, if enabled, prunes) the prefix and runs the language model over it once."""
