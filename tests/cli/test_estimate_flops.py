@@ -1,0 +1,37 @@
+"""scripts/estimate_flops.py: the table per part of the model and the JSON line, for registered configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from openpi.cli import estimate_flops
+from openpi.models import flops
+from openpi.models.pi0_config import Pi0Config
+
+
+def test_the_last_line_is_the_json_summary_and_a_budget_prunes(capsys):
+    unpruned = estimate_flops.main(estimate_flops.Args("pi05_libero_pytorch"))
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == unpruned and set(printed) == {
+        "prefix_gflops",
+        "denoise_gflops",
+        "sample_gflops",
+        "train_step_gflops",
+    }
+    assert printed["sample_gflops"] == pytest.approx(printed["prefix_gflops"] + printed["denoise_gflops"])
+    pruned = estimate_flops.main(estimate_flops.Args("pi05_libero_pytorch", token_prune_keep_ratio=0.1))
+    assert pruned["sample_gflops"] < 0.4 * unpruned["sample_gflops"]
+    model = Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False)
+    expected = flops.sample_flops(model, flops.Workload(prompt_tokens=32)).total / 1e9
+    assert unpruned["sample_gflops"] == pytest.approx(expected), "a 20-token prompt runs as 32 trimmed columns"
+
+
+def test_bad_budgets_are_named():
+    with pytest.raises(ValueError, match="not both"):
+        estimate_flops.model_config(
+            estimate_flops.Args("pi05_libero_pytorch", token_prune_keep_ratio=0.1, token_prune_keep_tokens=8)
+        )
+    with pytest.raises(ValueError, match="--token-prune-keep-tokens"):
+        estimate_flops.model_config(estimate_flops.Args("pi05_pick_place_pytorch_pruning"))
