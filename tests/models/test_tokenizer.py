@@ -65,7 +65,7 @@ def test_discrete_state_prompt_format(tokenizer: tok.PaligemmaTokenizer) -> None
 
 def test_state_bin_edges() -> None:
     bins = tok.discretize_state(np.array([-1.0, -0.999, -1 + 2 / 256, 0.0, 0.99, 1.0, 1.5, -1.5]))
-    np.testing.assert_array_equal(bins, [0, 0, 1, 128, 254, 255, 255, 0])
+    np.testing.assert_array_equal(bins, [0, 0, 1, 128, 254, 255, 255, -1])
 
 
 def test_truncation_warns_once(tokenizer: tok.PaligemmaTokenizer, caplog: pytest.LogCaptureFixture) -> None:

@@ -68,10 +68,10 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | Path, vocab_si
 
 
 def discretize_state(state: np.ndarray) -> np.ndarray:
-    """Maps state values in [-1, 1] to integer bins ``0..255`` (values outside the range land in the end bins)."""
+    """Maps state values in [-1, 1] to integer bins ``0..255`` as upstream does: values at or above the last edge
+    (1 - 2/256) are 255, and values below -1 are -1 (not clipped: the published π0.5 checkpoints saw "-1")."""
     edges = np.linspace(-1.0, 1.0, NUM_STATE_BINS + 1)[:-1]
-    bins = np.digitize(np.asarray(state, dtype=np.float64), bins=edges) - 1
-    return np.clip(bins, 0, NUM_STATE_BINS - 1)
+    return np.digitize(np.asarray(state, dtype=np.float64), bins=edges) - 1
 
 
 def clean_prompt(prompt: str) -> str:
