@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
+from openpi.shared import image_tools
 from openpi.shared import normalize as _normalize
 
 NORMALIZED_KEYS = ("state", "actions")
@@ -158,24 +158,10 @@ def _stats_for(norm_stats: Mapping[str, _normalize.NormStats], key: str) -> _nor
     return norm_stats[key]
 
 
-def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes a uint8 ``[H, W, C]`` image to fit ``height x width`` keeping the aspect ratio; pads with black."""
-    cur_height, cur_width = image.shape[:2]
-    if (cur_height, cur_width) == (height, width):
-        return image
-    ratio = max(cur_height / height, cur_width / width)
-    new_height = min(height, max(1, round(cur_height / ratio)))
-    new_width = min(width, max(1, round(cur_width / ratio)))
-    resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), resample=Image.Resampling.BILINEAR))
-    out = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
-    top, left = (height - new_height) // 2, (width - new_width) // 2
-    out[top : top + new_height, left : left + new_width] = resized.reshape(new_height, new_width, -1)
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class ResizeImages:
-    """Resizes every image in ``data["image"]`` (uint8 ``[H, W, 3]``) to ``height x width`` with padding."""
+    """Resizes every image in ``data["image"]`` (uint8 ``[H, W, 3]``) to ``height x width`` with padding, as upstream
+    (:func:`openpi.shared.image_tools.resize_with_pad`)."""
 
     height: int
     width: int
@@ -186,7 +172,7 @@ class ResizeImages:
             image = np.asarray(image)
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
                 raise ValueError(f"ResizeImages expects uint8 [H, W, 3] for {name!r}, got {image.dtype} {image.shape}")
-            images[name] = resize_with_pad(image, self.height, self.width)
+            images[name] = image_tools.resize_with_pad(image, self.height, self.width)
         data["image"] = images
         return data
 
