@@ -7,11 +7,14 @@ docs/upstream.md.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from openpi import transforms
+from openpi.models.pi0_config import Pi0Config, tiny_config
 from openpi.shared import normalize
 
 DUMMY = "width=64,depth=1,mlp_dim=128,num_heads=8,num_kv_heads=1,head_dim=16"
@@ -64,3 +67,53 @@ def test_resize_with_pad_accepts_batches():
     assert out.shape == (2, 3, 16, 16, 3) and out.dtype == np.uint8
     assert not out[0].any() and out[1, 2, 2:14].min() == 255 and not out[1, :2].any()
     assert image_tools.resize_with_pad(images, 30, 40) is images
+
+
+# ----------------------------------------------------------------------------------------------- 3. LoRA freezing
+def test_get_freeze_filter_follows_the_variants():
+    """models/pi0_config.py ``Pi0Config.get_freeze_filter``: LoRA on either Gemma gives a filter; none gives
+    ``nnx.Nothing`` (nothing frozen)."""
+    assert Pi0Config(paligemma_variant="gemma_2b_lora").get_freeze_filter() == "lora"
+    assert Pi0Config(action_expert_variant="gemma_300m_lora").get_freeze_filter() == "lora"
+    assert Pi0Config().get_freeze_filter() is None
+
+
+@pytest.mark.parametrize(("llm_lora", "expert_lora"), [(True, False), (False, True), (True, True)])
+def test_lora_freezes_the_base_weights_of_each_gemma_with_lora(llm_lora, expert_lora):
+    """models/pi0_config.py ``get_freeze_filter``: a Gemma with LoRA has its base weights frozen (the language
+    model's embedding and final norm included) and its LoRA factors trainable; a Gemma without LoRA, the vision tower
+    and the projections stay trainable."""
+    from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+    from openpi.training import freezing
+
+    config = tiny_config(
+        paligemma_variant=LORA if llm_lora else DUMMY, action_expert_variant=LORA if expert_lora else DUMMY
+    )
+    model = PI0Pytorch(config)
+    frozen = set(freezing.freeze_parameters(model, "lora"))
+    for name, _ in model.named_parameters():
+        in_llm = ".language_model." in name
+        in_expert = ".gemma_expert." in name
+        base = not name.endswith((".lora_a", ".lora_b"))
+        expected = base and ((in_llm and llm_lora) or (in_expert and expert_lora))
+        assert (name in frozen) == expected, name
+
+
+@pytest.mark.parametrize(("llm_lora", "expert_lora"), [(True, False), (False, True)])
+def test_jax_lora_freezes_the_base_weights_of_each_gemma_with_lora(tmp_path, llm_lora, expert_lora):
+    """The same rule over the published parameter paths (``.*llm.*`` and ``.*llm.*_1.*``, minus ``.*lora.*``)."""
+    from openpi.models_jax import params as jax_params
+    from openpi.training import config as _config
+    from openpi.training import jax_trainer
+
+    model = tiny_config(
+        paligemma_variant=LORA if llm_lora else DUMMY, action_expert_variant=LORA if expert_lora else DUMMY
+    )
+    config = dataclasses.replace(_config.get_config("debug"), model=model, freeze_filter=model.get_freeze_filter())
+    params = jax_params.init_params(model)
+    frozen = jax_trainer.frozen_paths(config, params)
+    for path in jax_trainer.flatten_params(params):
+        in_expert = path.startswith("PaliGemma/llm/") and any(part.endswith("_1") for part in path.split("/"))
+        in_llm = path.startswith("PaliGemma/llm/") and not in_expert
+        expected = "lora" not in path and ((in_llm and llm_lora) or (in_expert and expert_lora))
+        assert (path in frozen) == expected, path

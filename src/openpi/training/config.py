@@ -63,7 +63,8 @@ class TrainConfig:
     # Shard parameters, gradients and optimizer state over this many devices: PyTorch FSDP2 over torchrun processes
     # (training/fsdp.py), or the JAX trainer's data x fsdp device mesh. 1: no sharding.
     fsdp_devices: int = 1
-    # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex.
+    # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex;
+    # None freezes nothing. LoRA fine-tunes set the model's `get_freeze_filter()`, as upstream's configs do.
     freeze_filter: str | None = None
     # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.
     # Upstream's default is 0.99; here the published fine-tuning configs set theirs and the others keep none.
@@ -174,10 +175,11 @@ def _libero(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
 
 
 def _libero_low_mem(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
-    """Upstream's low-memory LoRA fine-tune: LoRA variants of both experts, their base weights frozen, no EMA."""
+    """Upstream's low-memory LoRA fine-tune: LoRA variants of both experts, their base weights frozen (the model's
+    ``get_freeze_filter()``, as upstream), no EMA."""
     lora = {"paligemma_variant": "gemma_2b_lora", "action_expert_variant": "gemma_300m_lora", **model_kwargs}
     config = _libero(name, pi05, **lora)
-    return dataclasses.replace(config, freeze_filter="lora", ema_decay=None)
+    return dataclasses.replace(config, freeze_filter=config.model.get_freeze_filter(), ema_decay=None)
 
 
 def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
