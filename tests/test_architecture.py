@@ -217,3 +217,11 @@ def test_action_stats_that_do_not_cover_the_robot_are_refused(tmp_path):
     stats["actions"] = normalize.NormStats(mean=np.zeros(3), std=np.ones(3))
     with pytest.raises(ValueError, match="'actions' norm stats have 3 dims but the robot has 7"):
         pipeline.build_pipeline(created, stats, from_dataset=False)
+
+
+def test_norm_stats_without_state_or_actions_are_refused(tmp_path):
+    created = _resolved("pi05_libero_pytorch", tmp_path)
+    stats = _identity_stats(8)
+    del stats["state"]
+    with pytest.raises(ValueError, match=r"no \['state'\].*compute_norm_stats"):
+        pipeline.build_pipeline(created, stats, from_dataset=False)

@@ -117,3 +117,28 @@ def test_jax_lora_freezes_the_base_weights_of_each_gemma_with_lora(tmp_path, llm
         in_llm = path.startswith("PaliGemma/llm/") and not in_expert
         expected = "lora" not in path and ((in_llm and llm_lora) or (in_expert and expert_lora))
         assert (path in frozen) == expected, path
+
+
+# -------------------------------------------------------------------------------------- 4. Normalize / Unnormalize
+def test_normalize_applies_to_every_key_its_statistics_hold():
+    """transforms.py ``Normalize``/``Unnormalize``: ``apply_tree`` over the statistics' (``/``-flattened) keys;
+    keys the sample lacks are skipped by Normalize and an error for Unnormalize (``strict=True``)."""
+    stats = {"state": _stats(2), "effort": _stats(2, 1.0), "arm/joints": _stats(2, 2.0)}
+    data = {"state": np.ones(2), "effort": np.ones(2), "arm": {"joints": np.ones(2), "other": np.ones(2)}}
+    out = transforms.Normalize(stats)(data)
+    np.testing.assert_allclose(out["effort"], [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(out["arm"]["joints"], [-0.5, -0.5], atol=1e-5)
+    np.testing.assert_array_equal(out["arm"]["other"], [1.0, 1.0])
+    back = transforms.Unnormalize(stats)(out)
+    np.testing.assert_allclose(back["arm"]["joints"], [1.0, 1.0], atol=1e-5)
+    with pytest.raises(ValueError, match="effort"):
+        transforms.Unnormalize(stats)({"state": np.ones(2), "arm": {"joints": np.ones(2)}})
+
+
+def test_norm_stats_serialize_json_round_trips():
+    """shared/normalize.py ``serialize_json``/``deserialize_json``: ``{"norm_stats": {key: {...}}}`` as a string."""
+    stats = {"state": _stats(3)}
+    text = normalize.serialize_json(stats)
+    assert '"norm_stats"' in text
+    back = normalize.deserialize_json(text)
+    np.testing.assert_array_equal(back["state"].q99, stats["state"].q99)

@@ -7,7 +7,7 @@ inputs and then the ``outputs`` of each :class:`Group` in reverse order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,8 +15,8 @@ import numpy as np
 from openpi.shared import image_tools
 from openpi.shared import normalize as _normalize
 
-NORMALIZED_KEYS = ("state", "actions")
-NORM_STATS_COMMAND = "uv run scripts/compute_norm_stats.py --config-name <CONFIG>"
+# What PadStatesAndActions pads to the model's action dimension.
+_PADDED_KEYS = ("state", "actions")
 
 
 class DataTransformFn(Protocol):
@@ -63,6 +63,32 @@ def flatten_dict(tree: Mapping[str, Any], separator: str = "/") -> dict[str, Any
         else:
             flat[key] = value
     return flat
+
+
+def unflatten_dict(flat: Mapping[str, Any], separator: str = "/") -> dict[str, Any]:
+    """Inverse of :func:`flatten_dict`: ``separator``-joined keys become nested dicts."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(separator)
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def apply_tree(
+    tree: Mapping[str, Any], selector: Mapping[str, Any], fn: Callable[[Any, Any], Any], *, strict: bool = False
+) -> dict[str, Any]:
+    """Replaces each leaf of ``tree`` that ``selector`` holds (both ``/``-flattened) by ``fn(leaf, selector_leaf)``.
+
+    Raises:
+        ValueError: with ``strict``, ``selector`` holds a key that ``tree`` lacks.
+    """
+    flat, selected = flatten_dict(tree), flatten_dict(selector)
+    if strict and (missing := sorted(set(selected) - set(flat))):
+        raise ValueError(f"Keys {missing} not found in the data (it has {sorted(flat)})")
+    return unflatten_dict({key: fn(value, selected[key]) if key in selected else value for key, value in flat.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,38 +150,50 @@ class PromptFromLeRobotTask:
 
 @dataclasses.dataclass(frozen=True)
 class Normalize:
-    """Normalises ``state`` and ``actions`` (z-score, or quantiles to [-1, 1]) where present."""
+    """Normalises every key its statistics hold (z-score, or quantiles to [-1, 1]), as upstream: ``/``-joined keys
+    address nested values; keys the sample lacks are skipped unless ``strict``. No statistics: nothing to do."""
 
-    norm_stats: Mapping[str, _normalize.NormStats]
+    norm_stats: Mapping[str, _normalize.NormStats] | None
     use_quantiles: bool = False
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm_stats is not None and self.use_quantiles:
+            _check_quantiles(self.norm_stats)
 
     def __call__(self, data: dict) -> dict:
-        for key in NORMALIZED_KEYS:
-            if key in data:
-                data[key] = _normalize.normalize(data[key], _stats_for(self.norm_stats, key), self.use_quantiles)
-        return data
+        if self.norm_stats is None:
+            return data
+        return apply_tree(data, self.norm_stats, self._normalize, strict=self.strict)
+
+    def _normalize(self, x: np.ndarray, stats: _normalize.NormStats) -> np.ndarray:
+        return _normalize.normalize(x, stats, self.use_quantiles)
 
 
 @dataclasses.dataclass(frozen=True)
 class Unnormalize:
-    """Inverse of :class:`Normalize` with the same statistics."""
+    """Inverse of :class:`Normalize` with the same statistics; every key they hold must be in the sample."""
 
-    norm_stats: Mapping[str, _normalize.NormStats]
+    norm_stats: Mapping[str, _normalize.NormStats] | None
     use_quantiles: bool = False
 
+    def __post_init__(self) -> None:
+        if self.norm_stats is not None and self.use_quantiles:
+            _check_quantiles(self.norm_stats)
+
     def __call__(self, data: dict) -> dict:
-        for key in NORMALIZED_KEYS:
-            if key in data:
-                data[key] = _normalize.unnormalize(data[key], _stats_for(self.norm_stats, key), self.use_quantiles)
-        return data
+        if self.norm_stats is None:
+            return data
+        return apply_tree(data, self.norm_stats, self._unnormalize, strict=True)
+
+    def _unnormalize(self, x: np.ndarray, stats: _normalize.NormStats) -> np.ndarray:
+        return _normalize.unnormalize(x, stats, self.use_quantiles)
 
 
-def _stats_for(norm_stats: Mapping[str, _normalize.NormStats], key: str) -> _normalize.NormStats:
-    if key not in norm_stats:
-        raise KeyError(
-            f"No norm stats for {key!r} (have {sorted(norm_stats)}). Compute them with `{NORM_STATS_COMMAND}`."
-        )
-    return norm_stats[key]
+def _check_quantiles(norm_stats: Mapping[str, _normalize.NormStats]) -> None:
+    for key, stats in flatten_dict(norm_stats).items():
+        if not stats.has_quantiles:
+            raise ValueError(f"Quantile normalisation needs q01 and q99, but the norm stats of {key!r} lack them")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +268,7 @@ class PadStatesAndActions:
     action_dim: int
 
     def __call__(self, data: dict) -> dict:
-        for key in NORMALIZED_KEYS:
+        for key in _PADDED_KEYS:
             if key in data:
                 data[key] = pad_to_dim(data[key], self.action_dim, key)
         return data
