@@ -30,7 +30,7 @@ def test_default_prompt_and_prompt_from_task():
     assert "prompt" not in transforms.InjectDefaultPrompt(None)({})
     assert transforms.PromptFromLeRobotTask()({"task": "open drawer"})["prompt"] == "open drawer"
     assert transforms.PromptFromLeRobotTask({3: "close"})({"task_index": np.array(3)})["prompt"] == "close"
-    with pytest.raises(KeyError, match="task"):
+    with pytest.raises(ValueError, match="task"):
         transforms.PromptFromLeRobotTask()({"state": 0})
 
 

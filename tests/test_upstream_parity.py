@@ -142,3 +142,67 @@ def test_norm_stats_serialize_json_round_trips():
     assert '"norm_stats"' in text
     back = normalize.deserialize_json(text)
     np.testing.assert_array_equal(back["state"].q99, stats["state"].q99)
+
+
+# ------------------------------------------------------------------------------------- 6b. smaller: transforms
+def test_none_mask_and_none_stats_are_no_ops():
+    """transforms.py: ``DeltaActions(mask=None)``, ``AbsoluteActions(mask=None)``, ``Normalize(None)`` and
+    ``Unnormalize(None)`` return their input unchanged."""
+    item = {"state": np.array([1.0, 2.0]), "actions": np.array([[3.0, 4.0]])}
+    for transform in (
+        transforms.DeltaActions(None),
+        transforms.AbsoluteActions(None),
+        transforms.Normalize(None),
+        transforms.Unnormalize(None),
+    ):
+        assert transform(item) is item
+        np.testing.assert_array_equal(item["actions"], [[3.0, 4.0]])
+
+
+def test_transforms_raise_value_error():
+    """transforms.py: a missing or unknown task index, a missing prompt and a missing state are ``ValueError``."""
+    with pytest.raises(ValueError, match="task_index=2 not found in task mapping"):
+        transforms.PromptFromLeRobotTask({1: "go"})({"task_index": 2})
+    with pytest.raises(ValueError, match="task_index"):
+        transforms.PromptFromLeRobotTask({1: "go"})({})
+    with pytest.raises(ValueError, match="Prompt is required"):
+        transforms.TokenizePrompt(_NoTokenizer())({})
+    with pytest.raises(ValueError, match="State is required"):
+        transforms.TokenizePrompt(_NoTokenizer(), discrete_state_input=True)({"prompt": "go"})
+
+
+class _NoTokenizer:
+    def tokenize(self, prompt, state=None):
+        raise AssertionError("not reached")
+
+
+def test_transform_dict_renames_removes_and_refuses_conflicts():
+    """transforms.py ``transform_dict``: full-match regex patterns over ``/``-flattened keys, first match wins,
+    ``None`` removes, backreferences rename; a clash or a leaf aliasing a node is a ``ValueError``."""
+    tree = {"cams": {"top": 1, "wrist": 2}, "state": 3}
+    assert transforms.transform_dict({"cams/(.+)": r"images/\1", "state": None}, tree) == {
+        "images": {"top": 1, "wrist": 2}
+    }
+    assert transforms.transform_dict({"cams": None}, tree) == tree
+    with pytest.raises(ValueError, match="already exists"):
+        transforms.transform_dict({"cams/top": "state"}, tree)
+    with pytest.raises(ValueError, match="aliases a node"):
+        transforms.transform_dict({"state": "cams"}, tree)
+
+
+def test_unflatten_dict_and_apply_tree():
+    """transforms.py ``unflatten_dict`` inverts ``flatten_dict``; ``apply_tree(tree, selector, fn, strict=)`` maps
+    the selected leaves and, strict, refuses selector keys the tree lacks."""
+    tree = {"a": {"b": 1, "c": 2}, "d": 3}
+    assert transforms.unflatten_dict(transforms.flatten_dict(tree)) == tree
+    assert transforms.apply_tree(tree, {"a": {"b": 10}}, lambda x, s: x * s) == {"a": {"b": 10, "c": 2}, "d": 3}
+    with pytest.raises(ValueError, match="x"):
+        transforms.apply_tree(tree, {"x": 1}, lambda x, s: x, strict=True)
+
+
+def test_subsample_actions_and_pad_to_dim_axis_value():
+    """transforms.py ``SubsampleActions(stride)`` keeps every stride-th action; ``pad_to_dim(x, dim, axis, value)``
+    pads one axis with a value."""
+    assert transforms.SubsampleActions(2)({"actions": np.arange(5)})["actions"].tolist() == [0, 2, 4]
+    padded = transforms.pad_to_dim(np.ones((2, 3)), 4, axis=0, value=-1.0)
+    np.testing.assert_array_equal(padded, [[1, 1, 1], [1, 1, 1], [-1, -1, -1], [-1, -1, -1]])

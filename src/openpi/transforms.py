@@ -7,6 +7,8 @@ inputs and then the ``outputs`` of each :class:`Group` in reverse order.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -77,6 +79,38 @@ def unflatten_dict(flat: Mapping[str, Any], separator: str = "/") -> dict[str, A
     return tree
 
 
+def transform_dict(patterns: Mapping[str, str | None], tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Renames or removes the ``/``-flattened keys of ``tree``, as upstream's ``transform_dict``.
+
+    Each pattern is a regex that must match a whole key; the first that matches renames it to its value (which may
+    use backreferences, see ``re.sub``) or removes it when the value is None. Unmatched keys stay.
+
+    Raises:
+        ValueError: two keys get the same name, or a renamed leaf would also be a node (``a`` and ``a/b``).
+    """
+    compiled = [(re.compile(pattern), replacement) for pattern, replacement in patterns.items()]
+    output: dict[str, Any] = {}
+    for key, value in flatten_dict(tree).items():
+        new_key = _renamed(key, compiled)
+        if new_key is None:
+            continue
+        if new_key in output:
+            raise ValueError(f"Key '{new_key}' already exists in output")
+        output[new_key] = value
+    for name, next_name in itertools.pairwise(sorted(output)):
+        if next_name.startswith(name + "/"):
+            raise ValueError(f"Leaf '{name}' aliases a node of '{next_name}'")
+    return unflatten_dict(output)
+
+
+def _renamed(key: str, patterns: Sequence[tuple[re.Pattern, str | None]]) -> str | None:
+    """``key`` renamed by the first pattern matching all of it (None: removed); unchanged when none matches."""
+    for regex, replacement in patterns:
+        if regex.fullmatch(key):
+            return None if replacement is None else regex.sub(replacement, key, count=1)
+    return key
+
+
 def apply_tree(
     tree: Mapping[str, Any], selector: Mapping[str, Any], fn: Callable[[Any, Any], Any], *, strict: bool = False
 ) -> dict[str, Any]:
@@ -139,12 +173,12 @@ class PromptFromLeRobotTask:
         if "task" in data:
             data["prompt"] = str(data["task"])
         elif self.tasks is not None and "task_index" in data:
-            index = int(np.asarray(data["task_index"]))
-            if index not in self.tasks:
-                raise KeyError(f"task_index {index} is not in the dataset's tasks {sorted(self.tasks)}")
-            data["prompt"] = self.tasks[index]
+            task_index = int(np.asarray(data["task_index"]))
+            if task_index not in self.tasks:
+                raise ValueError(f"{task_index=} not found in task mapping: {dict(self.tasks)}")
+            data["prompt"] = self.tasks[task_index]
         else:
-            raise KeyError(f"Cannot derive a prompt: sample has neither 'task' nor 'task_index'; has {sorted(data)}")
+            raise ValueError(f'Cannot extract prompt without "task_index" (or "task"); the sample has {sorted(data)}')
         return data
 
 
@@ -240,7 +274,9 @@ class TokenizePrompt:
 
     def __call__(self, data: dict) -> dict:
         if "prompt" not in data:
-            raise ValueError("The observation has no 'prompt' and the policy has no default prompt")
+            raise ValueError("Prompt is required: the observation has no 'prompt' and the policy has no default prompt")
+        if self.discrete_state_input and "state" not in data:
+            raise ValueError("State is required: the discrete state input writes it into the prompt")
         prompt = data.pop("prompt")
         if isinstance(prompt, bytes):
             prompt = prompt.decode()
@@ -250,15 +286,20 @@ class TokenizePrompt:
         return data
 
 
-def pad_to_dim(x: np.ndarray, dim: int, name: str = "array") -> np.ndarray:
-    """Zero-pads the last axis of ``x`` to ``dim``; raises if it is already longer."""
+def pad_to_dim(
+    x: np.ndarray, target_dim: int, axis: int = -1, value: float = 0.0, *, name: str = "array"
+) -> np.ndarray:
+    """Pads ``axis`` of ``x`` with ``value`` to ``target_dim``; raises if it is already longer (``name`` names ``x``
+    in the error)."""
     x = np.asarray(x)
-    if x.shape[-1] > dim:
-        raise ValueError(f"{name} has {x.shape[-1]} dims in its last axis, more than the model's {dim}")
-    if x.shape[-1] == dim:
+    current = x.shape[axis]
+    if current > target_dim:
+        raise ValueError(f"{name} has {current} dims in axis {axis}, more than the model's {target_dim}")
+    if current == target_dim:
         return x
-    padding = [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])]
-    return np.pad(x, padding)
+    padding = [(0, 0)] * x.ndim
+    padding[axis] = (0, target_dim - current)
+    return np.pad(x, padding, constant_values=value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,15 +311,27 @@ class PadStatesAndActions:
     def __call__(self, data: dict) -> dict:
         for key in _PADDED_KEYS:
             if key in data:
-                data[key] = pad_to_dim(data[key], self.action_dim, key)
+                data[key] = pad_to_dim(data[key], self.action_dim, name=key)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsampleActions:
+    """Keeps every ``stride``-th action of the chunk."""
+
+    stride: int
+
+    def __call__(self, data: dict) -> dict:
+        data["actions"] = data["actions"][:: self.stride]
         return data
 
 
 @dataclasses.dataclass(frozen=True)
 class DeltaActions:
-    """Turns absolute actions into deltas from the current state on the dims where ``mask`` is True."""
+    """Turns absolute actions into deltas from the current state on the dims where ``mask`` is True; a None mask
+    does nothing."""
 
-    mask: Sequence[bool]
+    mask: Sequence[bool] | None
 
     def __call__(self, data: dict) -> dict:
         return _shift_actions(data, self.mask, sign=-1.0)
@@ -286,16 +339,16 @@ class DeltaActions:
 
 @dataclasses.dataclass(frozen=True)
 class AbsoluteActions:
-    """Inverse of :class:`DeltaActions`: adds the current state back on the masked dims."""
+    """Inverse of :class:`DeltaActions`: adds the current state back on the masked dims; a None mask does nothing."""
 
-    mask: Sequence[bool]
+    mask: Sequence[bool] | None
 
     def __call__(self, data: dict) -> dict:
         return _shift_actions(data, self.mask, sign=1.0)
 
 
-def _shift_actions(data: dict, mask: Sequence[bool], sign: float) -> dict:
-    if "actions" not in data:
+def _shift_actions(data: dict, mask: Sequence[bool] | None, sign: float) -> dict:
+    if "actions" not in data or mask is None:
         return data
     mask_array = np.asarray(mask, dtype=bool)
     dims = len(mask_array)
