@@ -144,6 +144,16 @@ def test_norm_stats_serialize_json_round_trips():
     np.testing.assert_array_equal(back["state"].q99, stats["state"].q99)
 
 
+# ------------------------------------------------------------------------------------ 6a. smaller: FakeDataset
+def test_fake_dataset_takes_the_sample_count():
+    """training/data_loader.py: ``FakeDataset(model_config, num_samples)``; the horizon is the model's."""
+    from openpi.training.data_loader import FakeDataset
+
+    config = tiny_config(action_horizon=3)
+    dataset = FakeDataset(config, 5)
+    assert len(dataset) == 5 and dataset[4]["actions"].shape == (3, config.action_dim)
+
+
 # ------------------------------------------------------------------------------------- 6b. smaller: transforms
 def test_none_mask_and_none_stats_are_no_ops():
     """transforms.py: ``DeltaActions(mask=None)``, ``AbsoluteActions(mask=None)``, ``Normalize(None)`` and
