@@ -216,3 +216,15 @@ def test_subsample_actions_and_pad_to_dim_axis_value():
     assert transforms.SubsampleActions(2)({"actions": np.arange(5)})["actions"].tolist() == [0, 2, 4]
     padded = transforms.pad_to_dim(np.ones((2, 3)), 4, axis=0, value=-1.0)
     np.testing.assert_array_equal(padded, [[1, 1, 1], [1, 1, 1], [-1, -1, -1], [-1, -1, -1]])
+
+
+# --------------------------------------------------------------------------------------- 6c. smaller: msgpack
+def test_msgpack_round_trips_datetime64_arrays():
+    """openpi_client/msgpack_numpy.py: any dtype but object, void and complex round-trips, datetime64 included."""
+    from openpi.serving import msgpack_numpy
+
+    stamps = np.array(["2024-01-02T03:04:05.000000006", "NaT"], dtype="datetime64[ns]")
+    spans = np.array([1, 2], dtype="timedelta64[ms]")
+    out = msgpack_numpy.unpackb(msgpack_numpy.packb({"t": stamps, "d": spans}))
+    np.testing.assert_array_equal(out["t"], stamps)
+    assert out["t"].dtype == stamps.dtype and out["d"].dtype == spans.dtype
