@@ -228,3 +228,23 @@ def test_msgpack_round_trips_datetime64_arrays():
     out = msgpack_numpy.unpackb(msgpack_numpy.packb({"t": stamps, "d": spans}))
     np.testing.assert_array_equal(out["t"], stamps)
     assert out["t"].dtype == stamps.dtype and out["d"].dtype == spans.dtype
+
+
+# -------------------------------------------------------------------------------------- 6d. smaller: download
+def test_download_resolves_local_paths_file_urls_and_the_cache(tmp_path, monkeypatch):
+    """shared/download.py ``maybe_download``: a local path is returned resolved (missing: ``FileNotFoundError``);
+    a remote URL maps to ``$OPENPI_DATA_HOME/<netloc>/<path>`` and a cached copy is used as is."""
+    from openpi.shared import download
+
+    monkeypatch.setenv("OPENPI_DATA_HOME", str(tmp_path / "cache"))
+    local = tmp_path / "file.bin"
+    local.write_bytes(b"x")
+    assert download.maybe_download(str(local)) == local.resolve()
+    assert download.maybe_download(f"file://{local}") == local.resolve()
+    with pytest.raises(FileNotFoundError):
+        download.maybe_download(str(tmp_path / "missing"))
+    cached = tmp_path / "cache" / "big_vision" / "paligemma_tokenizer.model"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"model")
+    assert download.get_cache_dir() == (tmp_path / "cache").resolve()
+    assert download.maybe_download("gs://big_vision/paligemma_tokenizer.model") == cached.resolve()
