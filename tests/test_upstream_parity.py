@@ -144,6 +144,46 @@ def test_norm_stats_serialize_json_round_trips():
     np.testing.assert_array_equal(back["state"].q99, stats["state"].q99)
 
 
+# ---------------------------------------------------------------------------------------------- 5. config names
+UPSTREAM_NAMES = {
+    "pi0_libero": "pi0_libero_pytorch",
+    "pi05_libero": "pi05_libero_pytorch",
+    "pi0_libero_low_mem_finetune": "pi0_libero_low_mem_finetune_pytorch",
+    "pi0_aloha_sim": "pi0_aloha_sim_pytorch",
+    "pi05_droid": "pi05_droid_pytorch",
+}
+
+
+@pytest.mark.parametrize(("upstream", "ours"), UPSTREAM_NAMES.items())
+def test_upstream_config_names_resolve_to_the_same_recipe(upstream, ours):
+    """training/config.py: the names upstream users type; checkpoints and assets stay under the name typed."""
+    from openpi.training import config as _config
+
+    assert _config.get_config(upstream) == dataclasses.replace(_config.get_config(ours), name=upstream)
+    assert upstream in _config.list_configs() and ours in _config.list_configs()
+    parsed = _config.cli([upstream, "--exp-name", "e1", "--batch-size", "8"])
+    assert parsed.checkpoint_dir.parts[-2:] == (upstream, "e1") and parsed.batch_size == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "pi05", "horizon", "asset_id", "prompt"),
+    [
+        ("pi0_droid", False, 10, "droid", None),
+        ("pi0_aloha", False, 50, "trossen", None),
+        ("pi05_aloha", True, 50, "trossen", None),
+        ("pi0_aloha_towel", False, 50, "trossen", "fold the towel"),
+        ("pi0_aloha_tupperware", False, 50, "trossen", "open the tupperware and put the food on the plate"),
+    ],
+)
+def test_upstream_inference_configs_are_registered(name, pi05, horizon, asset_id, prompt):
+    """training/config.py: upstream's inference configs for its published checkpoints (model, asset, prompt)."""
+    from openpi.training import config as _config
+
+    config = _config.get_config(name)
+    assert (config.model.pi05, config.model.action_horizon) == (pi05, horizon)
+    assert (config.data.assets.asset_id, config.data.default_prompt) == (asset_id, prompt)
+
+
 # ------------------------------------------------------------------------------------ 6a. smaller: FakeDataset
 def test_fake_dataset_takes_the_sample_count():
     """training/data_loader.py: ``FakeDataset(model_config, num_samples)``; the horizon is the model's."""
