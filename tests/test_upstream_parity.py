@@ -288,3 +288,19 @@ def test_download_resolves_local_paths_file_urls_and_the_cache(tmp_path, monkeyp
     cached.write_bytes(b"model")
     assert download.get_cache_dir() == (tmp_path / "cache").resolve()
     assert download.maybe_download("gs://big_vision/paligemma_tokenizer.model") == cached.resolve()
+
+
+# ------------------------------------------------------------------------------------------ 7. the client module
+def test_client_has_the_published_clients_interface():
+    """openpi_client/websocket_client_policy.py: ``WebsocketClientPolicy(host, port)`` (or a ``ws://`` URI as host
+    and no port), ``get_server_metadata()``, ``infer(obs)``, ``reset()``."""
+    from openpi.serving.websocket_client import WebsocketClientPolicy
+    from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+    from tests.helpers.serving import EchoPolicy, state_vector
+
+    with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0).running_in_background() as port:
+        for client in (WebsocketClientPolicy("127.0.0.1", port), WebsocketClientPolicy(f"ws://127.0.0.1:{port}", None)):
+            assert client.get_server_metadata()["name"] == "echo"
+            client.reset()
+            np.testing.assert_array_equal(client.infer({"state": state_vector(0.5)})["actions"][0], state_vector(0.5))
+            client.close()
