@@ -304,14 +304,14 @@ def pad_to_dim(
 
 @dataclasses.dataclass(frozen=True)
 class PadStatesAndActions:
-    """Zero-pads the last dimension of ``state`` and ``actions`` to the model's ``action_dim``."""
+    """Zero-pads the last dimension of ``state`` and ``actions`` to the model's action dimension."""
 
-    action_dim: int
+    model_action_dim: int
 
     def __call__(self, data: dict) -> dict:
         for key in _PADDED_KEYS:
             if key in data:
-                data[key] = pad_to_dim(data[key], self.action_dim, name=key)
+                data[key] = pad_to_dim(data[key], self.model_action_dim, name=key)
         return data
 
 
