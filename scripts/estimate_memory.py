@@ -6,9 +6,9 @@ activations.
 
 Builds the model on the meta device (nothing is allocated, any size works) and measures the activations of one
 training forward at the given batch and prompt length (see ``openpi.training.memory`` for what is counted and what
-is not). Prints one row per mode: the config as it is, LoRA (the ``*_lora`` Gemma variants with the ``lora`` freeze
-filter and no EMA, as the low-memory configs), frozen vision, each with gradient checkpointing on and off, and per
-FSDP rank count.
+is not). Prints one row per mode: the config as it is, LoRA (the ``*_lora`` Gemma variants, rank-16 adapters on other
+sizes, their base weights frozen and no EMA, as the low-memory configs), frozen vision, each with gradient
+checkpointing on and off, and per FSDP rank count.
 """
 
 from __future__ import annotations

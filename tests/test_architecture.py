@@ -17,7 +17,7 @@ from openpi.models.observation import Observation
 from openpi.models_pytorch import preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import data_config, pipeline, policy_config
-from openpi.shared import normalize
+from openpi.shared import image_tools, normalize
 from openpi.training import config as _config
 from openpi.training import data_loader
 from tests.helpers.lerobot import write_tokenizer
@@ -190,13 +190,13 @@ def test_a_dataset_image_is_resized_once_to_the_tower(tmp_path, embedded_data_ho
     config.data.prepare()
     created = config.data.create(tmp_path / "assets", config.model)
     calls = []
-    original = transforms.resize_with_pad
+    original = image_tools.resize_with_pad
 
     def counting(image, height, width):
         calls.append((image.shape[:2], (height, width)))
         return original(image, height, width)
 
-    monkeypatch.setattr(transforms, "resize_with_pad", counting)
+    monkeypatch.setattr(image_tools, "resize_with_pad", counting)
     sample = data_loader.create_torch_dataset(created, config.model.action_horizon, config.model)[0]
     out = transforms.compose(data_loader.training_transforms(created))(sample)
     tower = config.model.vision_config.image_size
@@ -216,4 +216,12 @@ def test_action_stats_that_do_not_cover_the_robot_are_refused(tmp_path):
     stats = _identity_stats(8)
     stats["actions"] = normalize.NormStats(mean=np.zeros(3), std=np.ones(3))
     with pytest.raises(ValueError, match="'actions' norm stats have 3 dims but the robot has 7"):
+        pipeline.build_pipeline(created, stats, from_dataset=False)
+
+
+def test_norm_stats_without_state_or_actions_are_refused(tmp_path):
+    created = _resolved("pi05_libero_pytorch", tmp_path)
+    stats = _identity_stats(8)
+    del stats["state"]
+    with pytest.raises(ValueError, match=r"no \['state'\].*compute_norm_stats"):
         pipeline.build_pipeline(created, stats, from_dataset=False)

@@ -30,7 +30,7 @@ def test_default_prompt_and_prompt_from_task():
     assert "prompt" not in transforms.InjectDefaultPrompt(None)({})
     assert transforms.PromptFromLeRobotTask()({"task": "open drawer"})["prompt"] == "open drawer"
     assert transforms.PromptFromLeRobotTask({3: "close"})({"task_index": np.array(3)})["prompt"] == "close"
-    with pytest.raises(KeyError, match="task"):
+    with pytest.raises(ValueError, match="task"):
         transforms.PromptFromLeRobotTask()({"state": 0})
 
 
@@ -47,13 +47,6 @@ def test_normalize_roundtrip_and_values(use_quantiles):
     back = transforms.Unnormalize(stats, use_quantiles)(out)
     np.testing.assert_allclose(back["state"], state, atol=1e-5)
     np.testing.assert_allclose(back["actions"], actions, atol=1e-5)
-
-
-def test_normalize_missing_stats_is_a_clear_error():
-    with pytest.raises(KeyError, match=r"'actions'.*compute_norm_stats"):
-        transforms.Normalize({"state": _stats(2)})({"state": np.zeros(2), "actions": np.zeros((1, 2))})
-    # Keys absent from the sample need no stats (inference has no actions).
-    assert "actions" not in transforms.Normalize({"state": _stats(2)})({"state": np.zeros(2)})
 
 
 def test_resize_with_pad_keeps_aspect_and_pads_black():

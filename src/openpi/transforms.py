@@ -7,16 +7,18 @@ inputs and then the ``outputs`` of each :class:`Group` in reverse order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import itertools
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
+from openpi.shared import image_tools
 from openpi.shared import normalize as _normalize
 
-NORMALIZED_KEYS = ("state", "actions")
-NORM_STATS_COMMAND = "uv run scripts/compute_norm_stats.py --config-name <CONFIG>"
+# What PadStatesAndActions pads to the model's action dimension.
+_PADDED_KEYS = ("state", "actions")
 
 
 class DataTransformFn(Protocol):
@@ -63,6 +65,64 @@ def flatten_dict(tree: Mapping[str, Any], separator: str = "/") -> dict[str, Any
         else:
             flat[key] = value
     return flat
+
+
+def unflatten_dict(flat: Mapping[str, Any], separator: str = "/") -> dict[str, Any]:
+    """Inverse of :func:`flatten_dict`: ``separator``-joined keys become nested dicts."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(separator)
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def transform_dict(patterns: Mapping[str, str | None], tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Renames or removes the ``/``-flattened keys of ``tree``, as upstream's ``transform_dict``.
+
+    Each pattern is a regex that must match a whole key; the first that matches renames it to its value (which may
+    use backreferences, see ``re.sub``) or removes it when the value is None. Unmatched keys stay.
+
+    Raises:
+        ValueError: two keys get the same name, or a renamed leaf would also be a node (``a`` and ``a/b``).
+    """
+    compiled = [(re.compile(pattern), replacement) for pattern, replacement in patterns.items()]
+    output: dict[str, Any] = {}
+    for key, value in flatten_dict(tree).items():
+        new_key = _renamed(key, compiled)
+        if new_key is None:
+            continue
+        if new_key in output:
+            raise ValueError(f"Key '{new_key}' already exists in output")
+        output[new_key] = value
+    for name, next_name in itertools.pairwise(sorted(output)):
+        if next_name.startswith(name + "/"):
+            raise ValueError(f"Leaf '{name}' aliases a node of '{next_name}'")
+    return unflatten_dict(output)
+
+
+def _renamed(key: str, patterns: Sequence[tuple[re.Pattern, str | None]]) -> str | None:
+    """``key`` renamed by the first pattern matching all of it (None: removed); unchanged when none matches."""
+    for regex, replacement in patterns:
+        if regex.fullmatch(key):
+            return None if replacement is None else regex.sub(replacement, key, count=1)
+    return key
+
+
+def apply_tree(
+    tree: Mapping[str, Any], selector: Mapping[str, Any], fn: Callable[[Any, Any], Any], *, strict: bool = False
+) -> dict[str, Any]:
+    """Replaces each leaf of ``tree`` that ``selector`` holds (both ``/``-flattened) by ``fn(leaf, selector_leaf)``.
+
+    Raises:
+        ValueError: with ``strict``, ``selector`` holds a key that ``tree`` lacks.
+    """
+    flat, selected = flatten_dict(tree), flatten_dict(selector)
+    if strict and (missing := sorted(set(selected) - set(flat))):
+        raise ValueError(f"Keys {missing} not found in the data (it has {sorted(flat)})")
+    return unflatten_dict({key: fn(value, selected[key]) if key in selected else value for key, value in flat.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,69 +173,67 @@ class PromptFromLeRobotTask:
         if "task" in data:
             data["prompt"] = str(data["task"])
         elif self.tasks is not None and "task_index" in data:
-            index = int(np.asarray(data["task_index"]))
-            if index not in self.tasks:
-                raise KeyError(f"task_index {index} is not in the dataset's tasks {sorted(self.tasks)}")
-            data["prompt"] = self.tasks[index]
+            task_index = int(np.asarray(data["task_index"]))
+            if task_index not in self.tasks:
+                raise ValueError(f"{task_index=} not found in task mapping: {dict(self.tasks)}")
+            data["prompt"] = self.tasks[task_index]
         else:
-            raise KeyError(f"Cannot derive a prompt: sample has neither 'task' nor 'task_index'; has {sorted(data)}")
+            raise ValueError(f'Cannot extract prompt without "task_index" (or "task"); the sample has {sorted(data)}')
         return data
 
 
 @dataclasses.dataclass(frozen=True)
 class Normalize:
-    """Normalises ``state`` and ``actions`` (z-score, or quantiles to [-1, 1]) where present."""
+    """Normalises every key its statistics hold (z-score, or quantiles to [-1, 1]), as upstream: ``/``-joined keys
+    address nested values; keys the sample lacks are skipped unless ``strict``. No statistics: nothing to do."""
 
-    norm_stats: Mapping[str, _normalize.NormStats]
+    norm_stats: Mapping[str, _normalize.NormStats] | None
     use_quantiles: bool = False
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm_stats is not None and self.use_quantiles:
+            _check_quantiles(self.norm_stats)
 
     def __call__(self, data: dict) -> dict:
-        for key in NORMALIZED_KEYS:
-            if key in data:
-                data[key] = _normalize.normalize(data[key], _stats_for(self.norm_stats, key), self.use_quantiles)
-        return data
+        if self.norm_stats is None:
+            return data
+        return apply_tree(data, self.norm_stats, self._normalize, strict=self.strict)
+
+    def _normalize(self, x: np.ndarray, stats: _normalize.NormStats) -> np.ndarray:
+        return _normalize.normalize(x, stats, self.use_quantiles)
 
 
 @dataclasses.dataclass(frozen=True)
 class Unnormalize:
-    """Inverse of :class:`Normalize` with the same statistics."""
+    """Inverse of :class:`Normalize` with the same statistics; every key they hold must be in the sample."""
 
-    norm_stats: Mapping[str, _normalize.NormStats]
+    norm_stats: Mapping[str, _normalize.NormStats] | None
     use_quantiles: bool = False
 
+    def __post_init__(self) -> None:
+        if self.norm_stats is not None and self.use_quantiles:
+            _check_quantiles(self.norm_stats)
+
     def __call__(self, data: dict) -> dict:
-        for key in NORMALIZED_KEYS:
-            if key in data:
-                data[key] = _normalize.unnormalize(data[key], _stats_for(self.norm_stats, key), self.use_quantiles)
-        return data
+        if self.norm_stats is None:
+            return data
+        return apply_tree(data, self.norm_stats, self._unnormalize, strict=True)
+
+    def _unnormalize(self, x: np.ndarray, stats: _normalize.NormStats) -> np.ndarray:
+        return _normalize.unnormalize(x, stats, self.use_quantiles)
 
 
-def _stats_for(norm_stats: Mapping[str, _normalize.NormStats], key: str) -> _normalize.NormStats:
-    if key not in norm_stats:
-        raise KeyError(
-            f"No norm stats for {key!r} (have {sorted(norm_stats)}). Compute them with `{NORM_STATS_COMMAND}`."
-        )
-    return norm_stats[key]
-
-
-def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes a uint8 ``[H, W, C]`` image to fit ``height x width`` keeping the aspect ratio; pads with black."""
-    cur_height, cur_width = image.shape[:2]
-    if (cur_height, cur_width) == (height, width):
-        return image
-    ratio = max(cur_height / height, cur_width / width)
-    new_height = min(height, max(1, round(cur_height / ratio)))
-    new_width = min(width, max(1, round(cur_width / ratio)))
-    resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), resample=Image.Resampling.BILINEAR))
-    out = np.zeros((height, width, image.shape[2]), dtype=np.uint8)
-    top, left = (height - new_height) // 2, (width - new_width) // 2
-    out[top : top + new_height, left : left + new_width] = resized.reshape(new_height, new_width, -1)
-    return out
+def _check_quantiles(norm_stats: Mapping[str, _normalize.NormStats]) -> None:
+    for key, stats in flatten_dict(norm_stats).items():
+        if not stats.has_quantiles:
+            raise ValueError(f"Quantile normalisation needs q01 and q99, but the norm stats of {key!r} lack them")
 
 
 @dataclasses.dataclass(frozen=True)
 class ResizeImages:
-    """Resizes every image in ``data["image"]`` (uint8 ``[H, W, 3]``) to ``height x width`` with padding."""
+    """Resizes every image in ``data["image"]`` (uint8 ``[H, W, 3]``) to ``height x width`` with padding, as upstream
+    (:func:`openpi.shared.image_tools.resize_with_pad`)."""
 
     height: int
     width: int
@@ -186,7 +244,7 @@ class ResizeImages:
             image = np.asarray(image)
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
                 raise ValueError(f"ResizeImages expects uint8 [H, W, 3] for {name!r}, got {image.dtype} {image.shape}")
-            images[name] = resize_with_pad(image, self.height, self.width)
+            images[name] = image_tools.resize_with_pad(image, self.height, self.width)
         data["image"] = images
         return data
 
@@ -216,7 +274,9 @@ class TokenizePrompt:
 
     def __call__(self, data: dict) -> dict:
         if "prompt" not in data:
-            raise ValueError("The observation has no 'prompt' and the policy has no default prompt")
+            raise ValueError("Prompt is required: the observation has no 'prompt' and the policy has no default prompt")
+        if self.discrete_state_input and "state" not in data:
+            raise ValueError("State is required: the discrete state input writes it into the prompt")
         prompt = data.pop("prompt")
         if isinstance(prompt, bytes):
             prompt = prompt.decode()
@@ -226,35 +286,52 @@ class TokenizePrompt:
         return data
 
 
-def pad_to_dim(x: np.ndarray, dim: int, name: str = "array") -> np.ndarray:
-    """Zero-pads the last axis of ``x`` to ``dim``; raises if it is already longer."""
+def pad_to_dim(
+    x: np.ndarray, target_dim: int, axis: int = -1, value: float = 0.0, *, name: str = "array"
+) -> np.ndarray:
+    """Pads ``axis`` of ``x`` with ``value`` to ``target_dim``; raises if it is already longer (``name`` names ``x``
+    in the error)."""
     x = np.asarray(x)
-    if x.shape[-1] > dim:
-        raise ValueError(f"{name} has {x.shape[-1]} dims in its last axis, more than the model's {dim}")
-    if x.shape[-1] == dim:
+    current = x.shape[axis]
+    if current > target_dim:
+        raise ValueError(f"{name} has {current} dims in axis {axis}, more than the model's {target_dim}")
+    if current == target_dim:
         return x
-    padding = [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])]
-    return np.pad(x, padding)
+    padding = [(0, 0)] * x.ndim
+    padding[axis] = (0, target_dim - current)
+    return np.pad(x, padding, constant_values=value)
 
 
 @dataclasses.dataclass(frozen=True)
 class PadStatesAndActions:
-    """Zero-pads the last dimension of ``state`` and ``actions`` to the model's ``action_dim``."""
+    """Zero-pads the last dimension of ``state`` and ``actions`` to the model's action dimension."""
 
-    action_dim: int
+    model_action_dim: int
 
     def __call__(self, data: dict) -> dict:
-        for key in NORMALIZED_KEYS:
+        for key in _PADDED_KEYS:
             if key in data:
-                data[key] = pad_to_dim(data[key], self.action_dim, key)
+                data[key] = pad_to_dim(data[key], self.model_action_dim, name=key)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsampleActions:
+    """Keeps every ``stride``-th action of the chunk."""
+
+    stride: int
+
+    def __call__(self, data: dict) -> dict:
+        data["actions"] = data["actions"][:: self.stride]
         return data
 
 
 @dataclasses.dataclass(frozen=True)
 class DeltaActions:
-    """Turns absolute actions into deltas from the current state on the dims where ``mask`` is True."""
+    """Turns absolute actions into deltas from the current state on the dims where ``mask`` is True; a None mask
+    does nothing."""
 
-    mask: Sequence[bool]
+    mask: Sequence[bool] | None
 
     def __call__(self, data: dict) -> dict:
         return _shift_actions(data, self.mask, sign=-1.0)
@@ -262,16 +339,16 @@ class DeltaActions:
 
 @dataclasses.dataclass(frozen=True)
 class AbsoluteActions:
-    """Inverse of :class:`DeltaActions`: adds the current state back on the masked dims."""
+    """Inverse of :class:`DeltaActions`: adds the current state back on the masked dims; a None mask does nothing."""
 
-    mask: Sequence[bool]
+    mask: Sequence[bool] | None
 
     def __call__(self, data: dict) -> dict:
         return _shift_actions(data, self.mask, sign=1.0)
 
 
-def _shift_actions(data: dict, mask: Sequence[bool], sign: float) -> dict:
-    if "actions" not in data:
+def _shift_actions(data: dict, mask: Sequence[bool] | None, sign: float) -> dict:
+    if "actions" not in data or mask is None:
         return data
     mask_array = np.asarray(mask, dtype=bool)
     dims = len(mask_array)

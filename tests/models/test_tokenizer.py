@@ -1,13 +1,16 @@
 """Tests for the PaliGemma prompt tokenizer, using a tiny SentencePiece model trained per test session."""
 
 import logging
+import re
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import sentencepiece
 
 from openpi.models import tokenizer as tok
+from openpi.shared import download
 
 _VERBS = ("pick up", "put", "open", "close", "push", "move")
 _OBJECTS = ("the red block", "the bowl", "the drawer", "the black mug", "the plate", "a cup")
@@ -65,7 +68,7 @@ def test_discrete_state_prompt_format(tokenizer: tok.PaligemmaTokenizer) -> None
 
 def test_state_bin_edges() -> None:
     bins = tok.discretize_state(np.array([-1.0, -0.999, -1 + 2 / 256, 0.0, 0.99, 1.0, 1.5, -1.5]))
-    np.testing.assert_array_equal(bins, [0, 0, 1, 128, 254, 255, 255, 0])
+    np.testing.assert_array_equal(bins, [0, 0, 1, 128, 254, 255, 255, -1])
 
 
 def test_truncation_warns_once(tokenizer: tok.PaligemmaTokenizer, caplog: pytest.LogCaptureFixture) -> None:
@@ -84,6 +87,20 @@ def test_truncation_warns_once(tokenizer: tok.PaligemmaTokenizer, caplog: pytest
 def test_file_url_and_vocab_size(model_path: Path) -> None:
     tokenizer = tok.PaligemmaTokenizer(max_len=8, model_path=f"file://{model_path}")
     assert tokenizer.vocab_size == sentencepiece.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
+
+
+def test_a_remote_url_is_read_through_the_download_cache(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(download.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    url = f"memory://tokenizers-{tmp_path.name}/tiny.model"
+    fsspec.filesystem("memory").pipe(url.removeprefix("memory:/"), model_path.read_bytes())
+    tokenizer = tok.PaligemmaTokenizer(max_len=8, model_path=url)
+    assert tokenizer.model_path == download.cache_path(url)
+    monkeypatch.delenv(tok.TOKENIZER_PATH_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(download.cache_path(tok.TOKENIZER_SOURCE_URL)))):
+        tok.PaligemmaTokenizer()
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def test_lora_training_updates_only_adapters_vision_and_projections(tmp_path: Pa
     weights.load_weights(start, base_dir, keep_if_missing=lora.is_lora_parameter)
     before = start.state_dict()
     trained = trainer.train(config).model.state_dict()
-    frozen_pattern = freezing.FREEZE_PRESETS["lora"]
+    frozen_pattern = freezing.freeze_pattern("lora", model)
     changed = {key for key in before if not torch.equal(before[key], trained[key])}
     frozen = {key for key in before if re.search(frozen_pattern, key)}
     assert frozen and not (changed & frozen), "a frozen base weight changed"
@@ -143,5 +143,7 @@ def test_freeze_filters_refuse_bad_patterns():
         freezing.freeze_parameters(model, ".")
     with pytest.raises(ValueError, match="neither a preset"):
         freezing.freeze_parameters(model, "(")
+    with pytest.raises(ValueError, match="has LoRA"):
+        freezing.freeze_parameters(model, "lora")
     frozen = freezing.freeze_parameters(model, "vision")
     assert frozen and all("vision_tower" in n or "multi_modal_projector" in n for n in frozen)

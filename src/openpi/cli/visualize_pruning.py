@@ -14,8 +14,8 @@ from openpi.evaluation.closed_loop import PolicyArgs
 from openpi.models.batch import IMAGE_KEYS
 from openpi.policies import policy_config
 from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap
+from openpi.shared.image_tools import resize_with_pad
 from openpi.training import config as _config
-from openpi.transforms import resize_with_pad
 
 
 @dataclasses.dataclass

@@ -22,8 +22,9 @@ def check_image_resolution(camera: str, size: tuple[int, ...], resolution: tuple
     ``ResizeImages`` step is the one place images are resized."""
     if tuple(size) != tuple(resolution):
         raise ValueError(
-            f"Camera {camera!r} is {tuple(size)} px; the vision tower takes {tuple(resolution)}. "
-            "Images are resized by the data pipeline's ResizeImages step (openpi.policies.pipeline)."
+            f"Camera {camera!r} is {tuple(size)} px; the vision tower takes {tuple(resolution)}. The model does not "
+            "resize: the data pipeline's ResizeImages step does (openpi.policies.pipeline), or call "
+            "openpi.shared.image_tools.resize_with_pad on uint8 images first."
         )
 
 

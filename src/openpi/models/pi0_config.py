@@ -8,6 +8,8 @@ from typing import Any, Literal
 from openpi.models import variants
 
 Dtype = Literal["float32", "bfloat16"]
+# The trainers' freeze preset that freezes the base weights of each Gemma with LoRA (openpi.training.freezing).
+LORA_FREEZE_PRESET = "lora"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,12 @@ class Pi0Config:
                 "token_prune_budget_training (for LightVLA's union selection set token_prune_gate_dropped_patches "
                 "False too)"
             )
+
+    def get_freeze_filter(self) -> str | None:
+        """Upstream's freeze filter for LoRA fine-tuning: the ``lora`` preset (the base weights of each Gemma with
+        LoRA frozen, its LoRA factors trained) when either Gemma has LoRA, else None (nothing frozen)."""
+        has_lora = self.llm_config.lora_rank > 0 or self.expert_config.lora_rank > 0
+        return LORA_FREEZE_PRESET if has_lora else None
 
     @property
     def llm_config(self) -> variants.GemmaConfig:

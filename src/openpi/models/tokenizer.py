@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece
 
+from openpi.shared import download
+
 logger = logging.getLogger(__name__)
 
 # Special ids of the PaliGemma (Gemma) SentencePiece model.
@@ -20,7 +22,6 @@ UNK_ID = 3
 
 # Environment variable that may point at the PaliGemma tokenizer when no path is given.
 TOKENIZER_PATH_ENV = "OPENPI_PALIGEMMA_TOKENIZER"
-DEFAULT_TOKENIZER_PATH = Path("~/.cache/openpi/big_vision/paligemma_tokenizer.model")
 PROJECT_TOKENIZER_PATH = Path("./assets/paligemma_tokenizer.model")
 TOKENIZER_SOURCE_URL = "gs://big_vision/paligemma_tokenizer.model"
 
@@ -68,10 +69,10 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | Path, vocab_si
 
 
 def discretize_state(state: np.ndarray) -> np.ndarray:
-    """Maps state values in [-1, 1] to integer bins ``0..255`` (values outside the range land in the end bins)."""
+    """Maps state values in [-1, 1] to integer bins ``0..255`` as upstream does: values at or above the last edge
+    (1 - 2/256) are 255, and values below -1 are -1 (not clipped: the published π0.5 checkpoints saw "-1")."""
     edges = np.linspace(-1.0, 1.0, NUM_STATE_BINS + 1)[:-1]
-    bins = np.digitize(np.asarray(state, dtype=np.float64), bins=edges) - 1
-    return np.clip(bins, 0, NUM_STATE_BINS - 1)
+    return np.digitize(np.asarray(state, dtype=np.float64), bins=edges) - 1
 
 
 def clean_prompt(prompt: str) -> str:
@@ -82,14 +83,21 @@ def clean_prompt(prompt: str) -> str:
 def resolve_tokenizer_path(model_path: str | Path | None) -> Path:
     """The PaliGemma SentencePiece model as an existing local file.
 
-    ``model_path`` may be a path or a ``file://`` URL. Without one, tries ``$OPENPI_PALIGEMMA_TOKENIZER``, then
-    ``./assets/paligemma_tokenizer.model``, then ``~/.cache/openpi/big_vision/paligemma_tokenizer.model``.
+    ``model_path`` may be a path or a URL (``file://``, or a remote one kept in the download cache, see
+    :mod:`openpi.shared.download`). Without one, tries ``$OPENPI_PALIGEMMA_TOKENIZER``, then
+    ``./assets/paligemma_tokenizer.model``, then the cached copy of ``gs://big_vision/paligemma_tokenizer.model``
+    (``~/.cache/openpi/big_vision/paligemma_tokenizer.model`` unless ``$OPENPI_DATA_HOME`` moves the cache).
+
+    Raises:
+        FileNotFoundError: no candidate exists.
+        openpi.shared.download.DownloadError: a remote URL that is not cached could not be fetched.
     """
     if model_path is not None:
         candidates = [_local_path(str(model_path))]
     else:
         env = os.environ.get(TOKENIZER_PATH_ENV)
-        candidates = [*([_local_path(env)] if env else []), PROJECT_TOKENIZER_PATH, DEFAULT_TOKENIZER_PATH]
+        cached = download.cache_path(TOKENIZER_SOURCE_URL)
+        candidates = [*([_local_path(env)] if env else []), PROJECT_TOKENIZER_PATH, cached]
     for candidate in candidates:
         if candidate.expanduser().is_file():
             return candidate.expanduser()
@@ -101,11 +109,10 @@ def resolve_tokenizer_path(model_path: str | Path | None) -> Path:
 
 
 def _local_path(text: str) -> Path:
-    if text.startswith("file://"):
-        return Path(text.removeprefix("file://"))
-    if "://" in text:
-        raise ValueError(f"Only local paths and file:// URLs are supported for the tokenizer, got {text!r}")
-    return Path(text)
+    """A local path: ``file://`` stripped, a remote URL fetched into the download cache."""
+    if "://" in text and not text.startswith("file://"):
+        return download.maybe_download(text)
+    return Path(text.removeprefix("file://"))
 
 
 class PaligemmaTokenizer:

@@ -27,9 +27,16 @@ class CheckStateDim:
         return data
 
 
-def _check_action_stats(norm_stats: Mapping[str, _normalize.NormStats], robot_action_dim: int | None) -> None:
-    actions = norm_stats.get("actions")
-    if robot_action_dim is not None and actions is not None and len(actions.mean) < robot_action_dim:
+def _check_norm_stats(norm_stats: Mapping[str, _normalize.NormStats], robot_action_dim: int | None) -> None:
+    """Normalize applies to the keys the stats hold: without ``state`` or ``actions`` the model would silently get
+    them in robot units."""
+    if missing := [key for key in ("state", "actions") if key not in norm_stats]:
+        raise ValueError(
+            f"The norm stats have no {missing} (they have {sorted(norm_stats)}). Compute them with "
+            "`uv run scripts/compute_norm_stats.py --config-name <CONFIG>`."
+        )
+    actions = norm_stats["actions"]
+    if robot_action_dim is not None and len(actions.mean) < robot_action_dim:
         raise ValueError(
             f"The 'actions' norm stats have {len(actions.mean)} dims but the robot has {robot_action_dim} action "
             "dims; recompute them with scripts/compute_norm_stats.py"
@@ -72,10 +79,9 @@ def build_pipeline(
         return _transforms.Group(inputs=tuple(inputs), outputs=tuple(data_config.data_transforms.outputs))
     outputs = [*data_config.model_transforms.outputs]
     if norm_stats is not None:
-        _check_action_stats(norm_stats, data_config.robot_action_dim)
+        _check_norm_stats(norm_stats, data_config.robot_action_dim)
         quantiles = data_config.use_quantile_norm
-        if "state" in norm_stats:
-            inputs.append(CheckStateDim(len(norm_stats["state"].mean)))
+        inputs.append(CheckStateDim(len(norm_stats["state"].mean)))
         inputs.append(_transforms.Normalize(norm_stats, quantiles))
         outputs.append(_transforms.Unnormalize(norm_stats, quantiles))
     inputs += data_config.model_transforms.inputs

@@ -5,8 +5,9 @@ An array travels as a msgpack map with *binary* (bytes) keys::
     {b"__ndarray__": True, b"data": <raw C-order bytes>, b"dtype": "<f4", b"shape": [d0, d1, ...]}
 
 and a NumPy scalar as ``{b"__npgeneric__": True, b"data": <python value>, b"dtype": "<i8"}``. ``dtype`` is the NumPy
-``dtype.str`` (byte order + kind + item size). Object, void and complex dtypes are refused: the format carries raw
-bytes only, never pickles. Decoded arrays are zero-copy, read-only views of the received message.
+``dtype.str`` (byte order + kind + item size, and a unit for datetime64/timedelta64). Object, void and complex
+dtypes are refused: the format carries raw bytes only, never pickles. Decoded arrays are zero-copy, read-only views of
+the received message.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 _ARRAY_TAG = b"__ndarray__"
 _SCALAR_TAG = b"__npgeneric__"
 _UNSUPPORTED_KINDS = ("V", "O", "c")
-# Plain numeric, bool and text dtypes as ``dtype.str`` writes them ('<f4', '|u1', '|b1', '<U12', '|S3').
-_DTYPE_PATTERN = re.compile(r"[<>|=][biufUS]\d{1,4}")
+# Plain numeric, bool and text dtypes as ``dtype.str`` writes them ('<f4', '|u1', '|b1', '<U12', '|S3'), and
+# datetime64 / timedelta64 with their unit ('<M8[ns]', '<m8[25ms]'), which the published client round-trips too.
+_DTYPE_PATTERN = re.compile(r"[<>|=][biufUS]\d{1,4}|[<>=][mM]8(\[\d{0,4}[a-zA-Z]{1,2}\])?")
 # Observations are small maps of arrays: a container claiming more entries than this is junk, refused before the
 # decoder allocates anything for it.
 MAX_CONTAINER_LEN = 1 << 16

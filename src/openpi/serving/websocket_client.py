@@ -18,14 +18,22 @@ class PolicyRequestError(RuntimeError):
 
 
 class WebsocketClientPolicy:
-    """``infer(obs) -> dict`` against a policy server on ``host:port``."""
+    """``infer(obs) -> dict`` against a policy server on ``host:port``, with the published client's interface
+    (``get_server_metadata()``, ``infer()``, ``reset()``); ``host`` may also be a ``ws://`` URI, then without port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = 8000, api_key: str | None = None) -> None:
+        uri = host if host.startswith("ws") else f"ws://{host}"
+        uri += "" if port is None else f":{port}"
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
-        self._connection: ClientConnection = connect(
-            f"ws://{host}:{port}", additional_headers=headers, compression=None, max_size=None
-        )
+        self._connection: ClientConnection = connect(uri, additional_headers=headers, compression=None, max_size=None)
         self.metadata: dict[str, Any] = msgpack_numpy.unpackb(self._connection.recv())
+
+    def get_server_metadata(self) -> dict[str, Any]:
+        """What the server sent when the connection opened."""
+        return self.metadata
+
+    def reset(self) -> None:
+        """Nothing to reset: the server keeps no state per episode."""
 
     def infer(self, obs: dict) -> dict:
         self._connection.send(msgpack_numpy.packb(obs))

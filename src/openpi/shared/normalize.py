@@ -53,16 +53,45 @@ class NormStats:
         return cls(mean=data["mean"], std=data["std"], q01=data.get("q01"), q99=data.get("q99"))
 
 
+def serialize_json(stats: dict[str, NormStats]) -> str:
+    """The ``norm_stats.json`` text: ``{"norm_stats": {key: {"mean", "std", "q01", "q99"}}}``."""
+    return json.dumps({"norm_stats": {key: value.to_json() for key, value in stats.items()}}, indent=2)
+
+
+def deserialize_json(text: str, source: str = "norm stats JSON") -> dict[str, NormStats]:
+    """Parses and validates :func:`serialize_json`'s text; errors name ``source``.
+
+    Raises:
+        ValueError: not JSON, not ``{"norm_stats": {key: {"mean", "std", ...}}}``, or values that are not finite,
+            negative standard deviations, or ``q01 > q99``.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source} is not valid JSON ({e}); recompute it with scripts/compute_norm_stats.py") from e
+    entries = data.get("norm_stats") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{source} must hold {{'norm_stats': {{key: {{'mean', 'std', ...}}}}}}")
+    stats = {}
+    for key, value in entries.items():
+        try:
+            if not isinstance(value, dict):
+                raise ValueError(f"an entry must be a dict of lists, got {type(value).__name__}")
+            stats[key] = _checked(NormStats.from_json(value))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{source}: norm stats {key!r} are invalid: {e}") from e
+    return stats
+
+
 def save(directory: str | Path, stats: dict[str, NormStats]) -> Path:
     """Writes ``directory/norm_stats.json`` atomically and returns its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = norm_stats_path(directory)
-    payload = {"norm_stats": {key: value.to_json() for key, value in stats.items()}}
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{NORM_STATS_FILE}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
+            f.write(serialize_json(stats))
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -71,32 +100,20 @@ def save(directory: str | Path, stats: dict[str, NormStats]) -> Path:
 
 
 def load(directory: str | Path) -> dict[str, NormStats]:
-    """Reads and validates ``directory/norm_stats.json``.
+    """Reads and validates ``directory/norm_stats.json`` (see :func:`deserialize_json`).
 
     Raises:
         FileNotFoundError: there is no such file.
-        ValueError: naming the file: not JSON, not ``{"norm_stats": {key: {"mean", "std", ...}}}``, or values that
-            are not finite, negative standard deviations, or ``q01 > q99``.
+        ValueError: naming the file, as :func:`deserialize_json`; or the file is not UTF-8 text.
     """
     path = norm_stats_path(directory)
     if not path.is_file():
         raise FileNotFoundError(f"Norm stats file not found: {path} (compute it with scripts/compute_norm_stats.py)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); recompute it with scripts/compute_norm_stats.py") from e
-    entries = data.get("norm_stats") if isinstance(data, dict) else None
-    if not isinstance(entries, dict):
-        raise ValueError(f"{path} must hold {{'norm_stats': {{key: {{'mean', 'std', ...}}}}}}")
-    stats = {}
-    for key, value in entries.items():
-        try:
-            if not isinstance(value, dict):
-                raise ValueError(f"an entry must be a dict of lists, got {type(value).__name__}")
-            stats[key] = _checked(NormStats.from_json(value))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: norm stats {key!r} are invalid: {e}") from e
-    return stats
+    return deserialize_json(text, source=str(path))
 
 
 def _checked(stats: NormStats) -> NormStats:

@@ -63,7 +63,8 @@ class TrainConfig:
     # Shard parameters, gradients and optimizer state over this many devices: PyTorch FSDP2 over torchrun processes
     # (training/fsdp.py), or the JAX trainer's data x fsdp device mesh. 1: no sharding.
     fsdp_devices: int = 1
-    # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex.
+    # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex;
+    # None freezes nothing. LoRA fine-tunes set the model's `get_freeze_filter()`, as upstream's configs do.
     freeze_filter: str | None = None
     # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.
     # Upstream's default is 0.99; here the published fine-tuning configs set theirs and the others keep none.
@@ -174,14 +175,21 @@ def _libero(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
 
 
 def _libero_low_mem(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
-    """Upstream's low-memory LoRA fine-tune: LoRA variants of both experts, their base weights frozen, no EMA."""
+    """Upstream's low-memory LoRA fine-tune: LoRA variants of both experts, their base weights frozen (the model's
+    ``get_freeze_filter()``, as upstream), no EMA."""
     lora = {"paligemma_variant": "gemma_2b_lora", "action_expert_variant": "gemma_300m_lora", **model_kwargs}
     config = _libero(name, pi05, **lora)
-    return dataclasses.replace(config, freeze_filter="lora", ema_decay=None)
+    return dataclasses.replace(config, freeze_filter=config.model.get_freeze_filter(), ema_decay=None)
 
 
 def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
     return _finetune_recipe(name, pi0_config.Pi0Config(pi05=pi05, **model_kwargs), _PICK_PLACE_DATA)
+
+
+def _aloha_inference(name: str, pi05: bool = False, default_prompt: str | None = None) -> TrainConfig:
+    """Upstream's ALOHA inference configs: the base model's ``trossen`` norm stats, upstream's defaults otherwise."""
+    data = LeRobotAlohaDataConfig(assets=AssetsConfig(asset_id="trossen"), default_prompt=default_prompt)
+    return TrainConfig(name=name, model=pi0_config.Pi0Config(pi05=pi05), data=data)
 
 
 _CONFIGS: tuple[TrainConfig, ...] = (
@@ -232,14 +240,35 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     _pick_place("pi05_pick_place_pytorch_pruning", pi05=True, token_pruning_enabled=True, token_prune_noise_scale=0.5),
     _pick_place("pi0_pick_place_pytorch", pi05=False),
     _pick_place("pi0_pick_place_pytorch_pruning", pi05=False, token_pruning_enabled=True, token_prune_noise_scale=0.5),
+    # Upstream's inference configs for its published checkpoints, under upstream's names.
+    TrainConfig(name="pi0_droid", model=pi0_config.Pi0Config(action_horizon=10), data=DroidDataConfig()),
+    _aloha_inference("pi0_aloha"),
+    _aloha_inference("pi05_aloha", pi05=True),
+    _aloha_inference("pi0_aloha_towel", default_prompt="fold the towel"),
+    _aloha_inference("pi0_aloha_tupperware", default_prompt="open the tupperware and put the food on the plate"),
 )
-_CONFIGS_BY_NAME = {config.name: config for config in _CONFIGS}
-if len(_CONFIGS_BY_NAME) != len(_CONFIGS):
+
+# Upstream's names for configs registered above under their PyTorch names: the same recipe, with checkpoints and
+# assets under the name typed (checkpoints/pi05_libero/<exp>, as upstream).
+UPSTREAM_ALIASES: dict[str, str] = {
+    "pi0_libero": "pi0_libero_pytorch",
+    "pi05_libero": "pi05_libero_pytorch",
+    "pi0_libero_low_mem_finetune": "pi0_libero_low_mem_finetune_pytorch",
+    "pi0_aloha_sim": "pi0_aloha_sim_pytorch",
+    "pi05_droid": "pi05_droid_pytorch",
+}
+
+_REGISTERED = {config.name: config for config in _CONFIGS}
+_CONFIGS_BY_NAME = {
+    **_REGISTERED,
+    **{alias: dataclasses.replace(_REGISTERED[name], name=alias) for alias, name in UPSTREAM_ALIASES.items()},
+}
+if len(_CONFIGS_BY_NAME) != len(_CONFIGS) + len(UPSTREAM_ALIASES):
     raise ValueError("Config names must be unique")
 
 
 def list_configs() -> list[str]:
-    """Names of the registered configs."""
+    """Names of the registered configs, then upstream's names for some of them (:data:`UPSTREAM_ALIASES`)."""
     return list(_CONFIGS_BY_NAME)
 
 
@@ -259,14 +288,21 @@ def cli(args: Sequence[str] | None = None) -> TrainConfig:
     """
     args = list(sys.argv[1:] if args is None else args)
     return tyro.extras.overridable_config_cli(
-        {config.name: (_describe(config), config) for config in _CONFIGS}, args=_bool_values_to_flags(args)
+        {name: (_describe(name), config) for name, config in _CONFIGS_BY_NAME.items()},
+        args=_bool_values_to_flags(args),
     )
 
 
-def _describe(config: TrainConfig) -> str:
+def _describe(name: str) -> str:
+    if name in UPSTREAM_ALIASES:
+        return f"upstream's name for {UPSTREAM_ALIASES[name]}"
+    config = _REGISTERED[name]
     variant = "π0.5" if config.model.pi05 else "π0"
     pruning = ", LightVLA pruning" if config.model.token_pruning_enabled else ""
-    return f"{variant}{pruning}, data {type(config.data).__name__}({config.data.repo_id})"
+    data = type(config.data).__name__
+    if config.data.repo_id is None:
+        return f"{variant}{pruning}, data {data} (no dataset set), norm stats of asset {config.data.assets.asset_id}"
+    return f"{variant}{pruning}, data {data}({config.data.repo_id})"
 
 
 def _bool_values_to_flags(args: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ batch ``k`` reads its slice, so a run resumed at ``start_step=k`` sees the batch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,15 +36,16 @@ class SampleDataset(Protocol):
 
 
 class FakeDataset:
-    """Random samples in the model's input layout (images 224x224, padded state/actions, a fixed prompt)."""
+    """``num_samples`` random samples in the model's input layout (images 224x224, padded state, the model's action
+    chunk, a fixed prompt), as upstream's ``FakeDataset(model_config, num_samples)``."""
 
-    def __init__(self, model_config: pi0_config.Pi0Config, action_horizon: int, size: int = FAKE_DATASET_SIZE) -> None:
+    def __init__(self, model_config: pi0_config.Pi0Config, num_samples: int = FAKE_DATASET_SIZE) -> None:
         self._action_dim = model_config.action_dim
-        self._action_horizon = action_horizon
-        self._size = size
+        self._action_horizon = model_config.action_horizon
+        self._num_samples = num_samples
 
     def __len__(self) -> int:
-        return self._size
+        return self._num_samples
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng(index)
@@ -99,7 +101,7 @@ def create_torch_dataset(
     if data_config.repo_id is None:
         raise ValueError("DataConfig has no repo_id; set --data.repo-id to a LeRobot repo id or local dataset folder")
     if data_config.repo_id == FAKE_REPO_ID:
-        return FakeDataset(model_config, action_horizon)
+        return FakeDataset(dataclasses.replace(model_config, action_horizon=action_horizon))
     require_local_dataset(data_config)
     return LeRobotSamples(data_config.repo_id, data_config.root, action_horizon, data_config.action_sequence_keys)
 

@@ -82,7 +82,7 @@ def frozen_paths(config: _config.TrainConfig, params: Params) -> frozenset[str]:
     if config.freeze_filter is None:
         return frozenset()
     paths = list(flatten_params(params))
-    return frozenset(freezing.select_frozen(paths, config.freeze_filter, freezing.JAX_FREEZE_PRESETS))
+    return frozenset(freezing.select_frozen(paths, config.freeze_filter, config.model, freezing.JAX))
 
 
 def split_params(params: Params, frozen: frozenset[str]) -> tuple[Params, Params]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from openpi.models import variants
 from openpi.training import config as _config
 from openpi.training import memory
 
@@ -15,24 +16,37 @@ LORA_VARIANTS = {"gemma_2b": "gemma_2b_lora", "gemma_300m": "gemma_300m_lora"}
 
 
 def modes(config: _config.TrainConfig) -> dict[str, _config.TrainConfig]:
-    """The config as it is, with LoRA (the ``*_lora`` Gemma variants with the ``lora`` freeze filter and no EMA, as
-    the low-memory configs), and with the vision tower frozen; each with checkpointing off and on."""
+    """The config as it is, with LoRA (the ``*_lora`` Gemma variants, rank-16 adapters on other sizes, with the
+    model's LoRA freeze filter and no EMA, as the low-memory configs), and with the vision tower frozen; each with
+    checkpointing off and on."""
     model = config.model
     lora_model = dataclasses.replace(
         model,
-        paligemma_variant=LORA_VARIANTS.get(model.paligemma_variant, model.paligemma_variant),
-        action_expert_variant=LORA_VARIANTS.get(model.action_expert_variant, model.action_expert_variant),
+        paligemma_variant=_with_lora(model.paligemma_variant),
+        action_expert_variant=_with_lora(model.action_expert_variant),
     )
-    variants = {
+    modes = {
         "as configured": config,
-        "lora": dataclasses.replace(config, model=lora_model, freeze_filter="lora", ema_decay=None),
+        "lora": dataclasses.replace(
+            config, model=lora_model, freeze_filter=lora_model.get_freeze_filter(), ema_decay=None
+        ),
         "frozen vision": dataclasses.replace(config, freeze_filter="vision"),
     }
     return {
-        f"{name}, checkpointing {'on' if on else 'off'}": dataclasses.replace(variant, gradient_checkpointing=on)
-        for name, variant in variants.items()
+        f"{name}, checkpointing {'on' if on else 'off'}": dataclasses.replace(mode, gradient_checkpointing=on)
+        for name, mode in modes.items()
         for on in (False, True)
     }
+
+
+def _with_lora(variant: str) -> str:
+    """The published ``*_lora`` counterpart of a named Gemma, else the variant with rank-16 adapters."""
+    if variant in LORA_VARIANTS:
+        return LORA_VARIANTS[variant]
+    gemma = variants.get_gemma_config(variant)
+    return (
+        variant if gemma.lora_rank else variants.spell_variant(dataclasses.replace(gemma, lora_rank=16, lora_alpha=16))
+    )
 
 
 def report(
