@@ -227,35 +227,45 @@ def test_healthz_answers_503_until_the_warm_up_has_run():
 
 
 def _send_without_reading(port: int, frames: list[bytes]) -> websockets.exceptions.ConnectionClosed:
-    """Sends ``frames`` without reading a reply, then reads until the server closes the connection."""
-    with open_connection(port) as (conn, _):
+    """Sends ``frames`` without reading a reply (until the server closes the connection), then reads until it
+    does."""
+    with open_connection(port) as (conn, _), pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
         for frame in frames:
             conn.send(frame)
-        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
-            while True:
-                conn.recv(timeout=30)
+        while True:
+            conn.recv(timeout=30)
     return closed.value
 
 
 @pytest.mark.parametrize(
     ("limits", "frame", "reason"),
     [
-        (ServerLimits(max_queued_frames=2), {"state": state_vector(1)}, "3 unanswered requests, limit 2; read replies"),
+        (ServerLimits(max_queued_frames=1), {"state": state_vector(1)}, "2 unanswered requests, limit 1; read replies"),
         (
-            ServerLimits(max_message_bytes=5000, max_connection_bytes=10_000),
+            ServerLimits(max_message_bytes=5000, max_connection_bytes=5000),
             {"state": state_vector(1), "pad": np.zeros(4000, np.uint8)},
-            "12.1 KiB of unanswered requests, limit 9.8 KiB; read replies",
+            "8.1 KiB of unanswered requests, limit 4.9 KiB; read replies",
         ),
     ],
     ids=["frames", "bytes"],
 )
-def test_a_client_that_does_not_read_its_replies_is_disconnected_and_others_are_served(limits, frame, reason):
+def test_a_client_over_its_limits_is_disconnected_and_others_are_served(limits, frame, reason):
     policy = EchoPolicy(delay_s=0.2)
     with WebsocketPolicyServer(policy, "127.0.0.1", 0, limits=limits).running_in_background() as port:
         closed = _send_without_reading(port, [msgpack_numpy.packb(frame)] * 20)
         with open_connection(port) as (conn, _):
             assert round_trip(conn, {"state": state_vector(2.0)})["actions"][0, 0] == 2.0
-    assert closed.rcvd.code == 1008 and reason in closed.rcvd.reason
+    assert closed.rcvd.code == 1008 and closed.rcvd.reason == reason
+
+
+def test_a_client_that_does_not_wait_for_its_replies_is_throttled_and_answered_in_order(caplog):
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0)
+    with server.running_in_background() as port, open_connection(port) as (conn, _):
+        for i in range(3):
+            conn.send(msgpack_numpy.packb({"state": state_vector(i)}))
+        replies = [msgpack_numpy.unpackb(conn.recv(timeout=30))["actions"][0, 0] for _ in range(3)]
+    assert replies == [0.0, 1.0, 2.0]
+    assert "Connection 1 sent a request before its previous reply; reading it again 1.00 s after" in caplog.text
 
 
 def test_connections_beyond_the_limit_are_refused():

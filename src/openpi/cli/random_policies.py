@@ -84,9 +84,11 @@ def model_policy(size: str, setting: ServerSetting, workdir: Path) -> Policy:
     return policy_config.create_trained_policy(train_config, workdir, pytorch_device="cpu", batch_buckets=buckets)
 
 
-def serve_tiny_policy(workdir: Path, limits: ServerLimits | None = None, max_batch: int = 1) -> WebsocketPolicyServer:
+def serve_tiny_policy(
+    workdir: Path, *, limits: ServerLimits | None = None, max_batch: int = 1, api_key: str | None = None
+) -> WebsocketPolicyServer:
     """A random-weight ``debug_pi05`` (written to ``workdir``) behind a server on a free loopback port (not yet
-    started), with ``limits`` (default: 32 MiB frames) and batches of up to ``max_batch``."""
+    started), with ``limits`` (default: 32 MiB frames), batches of up to ``max_batch`` and ``api_key``."""
     tokenizer_path = tokenizer.train_sentencepiece(["pick up the black bowl"], workdir / "tok", vocab_size=300)
     config = dataclasses.replace(
         _config.get_config("debug_pi05"), data=libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer_path))
@@ -99,4 +101,4 @@ def serve_tiny_policy(workdir: Path, limits: ServerLimits | None = None, max_bat
         config, checkpoint, sample_kwargs={"num_steps": 2}, pytorch_device="cpu"
     )
     limits = limits or ServerLimits(max_message_bytes=32 * 2**20)
-    return WebsocketPolicyServer(policy, host="127.0.0.1", port=0, limits=limits, max_batch=max_batch)
+    return WebsocketPolicyServer(policy, host="127.0.0.1", port=0, limits=limits, max_batch=max_batch, api_key=api_key)

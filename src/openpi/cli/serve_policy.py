@@ -232,7 +232,7 @@ def server_limits(args: Args) -> ServerLimits:
         max_connection_bytes=args.max_connection_bytes,
         max_frame_keys=args.max_frame_keys,
     )
-    logger.info("Client data held at most %.1f GiB (%s)", limits.memory_bound_bytes / 2**30, limits)
+    logger.info("Client data takes at most %.1f GiB (%s)", limits.memory_bound_bytes() / 2**30, limits)
     return limits
 
 

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Exceptions a policy raises for an observation it cannot use; other exceptions are server errors.
 INPUT_ERRORS = (KeyError, ValueError, TypeError, IndexError)
+PREPARING_THREADS = 2
 
 
 class ServablePolicy(Protocol):
@@ -59,7 +60,7 @@ class BatchingInferrer:
         self.max_batch = max_batch if batching else 1
         self.window_s = window_ms / 1000.0
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-infer")
-        self._preparers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="policy-prepare")
+        self._preparers = concurrent.futures.ThreadPoolExecutor(PREPARING_THREADS, thread_name_prefix="policy-prepare")
         self._queue: asyncio.Queue[_Request] | None = None
         self._consumer: asyncio.Task | None = None
 

@@ -1,11 +1,14 @@
-"""What one client may cost the server: the limits on connections, frames and bytes, and the inbox that holds a
-connection's unanswered frames within them.
+"""What one client may cost the server: the limits on connections, frames and bytes, the inbox that holds a
+connection's unanswered frames within them, and the throttle on clients that do not wait for their replies.
 
-Every frame a client sends is held until its reply is sent. A client that keeps sending without reading its replies
-(a flood, or a robot whose control loop stalled on its side) reaches ``max_queued_frames`` or
-``max_connection_bytes`` of unanswered frames and is disconnected (close code 1008, the reason naming the limit);
-its queued frames never reach the model. The server never holds more than those for one client, and a client that
-floods cannot take the model's time from the others.
+Every frame a client sends is held until its reply is sent. A client that sends a request before the previous one
+was answered (it does not wait for its replies: a flood, or a client whose loop stalled on its side) is throttled:
+the server reads nothing more from it until its requests are answered and then for a pause of :data:`FIRST_PAUSE_S`,
+twice as long each time it does so again (up to :data:`MAX_PAUSE_S`; :data:`FORGIVEN_AFTER` requests that each
+waited for the previous reply clear the record), so that its frames cannot take the model's and the CPU's time from
+the others. Its further frames wait in the network buffers, not in the server. A client that reaches
+``max_queued_frames`` or ``max_connection_bytes`` of unanswered frames all the same is disconnected (close code 1008,
+the reason naming the limit); its queued frames never reach the model.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ import asyncio
 import collections
 import dataclasses
 
+from openpi.serving.batching import PREPARING_THREADS
+
 MIB = 2**20
+# Preparing a request (resizing its cameras) holds up to this many copies of its frame's size: a uint8 copy, the black
+# image of an absent camera, the resizer's own buffer, with a margin.
+PREPARATION_COPIES = 4
+FIRST_PAUSE_S = 1.0
+MAX_PAUSE_S = 60.0
+FORGIVEN_AFTER = 3  # requests in a row that each waited for the previous reply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +53,15 @@ class ServerLimits:
                 f"max_message_bytes ({self.max_message_bytes})"
             )
 
-    @property
-    def memory_bound_bytes(self) -> int:
-        """The most client data the server holds at once: each connection's unanswered frames plus two frames in
-        transit (one being received, one waiting to be read)."""
-        return self.max_connections * (self.max_connection_bytes + 2 * self.max_message_bytes)
+    def memory_bound_bytes(self, connections: int | None = None, frame_bytes: int | None = None) -> int:
+        """The most memory client data takes at once, with ``connections`` open (default: the most allowed) sending
+        frames of at most ``frame_bytes`` (default: the largest allowed): each connection's unanswered frames, two
+        frames in transit (one being received, one waiting to be read), and the copies of the images a request's
+        preparation makes (:data:`PREPARATION_COPIES` frames on each preparing thread)."""
+        frame = min(frame_bytes or self.max_message_bytes, self.max_message_bytes)
+        held = min(self.max_connection_bytes, self.max_queued_frames * frame)
+        open_connections = self.max_connections if connections is None else connections
+        return open_connections * (held + 2 * frame) + PREPARING_THREADS * PREPARATION_COPIES * frame
 
 
 class ConnectionInbox:
@@ -57,7 +72,8 @@ class ConnectionInbox:
         self._queued: collections.deque[bytes | str] = collections.deque()
         self._held_frames = 0  # queued or being answered
         self._held_bytes = 0
-        self._changed = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._released = asyncio.Event()
         self._closed = False
 
     def admit(self, frame: bytes | str) -> str | None:
@@ -72,7 +88,7 @@ class ConnectionInbox:
         self._queued.append(frame)
         self._held_frames += 1
         self._held_bytes += size
-        self._changed.set()
+        self._arrived.set()
         return None
 
     async def next(self) -> bytes | str | None:
@@ -80,14 +96,26 @@ class ConnectionInbox:
         while not self._queued:
             if self._closed:
                 return None
-            self._changed.clear()
-            await self._changed.wait()
+            self._arrived.clear()
+            await self._arrived.wait()
         return self._queued.popleft()
+
+    async def all_answered(self) -> None:
+        """Returns once no frame is held (or the inbox is closed)."""
+        while self._held_frames and not self._closed:
+            self._released.clear()
+            await self._released.wait()
+
+    @property
+    def held_frames(self) -> int:
+        """Frames queued or being answered."""
+        return self._held_frames
 
     def answered(self, frame: bytes | str) -> None:
         """Releases a frame returned by :meth:`next`."""
         self._held_frames -= 1
         self._held_bytes -= len(frame)
+        self._released.set()
 
     def close(self, *, discard: bool) -> None:
         """No more frames arrive; with ``discard`` the queued ones are dropped (the client is gone)."""
@@ -96,8 +124,32 @@ class ConnectionInbox:
                 self.answered(frame)
             self._queued.clear()
         self._closed = True
-        self._changed.set()
+        self._arrived.set()
+        self._released.set()
+
+
+class PipeliningThrottle:
+    """How long to stop reading a connection after each frame it sends (once its requests are answered): nothing
+    while it waits for its replies, a pause that doubles each time it sends a request before the previous one was
+    answered."""
+
+    def __init__(self) -> None:
+        self._strikes = 0
+        self._waited = 0
+
+    def pause_s(self, held_frames: int) -> float:
+        """The pause after admitting a frame, given the frames the connection now holds (1: it waited)."""
+        if held_frames <= 1:
+            self._waited += 1
+            if self._waited >= FORGIVEN_AFTER:
+                self._strikes = 0
+            return 0.0
+        self._waited = 0
+        self._strikes += 1
+        return min(MAX_PAUSE_S, FIRST_PAUSE_S * 2 ** (self._strikes - 1))
 
 
 def _size(num_bytes: int) -> str:
-    return f"{num_bytes / MIB:.1f} MiB" if num_bytes >= MIB else f"{num_bytes / 1024:.1f} KiB"
+    if num_bytes >= MIB:
+        return f"{num_bytes / MIB:.1f} MiB"
+    return f"{num_bytes / 1024:.1f} KiB" if num_bytes >= 1024 else f"{num_bytes} B"

@@ -48,7 +48,7 @@ import websockets.http11
 
 from openpi.serving import msgpack_numpy
 from openpi.serving.batching import INPUT_ERRORS, BatchingInferrer, ServablePolicy
-from openpi.serving.connection_limits import ConnectionInbox, ServerLimits
+from openpi.serving.connection_limits import ConnectionInbox, PipeliningThrottle, ServerLimits
 from openpi.serving.recorder import RequestRecorder
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class WebsocketPolicyServer:
         self._server: websockets.asyncio.server.Server | None = None
         self._readers: set[asyncio.Task] = set()
         self._answerers: set[asyncio.Task] = set()
+        self._closing = False
 
     async def start(self) -> None:
         """Starts listening; sets :attr:`port` to the bound port."""
@@ -116,7 +117,7 @@ class WebsocketPolicyServer:
             self.port,
             compression=None,
             max_size=self.limits.max_message_bytes,
-            max_queue=1,  # frames move to the connection's inbox at once; the inbox holds them within the limits
+            max_queue=0,  # one frame at most waits in websockets; the connection's inbox holds them within the limits
             process_request=self._check_request,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -131,6 +132,7 @@ class WebsocketPolicyServer:
         if self._server is None:
             return
         server, self._server = self._server, None
+        self._closing = True
         server.close(close_connections=False)
         for reader in list(self._readers):
             reader.cancel()
@@ -141,9 +143,7 @@ class WebsocketPolicyServer:
             logger.warning("Closing %d connection(s) with requests unanswered after %.1f s", len(unanswered), timeout_s)
         for answerer in unanswered:
             answerer.cancel()
-        for connection in server.connections:
-            await connection.close(websockets.frames.CloseCode.GOING_AWAY, SHUTDOWN_REASON)
-        await server.wait_closed()
+        await server.wait_closed()  # each handler closes its connection with 1001 once its answerer is done
         if self._warmup_task is not None:
             await asyncio.gather(self._warmup_task, return_exceptions=True)
         await self._inferrer.close()
@@ -230,6 +230,8 @@ class WebsocketPolicyServer:
         answerer = asyncio.create_task(self._answer_all(connection, connection_id, inbox))
         self._readers.add(reader)
         self._answerers.add(answerer)
+        if self._closing:  # opened while the server was closing: nothing is read
+            reader.cancel()
         try:
             await asyncio.wait({reader})
             lost = not reader.cancelled() and reader.result()
@@ -239,7 +241,7 @@ class WebsocketPolicyServer:
                 answerer.cancel()
             await asyncio.gather(answerer, return_exceptions=True)
             if not lost:  # reading stopped for a shutdown, and every request received is answered
-                await connection.close(websockets.frames.CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+                await _close(connection, websockets.frames.CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         finally:
             reader.cancel()
             answerer.cancel()
@@ -251,14 +253,27 @@ class WebsocketPolicyServer:
         self, connection: websockets.asyncio.server.ServerConnection, connection_id: int, inbox: ConnectionInbox
     ) -> bool:
         """Moves frames into ``inbox`` until the connection closes (True: it was lost) or a shutdown cancels reading
-        (False). A client over its limits is disconnected with 1008."""
+        (False). A client that does not wait for its replies is throttled; one over its limits is disconnected with
+        1008."""
+        throttle = PipeliningThrottle()
         try:
             async for frame in connection:
                 refused = inbox.admit(frame)
                 if refused is not None:
                     logger.warning("Disconnecting connection %d: %s", connection_id, refused)
-                    await connection.close(websockets.frames.CloseCode.POLICY_VIOLATION, f"{refused}; read replies")
+                    inbox.close(discard=True)
+                    await _close(connection, websockets.frames.CloseCode.POLICY_VIOLATION, f"{refused}; read replies")
                     break
+                pause_s = throttle.pause_s(inbox.held_frames)
+                if pause_s:
+                    logger.warning(
+                        "Connection %d sent a request before its previous reply; reading it again %.2f s after its "
+                        "requests are answered",
+                        connection_id,
+                        pause_s,
+                    )
+                    await inbox.all_answered()
+                    await asyncio.sleep(pause_s)
         except websockets.exceptions.ConnectionClosed:
             pass
         except asyncio.CancelledError:
@@ -308,6 +323,16 @@ class WebsocketPolicyServer:
         except TypeError as e:
             logger.exception("Cannot serialise the policy output")
             return f"Inference failed: the policy output cannot be serialised: {e}"
+
+
+async def _close(connection: websockets.asyncio.server.ServerConnection, code: int, reason: str) -> None:
+    """Closes ``connection``, reading and discarding what the client still sends meanwhile: a frame left unread
+    would hold the transport paused, and the client's closing frame behind it."""
+    closing = asyncio.ensure_future(connection.close(code, reason))
+    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+        async for _ in connection:
+            pass
+    await closing
 
 
 def _decode_observation(frame: bytes | str, max_keys: int) -> dict:
