@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import signal
 import subprocess
 import sys
@@ -117,6 +118,8 @@ def _wait_for_port(process: subprocess.Popen, log_path: Path) -> int:
 
 
 def main(args: Args) -> dict:
+    # The slow readers' sockets are shut down under their clients at the end, which websockets logs as errors.
+    logging.getLogger("websockets.client").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory() as workdir, server_process(Path(workdir)) as (process, port):
         memory = MemorySampler(process.pid)
         baseline = memory.phase_peak()
