@@ -222,7 +222,7 @@ def test_action_stats_that_do_not_cover_the_robot_are_refused(tmp_path):
 
 def test_norm_stats_without_state_or_actions_are_refused(tmp_path):
     created = _resolved("pi05_libero_pytorch", tmp_path)
-    stats = _identity_stats(8)
+    stats = _identity_stats(8, 7)
     del stats["state"]
-    with pytest.raises(ValueError, match=r"no \['state'\].*compute_norm_stats"):
+    with pytest.raises(ValueError, match=r"no 'state'.*compute_norm_stats"):
         pipeline.build_pipeline(created, stats, from_dataset=False)
