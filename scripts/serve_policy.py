@@ -6,6 +6,7 @@ uv run scripts/serve_policy.py --token-prune-keep-ratio 0.25 policy:checkpoint -
 """
 
 import logging
+import sys
 
 import tyro
 
@@ -13,4 +14,7 @@ from openpi.cli import serve_policy
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    serve_policy.serve(tyro.cli(serve_policy.Args))
+    try:
+        serve_policy.serve(tyro.cli(serve_policy.Args))
+    except (ValueError, FileNotFoundError) as e:  # a checkpoint or flag that cannot be served, named
+        sys.exit(f"error: {e}")

@@ -140,9 +140,11 @@ def test_the_tests_mirror_the_packages():
 
 
 # --------------------------------------------------------------------------------------------- one pipeline
-def _identity_stats(dim: int) -> dict[str, normalize.NormStats]:
-    stats = normalize.NormStats(mean=np.zeros(dim), std=np.ones(dim), q01=-np.ones(dim), q99=np.ones(dim))
-    return {"state": stats, "actions": stats}
+def _identity_stats(state_dim: int, action_dim: int) -> dict[str, normalize.NormStats]:
+    def identity(dim: int) -> normalize.NormStats:
+        return normalize.NormStats(mean=np.zeros(dim), std=np.ones(dim), q01=-np.ones(dim), q99=np.ones(dim))
+
+    return {"state": identity(state_dim), "actions": identity(action_dim)}
 
 
 def _resolved(name: str, tmp_path: Path) -> data_config.DataConfig:
@@ -155,7 +157,7 @@ def _resolved(name: str, tmp_path: Path) -> data_config.DataConfig:
 @pytest.mark.parametrize("name", _config.list_configs())
 def test_serving_runs_the_training_steps_after_the_dataset_steps(name, tmp_path, embedded_data_home):
     created = _resolved(name, tmp_path)
-    stats = created.norm_stats or _identity_stats(created.robot_action_dim or 8)
+    stats = created.norm_stats or _identity_stats(created.robot_state_dim or 8, created.robot_action_dim or 8)
     created = dataclasses.replace(created, norm_stats=stats)
     training = data_loader.training_transforms(created)
     serving = list(pipeline.build_pipeline(created, stats, from_dataset=False).inputs)
@@ -213,15 +215,14 @@ def test_a_dataset_image_is_resized_once_to_the_tower(tmp_path, embedded_data_ho
 
 def test_action_stats_that_do_not_cover_the_robot_are_refused(tmp_path):
     created = _resolved("pi05_libero_pytorch", tmp_path)
-    stats = _identity_stats(8)
-    stats["actions"] = normalize.NormStats(mean=np.zeros(3), std=np.ones(3))
-    with pytest.raises(ValueError, match="'actions' norm stats have 3 dims but the robot has 7"):
+    stats = _identity_stats(8, 3)
+    with pytest.raises(ValueError, match="'actions' has 3 values but the robot has 7 action dims"):
         pipeline.build_pipeline(created, stats, from_dataset=False)
 
 
 def test_norm_stats_without_state_or_actions_are_refused(tmp_path):
     created = _resolved("pi05_libero_pytorch", tmp_path)
-    stats = _identity_stats(8)
+    stats = _identity_stats(8, 7)
     del stats["state"]
-    with pytest.raises(ValueError, match=r"no \['state'\].*compute_norm_stats"):
+    with pytest.raises(ValueError, match=r"no 'state'.*compute_norm_stats"):
         pipeline.build_pipeline(created, stats, from_dataset=False)

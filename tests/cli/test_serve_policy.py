@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from openpi.cli import serve_policy
 from openpi.models import tokenizer
 from openpi.policies import libero_policy
 from openpi.serving import msgpack_numpy
+from openpi.shared import checkpoint_integrity
 from openpi.training.config import get_config
 from tests.helpers.conversion import write_orbax
 from tests.helpers.policies import PROMPTS, libero_observation, make_train_config, write_checkpoint, write_norm_stats
@@ -216,3 +218,20 @@ def test_a_jax_checkpoint_serves_the_published_client(session):
     assert "observation/state" in bad["error"]
     assert again["reply"]["actions"].shape == good["reply"]["actions"].shape  # the server kept serving
     assert good["reply"]["token_pruning"]["kept_ratio_overall_mean"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_checkpoint_that_fails_verification_is_one_error_line(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "checkpoint", get_config("debug_pi05"))
+    checkpoint_integrity.write_manifest(checkpoint)
+    weights_file = checkpoint / "model.safetensors"
+    content = bytearray(weights_file.read_bytes())
+    content[len(content) // 2 : len(content) // 2 + 16] = b"\xff" * 16
+    weights_file.write_bytes(bytes(content))
+    script = Path(__file__).parents[2] / "scripts" / "serve_policy.py"
+    argv = [sys.executable, str(script), "--pytorch-device", "cpu", "policy:checkpoint", "--policy.config"]
+    done = subprocess.run([*argv, "debug_pi05", "--policy.dir", str(checkpoint)], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: Refusing to serve {checkpoint}: {weights_file} does not match its checksum. Restore the file, or pass "
+        "--skip-verify to serve it anyway"
+    )

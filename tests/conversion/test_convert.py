@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
 from openpi.policies import libero_policy
-from openpi.shared import checkpoint_files
+from openpi.shared import checkpoint_files, checkpoint_integrity
 from tests.helpers.conversion import (
     EXPERT,
     LLM,
@@ -273,3 +275,25 @@ def test_damaged_metadata_is_named(tmp_path: Path) -> None:
     metadata.write_bytes(metadata.read_bytes()[:40])
     with pytest.raises(param_layout.CheckpointMismatchError, match=r"Cannot read the orbax metadata of .*damaged"):
         orbax_params.read_param_metadata(checkpoint / "params")
+
+
+def test_a_truncated_orbax_manifest_is_one_line_naming_it(tmp_path: Path) -> None:
+    checkpoint = write_orbax(tmp_path / "checkpoint", random_params(odd_config(pi05=False)))
+    manifest = checkpoint / "params" / "manifest.ocdbt"
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    with pytest.raises(param_layout.CheckpointMismatchError, match=f"{manifest} is truncated or damaged"):
+        convert.convert_checkpoint(checkpoint, None, tmp_path / "out", "float32")
+    script = Path(__file__).parents[2] / "examples" / "convert_jax_model_to_pytorch.py"
+    argv = [sys.executable, str(script), "--checkpoint-dir", str(checkpoint), "--output-path", str(tmp_path / "out")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    (line,) = done.stderr.strip().splitlines()  # one line, no traceback
+    assert done.returncode == 1 and line.startswith("error: ") and f"{manifest} is truncated" in line
+
+
+def test_the_converted_folder_carries_a_manifest_of_its_files(tmp_path: Path) -> None:
+    config = odd_config(pi05=True)
+    checkpoint = write_orbax(tmp_path / "checkpoint", random_params(config))
+    convert.convert_checkpoint(checkpoint, config, tmp_path / "out", "float32")
+    manifest = json.loads((tmp_path / "out" / checkpoint_integrity.MANIFEST_FILE).read_text())
+    assert sorted(manifest) == [checkpoint_files.CONFIG_FILE, checkpoint_files.WEIGHTS_FILE]
+    assert checkpoint_integrity.manifest_problems(tmp_path / "out") == []

@@ -63,3 +63,36 @@ def test_good_observations_pass_unchanged_and_are_copied():
 def test_not_a_dict():
     with pytest.raises(ValueError, match="must be a dict, got list"):
         validated_copy([1, 2])
+
+
+LIBERO_KEYS = ("observation/image", "observation/wrist_image", "observation/state")
+ALOHA_KEYS = ("state", "images/cam_high", "images/cam_low")
+
+
+@pytest.mark.parametrize(
+    ("obs", "keys", "message"),
+    [
+        (_libero(extra=np.zeros(3)), LIBERO_KEYS, r"unknown key\(s\) 'extra'; this policy takes 'observation/image'"),
+        (_libero(extra={"a": np.zeros(3)}), LIBERO_KEYS, r"unknown key\(s\) 'extra'"),
+        (_libero(**{"observation/state": {"x": 1.0}}), LIBERO_KEYS, "'observation/state' must be an array, got a dict"),
+        ({"state": np.zeros(14), "images": np.zeros((8, 8, 3))}, ALOHA_KEYS, "'images' must be a dict of"),
+        ({"state": np.zeros(14), "images": {"cam_top": np.zeros((8, 8, 3))}}, ALOHA_KEYS, "'images/cam_top'"),
+        (_libero(token_prune_keep_ratio=0.5), None, "'token_prune_keep_ratio' cannot be set per request"),
+        (_libero(token_prune_keep_tokens=3), LIBERO_KEYS, "'token_prune_keep_tokens' cannot be set per request"),
+        (_libero(return_kept_patches=np.ones(3, bool)), LIBERO_KEYS, "'return_kept_patches' must be true or false"),
+        (_libero(return_kept_patches="yes"), LIBERO_KEYS, "'return_kept_patches' must be true or false, got str"),
+        (_libero(**{"observation/state": np.full(8, 1e39)}), LIBERO_KEYS, "holds 1e\\+39, which does not fit float32"),
+        ({"a": {"b": {"c": {"d": {"e": np.zeros(2)}}}}}, None, "'a/b/c/d' is nested more than 3 dicts deep"),
+    ],
+)
+def test_keys_the_robot_does_not_take_and_misplaced_values_are_named(obs, keys, message):
+    with pytest.raises(ValueError, match=message):
+        validated_copy(obs, keys)
+
+
+def test_the_robots_keys_and_the_request_options_pass():
+    obs = _libero(return_kept_patches=np.bool_(True))
+    assert validated_copy(obs, LIBERO_KEYS)["return_kept_patches"] is True
+    aloha = {"state": np.zeros(14), "images": {"cam_high": np.zeros((3, 8, 8), np.uint8)}, "prompt": "fold"}
+    assert validated_copy(aloha, ALOHA_KEYS)["images"]["cam_high"].shape == (3, 8, 8)
+    assert validated_copy(_libero(**{"observation/state": np.full(8, 3e38)}), LIBERO_KEYS)

@@ -10,7 +10,7 @@ import torch
 from openpi.models import tokenizer
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.policies import data_config, libero_policy, policy_config
+from openpi.policies import data_config, libero_policy, pipeline, policy_config
 from openpi.training import config as _config
 from tests.helpers.policies import (
     CONFIG_NAME,
@@ -175,3 +175,43 @@ def test_batch_buckets_pad_a_call_without_changing_any_reply(tmp_path, tokenizer
         bucketed.infer_many([libero_observation(0)] * 5)
     with pytest.raises(ValueError, match="ascending"):
         policy_config.create_trained_policy(config, checkpoint, pytorch_device="cpu", batch_buckets=(4, 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"observation/state": {"x": np.zeros(8)}}, "'observation/state' must be an array, got a dict"),
+        ({"return_kept_patches": np.ones(3, bool)}, "'return_kept_patches' must be true or false, got ndarray"),
+        ({"request_id": np.int64(7)}, r"unknown key\(s\) 'request_id'"),
+        ({"extra": {"a": np.zeros(2)}}, r"unknown key\(s\) 'extra'"),
+        ({"token_prune_keep_ratio": 0.1}, "'token_prune_keep_ratio' cannot be set per request"),
+        ({"observation/state": np.full(8, 1e39)}, "'observation/state' holds 1e\\+39, which does not fit float32"),
+        ({"observation/state": np.full(8, 1e6)}, r"'state' dimension 0 is 1e\+06, outside \[-21, 21\]"),
+    ],
+    ids=["state as a dict", "flag as an array", "unknown number", "unknown dict", "budget", "1e39", "1e6"],
+)
+def test_observations_a_robot_must_not_be_answered_for_are_refused_naming_the_key(policy, change, message):
+    with pytest.raises(ValueError, match=message):
+        policy.infer({**libero_observation(0), **change})
+
+
+def test_a_state_range_in_warn_mode_serves_and_logs(tmp_path, train_config, caplog):
+    warned = policy_config.create_trained_policy(
+        train_config,
+        write_checkpoint(tmp_path, train_config),
+        sample_kwargs=SAMPLE_KWARGS,
+        pytorch_device="cpu",
+        state_range=pipeline.StateRange(limit=2.0, mode="warn"),
+    )
+    result = warned.infer({**libero_observation(0), "observation/state": np.full(8, 5.5, np.float32)})
+    assert np.isfinite(result["actions"]).all()
+    assert "'state' dimension 0 is 5.5, outside [-5, 5]" in caplog.text
+
+
+def test_only_the_requests_that_ask_get_the_kept_patches(tmp_path, tokenizer_path):
+    config = make_train_config(tokenizer_path, "debug_pi05_lightvla")
+    policy = policy_config.create_trained_policy(
+        config, write_checkpoint(tmp_path, config), sample_kwargs=SAMPLE_KWARGS, pytorch_device="cpu"
+    )
+    asked, plain = policy.infer_many([{**libero_observation(0), "return_kept_patches": True}, libero_observation(1)])
+    assert asked["kept_patch_mask"].dtype == bool and "kept_patch_mask" not in plain

@@ -18,23 +18,26 @@ from tests.helpers.serving import EchoPolicy, open_connection, round_trip, state
 
 
 class BatchingEchoPolicy(EchoPolicy):
-    """EchoPolicy with ``infer_many``; the first call blocks until ``release`` is set, so that requests queue."""
+    """EchoPolicy that batches: ``prepare`` checks one observation, ``infer_prepared`` answers a batch; model calls
+    block until ``release`` is set, so that requests queue."""
 
     def __init__(self) -> None:
         super().__init__()
         self.release = threading.Event()
+        self.entered = threading.Event()  # a model call has started
         self.batch_sizes: list[int] = []
 
-    def infer(self, obs: dict) -> dict:
-        self.release.wait(timeout=10)
-        self.batch_sizes.append(1)
-        return super().infer(obs)
+    def prepare(self, obs: dict) -> dict:
+        state = obs["state"]
+        if state.shape != (8,) or state.dtype != np.float32:
+            raise ValueError(f"'state' must be float32 of shape (8,), got {state.dtype} {state.shape}")
+        return obs
 
-    def infer_many(self, observations: list[dict]) -> list[dict]:
+    def infer_prepared(self, prepared: list[dict]) -> list[dict]:
+        self.entered.set()
         self.release.wait(timeout=10)
-        replies = [EchoPolicy.infer(self, obs) for obs in observations]  # raises for a bad one, like a real batch
-        self.batch_sizes.append(len(observations))
-        return replies
+        self.batch_sizes.append(len(prepared))
+        return [EchoPolicy.infer(self, obs) for obs in prepared]
 
 
 def _concurrent_requests(port: int, observations: list[dict], release: threading.Event) -> list[dict | str]:
@@ -72,15 +75,23 @@ def test_queued_requests_run_as_one_batch_and_each_client_gets_its_own_reply():
     assert policy.max_active == 1
 
 
-def test_a_bad_request_in_a_batch_fails_alone():
+def test_a_bad_request_fails_alone_and_the_rest_stay_batched():
     policy = BatchingEchoPolicy()
+    policy.release.set()
     observations = [{"state": state_vector(i)} for i in range(5)]
     observations[2] = {"state": np.zeros(3, np.float32)}
-    with WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=8).running_in_background() as port:
+    server = WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=8)
+    with server.running_in_background() as port, open_connection(port) as (first, _):
+        policy.release.clear()  # the model is busy with the first request while the others arrive
+        first.send(msgpack_numpy.packb({"state": state_vector(9)}))
+        assert policy.entered.wait(timeout=30)
         replies = _concurrent_requests(port, observations, policy.release)
+        assert first.recv(timeout=30)
     assert isinstance(replies[2], str) and "must be float32 of shape (8,)" in replies[2]
     for i in (0, 1, 3, 4):
-        assert np.all(replies[i]["actions"] == i)
+        assert np.all(replies[i]["actions"] == i) and replies[i]["server_timing"]["batch_size"] == 4
+    # The bad request never reached the model: one call for the first request, one batch of the four good ones.
+    assert policy.batch_sizes == [1, 4]
 
 
 def test_max_batch_bounds_the_batch_and_one_is_no_batching():
@@ -103,8 +114,8 @@ def test_a_lone_client_is_not_delayed_by_the_window():
 
 
 class SeededNoisePolicy:
-    """A real policy whose sampling noise is a function of the observation, so serial and batched runs compare; calls
-    wait for ``release``."""
+    """A real policy whose sampling noise is a function of the observation, so serial and batched runs compare; model
+    calls wait for ``release``."""
 
     def __init__(self, policy) -> None:
         self.policy, self.metadata = policy, policy.metadata
@@ -121,9 +132,13 @@ class SeededNoisePolicy:
         self.release.wait(timeout=10)
         return self.policy.infer(obs, noise=self._noise(obs))
 
-    def infer_many(self, observations: list[dict]) -> list[dict]:
+    def prepare(self, obs: dict) -> tuple:
+        return self.policy.prepare(obs), self._noise(obs)
+
+    def infer_prepared(self, prepared: list[tuple]) -> list[dict]:
         self.release.wait(timeout=10)
-        return self.policy.infer_many(observations, noise=np.stack([self._noise(o) for o in observations]))
+        samples, noise = zip(*prepared, strict=True)
+        return self.policy.infer_prepared(samples, noise=np.stack(noise))
 
 
 @pytest.mark.parametrize("config_name", ["debug_pi05", "debug_pi05_lightvla"])
@@ -147,3 +162,31 @@ def test_batched_replies_equal_a_serial_servers(tmp_path, config_name):
     assert all(r["server_timing"]["prefix_ms"] > 0 and r["server_timing"]["denoise_ms"] > 0 for r in replies)
     for reply, expected in zip(replies, serial, strict=True):
         np.testing.assert_allclose(reply["actions"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_real_policy_serves_the_good_requests_in_one_batch_around_a_bad_one(tmp_path, monkeypatch):
+    config = make_train_config(tokenizer.train_sentencepiece(PROMPTS, tmp_path / "tok", vocab_size=300))
+    policy = policy_config.create_trained_policy(
+        config, write_checkpoint(tmp_path / "ckpt", config), sample_kwargs=SAMPLE_KWARGS, pytorch_device="cpu"
+    )
+    release, entered, model_calls = threading.Event(), threading.Event(), []
+    sample = policy.model.sample_actions
+
+    def blocking_sample(observation, **kwargs):
+        entered.set()
+        release.wait(timeout=30)
+        model_calls.append(len(observation.state))
+        return sample(observation, **kwargs)
+
+    monkeypatch.setattr(policy.model, "sample_actions", blocking_sample)
+    observations = [libero_observation(i) for i in range(5)]
+    observations[1]["observation/state"] = np.zeros(5, np.float32)
+    server = WebsocketPolicyServer(policy, "127.0.0.1", 0, max_batch=8)
+    with server.running_in_background() as port, open_connection(port) as (first, _):
+        first.send(msgpack_numpy.packb(libero_observation(9)))  # holds the model while the others queue
+        assert entered.wait(timeout=30)
+        replies = _concurrent_requests(port, observations, release)
+        assert isinstance(first.recv(timeout=30), bytes)
+    assert isinstance(replies[1], str) and "'state' must be a vector of 8 values" in replies[1]
+    assert all(replies[i]["server_timing"]["batch_size"] == 4 for i in (0, 2, 3, 4))
+    assert model_calls == [1, 4]

@@ -1,6 +1,7 @@
 """A seeded fuzz run (``openpi.serving.fuzz``, small) against a real policy behind a real server on loopback:
 bad frames of every kind get a named error, never actions, and never cost the connection; valid requests interleaved
-with them all succeed; a 16 MiB junk frame on one connection does not stall another."""
+with them all succeed; malformed handshakes get their status; clients that send without reading are throttled while
+a client that reads is served."""
 
 from __future__ import annotations
 
@@ -8,21 +9,32 @@ import pytest
 
 from openpi.cli.random_policies import serve_tiny_policy
 from openpi.serving import fuzz
+from openpi.serving.connection_limits import MIB, ServerLimits
+
+API_KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
 def server_port(tmp_path_factory):
-    with serve_tiny_policy(tmp_path_factory.mktemp("fuzz")).running_in_background() as port:
+    limits = ServerLimits(max_message_bytes=32 * MIB, max_connection_bytes=32 * MIB)
+    server = serve_tiny_policy(tmp_path_factory.mktemp("fuzz"), limits=limits, max_batch=4, api_key=API_KEY)
+    with server.running_in_background() as port:
         yield port
 
 
 def test_fuzzed_frames_get_named_errors_and_valid_ones_actions(server_port):
-    counts = [fuzz.fuzz_connection(server_port, frames=160, valid_every=4, seed=seed) for seed in (0, 1)]
-    for c in counts:
-        assert (c.dropped, c.answered_with_actions, c.unnamed_errors, c.valid_failed) == (0, 0, 0, 0), c
-        assert c.frames == 160 and c.valid_sent == 40  # 120 bad frames: every kind six times
+    counts = fuzz.merge([fuzz.fuzz_connection(server_port, rounds=3, seed=seed, api_key=API_KEY) for seed in (0, 1)])
+    assert set(counts) == {fuzz.VALID, *fuzz.BAD_FRAMES}
+    for kind, c in counts.items():
+        assert (c.frames, c.dropped, c.wrong_answers, c.unnamed_errors) == (6, 0, 0, 0), kind
 
 
-def test_a_junk_frame_does_not_stall_other_clients(server_port):
-    quiet, loaded = fuzz.stall_probe(server_port, requests=5)
-    assert loaded < quiet + 1000, "the 16 MiB junk frame is refused without holding the event loop for seconds"
+def test_malformed_handshakes_get_their_status(server_port):
+    for kind, c in fuzz.handshake_fuzz(server_port, rounds=2, api_key=API_KEY).items():
+        assert (c.frames, c.wrong_answers) == (2, 0), kind
+
+
+def test_clients_that_do_not_read_are_throttled_and_a_reading_client_is_served(server_port, caplog):
+    seen = fuzz.slow_reader_probe(server_port, readers=2, frame_mb=12, requests=4, api_key=API_KEY)
+    assert len(seen.loaded) == 2 and seen.frames_sent >= 2 and seen.close_reasons == []
+    assert "sent a request before its previous reply" in caplog.text

@@ -127,3 +127,14 @@ def test_decoder_fuzz_raises_only_named_value_errors():
             assert str(e).startswith("Message is not valid msgpack-numpy: ") and len(str(e)) > 40, str(e)
             failed += 1
     assert decoded > 5000 and failed > 5000, "the fuzz exercises both paths"
+
+
+def test_a_message_of_too_many_entries_is_refused_while_decoding():
+    many = msgpack_numpy.packb({f"k{i}": np.zeros(1, np.uint8) for i in range(5_000)})
+    with pytest.raises(msgpack_numpy.TooManyEntries, match="more than 1024 keys and list items"):
+        msgpack_numpy.unpackb(many, max_entries=1024)
+    lists = msgpack.packb([list(range(60_000))] * 10)
+    with pytest.raises(msgpack_numpy.TooManyEntries):
+        msgpack_numpy.unpackb(lists, max_entries=1024)
+    # 6 entries: the top map (2), the array (1) and its shape list (1), the list (2)
+    assert len(msgpack_numpy.unpackb(msgpack_numpy.packb({"a": np.zeros(3), "b": [1, 2]}), max_entries=6)) == 2

@@ -1,6 +1,8 @@
-"""The websocket policy server: protocol, errors, health check, API key, size limit, concurrency and recording."""
+"""The websocket policy server: protocol, errors, health check, API key, limits, concurrency, recording and
+shutdown."""
 
 import concurrent.futures
+import contextlib
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import websockets.exceptions
 import websockets.sync.client
 
 from openpi.serving import msgpack_numpy
+from openpi.serving.connection_limits import ServerLimits
 from openpi.serving.recorder import RequestRecorder, read_records
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from tests.helpers.serving import HORIZON, EchoPolicy, open_connection, round_trip, state_vector
@@ -75,19 +78,22 @@ def test_healthz_answers_ok(echo_server):
 
 def test_api_key_is_required_when_configured():
     with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, api_key="s3cret").running_in_background() as port:
-        for headers in (None, {"Authorization": "Api-Key wrong"}, {"Authorization": "Bearer s3cret"}):
+        twice = [("Authorization", "Api-Key s3cret"), ("Authorization", "Api-Key s3cret")]
+        for headers in (None, {"Authorization": "Api-Key wrong"}, {"Authorization": "Bearer s3cret"}, twice):
             with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
                 websockets.sync.client.connect(f"ws://127.0.0.1:{port}", additional_headers=headers)
             assert refused.value.response.status_code == 401
         with open_connection(port, additional_headers={"Authorization": "Api-Key s3cret"}) as (conn, metadata):
             assert metadata["name"] == "echo"
             assert round_trip(conn, {"state": state_vector(1.0)})["actions"].shape == (HORIZON, 8)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
-            assert response.status == 200
+        for path in ("/healthz", "/healthz?probe=1"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                assert response.status == 200
 
 
 def test_frames_over_the_size_limit_close_the_connection():
-    with WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, max_message_bytes=4096).running_in_background() as port:
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, limits=ServerLimits(max_message_bytes=4096))
+    with server.running_in_background() as port:
         with open_connection(port) as (conn, _):
             assert round_trip(conn, {"state": state_vector(1.0)})["actions"].shape == (HORIZON, 8)
             conn.send(msgpack_numpy.packb({"state": state_vector(1.0), "image": np.zeros(8192, np.uint8)}))
@@ -218,3 +224,114 @@ def test_healthz_answers_503_until_the_warm_up_has_run():
         with open_connection(port) as (conn, _):
             assert round_trip(conn, {"state": state_vector(3.0)})["actions"][0, 0] == 3.0
     assert calls == ["warm"]
+
+
+def _send_without_reading(port: int, frames: list[bytes]) -> websockets.exceptions.ConnectionClosed:
+    """Sends ``frames`` without reading a reply (until the server closes the connection), then reads until it
+    does."""
+    with open_connection(port) as (conn, _), pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        for frame in frames:
+            conn.send(frame)
+        while True:
+            conn.recv(timeout=30)
+    return closed.value
+
+
+@pytest.mark.parametrize(
+    ("limits", "frame", "reason"),
+    [
+        (ServerLimits(max_queued_frames=1), {"state": state_vector(1)}, "2 unanswered requests, limit 1; read replies"),
+        (
+            ServerLimits(max_message_bytes=5000, max_connection_bytes=5000),
+            {"state": state_vector(1), "pad": np.zeros(4000, np.uint8)},
+            "8.1 KiB of unanswered requests, limit 4.9 KiB; read replies",
+        ),
+    ],
+    ids=["frames", "bytes"],
+)
+def test_a_client_over_its_limits_is_disconnected_and_others_are_served(limits, frame, reason):
+    policy = EchoPolicy(delay_s=0.2)
+    with WebsocketPolicyServer(policy, "127.0.0.1", 0, limits=limits).running_in_background() as port:
+        closed = _send_without_reading(port, [msgpack_numpy.packb(frame)] * 20)
+        with open_connection(port) as (conn, _):
+            assert round_trip(conn, {"state": state_vector(2.0)})["actions"][0, 0] == 2.0
+    assert closed.rcvd.code == 1008 and closed.rcvd.reason == reason
+
+
+def test_a_client_that_does_not_wait_for_its_replies_is_throttled_and_answered_in_order(caplog):
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0)
+    with server.running_in_background() as port, open_connection(port) as (conn, _):
+        for i in range(3):
+            conn.send(msgpack_numpy.packb({"state": state_vector(i)}))
+        replies = [msgpack_numpy.unpackb(conn.recv(timeout=30))["actions"][0, 0] for _ in range(3)]
+    assert replies == [0.0, 1.0, 2.0]
+    assert "Connection 1 sent a request before its previous reply; reading it again 1.00 s after" in caplog.text
+
+
+def test_connections_beyond_the_limit_are_refused():
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0, limits=ServerLimits(max_connections=2))
+    with server.running_in_background() as port, open_connection(port), open_connection(port):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            websockets.sync.client.connect(f"ws://127.0.0.1:{port}")
+        assert refused.value.response.status_code == 503
+        assert b"Too many connections (limit 2)" in refused.value.response.body
+
+
+def test_a_frame_of_too_many_keys_is_refused_before_it_is_decoded():
+    many = {"state": state_vector(1.0), **{f"k{i}": np.zeros(1, np.uint8) for i in range(5000)}}
+    server = WebsocketPolicyServer(EchoPolicy(), "127.0.0.1", 0)
+    with server.running_in_background() as port, open_connection(port) as (conn, _):
+        reply = round_trip(conn, many)
+        assert round_trip(conn, {"state": state_vector(2.0)})["actions"][0, 0] == 2.0
+    assert reply == "Invalid request: the message holds more than 1024 keys and list items (limit: --max-frame-keys)"
+
+
+SLOW_SERVER = """
+import logging, sys, time
+from openpi.serving.websocket_policy_server import WebsocketPolicyServer
+
+class SlowBatchingEcho:
+    metadata = {}
+
+    def infer(self, obs):
+        return self.infer_prepared([self.prepare(obs)])[0]
+
+    def prepare(self, obs):
+        sys.stdout.write("prepared\\n")  # two preparing threads: one write per line
+        sys.stdout.flush()
+        return obs
+
+    def infer_prepared(self, prepared):
+        time.sleep(0.5)
+        return [{"actions": obs["state"]} for obs in prepared]
+
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+WebsocketPolicyServer(SlowBatchingEcho(), "127.0.0.1", 0, max_batch=4, shutdown_timeout_s=30).serve_forever()
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_shutdown_answers_the_requests_in_flight_then_exits_0(signum):
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(next(line for line in process.stdout if "listening on" in line).rsplit(":", 1)[1])
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(open_connection(port))[0] for _ in range(6)]
+            for i, conn in enumerate(clients):
+                conn.send(msgpack_numpy.packb({"state": state_vector(i)}))
+            prepared = 0
+            for line in process.stdout:  # every request has been received and checked: all six are in flight
+                prepared += line.count("prepared")
+                if prepared == 6:
+                    break
+            process.send_signal(signum)
+            for i, conn in enumerate(clients):
+                assert msgpack_numpy.unpackb(conn.recv(timeout=30))["actions"][0] == i
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    conn.recv(timeout=30)
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, "server shutting down")
+        assert process.wait(timeout=30) == 0
+        assert "stopped" in process.stdout.read()
+    finally:
+        process.kill()

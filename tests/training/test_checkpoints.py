@@ -158,3 +158,32 @@ def test_a_missing_file_is_a_damaged_checkpoint(tmp_path: Path):
     (tmp_path / "10" / checkpoints.OPTIMIZER_FILENAME).unlink()
     assert checkpoints.verify_checkpoint(tmp_path / "10") == [f"{tmp_path / '10' / 'optimizer.pt'} is missing"]
     assert checkpoints.latest_verified_step(tmp_path) is None
+
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda d: _truncate(d / "model.safetensors", 200), "model.safetensors is truncated"),
+        (lambda d: _truncate(d / "optimizer.pt", 300), "optimizer.pt is truncated"),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda d: (d / checkpoints.TRAINING_STATE_FILENAME).unlink(), "training_state.pt is missing"),
+    ],
+    ids=["truncated weights", "truncated optimizer", "no weights", "no training state"],
+)
+def test_resume_falls_back_past_a_damaged_checkpoint_without_a_manifest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage, named: str
+):
+    model, optimizer = _model_and_optimizer()
+    for step in (10, 20):
+        checkpoints.save_checkpoint(tmp_path, state_of(step), model, optimizer)
+    (tmp_path / "20" / "MANIFEST.sha256.json").unlink()  # a checkpoint copied without its manifest
+    assert checkpoints.latest_verified_step(tmp_path) == 20
+    assert "20 has no manifest" in caplog.text
+    damage(tmp_path / "20")
+    assert checkpoints.latest_verified_step(tmp_path) == 10
+    assert named in caplog.text and str(tmp_path / "20") in caplog.text
+    checkpoints.load_checkpoint(tmp_path / "10", _model_and_optimizer(1)[0])  # the fallback loads

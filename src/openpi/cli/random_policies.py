@@ -17,6 +17,7 @@ from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import libero_policy, policy_config
 from openpi.policies.policy import Policy
+from openpi.serving.connection_limits import ServerLimits
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from openpi.shared import normalize
 from openpi.training import config as _config
@@ -83,9 +84,11 @@ def model_policy(size: str, setting: ServerSetting, workdir: Path) -> Policy:
     return policy_config.create_trained_policy(train_config, workdir, pytorch_device="cpu", batch_buckets=buckets)
 
 
-def serve_tiny_policy(workdir: Path) -> WebsocketPolicyServer:
+def serve_tiny_policy(
+    workdir: Path, *, limits: ServerLimits | None = None, max_batch: int = 1, api_key: str | None = None
+) -> WebsocketPolicyServer:
     """A random-weight ``debug_pi05`` (written to ``workdir``) behind a server on a free loopback port (not yet
-    started)."""
+    started), with ``limits`` (default: 32 MiB frames), batches of up to ``max_batch`` and ``api_key``."""
     tokenizer_path = tokenizer.train_sentencepiece(["pick up the black bowl"], workdir / "tok", vocab_size=300)
     config = dataclasses.replace(
         _config.get_config("debug_pi05"), data=libero_policy.LeRobotLiberoDataConfig(tokenizer_path=str(tokenizer_path))
@@ -97,4 +100,5 @@ def serve_tiny_policy(workdir: Path) -> WebsocketPolicyServer:
     policy = policy_config.create_trained_policy(
         config, checkpoint, sample_kwargs={"num_steps": 2}, pytorch_device="cpu"
     )
-    return WebsocketPolicyServer(policy, host="127.0.0.1", port=0, max_message_bytes=32 * 2**20)
+    limits = limits or ServerLimits(max_message_bytes=32 * 2**20)
+    return WebsocketPolicyServer(policy, host="127.0.0.1", port=0, limits=limits, max_batch=max_batch, api_key=api_key)

@@ -6,17 +6,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from openpi.policies import policy_config
+from openpi.policies.pipeline import StateRange
 from openpi.policies.policy import Policy
+from openpi.serving.connection_limits import ServerLimits
 from openpi.serving.recorder import RequestRecorder
-from openpi.serving.websocket_policy_server import DEFAULT_MAX_MESSAGE_BYTES, WebsocketPolicyServer
+from openpi.serving.websocket_policy_server import DEFAULT_SHUTDOWN_TIMEOUT_S, WebsocketPolicyServer
 from openpi.training import config as _config
 
 logger = logging.getLogger(__name__)
+_LIMITS = ServerLimits()
+_STATE_RANGE = StateRange()
 KEPT_BUCKET = 16  # with --compile-mode, a pruned model's kept patch count is padded to a multiple of this
 
 
@@ -67,8 +71,26 @@ class Args:
     """Port to listen on."""
     api_key: str | None = None
     """When set, clients must send the header `Authorization: Api-Key <key>`."""
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = _LIMITS.max_message_bytes
     """Largest accepted websocket message; a larger one closes the connection (code 1009)."""
+    max_connections: int = _LIMITS.max_connections
+    """Open connections; further handshakes are refused with HTTP 503."""
+    max_queued_frames: int = _LIMITS.max_queued_frames
+    """Unanswered requests one connection may hold; a client sending more without reading its replies is
+    disconnected (code 1008)."""
+    max_connection_bytes: int = _LIMITS.max_connection_bytes
+    """Bytes of unanswered requests one connection may hold (at least --max-message-bytes); beyond: disconnected."""
+    max_frame_keys: int = _LIMITS.max_frame_keys
+    """Map entries and list items one frame may decode to (an array counts as one); a larger frame is refused."""
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    """On SIGTERM/SIGINT, how long the requests already received may take to be answered before connections close."""
+    skip_verify: bool = False
+    """Serve without checking the checkpoint's files against its manifest and its weights for NaN/infinity."""
+    state_range_limit: float = _STATE_RANGE.limit
+    """Refuse (or log) a state beyond this many q01..q99 spans outside the training range (standard deviations from
+    the mean for z-score models)."""
+    state_range_mode: Literal["refuse", "warn", "off"] = _STATE_RANGE.mode
+    """What a state beyond --state-range-limit gets: an error naming it, a logged warning, or nothing."""
     record: bool = False
     """Save every request and reply under --record-dir (see openpi.serving.recorder)."""
     record_dir: str = "policy_records"
@@ -125,6 +147,8 @@ def create_policy(args: Args) -> Policy:
         pytorch_device=args.pytorch_device,
         raw_weights=checkpoint.raw_weights,
         batch_buckets=batch_buckets(args),
+        verify=not args.skip_verify,
+        state_range=StateRange(args.state_range_limit, args.state_range_mode),
     )
     if args.token_prune_keep_ratio is not None:
         policy.model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
@@ -190,16 +214,34 @@ def create_server(args: Args) -> WebsocketPolicyServer:
         args.port,
         metadata=metadata,
         api_key=args.api_key,
-        max_message_bytes=args.max_message_bytes,
+        limits=server_limits(args),
         recorder=RequestRecorder(args.record_dir, args.record_max_mb * 2**20) if args.record else None,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
         warmup=policy.warmup,
+        shutdown_timeout_s=args.shutdown_timeout_s,
     )
 
 
+def server_limits(args: Args) -> ServerLimits:
+    """The connection, frame and byte limits of the flags; logs the memory they bound client data to."""
+    limits = ServerLimits(
+        max_connections=args.max_connections,
+        max_message_bytes=args.max_message_bytes,
+        max_queued_frames=args.max_queued_frames,
+        max_connection_bytes=args.max_connection_bytes,
+        max_frame_keys=args.max_frame_keys,
+    )
+    logger.info("Client data takes at most %.1f GiB (%s)", limits.memory_bound_bytes() / 2**30, limits)
+    return limits
+
+
 def serve(args: Args) -> None:
-    """Serves until interrupted."""
+    """Serves until SIGTERM or SIGINT, then answers the requests received and exits.
+
+    Raises:
+        ValueError, FileNotFoundError: the checkpoint or a flag cannot be served (named in the message).
+    """
     create_server(args).serve_forever()
     if args.compile_mode is not None:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]

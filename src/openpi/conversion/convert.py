@@ -34,7 +34,7 @@ from openpi.models.pi0_config import Pi0Config
 from openpi.models_jax import lora
 from openpi.models_jax import params as jax_params
 from openpi.models_pytorch.safetensors_stream import SafetensorsStreamWriter
-from openpi.shared import checkpoint_files
+from openpi.shared import checkpoint_files, checkpoint_integrity
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def convert_checkpoint(
     precision: Precision = "bfloat16",
     allow_nonfinite: bool = False,
 ) -> Path:
-    """Converts ``<checkpoint_dir>/params`` into ``output_dir/{model.safetensors, config.json, assets/}``.
+    """Converts ``<checkpoint_dir>/params`` into ``output_dir/{model.safetensors, config.json, assets/}`` and their
+    manifest of checksums (``MANIFEST.sha256.json``, which the server verifies).
 
     With ``config`` None the architecture comes from the tree alone (non-weight fields keep their defaults);
     otherwise the tree must match ``config`` exactly. Reads one leaf at a time and streams the tensors to disk.
@@ -106,6 +107,9 @@ def convert_checkpoint(
     """
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     params_dir = resolve_params_dir(checkpoint_dir)
+    damaged = checkpoint_integrity.structural_problems([params_dir])
+    if damaged:  # found before orbax, whose failed reads leave threads that print tracebacks at exit
+        raise CheckpointMismatchError(f"The orbax tree at {params_dir} is damaged: {'; '.join(damaged)}")
     infos = read_param_metadata(params_dir)
     shapes = {path: info.shape for path, info in infos.items()}
     merged = None
@@ -139,5 +143,6 @@ def convert_checkpoint(
     assets = checkpoint_files.assets_dir(checkpoint_dir)
     if assets.is_dir():
         shutil.copytree(assets, checkpoint_files.assets_dir(output_dir), dirs_exist_ok=True)
+    checkpoint_integrity.write_manifest(output_dir)
     logger.info("Wrote %d tensors to %s", len(entries), weights_file)
     return weights_file

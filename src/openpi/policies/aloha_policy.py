@@ -19,6 +19,7 @@ ACTION_DIM = 14
 GRIPPER_DIMS = (6, 13)
 JOINT_FLIP_MASK = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1], dtype=np.float32)
 CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
+OBSERVATION_KEYS = ("state", *(f"images/{camera}" for camera in CAMERAS))
 # Model camera slot -> ALOHA camera; cam_low is accepted but not used by the model.
 CAMERA_SLOTS = {"base_0_rgb": "cam_high", "left_wrist_0_rgb": "cam_left_wrist", "right_wrist_0_rgb": "cam_right_wrist"}
 
@@ -178,6 +179,8 @@ class LeRobotAlohaDataConfig(DataConfigFactory):
             action_sequence_keys=("action",),
             prompt_from_task=self.prompt_from_task,
             robot_action_dim=ACTION_DIM,
+            robot_state_dim=ACTION_DIM,
+            observation_keys=OBSERVATION_KEYS,
         )
 
     def _camera_keys(self) -> dict[str, str]:

@@ -65,6 +65,11 @@ class DataConfig:
     default_prompt: str | None = None
     # The robot's action dimension (what its outputs keep); the action norm stats must cover it.
     robot_action_dim: int | None = None
+    # The robot's state dimension (after its input mapping); the state norm stats must have exactly this many.
+    robot_state_dim: int | None = None
+    # The keys a served observation of this robot may hold besides ``prompt`` (nested ones as ``images/cam_high``);
+    # None accepts any.
+    observation_keys: tuple[str, ...] | None = None
     tokenizer_path: str | None = None
     # The command that generates the dataset at `root` with its norm stats (a dataset generated locally), for the
     # errors that find it missing.

@@ -12,6 +12,13 @@ from openpi.models import pi0_config
 from openpi.policies.data_config import AssetsConfig, DataConfig, DataConfigFactory
 
 ACTION_DIM = 8
+STATE_DIM = 8  # 7 joint positions and the gripper
+OBSERVATION_KEYS = (
+    "observation/exterior_image_1_left",
+    "observation/wrist_image_left",
+    "observation/joint_position",
+    "observation/gripper_position",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,4 +73,6 @@ class DroidDataConfig(DataConfigFactory):
             **self._lerobot_fields(assets_dirs, model_config),
             data_transforms=transforms.Group(inputs=(DroidInputs(),), outputs=(DroidOutputs(),)),
             robot_action_dim=ACTION_DIM,
+            robot_state_dim=STATE_DIM,
+            observation_keys=OBSERVATION_KEYS,
         )

@@ -67,6 +67,10 @@ class JaxPolicyModel:
     def get_token_pruning_stats(self) -> dict[str, float]:
         return dict(self.jax_model.last_stats) if self.token_pruning_enabled else {}
 
+    def nonfinite_parameters(self) -> list[str]:
+        leaves = jax.tree_util.tree_leaves_with_path(self.jax_model.params())
+        return [jax.tree_util.keystr(path) for path, leaf in leaves if not bool(jnp.isfinite(leaf).all())]
+
     def observation(self, batch: dict[str, Any]) -> JaxObservation:
         observation = JaxObservation.from_dict(batch)
         for name, image in observation.images.items():

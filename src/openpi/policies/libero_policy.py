@@ -23,6 +23,7 @@ from openpi.policies.data_config import DataConfig, DataConfigFactory
 
 ACTION_DIM = 7
 STATE_DIM = 8
+OBSERVATION_KEYS = ("observation/image", "observation/wrist_image", "observation/state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,8 @@ class LeRobotLiberoDataConfig(DataConfigFactory):
             data_transforms=data_transforms,
             prompt_from_task=True,
             robot_action_dim=ACTION_DIM,
+            robot_state_dim=STATE_DIM,
+            observation_keys=OBSERVATION_KEYS,
         )
 
 

@@ -7,8 +7,9 @@ sample.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,17 @@ import numpy as np
 from openpi import transforms as _transforms
 from openpi.models.batch import random_batch
 from openpi.policies import observation_contract
+from openpi.policies.observation_contract import KEPT_PATCHES_REQUEST_KEY
 from openpi.policies.policy_model import PatchSelection, PolicyModel
 
-# A request key (a bool, beside the observation) asking a pruning policy to return ``kept_patch_mask`` for that call.
-KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
+
+@dataclasses.dataclass(frozen=True)
+class PreparedObservation:
+    """One observation that passed the input contract and the input transforms: one sample of model inputs, and
+    whether its request asked for ``kept_patch_mask``. What a batch is made of."""
+
+    inputs: dict[str, Any]
+    return_kept_patches: bool = False
 
 
 class Policy:
@@ -34,6 +42,7 @@ class Policy:
         sample_kwargs: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         batch_buckets: Sequence[int] | None = None,
+        observation_keys: Collection[str] | None = None,
     ) -> None:
         """Args:
         model: the π0 model behind its framework's adapter (``pytorch_model.PytorchPolicyModel`` or
@@ -46,6 +55,8 @@ class Policy:
         batch_buckets: batch sizes the model runs at (ascending); a call with B observations is padded to the
             smallest bucket >= B with copies of its last observation, whose results are dropped (exact: samples do not
             interact), so that a compiled model meets these batch sizes only. None runs every B as it comes.
+        observation_keys: the keys an observation may hold besides ``prompt`` and the request options (the robot's,
+            ``DataConfig.observation_keys``); others are refused, named. None accepts any.
         """
         if batch_buckets is not None and (not batch_buckets or list(batch_buckets) != sorted(set(batch_buckets))):
             raise ValueError(f"batch_buckets must be distinct ascending sizes, got {batch_buckets!r}")
@@ -53,8 +64,9 @@ class Policy:
             raise ValueError(f"batch_buckets must be >= 1, got {batch_buckets!r}")
         self.batch_buckets = None if batch_buckets is None else tuple(batch_buckets)
         self._model = model
-        # With pruning on, outputs gain ``kept_patch_mask`` ([N] bool over the pooled patches) when True, or for a
-        # request that sets KEPT_PATCHES_REQUEST_KEY.
+        self.observation_keys = None if observation_keys is None else tuple(observation_keys)
+        # With pruning on, outputs gain ``kept_patch_mask`` ([N] bool over the pooled patches) when True; otherwise
+        # only the replies to requests that set KEPT_PATCHES_REQUEST_KEY do.
         self.return_kept_patches = False
         # With pruning on, the kept patches and votes of the last call's observations ([B, N] each).
         self.last_patch_selection: PatchSelection | None = None
@@ -84,8 +96,18 @@ class Policy:
         Raises:
             KeyError, ValueError: the observation lacks a key or has a wrong shape or dtype.
         """
-        outputs, extras = self._run([obs], None if noise is None else np.asarray(noise)[None])
-        return {**_sample(outputs, 0), **extras}
+        return self.infer_prepared([self.prepare(obs)], noise=None if noise is None else np.asarray(noise)[None])[0]
+
+    def prepare(self, obs: dict) -> PreparedObservation:
+        """Checks ``obs`` against the input contract and runs the input transforms (robot mapping, normalisation,
+        tokenisation, padding): everything that can refuse one observation, done before it joins a batch.
+
+        Raises:
+            KeyError, ValueError, TypeError: naming the key that is missing or wrong.
+        """
+        validated = observation_contract.validated_copy(obs, self.observation_keys)
+        asked = validated.pop(KEPT_PATCHES_REQUEST_KEY, False)
+        return PreparedObservation(_transforms.compose(self.input_transforms)(validated), asked)
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Runs the model once per batch size (default: every batch bucket, or 1) on a random batch with the policy's
@@ -99,24 +121,39 @@ class Policy:
         """Like :meth:`infer` for each observation, run through the model together (the server's batching): one reply
         per observation, sharing the call's ``policy_timing`` and ``token_pruning``. ``noise`` is
         ``[B, H, model_action_dim]``."""
-        outputs, extras = self._run(observations, noise)
-        return [{**_sample(outputs, i), **extras} for i in range(len(observations))]
+        return self.infer_prepared([self.prepare(obs) for obs in observations], noise=noise)
+
+    def infer_prepared(
+        self, prepared: Sequence[PreparedObservation], *, noise: np.ndarray | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`infer_many` for observations already through :meth:`prepare`: one model call, one reply each."""
+        outputs, extras = self._run(prepared, noise)
+        kept = self.last_patch_selection.kept if self.last_patch_selection is not None else None
+        replies = []
+        for i, sample in enumerate(prepared):
+            reply = {**_sample(outputs, i), **extras}
+            if kept is not None and (self.return_kept_patches or sample.return_kept_patches):
+                reply["kept_patch_mask"] = kept[i]
+            replies.append(reply)
+        return replies
 
     def infer_batch(self, observations: Sequence[dict], *, noise: np.ndarray | None = None) -> dict[str, Any]:
         """Like :meth:`infer` for several observations run through the model together; the outputs gain a leading
-        batch axis (``actions [B, H, action_dim]``) and ``noise`` is ``[B, H, model_action_dim]``."""
-        outputs, extras = self._run(observations, noise)
+        batch axis (``actions [B, H, action_dim]``; ``kept_patch_mask [B, N]`` when any request or
+        :attr:`return_kept_patches` asks for it) and ``noise`` is ``[B, H, model_action_dim]``."""
+        prepared = [self.prepare(obs) for obs in observations]
+        outputs, extras = self._run(prepared, noise)
+        asked = self.return_kept_patches or any(p.return_kept_patches for p in prepared)
+        if asked and self.last_patch_selection is not None:
+            extras["kept_patch_mask"] = self.last_patch_selection.kept
         return {**outputs, **extras}
 
-    def _run(self, observations: Sequence[dict], noise: np.ndarray | None) -> tuple[dict, dict]:
+    def _run(self, prepared: Sequence[PreparedObservation], noise: np.ndarray | None) -> tuple[dict, dict]:
         """Returns the batched, output-transformed model outputs and the per-call extras (timing, pruning)."""
-        if not observations:
+        if not prepared:
             raise ValueError("A policy call needs at least one observation")
-        to_model = _transforms.compose(self.input_transforms)
-        validated = [observation_contract.validated_copy(obs) for obs in observations]
-        kept_requested = [bool(obs.pop(KEPT_PATCHES_REQUEST_KEY, False)) for obs in validated]
-        model_inputs = _transforms.stack_samples([to_model(obs) for obs in validated])
-        batch_size = len(observations)
+        model_inputs = _transforms.stack_samples([p.inputs for p in prepared])
+        batch_size = len(prepared)
         padded_size = self._bucket(batch_size)
         observation = self._model.observation(_pad_batch(model_inputs, padded_size))
         if noise is None and padded_size > batch_size:  # draw the real samples' noise as an unpadded call would
@@ -136,9 +173,6 @@ class Policy:
         outputs = [
             to_robot({"state": model_inputs["state"][i], "actions": sampled.actions[i]}) for i in range(batch_size)
         ]
-        if (self.return_kept_patches or any(kept_requested)) and self.last_patch_selection is not None:
-            for output, kept in zip(outputs, self.last_patch_selection.kept, strict=True):
-                output["kept_patch_mask"] = kept
         return _transforms.stack_samples(outputs), extras
 
     def _bucket(self, batch_size: int) -> int:

@@ -10,10 +10,10 @@ from typing import Any, Protocol
 
 from openpi.models.pi0_config import Pi0Config
 from openpi.policies.data_config import DataConfig, DataConfigFactory
-from openpi.policies.pipeline import build_pipeline
+from openpi.policies.pipeline import StateRange, build_pipeline
 from openpi.policies.policy import Policy
 from openpi.policies.policy_model import PolicyModel
-from openpi.shared import checkpoint_files
+from openpi.shared import checkpoint_files, checkpoint_integrity
 from openpi.shared import normalize as _normalize
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def create_trained_policy(
     pytorch_device: str | None = None,
     raw_weights: bool = False,
     batch_buckets: Sequence[int] | None = None,
+    verify: bool = True,
+    state_range: StateRange | None = None,
 ) -> Policy:
     """Loads ``checkpoint_dir/model.safetensors`` (the EMA weights when training kept one) into the PyTorch model, or
     a JAX checkpoint's ``checkpoint_dir/params`` (an orbax tree) into the JAX model, and the norm stats in
@@ -52,18 +54,39 @@ def create_trained_policy(
         raw_weights: load ``model_raw.safetensors`` (the optimised weights of a checkpoint trained with an EMA)
             instead of the moving average.
         batch_buckets: batch sizes the model runs at (see :class:`Policy`); None runs each call's size.
+        verify: refuse files that differ from the checkpoint's manifest (a checkpoint without one is served with a
+            warning, unless its weights are truncated) and weights holding NaN or infinity.
+        state_range: how far outside the training range a state is refused or logged (default
+            :class:`StateRange`'s: refused beyond 10 times the range's span).
+
+    Raises:
+        UnverifiedCheckpointError: with ``verify``, naming the damaged files or tensors.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
+        if verify:
+            _verify_files(checkpoint_dir, checkpoint_files.JAX_PARAMS_DIR)
         model, framework = _load_jax_model(train_config.model, checkpoint_dir, raw_weights), "jax"
     else:
+        weights_name = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
+        if verify:
+            _verify_files(checkpoint_dir, weights_name)
         model = _load_pytorch_model(train_config.model, checkpoint_dir, raw_weights, pytorch_device)
         framework = "pytorch"
+    if verify:
+        _verify_finite(model, checkpoint_dir)
     data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
-    norm_stats = _load_norm_stats(checkpoint_dir, data_config)
+    norm_stats, source = _load_norm_stats(checkpoint_dir, data_config)
     logger.info("Loaded %s (config %s, %s)", checkpoint_dir, train_config.name, framework)
 
-    pipeline = build_pipeline(data_config, norm_stats, from_dataset=False, default_prompt=default_prompt)
+    pipeline = build_pipeline(
+        data_config,
+        norm_stats,
+        from_dataset=False,
+        default_prompt=default_prompt,
+        norm_stats_source=source,
+        state_range=StateRange() if state_range is None else state_range,
+    )
     model_config = train_config.model
     metadata = {
         "config": train_config.name,
@@ -81,7 +104,48 @@ def create_trained_policy(
         sample_kwargs=sample_kwargs,
         metadata=metadata,
         batch_buckets=batch_buckets,
+        observation_keys=data_config.observation_keys,
     )
+
+
+class UnverifiedCheckpointError(ValueError):
+    """A checkpoint's files differ from its manifest, or its weights are truncated or hold NaN/infinity."""
+
+
+def _verify_files(checkpoint_dir: Path, weights: str) -> None:
+    """Checks the files serving reads (the weights, ``config.json``, the assets) against the checkpoint's manifest; a
+    checkpoint without one gets a warning naming it, and only its weights' structure is checked."""
+
+    def served(name: str) -> bool:
+        top = Path(name).parts[0]
+        return top in (weights, checkpoint_files.CONFIG_FILE, checkpoint_files.ASSETS_DIR)
+
+    if checkpoint_integrity.has_manifest(checkpoint_dir):
+        problems = checkpoint_integrity.manifest_problems(checkpoint_dir, include=served)
+    else:
+        logger.warning(
+            "Checkpoint %s has no %s: its files cannot be verified against checksums (only the weights' structure is "
+            "checked)",
+            checkpoint_dir,
+            checkpoint_integrity.MANIFEST_FILE,
+        )
+        present = [path for path in [checkpoint_dir / weights] if path.exists()]  # the loader names a missing one
+        problems = checkpoint_integrity.structural_problems(present)
+    if problems:
+        raise UnverifiedCheckpointError(
+            f"Refusing to serve {checkpoint_dir}: {'; '.join(problems)}. Restore the file, or pass --skip-verify to "
+            "serve it anyway"
+        )
+
+
+def _verify_finite(model: PolicyModel, checkpoint_dir: Path) -> None:
+    bad = model.nonfinite_parameters()
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UnverifiedCheckpointError(
+            f"Refusing to serve {checkpoint_dir}: {len(bad)} weight tensor(s) hold NaN or infinite values ({shown}); "
+            "pass --skip-verify to serve them anyway"
+        )
 
 
 def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool, device: str | None) -> PolicyModel:
@@ -106,17 +170,18 @@ def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) 
     return jax_model.load(config, checkpoint_dir)
 
 
-def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> dict[str, _normalize.NormStats]:
-    """The checkpoint's norm stats for the data config's asset; failing that, when the checkpoint holds none at all,
-    the ones the data config defines itself (e.g. identity stats). A checkpoint with another asset's stats was
-    trained on other data and is refused: its own stats would be ignored."""
+def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> tuple[dict[str, _normalize.NormStats], str]:
+    """The checkpoint's norm stats for the data config's asset, and where they come from; failing that, when the
+    checkpoint holds none at all, the ones the data config defines itself (e.g. identity stats). A checkpoint with
+    another asset's stats was trained on other data and is refused: its own stats would be ignored."""
     assets = checkpoint_files.assets_dir(checkpoint_dir)
     if data_config.asset_id is not None:
         stats_dir = assets / data_config.asset_id
-        if checkpoint_files.norm_stats_path(stats_dir).is_file():
+        stats_file = checkpoint_files.norm_stats_path(stats_dir)
+        if stats_file.is_file():
             stats = _normalize.load(stats_dir)
             logger.info("Loaded norm stats from %s", stats_dir)
-            return _require_state_and_actions(stats, stats_dir)
+            return _require_state_and_actions(stats, stats_file), f"in {stats_file}"
     trained_on = sorted(str(path.parent.relative_to(assets)) for path in assets.rglob(checkpoint_files.NORM_STATS_FILE))
     if trained_on:
         raise ValueError(
@@ -126,7 +191,7 @@ def _load_norm_stats(checkpoint_dir: Path, data_config: DataConfig) -> dict[str,
         )
     if data_config.norm_stats is not None:
         logger.warning("No norm stats in checkpoint %s; using the data config's own", checkpoint_dir)
-        return _require_state_and_actions(data_config.norm_stats, "the data config")
+        return _require_state_and_actions(data_config.norm_stats, "the data config"), "of the data config"
     expected = checkpoint_files.norm_stats_path(checkpoint_files.assets_dir(checkpoint_dir) / str(data_config.asset_id))
     raise FileNotFoundError(f"No norm stats for checkpoint {checkpoint_dir}: expected {expected}")
 

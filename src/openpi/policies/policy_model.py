@@ -44,6 +44,9 @@ class PolicyModel(Protocol):
     def get_token_pruning_stats(self) -> dict[str, float]:
         """The pruner's telemetry of the last call (empty without pruning)."""
 
+    def nonfinite_parameters(self) -> list[str]:
+        """The names of the weight tensors holding NaN or infinity (empty for sound weights)."""
+
     def observation(self, batch: dict[str, Any]) -> Any:
         """The framework's observation of a numpy batch, its images checked against the vision tower's resolution."""
 

@@ -49,6 +49,10 @@ class PytorchPolicyModel:
     def get_token_pruning_stats(self) -> dict[str, float]:
         return self._model.get_token_pruning_stats()
 
+    def nonfinite_parameters(self) -> list[str]:
+        state = self._model.state_dict()
+        return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
     def observation(self, batch: dict[str, Any]) -> Observation:
         observation = Observation.from_dict(batch)
         checked = preprocess_observation(observation, train=False, image_resolution=self._image_resolution)

@@ -14,7 +14,13 @@ from openpi import transforms
 from openpi.envs import shapes_dataset
 from openpi.models import pi0_config
 from openpi.policies.data_config import DataConfig, DataConfigFactory, load_norm_stats_if_present, model_transforms
-from openpi.policies.libero_policy import ACTION_DIM, LIBERO_REPACK, LIBERO_TRANSFORMS
+from openpi.policies.libero_policy import (
+    ACTION_DIM,
+    LIBERO_REPACK,
+    LIBERO_TRANSFORMS,
+    OBSERVATION_KEYS,
+    STATE_DIM,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,5 +62,7 @@ class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
             default_prompt=self.default_prompt,
             tokenizer_path=tokenizer_path,
             robot_action_dim=ACTION_DIM,
+            robot_state_dim=STATE_DIM,
+            observation_keys=OBSERVATION_KEYS,
             generate_command=shapes_dataset.generate_command(spec),
         )

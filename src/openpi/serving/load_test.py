@@ -55,15 +55,16 @@ class LoadResult:
         return self.latency_ms - self.infer_ms - self.queue_ms
 
 
-def libero_observation(rng: np.random.Generator, request_id: int) -> dict:
-    """A random LIBERO-format observation tagged with ``request_id``."""
-    return {
+def libero_observation(rng: np.random.Generator, request_id: int | None = None) -> dict:
+    """A random LIBERO-format observation, tagged with ``request_id`` for the synthetic policy (a real policy refuses
+    keys its robot does not send)."""
+    obs = {
         "observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
         "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
         "observation/state": rng.random(8, dtype=np.float32),
         "prompt": "put the black bowl on the plate",
-        "request_id": request_id,
     }
+    return obs if request_id is None else {**obs, "request_id": request_id}
 
 
 def run_load(port: int, num_clients: int, num_requests: int, seed: int = 0, check_ids: bool = True) -> LoadResult:
@@ -82,7 +83,7 @@ def run_load(port: int, num_clients: int, num_requests: int, seed: int = 0, chec
             start_barrier.wait()
             for i in range(num_requests):
                 request_id = client_index * MAX_REQUESTS_PER_CLIENT + i
-                frame = msgpack_numpy.packb(libero_observation(rng, request_id))
+                frame = msgpack_numpy.packb(libero_observation(rng, request_id if check_ids else None))
                 sent = time.perf_counter()
                 conn.send(frame)
                 reply = conn.recv(timeout=REPLY_TIMEOUT_S)

@@ -35,28 +35,61 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode_numpy, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
+class TooManyEntries(ValueError):
+    """A message holds more map entries and list items than the decoder was allowed to build."""
+
+
+def unpackb(data: bytes, *, max_entries: int | None = None) -> Any:
     """Deserialises msgpack bytes written by :func:`packb` or by ``openpi_client.msgpack_numpy``.
 
+    ``max_entries`` bounds the map entries and list items decoded (an encoded array or scalar counts as one): a
+    message of many small containers is refused after at most that many, before its decoding costs seconds.
+
     Raises:
+        TooManyEntries: the message holds more than ``max_entries``.
         ValueError: the bytes are not valid msgpack (every decoder failure, named), or an encoded array or scalar is
             malformed.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ValueError(f"Message must be bytes, got {type(data).__name__}")
+    budget = None if max_entries is None else _EntryBudget(max_entries)
     try:
         return msgpack.unpackb(
             data,
-            object_hook=_decode_numpy,
+            object_hook=_decode_numpy if budget is None else budget.decode_map,
+            list_hook=None if budget is None else budget.decode_list,
             raw=False,
             strict_map_key=False,
             max_map_len=MAX_CONTAINER_LEN,
             max_array_len=MAX_CONTAINER_LEN,
         )
+    except TooManyEntries:
+        raise
     except RecursionError as e:
         raise ValueError("Message is not valid msgpack-numpy: nested too deeply") from e
     except Exception as e:  # any decoder failure is the sender's, and must never drop the connection
         raise ValueError(f"Message is not valid msgpack-numpy: {_explain(e)}") from e
+
+
+class _EntryBudget:
+    """Counts the entries of the maps and lists a decoder builds and refuses past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def decode_map(self, obj: dict) -> Any:
+        self._spend(1 if _ARRAY_TAG in obj or _SCALAR_TAG in obj else len(obj))
+        return _decode_numpy(obj)
+
+    def decode_list(self, obj: list) -> list:
+        self._spend(len(obj))
+        return obj
+
+    def _spend(self, entries: int) -> None:
+        self.left -= entries
+        if self.left < 0:
+            raise TooManyEntries(f"the message holds more than {self.limit} keys and list items")
 
 
 def _explain(error: Exception) -> str:

@@ -20,8 +20,6 @@ a complete one; leftovers of interrupted saves are removed by :func:`remove_inco
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import random
@@ -36,12 +34,11 @@ import torch
 from torch import nn
 
 from openpi.models_pytorch import weights
-from openpi.shared import normalize
-from openpi.shared.checkpoint_files import RAW_WEIGHTS_FILE, WEIGHTS_FILE
+from openpi.shared import checkpoint_integrity, normalize
+from openpi.shared.checkpoint_files import JAX_PARAMS_DIR, RAW_WEIGHTS_FILE, TRAIN_STATE_DIR, WEIGHTS_FILE
 from openpi.training.ema import ExponentialMovingAverage
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
-MANIFEST_FILENAME = "MANIFEST.sha256.json"
 OPTIMIZER_FILENAME = "optimizer.pt"
 TRAINING_STATE_FILENAME = "training_state.pt"
 _TMP_PREFIX = ".tmp_"
@@ -221,7 +218,7 @@ def commit(tmp_dir: Path, exp_dir: str | Path, step: int) -> Path:
     ``exp_dir/<step>`` (replacing an older one); returns that directory. A failure removes ``tmp_dir``."""
     exp_dir = Path(exp_dir)
     try:
-        _write_manifest(tmp_dir)
+        checkpoint_integrity.write_manifest(tmp_dir)
         _fsync_tree(tmp_dir)
         (tmp_dir / COMPLETE_MARKER).write_text(f"{step}\n")
         _fsync_path(tmp_dir / COMPLETE_MARKER)
@@ -266,44 +263,39 @@ def prune_checkpoints(exp_dir: str | Path, keep_period: int | None) -> list[int]
 
 
 # ------------------------------------------------------------------------------------------------ integrity
-def _write_manifest(directory: Path) -> None:
-    manifest = {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
-    (directory / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def verify_checkpoint(checkpoint_dir: str | Path) -> list[str]:
-    """The problems of a complete checkpoint against its manifest: missing or altered files (empty when intact;
-    checkpoints written before manifests existed are trusted)."""
+    """What keeps a complete checkpoint from being resumed, each file named (empty when intact): against its manifest,
+    files missing or altered; without one (copied without it, or written before manifests), the files a resume reads
+    missing, or weights and state files whose structure is damaged (truncated, a failing CRC)."""
     checkpoint_dir = Path(checkpoint_dir)
-    manifest_path = checkpoint_dir / MANIFEST_FILENAME
-    if not manifest_path.is_file():
-        return []
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return [f"{manifest_path} is not valid JSON"]
-    problems = []
-    for name, digest in manifest.items():
-        path = checkpoint_dir / name
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-        elif _sha256(path) != digest:
-            problems.append(f"{path} does not match its checksum")
-    return problems
+    if checkpoint_integrity.has_manifest(checkpoint_dir):
+        return checkpoint_integrity.manifest_problems(checkpoint_dir)
+    missing = [f"{checkpoint_dir / name} is missing" for name in _missing_resume_files(checkpoint_dir)]
+    return missing + checkpoint_integrity.structural_problems(sorted(checkpoint_dir.rglob("*")))
+
+
+def _missing_resume_files(checkpoint_dir: Path) -> list[str]:
+    """The files a resume reads that ``checkpoint_dir`` lacks: a JAX checkpoint's two orbax trees, or a PyTorch
+    checkpoint's weights, training state and optimizer state (``optimizer.pt``, or the shards in ``train_state/``)."""
+    if (checkpoint_dir / JAX_PARAMS_DIR).is_dir():
+        return [name for name in (JAX_PARAMS_DIR, TRAIN_STATE_DIR) if not (checkpoint_dir / name).is_dir()]
+    missing = [name for name in (WEIGHTS_FILE, TRAINING_STATE_FILENAME) if not (checkpoint_dir / name).is_file()]
+    if not (checkpoint_dir / OPTIMIZER_FILENAME).is_file() and not (checkpoint_dir / TRAIN_STATE_DIR).is_dir():
+        missing.append(OPTIMIZER_FILENAME)
+    return missing
 
 
 def latest_verified_step(exp_dir: str | Path) -> int | None:
-    """The newest complete checkpoint whose files match their checksums; damaged newer ones are named in a warning."""
+    """The newest complete checkpoint that :func:`verify_checkpoint` finds intact; damaged newer ones are named in a
+    warning, and so is a checkpoint without a manifest (only its structure could be checked)."""
     for step in reversed(complete_steps(exp_dir)):
-        problems = verify_checkpoint(step_dir(exp_dir, step))
+        directory = step_dir(exp_dir, step)
+        problems = verify_checkpoint(directory)
         if not problems:
+            if not checkpoint_integrity.has_manifest(directory):
+                logger.warning("Checkpoint %s has no manifest: only its files' structure was checked", directory)
             return step
-        logger.warning("Checkpoint %s is damaged (%s); falling back to an earlier one", step, "; ".join(problems))
+        logger.warning("Checkpoint %s is damaged (%s); falling back to an earlier one", directory, "; ".join(problems))
     return None
 
 
