@@ -4,16 +4,17 @@ mismatched dimensions refused, and the norm stats of a mixture (per dataset or s
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from openpi.policies.data_config import FakeDataConfig
+from openpi.policies.data_config import DataConfig, FakeDataConfig
 from openpi.policies.mixture import MixtureMember
 from openpi.shared import normalize
-from openpi.training import checkpoints, data_loader, norm_stats, trainer
+from openpi.training import checkpoints, data_loader, norm_stats, run_data, trainer
 from openpi.training import config as _config
 from tests.helpers.training import (
     Crash,
@@ -50,6 +51,16 @@ def test_a_dataset_whose_state_dimension_disagrees_is_refused(tmp_path, embedded
     with pytest.raises(ValueError, match=r"Mixture dataset 'fake': its 'state' has 32 dims but 'easy''s has 8"):
         trainer.train(config)
     assert not checkpoints.complete_steps(config.checkpoint_dir)
+
+
+def test_a_dataset_whose_action_dimension_disagrees_is_refused():
+    def source(name: str, action_dim: int) -> data_loader.Source:
+        sample = {"state": np.zeros(8, np.float32), "actions": np.zeros((10, action_dim), np.float32)}
+        return data_loader.Source(name, 1.0, DataConfig(), [sample])
+
+    data_loader.check_dimensions([source("a", 7), source("b", 7)])
+    with pytest.raises(ValueError, match=r"Mixture dataset 'six': its 'actions' has 6 dims but 'seven''s has 7"):
+        data_loader.check_dimensions([source("seven", 7), source("six", 6)])
 
 
 def _registered_mixture_small(tmp_path: Path, **overrides) -> _config.TrainConfig:
@@ -114,3 +125,19 @@ def test_norm_stats_of_a_mixture_per_dataset_or_shared_and_of_a_split(tmp_path: 
     assert {"val/loss/easy", "val/loss/hard"} <= result.history[-1].keys()
     written = [p.parent.name for p in shared.assets_dirs.glob("easy+hard/train_episodes_*/norm_stats.json")]
     assert len(written) == 1, "the split's training episodes get their own shared set"
+
+
+def test_the_script_writes_a_mixtures_training_episode_stats_where_a_run_reads_them(
+    tmp_path: Path, embedded_data_home: Path, caplog: pytest.LogCaptureFixture
+):
+    config = pruned_embedded_config(tmp_path, tiny_mixture(), val_episodes=1)
+    written = norm_stats.save_norm_stats_sets(config, val_episodes=1)
+    with caplog.at_level(logging.INFO):
+        data = run_data.prepare(config, None)
+    assert "Computing the norm stats" not in caplog.text, "the run reads what the script wrote"
+    members = data.data_config.members
+    assert written == [Path(m.config.norm_stats_dir) / "norm_stats.json" for m in members]
+    assert all(path.parent.name.startswith("train_episodes_") for path in written)
+    for member, path in zip(members, written, strict=True):
+        saved = normalize.load(path.parent)
+        np.testing.assert_array_equal(member.config.norm_stats["state"].q99, saved["state"].q99)

@@ -166,6 +166,21 @@ def compute_and_save(
     episodes of the split a training run with the same flags draws, where that run reads them.
     """
     config = _config.get_config(config_name)
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    for path in save_norm_stats_sets(config, max_frames, val_fraction=val_fraction, val_episodes=val_episodes):
+        logger.info("Wrote %s", path)
+
+
+def save_norm_stats_sets(
+    config: _config.TrainConfig,
+    max_frames: int | None = None,
+    *,
+    val_fraction: float | None = None,
+    val_episodes: int | None = None,
+) -> list[Path]:
+    """Writes every set of statistics ``config`` reads (of the training episodes of the split that a run of
+    ``config`` with ``val_fraction`` / ``val_episodes`` draws, if given); returns the files written."""
     split = None
     if val_fraction is not None or val_episodes is not None:
         config.data.prepare()
@@ -173,9 +188,11 @@ def compute_and_save(
         sources = data_loader.open_sources(config, data_config, skip_norm_stats=True)
         split = validation_split.draw(
             {s.name: s.episode_ids() for s in sources},
-            seed=config.seed if seed is None else seed,
+            seed=config.seed,
             val_fraction=val_fraction,
             val_episodes=val_episodes,
         )
-    for stats, directory in compute_norm_stats_sets(config, max_frames, split=split):
-        logger.info("Wrote %s", normalize.save(directory, stats))
+    return [
+        normalize.save(directory, stats)
+        for stats, directory in compute_norm_stats_sets(config, max_frames, split=split)
+    ]
