@@ -1,4 +1,5 @@
-"""Training helpers shared by the tests: small train configs, a crashing data loader for resume tests, a free port."""
+"""Training helpers shared by the tests: small train configs (a small mixture too), a crashing data loader for resume
+tests, a free port."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from openpi.policies.mixture import MixtureDataConfig, MixtureMember
+from openpi.policies.shapes_policy import EmbeddedDataConfig
 from openpi.training import config as _config
 from openpi.training import data_loader
 
@@ -55,6 +58,26 @@ def embedded_pruning_config(tmp_path: Path, steps: int) -> _config.TrainConfig:
     )
 
 
+# Tiny shapes datasets (6 episodes of 4 frames at 32 px), an easy scene and a hard one.
+TINY_EASY = EmbeddedDataConfig(num_episodes=6, episode_length=4, image_size=32, min_objects=1, max_objects=2)
+TINY_HARD = EmbeddedDataConfig(
+    num_episodes=6, episode_length=4, image_size=32, min_objects=4, max_objects=6, shared_attributes=True
+)
+
+
+def tiny_mixture(weights: tuple[float, float] = (1.0, 2.0), **overrides) -> MixtureDataConfig:
+    members = (MixtureMember("easy", TINY_EASY, weights[0]), MixtureMember("hard", TINY_HARD, weights[1]))
+    return MixtureDataConfig(members=members, **overrides)
+
+
+def pruned_embedded_config(tmp_path: Path, data, **overrides) -> _config.TrainConfig:
+    """The small pruned model on ``data`` (e.g. :func:`tiny_mixture`), batch 4, logged every step, its assets (split
+    norm stats) under ``tmp_path``."""
+    model = dataclasses.replace(_config.get_config("debug_pi05_lightvla").model, vision_variant=SMALL_VISION)
+    fields = {"model": model, "data": data, "batch_size": 4, "log_interval": 1, "assets_base_dir": str(tmp_path / "a")}
+    return small_config("debug", tmp_path, **{**fields, **overrides})
+
+
 class Crash(Exception):
     pass
 
@@ -65,8 +88,10 @@ def crash_after(num_batches: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
     class CrashingLoader:
         def __init__(self, loader):
-            self.data_config = loader.data_config
             self._loader = loader
+
+        def __getattr__(self, name):
+            return getattr(self._loader, name)
 
         def __iter__(self):
             for index, batch in enumerate(self._loader):

@@ -13,10 +13,10 @@ import torch
 
 from openpi.envs import shapes_dataset
 from openpi.models.batch import IMAGE_KEYS
-from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy, shapes_policy
+from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy, mixture, shapes_policy
 from openpi.shared import normalize
 from openpi.training import config as _config
-from openpi.training import data_loader
+from openpi.training import data_loader, validation_split
 from tests.helpers.lerobot import (
     write_aloha_dataset,
     write_libero_dataset,
@@ -52,7 +52,11 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
     elif isinstance(data, droid_policy.DroidDataConfig):
         data = dataclasses.replace(data, tokenizer_path=datasets["tokenizer"])
     elif isinstance(data, shapes_policy.EmbeddedDataConfig):
-        data = dataclasses.replace(data, num_episodes=3, episode_length=6, image_size=32)
+        data = _tiny_shapes(data)
+    elif isinstance(data, mixture.MixtureDataConfig):
+        data = dataclasses.replace(
+            data, members=tuple(dataclasses.replace(m, data=_tiny_shapes(m.data)) for m in data.members)
+        )
     fields = {"batch_size": BATCH, "num_workers": 0, "assets_base_dir": str(tmp / "assets"), **overrides}
     config = dataclasses.replace(config, data=data, **fields)
     config.data.prepare()  # the testbed's dataset and tokenizer
@@ -66,6 +70,10 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
         identity = normalize.NormStats(mean=np.zeros(dim), std=np.ones(dim), q01=-np.ones(dim), q99=np.ones(dim))
         normalize.save(created.norm_stats_dir, {"state": identity, "actions": identity})
     return config
+
+
+def _tiny_shapes(data: shapes_policy.EmbeddedDataConfig) -> shapes_policy.EmbeddedDataConfig:
+    return dataclasses.replace(data, num_episodes=3, episode_length=6, image_size=32)
 
 
 @pytest.mark.parametrize("name", _config.list_configs())
@@ -91,7 +99,8 @@ def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_
     assert observation.tokenized_prompt.shape == (BATCH, model.max_token_len)
     assert observation.tokenized_prompt_mask[:, 0].all()
     assert actions.shape == (BATCH, model.action_horizon, model.action_dim) and actions.dtype == torch.float32
-    if isinstance(config.data, libero_policy.LeRobotLiberoDataConfig | shapes_policy.EmbeddedDataConfig):
+    data_types = libero_policy.LeRobotLiberoDataConfig | shapes_policy.EmbeddedDataConfig | mixture.MixtureDataConfig
+    if isinstance(config.data, data_types):
         assert not observation.image_masks["right_wrist_0_rgb"].any()
         assert not actions[..., 7:].any() and not observation.state[:, 8:].any()
 
@@ -175,3 +184,20 @@ def test_missing_norm_stats_names_the_command(datasets, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"compute_norm_stats\.py --config-name pi05_libero_pytorch"):
         data_loader.create_data_loader(config)
     assert len(_collect(config, num_batches=1, skip_norm_stats=True)) == 1
+
+
+def test_validation_batches_are_the_same_held_out_frames_at_every_call(datasets):
+    config = _local("pi05_libero_pytorch", datasets, val_num_batches=3)  # 3 episodes of 6 frames
+    created = config.data.create(config.assets_dirs, config.model)
+    [source] = data_loader.open_sources(config, created)
+    split = validation_split.draw({source.name: source.episode_ids()}, seed=0, val_fraction=None, val_episodes=1)
+    loader = data_loader.create_validation_loader(config, split, created)
+    assert len(loader) == 1, "6 held-out frames fill one batch of 4"
+    first, again = list(loader), list(loader)
+    torch.testing.assert_close(first[0][1], again[0][1])
+    held_out = split.frames(source.name, source.episode_ids(), held_out=True)
+    written = datasets["libero"].state[held_out]
+    state = first[0][0].state[:, :8].numpy()  # normalised by the identity stats
+    assert all(np.isclose(written, row, atol=1e-5).all(axis=1).any() for row in state), "only held-out frames"
+    shares = [data_loader.fixed_batch_indices(np.arange(8), 4, 1, rank=r, world_size=2) for r in range(2)]
+    np.testing.assert_array_equal(np.concatenate(shares), [4, 5, 6, 7])

@@ -17,10 +17,17 @@ import pytest
 from openpi.models.orbax_params import flatten_params
 from openpi.models.param_layout import CheckpointMismatchError
 from openpi.models_jax import params as jax_params
-from openpi.training import checkpoints, jax_trainer
+from openpi.training import checkpoints, jax_trainer, validation_split
 from openpi.training import config as _config
 from tests.helpers import REPO_ROOT
-from tests.helpers.training import Crash, crash_after, embedded_pruning_config, pruned_fake_data_config
+from tests.helpers.training import (
+    Crash,
+    crash_after,
+    embedded_pruning_config,
+    pruned_embedded_config,
+    pruned_fake_data_config,
+    tiny_mixture,
+)
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -84,6 +91,28 @@ def test_interrupted_run_resumes_bit_identical(tmp_path: Path, monkeypatch: pyte
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history[2:]]
+
+
+def test_a_mixture_logs_per_dataset_and_validation_losses_and_a_resume_keeps_its_episodes(
+    tmp_path: Path, embedded_data_home: Path, caplog: pytest.LogCaptureFixture
+):
+    config = pruned_embedded_config(tmp_path, tiny_mixture(), num_train_steps=2, save_interval=2, val_episodes=1)
+    config = dataclasses.replace(config, val_interval=1, val_num_batches=1)
+    first = jax_trainer.train(config)
+    validations = {h["step"]: h for h in first.history if "val/loss" in h}
+    assert list(validations) == [1.0, 2.0]
+    final = validations[2.0]
+    assert {"val/loss/easy", "val/loss/hard", "val/loss_served/easy", "val/loss_horizon/0"} <= final.keys()
+    assert final["val/served_gap"] == pytest.approx(final["val/loss_served"] - final["val/loss"], abs=1e-9)
+    logged = [{k for k in h if k.startswith("train/loss/")} for h in first.history if "loss" in h]
+    assert all(logged) and set().union(*logged) == {"train/loss/easy", "train/loss/hard"}
+    split = validation_split.load(config.checkpoint_dir / "2")
+    assert split is not None and set(split.held_out) == {"easy", "hard"}
+
+    resumed = jax_trainer.train(dataclasses.replace(config, num_train_steps=3, resume=True, val_episodes=2))
+    assert "this run asks for --val-episodes 2: keeping the checkpoint's split" in caplog.text
+    assert validation_split.load(config.checkpoint_dir / "3") == split
+    assert [h["step"] for h in resumed.history if "val/loss" in h] == [3.0]
 
 
 def test_a_save_interrupted_before_commit_leaves_no_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

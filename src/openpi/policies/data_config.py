@@ -74,6 +74,17 @@ class DataConfig:
     # The command that generates the dataset at `root` with its norm stats (a dataset generated locally), for the
     # errors that find it missing.
     generate_command: str | None = None
+    # A mixture's datasets, each with its own pipeline (the fields above are those of the first, which serves).
+    members: tuple[DataMember, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataMember:
+    """One dataset of a mixture: its name (in the logged ``*/loss/<name>``), sampling weight and resolved pipeline."""
+
+    name: str
+    weight: float
+    config: DataConfig
 
 
 def model_transforms(model: pi0_config.Pi0Config, tokenizer_path: str) -> _transforms.Group:

@@ -59,6 +59,8 @@ class TrainingState:
     # Per rank, the losses of the steps since the last log step: the first log after a resume averages the same
     # window an uninterrupted run would.
     loss_windows: list[list[float]] = dataclasses.field(default_factory=list)
+    # Per rank, a mixture's [dataset, loss] of every sample since the last log step (its train/loss/<dataset>).
+    dataset_loss_windows: list[list[list[float]]] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------- RNG

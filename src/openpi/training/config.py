@@ -19,6 +19,7 @@ from openpi.policies.aloha_policy import LeRobotAlohaDataConfig
 from openpi.policies.data_config import AssetsConfig, DataConfigFactory, FakeDataConfig
 from openpi.policies.droid_policy import DroidDataConfig
 from openpi.policies.libero_policy import LeRobotLiberoDataConfig
+from openpi.policies.mixture import MixtureDataConfig, MixtureMember
 from openpi.policies.shapes_policy import EmbeddedDataConfig
 from openpi.training import optimizer
 
@@ -71,6 +72,15 @@ class TrainConfig:
     ema_decay: float | None = None
     # With pruning and wandb on: log a picture of the kept patches of the batch's first sample every N steps.
     viz_interval: int | None = 1000
+    # Hold out this fraction of every dataset's episodes (a draw from --seed, kept in the checkpoints) and log the
+    # validation loss on them (val/*); training and its norm stats use the other episodes. None: no validation.
+    val_fraction: float | None = None
+    # Hold out this many episodes of every dataset instead of a fraction.
+    val_episodes: int | None = None
+    # Validate every N optimizer steps and after the last; None: every save_interval.
+    val_interval: int | None = None
+    # Global batches of held-out frames per validation: the same frames, noise and times every time.
+    val_num_batches: int = 4
 
     @property
     def assets_dirs(self) -> Path:
@@ -92,11 +102,11 @@ _PICK_PLACE_DATA = LeRobotAlohaDataConfig(
 )
 
 
-def _debug_embedded(name: str, **model_kwargs: Any) -> TrainConfig:
+def _debug_embedded(name: str, data: DataConfigFactory | None = None, **model_kwargs: Any) -> TrainConfig:
     return TrainConfig(
         name=name,
         model=pi0_config.tiny_config(vision_variant="tiny_112", action_horizon=10, **model_kwargs),
-        data=EmbeddedDataConfig(),
+        data=data or EmbeddedDataConfig(),
         pytorch_training_precision="float32",
         lr_schedule=optimizer.CosineDecaySchedule(warmup_steps=20, peak_lr=1e-3, decay_steps=300, decay_lr=1e-4),
         batch_size=8,
@@ -118,6 +128,17 @@ LIGHTVLA_PRUNING: dict[str, Any] = {
     "token_prune_keep_ratio": 0.25,
     "token_prune_gate_dropped_patches": True,
 }
+
+
+# A mixture of two of the shapes testbed's scenes, drawn 1:2: an easy one (one or two objects of distinct colours) and
+# a hard one (four to six objects sharing colours and shapes, so that only the whole prompt names the target), each
+# normalised with its own norm stats; it serves as the easy one.
+SHAPES_MIXTURE = MixtureDataConfig(
+    members=(
+        MixtureMember("easy", EmbeddedDataConfig(min_objects=1, max_objects=2), weight=1.0),
+        MixtureMember("hard", EmbeddedDataConfig(min_objects=4, max_objects=6, shared_attributes=True), weight=2.0),
+    )
+)
 
 
 # The pruning testbed (research/lightvla/README.md): many scenes so that memorising them cannot solve held-out ones.
@@ -208,6 +229,7 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     ),
     _debug_embedded("debug_pi05"),
     _debug_embedded("debug_pi05_lightvla", **LIGHTVLA_PRUNING),
+    _debug_embedded("debug_pi05_lightvla_mixture", SHAPES_MIXTURE, **LIGHTVLA_PRUNING),
     _shapes("pi05_shapes"),
     _shapes("pi05_shapes_lightvla", **LIGHTVLA_PRUNING),
     # The published pi05_libero checkpoint was trained without the state in its prompt.
@@ -300,6 +322,9 @@ def _describe(name: str) -> str:
     variant = "π0.5" if config.model.pi05 else "π0"
     pruning = ", LightVLA pruning" if config.model.token_pruning_enabled else ""
     data = type(config.data).__name__
+    if isinstance(config.data, MixtureDataConfig):
+        members = ", ".join(f"{m.name} ({type(m.data).__name__}, weight {m.weight:g})" for m in config.data.members)
+        return f"{variant}{pruning}, a mixture of {members}"
     if config.data.repo_id is None:
         return f"{variant}{pruning}, data {data} (no dataset set), norm stats of asset {config.data.assets.asset_id}"
     return f"{variant}{pruning}, data {data}({config.data.repo_id})"
@@ -337,4 +362,8 @@ def _bool_field_paths(obj: Any, prefix: str = "") -> set[str]:
             paths.add(prefix + field.name)
         elif dataclasses.is_dataclass(value):
             paths |= _bool_field_paths(value, f"{prefix}{field.name}.")
+        elif isinstance(value, tuple):  # e.g. a mixture's members, --data.members.0.data.<field>
+            for index, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    paths |= _bool_field_paths(item, f"{prefix}{field.name}.{index}.")
     return paths

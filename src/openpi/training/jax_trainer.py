@@ -6,7 +6,9 @@ Every random draw of step k (flow noise and time, the pruner's exploration draw)
 repeats exactly the steps an uninterrupted one would. Checkpoints (``<exp>/<step>/``) hold ``params/`` (the orbax
 tree to serve: the moving average when ``ema_decay`` is set, as upstream serves it), ``train_state/`` (step, raw
 parameters, optimizer state, EMA) and ``assets/``; they are committed with the same atomic protocol as the PyTorch
-checkpoints (temporary directory, manifest, completeness marker, rename).
+checkpoints (temporary directory, manifest, completeness marker, rename). With a validation split the held-out
+batches are validated every ``val_interval`` steps as in PyTorch (``training.validation``; the served loss through
+``compute_loss_fn(train=False)``, which masks the unkept patches).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import torch
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -32,10 +35,9 @@ from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise, select_fn
 from openpi.models_pytorch import preprocessing
-from openpi.policies import data_config as _data_config
 from openpi.policies import pruning_overlay
 from openpi.shared.checkpoint_files import TRAIN_STATE_DIR
-from openpi.training import checkpoints, data_loader, freezing, trainer
+from openpi.training import checkpoints, data_loader, freezing, run_data, trainer, validation
 from openpi.training import config as _config
 from openpi.training.optimizer import CosineDecaySchedule
 
@@ -117,15 +119,17 @@ def train_step(
     config: _config.TrainConfig,
     frozen: frozenset[str],
     collect_stats: bool,
+    sample_losses: bool = False,
 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """One optimizer step on the mean flow-matching loss; returns the new state and the step's metrics."""
+    """One optimizer step on the mean flow-matching loss; returns the new state and the step's metrics (with
+    ``sample_losses``, each sample's loss ``[B]`` as ``sample_losses``)."""
     model_config = config.model
     trained, frozen_params = split_params(state["params"], frozen)
     drawn = draw_training_noise(rng, model_config, actions.shape, len(obs.images))
     prune = PruneSettings.from_config(model_config, collect_stats=collect_stats)
 
-    def loss_fn(trained: Params) -> tuple[jax.Array, dict[str, jax.Array]]:
-        loss, stats = compute_loss_fn(
+    def loss_fn(trained: Params) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array | None]]:
+        losses, stats = compute_loss_fn(
             merge_params(trained, frozen_params),
             obs,
             actions,
@@ -137,10 +141,10 @@ def train_step(
             train=True,
             prune=prune,
             remat=config.gradient_checkpointing,
-        )
-        return loss.mean(), stats
+        )  # [B, H, action_dim]
+        return losses.mean(), (stats, losses.mean(axis=(1, 2)) if sample_losses else None)
 
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    (loss, (stats, per_sample)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
     updates, opt_state = build_optimizer(config).update(grads, state["opt_state"], trained)
     params = merge_params(optax.apply_updates(trained, updates), frozen_params)
     ema = state["ema"]
@@ -148,6 +152,8 @@ def train_step(
         ema = jax.tree.map(lambda e, p: config.ema_decay * e + (1.0 - config.ema_decay) * p, ema, params)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **{f"prune/{k}": v for k, v in stats.items()}}
+    if per_sample is not None:
+        metrics["sample_losses"] = per_sample
     return new_state, metrics
 
 
@@ -179,12 +185,12 @@ def state_shardings(mesh: Mesh, state: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(
-    exp_dir: Path, state: dict[str, Any], data_config: _data_config.DataConfig, keep_period: int | None
-) -> Path:
-    """Commits ``<exp>/<step>/`` (``params/``, ``train_state/``, ``assets/``) atomically; prunes old checkpoints."""
+def save_checkpoint(exp_dir: Path, state: dict[str, Any], data: run_data.RunData, keep_period: int | None) -> Path:
+    """Commits ``<exp>/<step>/`` (``params/``, ``train_state/``, ``assets/``, the validation split) atomically;
+    prunes old checkpoints."""
     host_state = jax.device_get(state)
     step = int(host_state["step"])
+    data_config = data.data_config
     norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
 
     def write(directory: Path) -> None:
@@ -194,6 +200,7 @@ def save_checkpoint(
         checkpointer.save((directory / TRAIN_STATE_DIR).absolute(), _without_none(host_state))
         checkpointer.wait_until_finished()
         checkpoints.save_norm_stats(directory, norm_stats)
+        data.write_files(directory)
 
     path = checkpoints.write_atomically(exp_dir, step, write)
     checkpoints.prune_checkpoints(exp_dir, keep_period)
@@ -230,6 +237,7 @@ def train(config: _config.TrainConfig) -> JaxTrainResult:
     config.data.prepare()
     exp_dir = Path(config.checkpoint_dir)
     resume_step = trainer.prepare_experiment_dir(config)
+    data = run_data.prepare(config, None if resume_step is None else checkpoints.step_dir(exp_dir, resume_step))
     mesh = make_mesh(config.fsdp_devices)
     if config.batch_size % mesh.size:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
@@ -245,25 +253,39 @@ def train(config: _config.TrainConfig) -> JaxTrainResult:
         state = restore_state(checkpoints.step_dir(exp_dir, resume_step), target)
     shardings = state_shardings(mesh, state)
     state = jax.device_put(state, shardings)
-    step_fns = {
-        collect: jax.jit(
-            functools.partial(train_step, config=config, frozen=frozen, collect_stats=collect),
-            out_shardings=(shardings, None),
-            donate_argnums=(0,),
-        )
-        for collect in (False, True)
-    }
     start_step = 0 if resume_step is None else resume_step
+    spawn = "spawn"  # JAX runs threads: a forked data worker could inherit a held lock
     loader = data_loader.create_data_loader(
         config,
         shuffle=True,
         start_step=start_step,
         num_batches=config.num_train_steps - start_step,
-        multiprocessing_context="spawn",  # JAX runs threads: a forked worker could inherit a held lock
+        multiprocessing_context=spawn,
+        split=data.split,
+        data_config=data.data_config,
     )
+    step_fns = {
+        collect: jax.jit(
+            functools.partial(
+                train_step,
+                config=config,
+                frozen=frozen,
+                collect_stats=collect,
+                sample_losses=bool(loader.source_names),
+            ),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+        for collect in (False, True)
+    }
+    val_loader = None
+    if data.split is not None:
+        val_loader = data_loader.create_validation_loader(
+            config, data.split, data.data_config, multiprocessing_context=spawn
+        )
     wandb_run = _init_wandb(config, exp_dir, resume_step is not None) if config.wandb_enabled else None
     try:
-        state, history = _loop(config, state, step_fns, iter(loader), loader.data_config, mesh, start_step, wandb_run)
+        state, history = _loop(config, state, step_fns, loader, val_loader, data, mesh, start_step, wandb_run)
     finally:
         if wandb_run is not None:
             wandb_run.finish()
@@ -274,8 +296,9 @@ def _loop(
     config: _config.TrainConfig,
     state: dict[str, Any],
     step_fns: dict[bool, Any],
-    batches: Any,
-    data_config: _data_config.DataConfig,
+    loader: data_loader.DataLoader,
+    val_loader: data_loader.DataLoader | None,
+    data: run_data.RunData,
     mesh: Mesh,
     start_step: int,
     wandb_run: Any,
@@ -285,6 +308,8 @@ def _loop(
     base_key = jax.random.key(config.seed)
     history: list[dict[str, float]] = []
     losses: list[jax.Array] = []
+    dataset_losses = trainer.DatasetLosses(loader.source_names)
+    batches = iter(loader)
     window_start = time.perf_counter()
     with tqdm.tqdm(total=config.num_train_steps, initial=start_step, dynamic_ncols=True, desc="train") as progress:
         for step in range(start_step, config.num_train_steps):
@@ -303,21 +328,59 @@ def _loop(
                 state, obs, actions, jax.random.fold_in(base_key, step), jnp.float32(noise_scale)
             )
             losses.append(metrics["loss"])
+            if loader.source_names:
+                sample_losses = torch.from_numpy(np.array(metrics["sample_losses"]))
+                dataset_losses.append(loader.batch_sources(step), sample_losses)
             progress.update(1)
             if is_log_step:
                 logged = _log_metrics(config, step, metrics, losses, noise_scale, time.perf_counter() - window_start)
-                history.append(logged)
+                logged |= dataset_losses.metrics()
+                _log(step, logged, history, wandb_run)
                 progress.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}")
-                logger.info("step=%d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logged.items() if k != "step"))
-                if wandb_run is not None:
-                    wandb_run.log({k: v for k, v in logged.items() if k != "step"}, step=step)
                 losses, window_start = [], time.perf_counter()
+                dataset_losses = trainer.DatasetLosses(loader.source_names)
             if wandb_run is not None and _is_picture_step(config, step):
                 _log_pictures(config, state["params"], observation, step, wandb_run)
             completed = step + 1
+            if val_loader is not None and validation.is_validation_step(config, completed):
+                totals = validation_totals(config, state["params"], val_loader, mesh, noise_scale)
+                val_metrics = totals.metrics(val_loader.source_names, served=config.model.token_pruning_enabled)
+                _log(completed, {"step": float(completed), **val_metrics}, history, wandb_run)
             if completed % config.save_interval == 0 or completed == config.num_train_steps:
-                save_checkpoint(exp_dir, state, data_config, config.keep_period)
+                save_checkpoint(exp_dir, state, data, config.keep_period)
     return state, history
+
+
+def _log(step: int, logged: dict[str, float], history: list[dict[str, float]], wandb_run: Any) -> None:
+    history.append(logged)
+    logger.info("step=%d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logged.items() if k != "step"))
+    if wandb_run is not None:
+        wandb_run.log({k: v for k, v in logged.items() if k != "step"}, step=step)
+
+
+def validation_totals(
+    config: _config.TrainConfig, params: Params, loader: data_loader.DataLoader, mesh: Mesh, noise_scale: float
+) -> validation.Totals:
+    """The :class:`validation.Totals` of the fixed validation batches: the training-mode loss (the pruner at
+    ``noise_scale`` with the fixed draw) and, with pruning, the eval-mode one (unkept patches masked)."""
+    model_config = config.model
+    prune = PruneSettings.from_config(model_config)
+    size = model_config.vision_config.image_size
+    totals = validation.Totals(model_config.action_horizon, model_config.action_dim, max(1, len(loader.source_names)))
+    for step, (observation, actions) in enumerate(loader):
+        observation = preprocessing.preprocess_observation(observation, train=False, image_resolution=(size, size))
+        obs = JaxObservation.from_dict(observation.to_dict()).trim_prompt_padding(model_config.prompt_trim_multiple)
+        positions = validation.sample_positions(step, config.batch_size, 0, 1)
+        num_patches = len(obs.images) * model_config.vision_config.num_patches if prune.enabled else None
+        drawn = validation.draws(config.seed, positions, tuple(actions.shape[1:]), num_patches)
+        inputs = jax.device_put((obs, actions.numpy(), drawn.noise, drawn.time), batch_sharding(mesh))
+        uniform = None if drawn.prune_uniform is None else jax.device_put(drawn.prune_uniform, batch_sharding(mesh))
+        loss = functools.partial(compute_loss_fn, params, *inputs, config=model_config, prune=prune)
+        losses, _ = loss(uniform, jnp.float32(noise_scale), train=True)
+        served = np.asarray(loss(None, 0.0, train=False)[0]) if prune.enabled else None
+        sources = loader.batch_sources(step) if loader.source_names else np.zeros(len(positions), np.int64)
+        totals.add(np.asarray(losses), sources, served)
+    return totals
 
 
 def _log_metrics(

@@ -4,6 +4,8 @@ Every source of randomness in a step is a function of ``(seed, step, rank)``: th
 augmentation generator and the global torch RNG (flow-matching noise and time, the pruner's exploration noise) are
 re-seeded from it at the start of each step. A resumed run therefore repeats exactly the steps an uninterrupted run
 would have taken. Checkpoints additionally carry every rank's python/numpy/torch/CUDA RNG states, restored on resume.
+With a validation split, every ``val_interval`` steps each rank validates its share of the fixed held-out batches
+(``training.validation``; no RNG stream is touched) and rank 0 logs the mean.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from openpi.models.observation import Observation
 from openpi.models_pytorch import lora, preprocessing, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
-from openpi.policies import data_config, pruning_overlay
-from openpi.training import checkpoints, data_loader, freezing, fsdp
+from openpi.policies import pruning_overlay
+from openpi.training import checkpoints, data_loader, freezing, fsdp, run_data, validation
 from openpi.training import config as _config
 from openpi.training.ema import ExponentialMovingAverage
 
@@ -66,7 +68,8 @@ class DistributedContext:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained (unwrapped) model, the final step and every logged metrics dict."""
+    """What :func:`train` returns: the trained (unwrapped) model, the final step and every logged metrics dict (the
+    validations' ``val/*`` metrics in entries of their own, at the number of steps done)."""
 
     model: PI0Pytorch
     step: int
@@ -210,21 +213,23 @@ def train_step(
     image_resolution: tuple[int, int],
     generator: torch.Generator | None,
     autocast_bf16: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Resizes and augments the images, runs forward/backward (loss = mean of the per-element loss; under bf16
-    autocast with ``autocast_bf16``), clips the gradient norm and updates; returns (loss, grad_norm) detached."""
+    autocast with ``autocast_bf16``), clips the gradient norm and updates; returns (loss, grad_norm, each sample's
+    loss ``[B]``) detached."""
     observation = preprocessing.preprocess_observation(
         observation, train=True, image_resolution=image_resolution, generator=generator
     )
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(actions.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-        loss = model(observation, actions).float().mean()
+        losses = model(observation, actions).float()  # [B, H, action_dim]
+    loss = losses.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_gradient_norm)
     optimizer.step()
-    return loss.detach(), grad_norm.detach()
+    return loss.detach(), grad_norm.detach(), losses.detach().mean(dim=(1, 2))
 
 
 def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, collect_stats: bool) -> None:
@@ -232,6 +237,40 @@ def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, 
     if config.model.token_pruning_enabled:
         model.pruner.noise_scale = pruner_noise_scale(config, step)
         model.pruner.collect_stats = collect_stats
+
+
+class DatasetLosses:
+    """A mixture's per-sample training losses since the last log, with each sample's dataset (``names[i]``)."""
+
+    def __init__(self, names: tuple[str, ...], pairs: list[list[float]] | None = None) -> None:
+        self.names = names
+        self._sources: list[np.ndarray] = [np.asarray([int(s) for s, _ in pairs or []], dtype=np.int64)]
+        self._losses: list[torch.Tensor] = [torch.tensor([loss for _, loss in pairs or []], dtype=torch.float64)]
+
+    def append(self, sources: np.ndarray, losses: torch.Tensor) -> None:
+        """One step: each sample's dataset ``[b]`` and loss ``[b]``."""
+        self._sources.append(sources)
+        self._losses.append(losses)
+
+    def _flat(self) -> tuple[np.ndarray, np.ndarray]:
+        losses = torch.cat([loss.detach().double().cpu() for loss in self._losses]).numpy()
+        return np.concatenate(self._sources), losses
+
+    def totals(self) -> np.ndarray:
+        """``[2, M]``: each dataset's summed loss and its sample count."""
+        sources, losses = self._flat()
+        size = len(self.names)
+        return np.stack([np.bincount(sources, losses, size), np.bincount(sources, minlength=size).astype(np.float64)])
+
+    def metrics(self, totals: np.ndarray | None = None) -> dict[str, float]:
+        """``train/loss/<dataset>`` from :meth:`totals` (or the given ones, e.g. summed over ranks)."""
+        sums, counts = self.totals() if totals is None else totals
+        return {f"train/loss/{name}": float(sums[i] / counts[i]) for i, name in enumerate(self.names) if counts[i]}
+
+    def pairs(self) -> list[list[float]]:
+        """``[[dataset, loss], ...]`` in order, what a checkpoint keeps to continue the window."""
+        sources, losses = self._flat()
+        return [[float(s), float(loss)] for s, loss in zip(sources, losses, strict=True)]
 
 
 # -------------------------------------------------------------------------------------------- the loop
@@ -253,8 +292,10 @@ class _Trainer:
         self.exp_dir = Path(config.checkpoint_dir)
         self.history: list[dict[str, float]] = []
         self._resumed_window: list[float] = []
+        self._resumed_dataset_window: list[list[float]] = []
         self.ema: ExponentialMovingAverage | None = None
         self.sharded = config.fsdp_devices > 1
+        self.validation: data_loader.DataLoader | None = None
 
     def run(self) -> TrainResult:
         config, ctx = self.config, self.ctx
@@ -262,6 +303,8 @@ class _Trainer:
         resume_step = self._broadcast(self._prepare_dir_on_main())
         if resume_step is None:
             check_base_weights(config)
+        resume_dir = None if resume_step is None else checkpoints.step_dir(self.exp_dir, resume_step)
+        data = run_data.prepare(config, resume_dir)
         torch.manual_seed(config.seed)
         model = build_model(config, ctx.device, load_pretrained=resume_step is None)
         if self.sharded:
@@ -281,10 +324,16 @@ class _Trainer:
             shuffle=True,
             start_step=start_step,
             num_batches=config.num_train_steps - start_step,
+            split=data.split,
+            data_config=data.data_config,
         )
+        if data.split is not None:
+            self.validation = data_loader.create_validation_loader(
+                config, data.split, data.data_config, rank=ctx.rank, world_size=ctx.world_size
+            )
         wandb_run = self._init_wandb(resume_step is not None) if ctx.is_main and config.wandb_enabled else None
         try:
-            self._loop(model, ddp_model, optimizer, iter(loader), loader.data_config, start_step, wandb_run)
+            self._loop(model, ddp_model, optimizer, loader, data, start_step, wandb_run)
         finally:
             if wandb_run is not None:
                 wandb_run.finish()
@@ -295,16 +344,18 @@ class _Trainer:
         model: PI0Pytorch,
         ddp_model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        batches: Iterator[tuple[Observation, torch.Tensor]],
-        data_config: data_config.DataConfig,
+        loader: data_loader.DataLoader,
+        data: run_data.RunData,
         start_step: int,
         wandb_run: Any,
     ) -> None:
         config, ctx = self.config, self.ctx
+        batches: Iterator[tuple[Observation, torch.Tensor]] = iter(loader)
         model.train()
         image_size = config.model.vision_config.image_size
         image_resolution = (image_size, image_size)
         losses: list[torch.Tensor] = [torch.tensor(loss, device=ctx.device) for loss in self._resumed_window]
+        dataset_losses = DatasetLosses(loader.source_names, self._resumed_dataset_window)
         window_start = time.perf_counter()
         progress = tqdm.tqdm(
             total=config.num_train_steps, initial=start_step, disable=not ctx.is_main, dynamic_ncols=True, desc="train"
@@ -316,7 +367,7 @@ class _Trainer:
                 torch.manual_seed(step_seed(config.seed, step, ctx.rank, _GLOBAL_RNG_STREAM))
                 configure_pruner(model, config, step, collect_stats=is_log_step)
                 lr = config.lr_schedule.lr_at(step)
-                loss, grad_norm = train_step(
+                loss, grad_norm, sample_losses = train_step(
                     ddp_model,
                     optimizer,
                     observation.to(ctx.device),
@@ -330,16 +381,22 @@ class _Trainer:
                 if self.ema is not None:
                     self.ema.update(model)
                 losses.append(loss)
+                if loader.source_names:
+                    dataset_losses.append(loader.batch_sources(step), sample_losses)
                 progress.update(1)
                 if is_log_step:
                     metrics = self._metrics(model, losses, grad_norm, lr, time.perf_counter() - window_start)
+                    metrics |= self._dataset_metrics(dataset_losses)
                     self._log(step, metrics, progress, wandb_run)
                     losses, window_start = [], time.perf_counter()
+                    dataset_losses = DatasetLosses(loader.source_names)
                 if wandb_run is not None and self._is_picture_step(step):
                     self._log_pictures(model, observation.to(ctx.device), step, wandb_run)
                 completed = step + 1
+                if self.validation is not None and validation.is_validation_step(config, completed):
+                    self._validate(model, self.validation, step, completed, wandb_run)
                 if completed % config.save_interval == 0 or completed == config.num_train_steps:
-                    self._save(model, optimizer, completed, data_config, losses)
+                    self._save(model, optimizer, completed, data, losses, dataset_losses)
 
     # --------------------------------------------------------------------------------------------- metrics
     def _metrics(
@@ -359,6 +416,40 @@ class _Trainer:
             metrics.update(model.pruner.metrics())
         metrics.update(gpu_memory_metrics(self.ctx.device))
         return metrics
+
+    def _dataset_metrics(self, dataset_losses: DatasetLosses) -> dict[str, float]:
+        """``train/loss/<dataset>`` of a mixture over the logging window and ranks; nothing otherwise."""
+        if not dataset_losses.names or not self.ctx.is_distributed:
+            return dataset_losses.metrics()
+        totals = torch.from_numpy(dataset_losses.totals()).to(self.ctx.device)
+        dist.all_reduce(totals)
+        return dataset_losses.metrics(totals.cpu().numpy())
+
+    def _validate(
+        self, model: PI0Pytorch, loader: data_loader.DataLoader, step: int, completed: int, wandb_run: Any
+    ) -> None:
+        """Every rank's share of the validation batches after ``step``; rank 0 logs the ``val/*`` metrics at
+        ``completed`` (the number of steps done, as the checkpoint of those weights is named)."""
+        totals = validation.pytorch_totals(
+            model,
+            loader,
+            self.config,
+            noise_scale=pruner_noise_scale(self.config, step),
+            device=self.ctx.device,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+        if self.ctx.is_distributed:
+            reduced = torch.from_numpy(totals.values).to(self.ctx.device)
+            dist.all_reduce(reduced)
+            totals.values = reduced.cpu().numpy()
+        metrics = totals.metrics(loader.source_names, served=self.config.model.token_pruning_enabled)
+        self.history.append({"step": float(completed), **metrics})
+        if not self.ctx.is_main:
+            return
+        logger.info("step=%d %s", completed, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if wandb_run is not None:
+            wandb_run.log(metrics, step=completed)
 
     def _is_picture_step(self, step: int) -> bool:
         interval = self.config.viz_interval
@@ -418,6 +509,8 @@ class _Trainer:
             )
         if len(state.loss_windows) == self.ctx.world_size:
             self._resumed_window = list(state.loss_windows[self.ctx.rank])
+        if len(state.dataset_loss_windows) == self.ctx.world_size:
+            self._resumed_dataset_window = list(state.dataset_loss_windows[self.ctx.rank])
         return state.step
 
     def _save(
@@ -425,14 +518,15 @@ class _Trainer:
         model: PI0Pytorch,
         optimizer: torch.optim.Optimizer,
         step: int,
-        data_config: data_config.DataConfig,
+        data: run_data.RunData,
         losses: list[torch.Tensor],
+        dataset_losses: DatasetLosses,
     ) -> None:
         tmp_dir = None
         if self.sharded:  # every rank writes its shards into rank 0's temporary directory
             tmp_dir = self._broadcast(checkpoints.new_temporary_dir(self.exp_dir, step) if self.ctx.is_main else None)
             fsdp.save_sharded(tmp_dir, model, optimizer, self.ema)
-        rank_state = (checkpoints.capture_rng_state(), [float(loss) for loss in losses])
+        rank_state = (checkpoints.capture_rng_state(), [float(loss) for loss in losses], dataset_losses.pairs())
         if self.ctx.is_distributed:
             gathered: list[Any] = [None] * self.ctx.world_size
             dist.all_gather_object(gathered, rank_state)
@@ -441,15 +535,20 @@ class _Trainer:
         if self.ctx.is_main:
             state = checkpoints.TrainingState(
                 step=step,
-                rng_states=[rng for rng, _ in gathered],
+                rng_states=[rng for rng, _, _ in gathered],
                 scheduler=self._scheduler_state(step),
-                loss_windows=[window for _, window in gathered],
+                loss_windows=[window for _, window, _ in gathered],
+                dataset_loss_windows=[window for _, _, window in gathered] if dataset_losses.names else [],
             )
+            data_config = data.data_config
             norm_stats = None if data_config.norm_stats is None else (data_config.asset_id, data_config.norm_stats)
             if tmp_dir is None:
-                checkpoints.save_checkpoint(self.exp_dir, state, model, optimizer, norm_stats, ema=self.ema)
+                checkpoints.save_checkpoint(
+                    self.exp_dir, state, model, optimizer, norm_stats, ema=self.ema, before_commit=data.write_files
+                )
             else:
                 checkpoints.write_training_files(tmp_dir, state, norm_stats)
+                data.write_files(tmp_dir)
                 checkpoints.commit(tmp_dir, self.exp_dir, step)
             checkpoints.prune_checkpoints(self.exp_dir, self.config.keep_period)
         if self.ctx.is_distributed:
