@@ -189,8 +189,9 @@ def train_flops(config: Pi0Config, workload: Workload = Workload(), gradient_che
 
 def _training_patches(config: Pi0Config, workload: Workload) -> int:
     """Image tokens in the training prefix: every patch unpruned and in gated budget training (the budget's and the
-    sampled share of the dropped ones with ``token_prune_gate_dropped_sample``), the budget's in plain budget training, the distinct votes in deduplicated union training (``kept_patches``; every patch when
-    not given: an upper bound)."""
+    sampled share of the dropped ones with ``token_prune_gate_dropped_sample``), the budget's in plain budget training,
+    the distinct votes in deduplicated union training (``kept_patches``; every patch when not given: an upper
+    bound)."""
     every = workload.cameras * config.vision_config.num_patches
     if not config.token_pruning_enabled:
         return every
