@@ -348,6 +348,7 @@ def budget_plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int
             low, high = wilson_interval(*pooled[arm])
             ax.axhspan(low, high, color=color, alpha=0.2, label=f"{arm} (Wilson 95%)")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sorted(BUDGETS), [f"{share:.0%}" for share in sorted(BUDGETS)])
     ax.set_xlabel("kept share of the patches (serving budget)")
     ax.set_ylabel("closed-loop success on held-out scenes")
