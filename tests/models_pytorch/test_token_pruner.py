@@ -292,7 +292,7 @@ def test_sampled_gating_averages_to_gating_every_dropped_patch():
         assert sampled[0].nonzero().flatten().tolist() == list(subset) and inclusion.tolist() == [0.5]
         s = task.clone().requires_grad_(True)
         soft_votes = reference_soft_votes(patches, s, task_mask, patch_mask).float()
-        out = token_pruner.gate_sampled_patches(patches, keep, sampled, inclusion, soft_votes, positions)
+        out = token_pruner.gate_sampled_patches(patches, keep, sampled, inclusion, soft_votes, positions, width=5)
         (attend(out, query) * target).sum().backward()
         grads.append(s.grad)
     assert len(grads) == 20

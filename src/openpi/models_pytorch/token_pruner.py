@@ -386,7 +386,9 @@ class ImageTokenPruner(nn.Module):
             return _gate_all_patches(patches, keep, soft_votes, patch_mask, positions), choice, keep.sum(dim=1)
         if self.gate_dropped_patches:
             sampled, inclusion = sample_dropped(keep, patch_mask, self.gate_dropped_sample)
-            return gate_sampled_patches(patches, keep, sampled, inclusion, soft_votes, positions), choice, keep.sum(1)
+            width = self._largest_included(keep | sampled)
+            gated = gate_sampled_patches(patches, keep, sampled, inclusion, soft_votes, positions, width)
+            return gated, choice, keep.sum(dim=1)
         pruned, counts = self._gather_kept(patches, keep, positions)
         gate = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices) * pruned.mask  # [B, K], 0 in value
         return pruned._replace(key_bias=gate), choice, counts
@@ -416,6 +418,16 @@ class ImageTokenPruner(nn.Module):
             return counts.max()
         budget = self.budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))
         return torch.tensor(num_patches, device="cpu") if budget is None else budget[0]
+
+    def _largest_included(self, included: torch.Tensor) -> int:
+        """The batch's largest count of kept and sampled patches; on meta tensors the most they can be, every patch
+        valid."""
+        if included.device.type != "meta":
+            return int(included.sum(dim=1).max()) if included.shape[0] else 0
+        num_patches = included.shape[1]
+        budget = int(self.budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))[0])
+        dropped = num_patches - budget
+        return budget + min(max(math.ceil(dropped * self.gate_dropped_sample - _CEIL_TOLERANCE), 1), dropped)
 
     def _bucketed(self, largest: torch.Tensor, num_patches: int) -> int:
         """K: the batch's largest kept count, rounded up to ``kept_multiple`` (rows past a sample's own count are
@@ -463,12 +475,12 @@ def gate_sampled_patches(
     inclusion: torch.Tensor,
     soft_votes: torch.Tensor,
     positions: torch.Tensor,
+    width: int,
 ) -> PrunedPatches:
-    """The kept and the ``sampled [B, N]`` dropped patches in their original order; a kept one gated by ``v -
-    stopgrad(v)`` of its soft votes ``v``, a sampled one at ``DROPPED_KEY_WEIGHT`` through ``log(w) + (v - stopgrad(v))
-    / (w * inclusion)``: the budget's forward, and each dropped patch's gate gradient in expectation over the samples
-    what gating every dropped patch gives it."""
-    width = int((keep | sampled).sum(dim=1).max()) if keep.shape[0] else 0
+    """The kept and the ``sampled [B, N]`` dropped patches in their original order, padded to ``width``; a kept
+    one gated by ``v - stopgrad(v)`` of its soft votes ``v``, a sampled one at ``DROPPED_KEY_WEIGHT`` through ``log(w)
+    + (v - stopgrad(v)) / (w * inclusion)``: the budget's forward, and each dropped patch's gate gradient in
+    expectation over the samples what gating every dropped patch gives it."""
     pruned = gather_patches(patches, keep | sampled, positions, width)  # [B, K + M]
     delta = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices)  # [B, K + M], 0 in value
     dropped_gate = math.log(DROPPED_KEY_WEIGHT) + delta / (DROPPED_KEY_WEIGHT * inclusion[:, None])
