@@ -83,13 +83,25 @@ TRAINING_ARMS: dict[str, TrainingArm] = {
     "budget_trained25_gated_finetuned_long_base": TrainingArm(
         "pi05_shapes_lightvla", GATED25, warm_start="unpruned_long"
     ),
+    # The mixing-tower testbed: the registered configs as they are, the pruners fine-tuned from the seed's `unpruned`.
+    "default": TrainingArm("pi05_shapes_lightvla", warm_start="unpruned"),
+    # The default with a quarter of the dropped patches gated per step (a shorter training prefix).
+    "default_sampled": TrainingArm(
+        "pi05_shapes_lightvla", {"token_prune_gate_dropped_sample": 0.25}, warm_start="unpruned"
+    ),
+    # LightVLA's union selection, fine-tuned the same way.
+    "union_finetuned": TrainingArm("pi05_shapes_lightvla", UNION, warm_start="unpruned"),
 }
 
 # The policies trained without pruning: each arm's vision gap is measured against the one its weights descend from.
 UNPRUNED_ARMS = ("unpruned", "unpruned_long")
 DEFAULT_ARM = "budget_trained25_gated"  # what pi05_shapes_lightvla trains (a test holds them equal)
 CORE_TRAINING_ARMS = ("blind", "unpruned", "union", DEFAULT_ARM)
+# The full protocol on the mixing-tower testbed (research/lightvla/README.md, "Mixing-tower testbed").
+TESTBED_TRAINING_ARMS = ("blind", "unpruned", "default", "default_sampled", "union_finetuned")
 RANDOM = {"random_keep": True}
+# The serving budgets of the testbed's protocol: kept share -> the suffix of its evaluation arms.
+BUDGETS = {0.25: "", 0.10: "_at10", 0.05: "_at5"}
 
 
 def _on(arm: str, **kwargs: Any) -> EvalArm:
@@ -131,6 +143,17 @@ EVAL_ARMS: dict[str, EvalArm] = {
     "budget_trained25_gated_finetuned_long_base_random": _on(
         "budget_trained25_gated_finetuned_long_base", options=RANDOM
     ),
+    "budget5": EvalArm("unpruned", "union", {"token_prune_keep_ratio": 0.05}),
+    "random10": EvalArm("unpruned", "union", {"token_prune_keep_ratio": 0.10, **RANDOM}),
+    "random5": EvalArm("unpruned", "union", {"token_prune_keep_ratio": 0.05, **RANDOM}),
+    **{
+        f"{arm}{suffix}{control}": _on(arm, options={"token_prune_keep_ratio": share, **options})
+        for share, suffix in BUDGETS.items()
+        for arm in ("default", "default_sampled")
+        for control, options in (("", {}), ("_random", RANDOM))
+    },
+    "union_finetuned": _on("union_finetuned"),
+    "union_finetuned_random": _on("union_finetuned", options=RANDOM),
 }
 
 # (arm, baseline): the paired differences in success the results tables report, the training seed as the unit.
@@ -167,9 +190,25 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("union", "union_random_k"),
     ("union_budget25", "unpruned"),
     ("budget25", "random25"),
+    *(
+        pair
+        for share, suffix in BUDGETS.items()
+        for pair in (
+            (f"default{suffix}", "unpruned"),
+            (f"default{suffix}", f"default{suffix}_random"),
+            (f"default{suffix}", f"budget{round(share * 100)}"),
+            (f"default_sampled{suffix}", f"default{suffix}"),
+            (f"default_sampled{suffix}", f"default_sampled{suffix}_random"),
+        )
+    ),
+    ("union_finetuned", "unpruned"),
+    ("union_finetuned", "union_finetuned_random"),
+    ("union_finetuned", "default_at5"),
+    ("unpruned", "blind"),
 )
 # (arm, baseline): the paired differences in episode length the results tables report.
 STEP_COMPARISONS: tuple[tuple[str, str], ...] = (
+    *((f"default{suffix}", f"default{suffix}_random") for suffix in BUDGETS.values()),
     ("budget_trained25_gated_finetuned", "unpruned"),
     ("budget_trained25_gated_finetuned", "budget_trained25_gated_finetuned_random"),
     ("budget_trained25_gated_finetuned_long", "budget_trained25_gated_finetuned"),

@@ -42,8 +42,9 @@ class Args:
     episodes: int = 200
     steps: int | None = None
     """Training steps (default: the config's)."""
-    finetune_steps: int = 2000
-    """Training steps of an arm that starts from another arm's weights (times its ``finetune_multiple``)."""
+    finetune_steps: int | None = None
+    """Training steps of an arm that starts from another arm's weights (times its ``finetune_multiple``); default:
+    its config's (``pi05_shapes_lightvla``: the registered fine-tuning)."""
     objects: int | None = None
     """Objects per scene (default: the config's 3-4); 1 asks only whether the policy can localise."""
     num_episodes: int | None = None
@@ -94,8 +95,10 @@ def train_config(arm: str, seed: int, args: Args):
         data_overrides["action_space"] = args.action_space
     if args.vision_variant is not None:
         model_overrides["vision_variant"] = args.vision_variant
-    steps = args.finetune_steps * spec.finetune_multiple if spec.warm_start else args.steps
-    steps = steps or config.num_train_steps
+    if spec.warm_start:
+        steps = (args.finetune_steps or config.num_train_steps) * spec.finetune_multiple
+    else:
+        steps = args.steps or config.num_train_steps
     return dataclasses.replace(
         config,
         pytorch_weight_path=_warm_start_weights(arm, seed, args),
@@ -112,6 +115,7 @@ def train_config(arm: str, seed: int, args: Args):
         checkpoint_base_dir=str(args.work_dir / "checkpoints"),
         assets_base_dir=str(args.work_dir / "assets"),
         resume=True,  # a training cut off continues from its last checkpoint
+        allow_random_init=config.allow_random_init or spec.warm_start is None,  # research arms trained from scratch
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from openpi.envs.rollout import wilson_interval
 from research.lightvla.arms import (
+    BUDGETS,
     COMPARISONS,
     DEFAULT_ARM,
     EVAL_ARMS,
@@ -75,7 +76,8 @@ def write(results_dir: Path, output: Path, plot: Path, command: str) -> None:
             f"| {arm} | {len(runs)} | {rate[arm]:.3f} [{low:.3f}, {high:.3f}] | {per_seed} | {share} "
             f"| {_fmt(kept, 1)} | {_fmt(ratio)} | {_fmt(_mean_of(runs, 'target_recall'))} "
             f"| {_fmt(_mean_of(runs, 'target_hit_rate'))} | {_fmt(_mean_of(runs, 'target_hit_rate_final'))} "
-            f"| {_swap_recall(swaps)} "
+            f"| {_swap_recall(swaps)} | {_fmt(_mean_of(swaps, 'success_after_swap'))} "
+            f"| {_fmt(latency_ratio(results, arm))} "
             f"| {_fmt(_mean_of(runs, 'train_train_minutes'), 1)} |"
         )
     lines += [
@@ -89,6 +91,19 @@ def write(results_dir: Path, output: Path, plot: Path, command: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join([*lines, ""]))
     _plot(results, pooled, plot)
+    if "default" in results:
+        budget_plot(results, pooled, plot.with_name(f"{plot.stem}_budgets{plot.suffix}"))
+
+
+def latency_ratio(results: dict[str, list[dict]], arm: str) -> float | None:
+    """The arm's median inference latency over the unpruned policy's, per seed both measured, averaged over seeds."""
+    unpruned = {r["seed"]: r.get("infer_ms_p50") for r in results.get("unpruned", [])}
+    ratios = [
+        r["infer_ms_p50"] / unpruned[r["seed"]]
+        for r in results[arm]
+        if r.get("infer_ms_p50") and unpruned.get(r["seed"])
+    ]
+    return statistics.mean(ratios) if ratios else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,12 +282,15 @@ def header(command: str, results: dict[str, list[dict]]) -> list[str]:
         "each episode's last inference (in a success, the one before the close; – where a result predates it). "
         "Swap recall: recall on another object of the scene after the prompt names it (in brackets: before it was "
         "named, what a prompt-blind pruner would keep of it). "
-        f"The `*_lightvla` configs' pruner is `{DEFAULT_ARM}`. Latency is not compared here (the evaluations share "
-        "the machine with parallel trainings): `scripts/bench/results/pruning.md` measures it in one run.",
+        f"The `*_lightvla` configs' pruner is `{DEFAULT_ARM}` trained from scratch, `default` fine-tuned from the "
+        "seed's `unpruned` (the mixing-tower testbed's registered recipe). Swap success: whole episodes with the other "
+        "object named. Latency: median inference time over the unpruned policy's on the same seed, averaged over "
+        "seeds; the evaluations run one at a time after the trainings but on a shared machine, so it is indicative: "
+        "`scripts/bench/results/pruning.md` measures latency in one run.",
         "",
         "| arm | seeds | success [95% CI] | per seed | vision gap kept | kept patches | kept ratio | target recall "
-        "| target hit | last hit | swap recall | train min/seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target hit | last hit | swap recall | swap success | latency vs unpruned | train min/seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
 
@@ -292,6 +310,55 @@ def _mean_of(runs: list[dict], key: str) -> float | None:
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+# The budget plot's series: its name -> its evaluation arm at a kept share.
+_SERIES = {
+    "default (learned)": lambda share: f"default{BUDGETS[share]}",
+    "random patches, the default's weights": lambda share: f"default{BUDGETS[share]}_random",
+    "default, sampled gating": lambda share: f"default_sampled{BUDGETS[share]}",
+    "training-free budget, unpruned weights": lambda share: f"budget{round(share * 100)}",
+    "random patches, unpruned weights": lambda share: f"random{round(share * 100)}",
+}
+
+
+def budget_plot(results: dict[str, list[dict]], pooled: dict[str, tuple[int, int]], path: Path) -> None:
+    """Success against the kept share of the patches (25%, 10%, 5%), learned against random, pooled over seeds with
+    Wilson intervals; unpruned and blind as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for index, (name, arm_at) in enumerate(_SERIES.items()):
+        points = [(share, arm_at(share)) for share in sorted(BUDGETS) if arm_at(share) in pooled]
+        if not points:
+            continue
+        shares = [share * (1 + 0.02 * (index - 2)) for share, _ in points]  # a small offset per series
+        rates = [pooled[arm][0] / pooled[arm][1] for _, arm in points]
+        bounds = [wilson_interval(*pooled[arm]) for _, arm in points]
+        errors = [
+            [r - low for r, (low, _) in zip(rates, bounds, strict=True)],
+            [high - r for r, (_, high) in zip(rates, bounds, strict=True)],
+        ]
+        ax.errorbar(shares, rates, yerr=errors, fmt="-o", capsize=4, label=name)
+    for arm, color in (("unpruned", "green"), ("blind", "grey")):
+        if arm in pooled:
+            low, high = wilson_interval(*pooled[arm])
+            ax.axhspan(low, high, color=color, alpha=0.2, label=f"{arm} (Wilson 95%)")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(sorted(BUDGETS), [f"{share:.0%}" for share in sorted(BUDGETS)])
+    ax.set_xlabel("kept share of the patches (serving budget)")
+    ax.set_ylabel("closed-loop success on held-out scenes")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("Learned vs random patches: pooled seeds, Wilson 95% CI", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 _JITTER = 0.003  # the plot's horizontal offset between consecutive arms

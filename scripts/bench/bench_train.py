@@ -1,4 +1,5 @@
-"""Training throughput of the PyTorch trainer's step: unpruned, pruned, prompt trimming and deduplicated pruning.
+"""Training throughput of the PyTorch trainer's step: unpruned, pruned, prompt trimming, deduplicated pruning and the
+default pruner's budget training (every dropped patch gated, or a sample of them).
 
     uv run scripts/bench/bench_train.py                                  # tiny + mid-size on CPU
     uv run scripts/bench/bench_train.py --device cuda --dtype bfloat16 --batch-size 32
@@ -9,7 +10,9 @@ the pipeline pads LIBERO prompts), made once and reused, so data loading is not 
 noise is fixed at ``--noise-scale`` (the schedule's value halfway through training by default) and telemetry is off,
 as on non-log steps. Cases: unpruned and pruned, each with the prompt's padding run through the model or trimmed
 (``prompt_trim_multiple``), and pruned with the full-length prefix or the deduplicated one
-(``token_prune_dedup_training``). "prefix" is the length the transformer runs (patch rows + prompt columns).
+(``token_prune_dedup_training``); and the ``*_lightvla`` default (budget training at 25%, the dropped patches gated:
+``openpi.training.config.LIGHTVLA_PRUNING``) with every dropped patch in the prefix or a quarter of them
+(``token_prune_gate_dropped_sample=0.25``). "prefix" is the length the transformer runs (patch rows + prompt columns).
 Every case runs in a fresh child process, so its peak memory is its own: on CPU the peak resident set size above the
 process's size before the model was built, on CUDA ``torch.cuda.max_memory_allocated``. Results are written as a
 Markdown table into ``--output`` with the command line (a new run of the same command replaces its table).
@@ -71,17 +74,29 @@ class Args:
     output: Path = Path(__file__).parent / "results" / "train.md"
 
 
+# The default pruner's settings, and its dropped patches sampled: the pruning column's names for them.
+DEFAULT_PRUNER = {name: value for name, value in _config.LIGHTVLA_PRUNING.items() if name != "token_pruning_enabled"}
+BUDGET_RULES = {
+    "default": DEFAULT_PRUNER,
+    "default, sampled 25%": {**DEFAULT_PRUNER, "token_prune_gate_dropped_sample": 0.25},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     pruning: bool
     trim: bool
     dedup: bool
+    budget_rule: str | None = None
+    """A key of :data:`BUDGET_RULES` (None: LightVLA's union selection)."""
 
     @property
     def label(self) -> str:
         if not self.pruning:
             return f"| off | {'on' if self.trim else 'off'} | – "
-        return f"| on | {'on' if self.trim else 'off'} | {'on' if self.dedup else 'off'} "
+        pruning = self.budget_rule or "on"
+        dedup = "–" if self.budget_rule else "on" if self.dedup else "off"
+        return f"| {pruning} | {'on' if self.trim else 'off'} | {dedup} "
 
 
 CASES = (
@@ -90,6 +105,7 @@ CASES = (
     Case(pruning=True, trim=False, dedup=False),
     Case(pruning=True, trim=True, dedup=False),
     Case(pruning=True, trim=True, dedup=True),
+    *(Case(pruning=True, trim=True, dedup=False, budget_rule=rule) for rule in BUDGET_RULES),
 )
 
 
@@ -120,6 +136,7 @@ def run_case(size: str, case: Case, args: Args) -> CaseResult:
         prompt_trim_multiple=16 if case.trim else None,
         token_pruning_enabled=case.pruning,
         token_prune_dedup_training=case.dedup,
+        **BUDGET_RULES.get(case.budget_rule, {}),
     )
     train_config = _config.TrainConfig(name="bench", model=model_config)
     rss_before = bench_common.rss_mib()

@@ -16,6 +16,7 @@ from openpi.envs.shapes import (
     SceneObject,
     ShapesEnv,
     ShapesTask,
+    expert_action,
     sample_scene,
 )
 
@@ -289,6 +290,37 @@ def test_prompt_swap_separates_a_pruner_that_follows_the_prompt_from_one_that_ke
         assert swap["recall_other_before_swap"] < 0.5 and swap["kept_set_changed"] > 0.5
     else:
         assert swap["recall_other_before_swap"] == 1.0 and swap["kept_set_changed"] == 0.0
+
+
+class GoesToFirstTargetPolicy(ExpertPolicy):
+    """The expert toward the target each scene had when first seen, keeping that target's patches: a policy that
+    ignores a changed prompt."""
+
+    def __init__(self, env: ShapesEnv) -> None:
+        super().__init__(env)
+        self.first_targets: dict[tuple, int] = {}
+
+    def infer(self, obs: dict) -> dict:
+        scene = self.env.scene
+        target = self.first_targets.setdefault(scene.objects, scene.target)
+        action = expert_action(Scene(scene.objects, target), self.env.effector)
+        return {
+            "actions": np.stack([action] * self.horizon),
+            "kept_patch_mask": GRID.object_patches(self.env.masks())[target],
+        }
+
+
+def test_swapped_episodes_count_success_and_recall_on_the_newly_named_object():
+    env = ShapesEnv(ShapesTask(image_size=112, min_objects=3, max_objects=3, shared_attributes=True))
+    expert = KeepsTargetNearEffectorPolicy(env)
+    swap = rollout.swapped_episodes(env, expert, range(10), replan_steps=1, grid=GRID)
+    assert swap["success_after_swap"] == 1.0 and swap["episode_recall_after_swap"] > 0.0
+    stubborn = GoesToFirstTargetPolicy(env)
+    for seed in range(10):
+        env.reset(seed)
+        stubborn.infer({})  # the scene first seen with its own target
+    swap = rollout.swapped_episodes(env, stubborn, range(10), replan_steps=1, grid=GRID)
+    assert swap["success_after_swap"] == 0.0 and swap["episode_recall_after_swap"] < 0.2  # objects rarely share a patch
 
 
 def test_object_patches_follow_the_model_grid():

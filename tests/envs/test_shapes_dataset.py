@@ -58,7 +58,7 @@ def test_the_script_prepares_the_spec_its_command_names(embedded_data_home, caps
 
 def test_the_script_takes_a_config_name():
     spec = generate_shapes_dataset.resolve_spec(generate_shapes_dataset.Args(config_name="pi05_shapes_lightvla"))
-    assert spec == _config.get_config("pi05_shapes_lightvla").data.spec and spec.num_episodes == 2000
+    assert spec == _config.get_config("pi05_shapes_lightvla").data.spec and spec.num_episodes == 3000
     with pytest.raises(ValueError, match="does not train on the shapes dataset"):
         generate_shapes_dataset.resolve_spec(generate_shapes_dataset.Args(config_name="pi05_libero_pytorch"))
     with pytest.raises(ValueError, match="not both"):

@@ -85,6 +85,8 @@ def test_the_summary(small_configs, checkpoint):
         "recall_other_before_swap",
         "recall_after_swap",
         "kept_set_changed",
+        "success_after_swap",
+        "episode_recall_after_swap",
     }
 
 

@@ -47,6 +47,13 @@ CONFIGS = {
         token_prune_budget_training=True,
         token_prune_gate_dropped_patches=True,
     ),
+    "tiny_gated_sampled": tiny_config(
+        token_pruning_enabled=True,
+        token_prune_keep_ratio=0.25,
+        token_prune_budget_training=True,
+        token_prune_gate_dropped_patches=True,
+        token_prune_gate_dropped_sample=0.25,
+    ),
     "mid": mid_config(),
     "mid_budget": mid_config(token_pruning_enabled=True, token_prune_keep_ratio=0.1, token_prune_kept_multiple=16),
 }

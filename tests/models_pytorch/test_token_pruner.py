@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -224,6 +225,99 @@ def test_gating_dropped_patches_passes_what_letting_each_back_in_would_change():
 
     torch.testing.assert_close(task_grad(True), task_grad(True, restated=True), rtol=1e-3, atol=1e-5)
     assert not torch.allclose(task_grad(True), task_grad(False), rtol=0.1), "the dropped patches' share is missing"
+
+
+SAMPLED = {"keep_tokens": 8, "budget_training": True, "gate_dropped_patches": True, "gate_dropped_sample": 0.25}
+
+
+def reference_soft_votes(patches, task, task_mask, patch_mask):
+    """Each patch's share of the valid rows' softmax of the restated scores, ``[B, N]``."""
+    return (reference_scores(patches, task, task_mask, patch_mask).softmax(-1) * patch_mask[..., None]).sum(1)
+
+
+def test_sampled_gating_keeps_the_budgets_forward_on_a_shorter_prefix():
+    inputs = make_inputs(batch=2, num_patches=32)
+    inputs[3][0, 28:] = False  # sample 0: 20 dropped, 5 sampled; sample 1: 24 dropped, 6 sampled
+    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    kept = make_pruner(noise_scale=0.0, keep_tokens=8, budget_training=True).train()(*inputs)
+    sampled = make_pruner(noise_scale=0.0, **SAMPLED).train()(*inputs)
+    assert sampled.tokens.shape[1] == 14 and sampled.mask.sum(1).tolist() == [13, 14]
+    assert set(kept.kept_indices[0].tolist()) <= set(sampled.kept_indices[0][sampled.mask[0]].tolist())
+    assert (sampled.kept_indices[0][sampled.mask[0]] < 28).all()  # never a patch of the absent camera
+    torch.testing.assert_close(attend(sampled, query), attend(kept, query), rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_gating_gradient_is_its_restatement():
+    """The gradient into the task is ``sum_j c_j v_j dL/da_j``: ``a_j`` each included key's weight (1 kept, the
+    dropped weight sampled), ``c_j`` 1 for a kept patch and the inverse inclusion probability for a sampled one."""
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=2, num_patches=32)
+    patch_mask[0, 28:] = False
+    query = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    target = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+    inclusion = torch.tensor([5 / 20, 6 / 24])
+
+    def task_grad(restated: bool) -> torch.Tensor:
+        t = task.clone().requires_grad_(True)
+        torch.manual_seed(7)  # the same sample of dropped patches in both
+        out = make_pruner(noise_scale=0.0, **SAMPLED).train()(patches, t, task_mask, patch_mask, positions)
+        if not restated:
+            (attend(out, query) * target).sum().backward()
+            return t.grad
+        weight = out.key_bias.detach().exp().requires_grad_(True)  # [B, K + M]
+        loss = (attend(out._replace(key_bias=weight.log()), query) * target).sum()
+        (loss_by_weight,) = torch.autograd.grad(loss, weight)
+        scale = torch.where(weight.detach() > 0.5, 1.0, 1.0 / inclusion[:, None]) * out.mask
+        soft_votes = reference_soft_votes(patches, t, task_mask, patch_mask).gather(1, out.kept_indices)
+        (soft_votes.float() * scale * loss_by_weight).sum().backward()
+        return t.grad
+
+    torch.testing.assert_close(task_grad(False), task_grad(True), rtol=1e-3, atol=1e-5)
+
+
+def test_sampled_gating_averages_to_gating_every_dropped_patch():
+    """Over every sample of 3 of the 6 dropped patches, the mean gradient is the one of gating all of them."""
+    patches, task, task_mask, patch_mask, positions = make_inputs(batch=1, num_patches=8, task_len=4, dim=16)
+    query = torch.randn(1, 16, generator=torch.Generator().manual_seed(2))
+    target = torch.randn(1, 16, generator=torch.Generator().manual_seed(3))
+    gated = {"keep_tokens": 2, "budget_training": True, "gate_dropped_patches": True}
+    t = task.clone().requires_grad_(True)
+    everything = make_pruner(noise_scale=0.0, **gated).train()(patches, t, task_mask, patch_mask, positions)
+    (attend(everything, query) * target).sum().backward()
+    keep = everything.key_bias.detach() > -1.0  # [1, 8]: the budget's two patches
+    dropped = torch.nonzero(~keep[0]).flatten().tolist()
+    grads = []
+    for subset in itertools.combinations(dropped, 3):
+        draw = torch.full((1, 8), 0.5).index_fill_(1, torch.tensor(subset), 0.0)
+        sampled, inclusion = token_pruner.sample_dropped(keep, patch_mask, 0.34, draw)  # ceil(0.34 * 6) = 3
+        assert sampled[0].nonzero().flatten().tolist() == list(subset) and inclusion.tolist() == [0.5]
+        s = task.clone().requires_grad_(True)
+        soft_votes = reference_soft_votes(patches, s, task_mask, patch_mask).float()
+        out = token_pruner.gate_sampled_patches(patches, keep, sampled, inclusion, soft_votes, positions, width=5)
+        (attend(out, query) * target).sum().backward()
+        grads.append(s.grad)
+    assert len(grads) == 20
+    torch.testing.assert_close(torch.stack(grads).mean(0), t.grad, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(grads[0], t.grad, rtol=0.05), "one sample alone should differ from the mean"
+
+
+def test_sampled_gating_leaves_the_eval_selection_as_the_budgets():
+    inputs = make_inputs(batch=2, num_patches=32)
+    budget = run(make_pruner(keep_tokens=8, budget_training=True, gate_dropped_patches=True), inputs, train=False)
+    sampled = run(make_pruner(**SAMPLED), inputs, train=False)
+    for name in ("tokens", "mask", "positions", "kept_indices"):
+        assert torch.equal(getattr(sampled, name), getattr(budget, name)), name
+
+
+def test_sampled_gating_needs_gated_dropped_patches():
+    with pytest.raises(ValueError, match="needs token_prune_gate_dropped_patches True"):
+        pi0_config.tiny_config(
+            token_pruning_enabled=True,
+            token_prune_budget_training=True,
+            token_prune_keep_ratio=0.25,
+            token_prune_gate_dropped_sample=0.25,
+        )
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+        pi0_config.tiny_config(token_prune_gate_dropped_sample=0.0)
 
 
 def test_gating_dropped_patches_needs_budget_training():
@@ -583,7 +677,7 @@ def test_realistic_size_smoke():
 
 def test_the_model_config_is_the_one_source_of_the_pruners_settings():
     fields = [f for f in dataclasses.fields(pi0_config.Pi0Config) if f.name.startswith("token_prun")]
-    assert len(fields) <= 9, "research variants compose the pruner in research/, they add no field here"
+    assert len(fields) <= 10, "research variants compose the pruner in research/, they add no field here"
     config = pi0_config.tiny_config(token_pruning_enabled=True)
     pruner = ImageTokenPruner(config)
     settings = {
@@ -595,6 +689,7 @@ def test_the_model_config_is_the_one_source_of_the_pruners_settings():
         "dedup_training": config.token_prune_dedup_training,
         "budget_training": config.token_prune_budget_training,
         "gate_dropped_patches": config.token_prune_gate_dropped_patches,
+        "gate_dropped_sample": config.token_prune_gate_dropped_sample,
     }
     assert {name: getattr(pruner, name) for name in settings} == settings
     assert not list(pruner.parameters())

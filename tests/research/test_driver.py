@@ -2,6 +2,7 @@
 statistics."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -92,7 +93,7 @@ def test_default_arm_trains_what_the_lightvla_config_trains():
 
 def test_union_arms_pin_the_union_selection():
     for arm, spec in arms.TRAINING_ARMS.items():
-        if spec.config == "pi05_shapes_lightvla" and not arm.startswith("budget_trained"):
+        if spec.config == "pi05_shapes_lightvla" and arm.startswith("union"):
             model = driver.train_config(arm, 0, driver.Args()).model
             assert not model.token_prune_budget_training and model.token_prune_keep_ratio is None, arm
 
@@ -267,3 +268,40 @@ def test_a_warm_start_on_a_warm_started_base_trains_the_whole_chain_first(tmp_pa
     assert driver.pending_trainings(args) == chain
     (tmp_path / "train_unpruned_seed3.json").write_text("{}")
     assert driver.pending_trainings(args) == chain[1:]
+
+
+def test_the_testbed_arms_train_the_registered_configs_as_they_are(tmp_path):
+    """The mixing-tower protocol trains `pi05_shapes`, then fine-tunes `pi05_shapes_lightvla` from its final weights,
+    with the steps, scenes and model the registry gives them."""
+    args = driver.Args(work_dir=tmp_path)
+    registered = {name: _config.get_config(name) for name in ("pi05_shapes", "pi05_shapes_lightvla")}
+    unpruned, default = driver.train_config("unpruned", 0, args), driver.train_config("default", 0, args)
+    for trained, name in ((unpruned, "pi05_shapes"), (default, "pi05_shapes_lightvla")):
+        assert trained.model == registered[name].model and trained.data == registered[name].data
+        assert trained.num_train_steps == registered[name].num_train_steps
+        assert trained.lr_schedule == registered[name].lr_schedule
+    assert default.pytorch_weight_path == f"{unpruned.checkpoint_dir}/{unpruned.num_train_steps}"
+    assert not default.allow_random_init and unpruned.allow_random_init
+    sampled = driver.train_config("default_sampled", 0, args).model
+    assert sampled == dataclasses.replace(default.model, token_prune_gate_dropped_sample=0.25)
+
+
+def test_the_report_plots_success_against_the_budget_and_states_the_latency_ratio(tmp_path):
+    def result(seed: int, rate: float, ms: float, **extra) -> dict:
+        return {**_run(seed, rate), "infer_ms_p50": ms, "mean_steps": 10.0, **extra}
+
+    swap = {"prompt_swap": {"recall_after_swap": 0.8, "recall_other_before_swap": 0.3, "success_after_swap": 0.9}}
+    arms_results = {
+        "unpruned": [result(0, 0.9, 10.0), result(1, 0.8, 20.0)],
+        "blind": [result(0, 0.2, 9.0), result(1, 0.1, 9.0)],
+        "default": [result(0, 0.9, 5.0, **swap), result(1, 0.8, 5.0, **swap)],
+        "default_at10_random": [result(0, 0.3, 4.0), result(1, 0.2, 4.0)],
+    }
+    for arm, runs in arms_results.items():
+        for run in runs:
+            (tmp_path / f"{arm}_seed{run['seed']}.json").write_text(json.dumps(run))
+    report.write(tmp_path, tmp_path / "table.md", tmp_path / "plot.png", "a command")
+    assert (tmp_path / "plot_budgets.png").is_file()
+    row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| default |"))
+    assert "| 0.80 (0.30) | 0.90 | 0.38 |" in row  # swap recall, swap success, latency (0.5 + 0.25) / 2
+    assert report.latency_ratio(arms_results, "blind") == pytest.approx((0.9 + 0.45) / 2)

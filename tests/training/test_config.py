@@ -194,3 +194,16 @@ def test_train_config_paths():
         _config.get_config("debug"), exp_name="e1", assets_base_dir="/a", checkpoint_base_dir="/c"
     )
     assert str(config.assets_dirs) == "/a/debug" and str(config.checkpoint_dir) == "/c/debug/e1"
+
+
+def test_the_pruning_testbed_mixes_its_patches_and_names_the_target_only_by_the_whole_prompt():
+    """research/lightvla's testbed: self-attention over each camera's patches, three objects of which one shares the
+    target's colour and one its shape; the pruner is fine-tuned from a trained `pi05_shapes` checkpoint."""
+    unpruned, pruned = _config.get_config("pi05_shapes"), _config.get_config("pi05_shapes_lightvla")
+    assert unpruned.model.vision_config.num_hidden_layers >= 2
+    assert unpruned.data.spec.task == pruned.data.spec.task
+    task = unpruned.data.spec.task
+    assert task.min_objects >= 3 and task.shared_attributes
+    assert pruned.model == dataclasses.replace(unpruned.model, **_config.LIGHTVLA_PRUNING)
+    assert unpruned.allow_random_init and not pruned.allow_random_init
+    assert pruned.num_train_steps < unpruned.num_train_steps

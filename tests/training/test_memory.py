@@ -128,3 +128,6 @@ def test_budget_training_is_estimated_at_the_most_its_budget_keeps():
     gated = memory.estimate(dataclasses.replace(BASE, model=_LIGHTVLA.model), batch_size=2)
     assert 0 < budget.activation_bytes < memory.estimate(BASE, batch_size=2).activation_bytes
     assert gated.activation_bytes > budget.activation_bytes
+    sampled = dataclasses.replace(_LIGHTVLA.model, token_prune_gate_dropped_sample=0.25)
+    sampled_estimate = memory.estimate(dataclasses.replace(BASE, model=sampled), batch_size=2)
+    assert budget.activation_bytes < sampled_estimate.activation_bytes < gated.activation_bytes

@@ -142,10 +142,20 @@ class EpisodeResult:
 
 
 def run_episode(
-    env: ShapesEnv, policy: Policy, seed: int, *, replan_steps: int, grid: PatchGrid | None = None
+    env: ShapesEnv,
+    policy: Policy,
+    seed: int,
+    *,
+    replan_steps: int,
+    grid: PatchGrid | None = None,
+    swap_target: bool = False,
 ) -> EpisodeResult:
-    """Runs one episode from ``seed``: infer a chunk, execute its first ``replan_steps`` actions, repeat."""
+    """Runs one episode from ``seed``: infer a chunk, execute its first ``replan_steps`` actions, repeat.
+    ``swap_target``: the same scene with the next object named (the prompt swap's episode)."""
     observation = env.reset(seed)
+    if swap_target and len(env.scene.objects) > 1:
+        env.set_scene(Scene(env.scene.objects, _other_object(env.scene)))
+        observation = env.observation()
     result = EpisodeResult(seed=seed, success=False, steps=0)
     while True:
         output = policy.infer(observation)
@@ -269,7 +279,7 @@ def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: Patc
         before = np.asarray(policy.infer(observation)["kept_patch_mask"], dtype=bool)
         objects = grid.object_patches(env.masks())
         original.append(score_kept_patches(before, objects, scene.target).target_recall)
-        other = (scene.target + 1) % len(scene.objects)
+        other = _other_object(scene)
         unnamed.append(score_kept_patches(before, objects, other).target_recall)
         env.set_scene(Scene(scene.objects, other))
         after = np.asarray(policy.infer(env.observation())["kept_patch_mask"], dtype=bool)
@@ -281,6 +291,34 @@ def prompt_swap(env: ShapesEnv, policy: Policy, seeds: Iterable[int], grid: Patc
         "recall_after_swap": _mean(swapped),
         "kept_set_changed": _mean(changed),
     }
+
+
+def swapped_episodes(
+    env: ShapesEnv, policy: Policy, seeds: Iterable[int], *, replan_steps: int, grid: PatchGrid
+) -> dict[str, float | None]:
+    """Whole episodes of the prompt swap: each scene with the object :func:`prompt_swap` names instead of its target
+    (scenes with a single object skipped). Returns the success on the newly named object and its recall over every
+    inference."""
+    results = [
+        run_episode(env, policy, seed, replan_steps=replan_steps, grid=grid, swap_target=True)
+        for seed in seeds
+        if _num_objects(env, seed) > 1
+    ]
+    scores = [s for r in results for s in r.kept_patches]
+    return {
+        "success_after_swap": _mean(float(r.success) for r in results),
+        "episode_recall_after_swap": _mean(s.target_recall for s in scores),
+    }
+
+
+def _num_objects(env: ShapesEnv, seed: int) -> int:
+    env.reset(seed)
+    return len(env.scene.objects)
+
+
+def _other_object(scene: Scene) -> int:
+    """The object a prompt swap names instead of the target: the next one."""
+    return (scene.target + 1) % len(scene.objects)
 
 
 def _mean(values: Iterable[float]) -> float | None:

@@ -52,7 +52,8 @@ class Args:
     replan_steps: int = 2
     """Actions executed from each predicted chunk before the next inference."""
     prompt_swap: int = 0
-    """Also run the prompt-swap test on this many scenes (pruning policies)."""
+    """Also run the prompt-swap test on this many scenes (pruning policies): the kept set's recall of another object
+    of the scene before and after the prompt names it, and whole episodes with that object named (success, recall)."""
     host: str | None = None
     """Evaluate the policy served at this host (serve_policy.py) instead of loading it."""
     port: int = 8000
@@ -86,7 +87,11 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     ]
     summary = rollout.summarize(results)
     if args.prompt_swap:
-        summary["prompt_swap"] = rollout.prompt_swap(env, policy, seeds[: args.prompt_swap], grid)
+        swapped = seeds[: args.prompt_swap]
+        summary["prompt_swap"] = {
+            **rollout.prompt_swap(env, policy, swapped, grid),
+            **rollout.swapped_episodes(env, policy, swapped, replan_steps=args.replan_steps, grid=grid),
+        }
     return summary
 
 

@@ -188,14 +188,22 @@ def train_flops(config: Pi0Config, workload: Workload = Workload(), gradient_che
 
 
 def _training_patches(config: Pi0Config, workload: Workload) -> int:
-    """Image tokens in the training prefix: every patch unpruned and in gated budget training, the budget's in
-    plain budget training, the distinct votes in deduplicated union training (``kept_patches``; every patch when
-    not given: an upper bound)."""
+    """Image tokens in the training prefix: every patch unpruned and in gated budget training (the budget's and the
+    sampled share of the dropped ones with ``token_prune_gate_dropped_sample``), the budget's in plain budget training,
+    the distinct votes in deduplicated union training (``kept_patches``; every patch when not given: an upper
+    bound)."""
     every = workload.cameras * config.vision_config.num_patches
     if not config.token_pruning_enabled:
         return every
+    if config.token_prune_budget_training and config.token_prune_gate_dropped_patches:
+        sample = config.token_prune_gate_dropped_sample
+        if sample is None:
+            return every
+        kept = kept_patches(config, workload)
+        dropped = every - kept
+        return kept + min(max(math.ceil(dropped * sample - 1e-9), 1), dropped) if dropped else kept
     if config.token_prune_budget_training:
-        return every if config.token_prune_gate_dropped_patches else kept_patches(config, workload)
+        return kept_patches(config, workload)
     if config.token_prune_dedup_training and workload.kept_patches is not None:
         return workload.kept_patches
     return every

@@ -61,6 +61,10 @@ class Pi0Config:
     # With budget training, keep the dropped patches in the training prefix at a negligible attention weight, so that
     # the gate's gradient reaches them too; the forward is the budget's, the training prefix the unpruned length.
     token_prune_gate_dropped_patches: bool = False
+    # With gate_dropped_patches, gate only this share of the dropped patches per sample and training step, drawn
+    # uniformly, their gate's gradient divided by the share (an unbiased estimate of gating them all): the training
+    # prefix holds the budget plus this share of the dropped patches instead of every patch. None: gate them all.
+    token_prune_gate_dropped_sample: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -98,6 +102,14 @@ class Pi0Config:
                 "token_prune_gate_dropped_patches gates the budget's dropped patches: it needs "
                 "token_prune_budget_training (for LightVLA's union selection set token_prune_gate_dropped_patches "
                 "False too)"
+            )
+        sample = self.token_prune_gate_dropped_sample
+        if sample is not None and not 0.0 < sample <= 1.0:
+            raise ValueError(f"token_prune_gate_dropped_sample must be in (0, 1] or None, got {sample}")
+        if self.token_pruning_enabled and sample is not None and not self.token_prune_gate_dropped_patches:
+            raise ValueError(
+                "token_prune_gate_dropped_sample samples the gated dropped patches: it needs "
+                "token_prune_gate_dropped_patches True"
             )
 
     def get_freeze_filter(self) -> str | None:

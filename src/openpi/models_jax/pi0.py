@@ -168,6 +168,8 @@ def _select_train(
     """The training selection: the kept patches, their attention-logit gate ``[B, K]``, the noisy votes ``[B, N]``
     and the kept counts ``[B]`` (gate and counts only in budget training; otherwise one row per vote)."""
     common = (inputs.patches, scores, inputs.patch_mask, inputs.patch_positions, uniform, noise_scale)
+    if config.token_prune_gate_dropped_sample is not None:
+        raise ValueError("token_prune_gate_dropped_sample trains in PyTorch only; set it None to train in JAX")
     if config.token_prune_budget_training:
         selection = tp.select_train_budget(
             *common, prune.keep_tokens, prune.keep_ratio, config.token_prune_gate_dropped_patches

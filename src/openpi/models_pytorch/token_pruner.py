@@ -191,7 +191,9 @@ class ImageTokenPruner(nn.Module):
       attention logit by its straight-through soft votes ``v_j = sum_i softmax(S)[i, j]`` (0 in value).
       ``gate_dropped_patches`` keeps every patch in the prefix, the dropped ones at the attention weight
       ``w = DROPPED_KEY_WEIGHT`` through ``log(w + v - stopgrad(v))``: the budget's forward, and a gradient that
-      reaches the dropped patches too.
+      reaches the dropped patches too. ``gate_dropped_sample`` gates only a uniform sample of that share of each
+      sample's dropped patches, their gate's gradient divided by the share (the inclusion probability): an unbiased
+      estimate of gating them all, on a prefix of the budget plus the sample.
 
     The settings are the model config's ``token_prune_*`` fields; ``noise_scale``, ``keep_tokens`` and ``keep_ratio``
     may be changed between calls. Subclasses change what the eval selection keeps by overriding :meth:`keep_mask`.
@@ -208,6 +210,7 @@ class ImageTokenPruner(nn.Module):
         self.dedup_training = config.token_prune_dedup_training
         self.budget_training = config.token_prune_budget_training
         self.gate_dropped_patches = config.token_prune_gate_dropped_patches
+        self.gate_dropped_sample = config.token_prune_gate_dropped_sample
         self.kept_multiple = config.token_prune_kept_multiple
         self.noise_scale = config.token_prune_noise_scale
         self.keep_tokens = config.token_prune_keep_tokens
@@ -261,7 +264,7 @@ class ImageTokenPruner(nn.Module):
         return (
             f"noise_scale={self.noise_scale}, keep_tokens={self.keep_tokens}, keep_ratio={self.keep_ratio}, "
             f"center_patches={self.center_patches}, budget_training={self.budget_training}, "
-            f"gate_dropped_patches={self.gate_dropped_patches}"
+            f"gate_dropped_patches={self.gate_dropped_patches}, gate_dropped_sample={self.gate_dropped_sample}"
         )
 
     def forward(
@@ -379,8 +382,13 @@ class ImageTokenPruner(nn.Module):
         choice = noisy.argmax(dim=-1)  # [B, N]
         keep = select_kept(noisy, _count_votes(choice, patch_mask), patch_mask, budget, patch_mask)
         soft_votes = _soft_votes(scores, patch_mask)  # [B, N]
-        if self.gate_dropped_patches:
+        if self.gate_dropped_patches and self.gate_dropped_sample is None:
             return _gate_all_patches(patches, keep, soft_votes, patch_mask, positions), choice, keep.sum(dim=1)
+        if self.gate_dropped_patches:
+            sampled, inclusion = sample_dropped(keep, patch_mask, self.gate_dropped_sample)
+            width = self._largest_included(keep | sampled)
+            gated = gate_sampled_patches(patches, keep, sampled, inclusion, soft_votes, positions, width)
+            return gated, choice, keep.sum(dim=1)
         pruned, counts = self._gather_kept(patches, keep, positions)
         gate = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices) * pruned.mask  # [B, K], 0 in value
         return pruned._replace(key_bias=gate), choice, counts
@@ -401,12 +409,7 @@ class ImageTokenPruner(nn.Module):
         num_kept = (
             self._bucketed(self._largest_kept(counts, patches.shape[1]), patches.shape[1]) if counts.numel() else 0
         )  # K
-        # Stable sort puts the kept patches first, in their original order.
-        kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :num_kept]  # [B, K]
-        mask = torch.arange(num_kept, device=patches.device)[None, :] < counts[:, None]  # [B, K]
-        gather_index = kept_indices[..., None].expand(-1, -1, patches.shape[-1])  # [B, K, D]
-        tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
-        return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices), counts
+        return gather_patches(patches, keep, positions, num_kept), counts
 
     def _largest_kept(self, counts: torch.Tensor, num_patches: int) -> torch.Tensor:
         """The batch's largest kept count; on meta tensors (shapes only, as the memory estimator runs the model) the
@@ -416,6 +419,16 @@ class ImageTokenPruner(nn.Module):
         budget = self.budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))
         return torch.tensor(num_patches, device="cpu") if budget is None else budget[0]
 
+    def _largest_included(self, included: torch.Tensor) -> int:
+        """The batch's largest count of kept and sampled patches; on meta tensors the most they can be, every patch
+        valid."""
+        if included.device.type != "meta":
+            return int(included.sum(dim=1).max()) if included.shape[0] else 0
+        num_patches = included.shape[1]
+        budget = int(self.budget(torch.ones(1, num_patches, dtype=torch.bool, device="cpu"))[0])
+        dropped = num_patches - budget
+        return budget + min(max(math.ceil(dropped * self.gate_dropped_sample - _CEIL_TOLERANCE), 1), dropped)
+
     def _bucketed(self, largest: torch.Tensor, num_patches: int) -> int:
         """K: the batch's largest kept count, rounded up to ``kept_multiple`` (rows past a sample's own count are
         masked padding). Rounded before it becomes a Python int, so a compiled model is specialised on the bucket."""
@@ -423,6 +436,56 @@ class ImageTokenPruner(nn.Module):
             multiple = self.kept_multiple
             largest = ((largest + multiple - 1) // multiple * multiple).clamp(max=num_patches)
         return int(largest)
+
+
+def gather_patches(patches: torch.Tensor, keep: torch.Tensor, positions: torch.Tensor, width: int) -> PrunedPatches:
+    """The ``keep [B, N]`` patches in their original order, padded (zeroed, masked) to ``width`` tokens."""
+    counts = keep.sum(dim=1)  # [B]
+    # Stable sort puts the kept patches first, in their original order.
+    kept_indices = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :width]  # [B, K]
+    mask = torch.arange(width, device=patches.device)[None, :] < counts[:, None]  # [B, K]
+    gather_index = kept_indices[..., None].expand(-1, -1, patches.shape[-1])  # [B, K, D]
+    tokens = patches.gather(1, gather_index) * mask[..., None]  # [B, K, D], padding rows zeroed
+    return PrunedPatches(tokens, mask, positions.gather(1, kept_indices), kept_indices)
+
+
+def sample_dropped(
+    keep: torch.Tensor, patch_mask: torch.Tensor, share: float, draw: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform sample of ``ceil(share * dropped)`` of each sample's valid dropped patches (``draw [B, N]`` in [0, 1)
+    replaces the random draw: the lowest draws are taken); returns it ``[B, N]`` bool and each sample's inclusion
+    probability ``[B]`` (1 without dropped patches)."""
+    dropped = patch_mask & ~keep  # [B, N]
+    num_dropped = dropped.sum(dim=1)  # [B]
+    wanted = torch.ceil(num_dropped.double() * share - _CEIL_TOLERANCE).long()
+    wanted = torch.minimum(wanted.clamp(min=1), num_dropped)  # [B]
+    draw = torch.rand(dropped.shape, device=keep.device) if draw is None else draw
+    order = draw.masked_fill(~dropped, 2.0).argsort(dim=1)  # dropped patches first, lowest draw first
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    inclusion = torch.where(num_dropped > 0, wanted.float() / num_dropped.clamp(min=1).float(), 1.0)
+    return dropped & (ranks < wanted[:, None]), inclusion
+
+
+def gate_sampled_patches(
+    patches: torch.Tensor,
+    keep: torch.Tensor,
+    sampled: torch.Tensor,
+    inclusion: torch.Tensor,
+    soft_votes: torch.Tensor,
+    positions: torch.Tensor,
+    width: int,
+) -> PrunedPatches:
+    """The kept and the ``sampled [B, N]`` dropped patches in their original order, padded to ``width``; a kept
+    one gated by ``v - stopgrad(v)`` of its soft votes ``v``, a sampled one at ``DROPPED_KEY_WEIGHT`` through ``log(w)
+    + (v - stopgrad(v)) / (w * inclusion)``: the budget's forward, and each dropped patch's gate gradient in
+    expectation over the samples what gating every dropped patch gives it."""
+    pruned = gather_patches(patches, keep | sampled, positions, width)  # [B, K + M]
+    delta = (soft_votes - soft_votes.detach()).gather(1, pruned.kept_indices)  # [B, K + M], 0 in value
+    dropped_gate = math.log(DROPPED_KEY_WEIGHT) + delta / (DROPPED_KEY_WEIGHT * inclusion[:, None])
+    gate = torch.where(keep.gather(1, pruned.kept_indices), delta, dropped_gate)
+    return pruned._replace(key_bias=gate * pruned.mask)
 
 
 def _gate_all_patches(
