@@ -9,12 +9,15 @@ plus ``prompt_swap`` when asked.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import torch
 import tqdm
+import tyro
 
 from openpi import transforms
 from openpi.envs import rollout
+from openpi.envs.chunk_execution import RTCChoice
 from openpi.envs.shapes import ShapesEnv
 from openpi.evaluation.random_patches import use_random_patches
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
@@ -50,7 +53,13 @@ class Args:
     random_keep: bool = False
     """Keep as many patches as the pruner would, chosen uniformly at random (the random control)."""
     replan_steps: int = 2
-    """Actions executed from each predicted chunk before the next inference."""
+    """Actions executed from each predicted chunk before the next inference is asked for."""
+    inference_delay: int = 0
+    """Simulated inference delay in control steps: a chunk arrives this many steps after its observation."""
+    run_async: Annotated[bool, tyro.conf.arg(name="async")] = False
+    """Keep executing the current chunk while the next is computed (default: the robot waits for it)."""
+    rtc: RTCChoice = "none"
+    """Real-time chunking of asynchronous execution: the next chunk continues the current one (docs/rtc.md)."""
     prompt_swap: int = 0
     """Also run the prompt-swap test on this many scenes (pruning policies)."""
     host: str | None = None
@@ -81,13 +90,18 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
     seeds = held_out_seeds(args.episodes, args.seed)
     results = [
-        rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
+        rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid, latency=latency(args))
         for seed in tqdm.tqdm(seeds, desc="episodes", unit="episode")
     ]
     summary = rollout.summarize(results)
     if args.prompt_swap:
         summary["prompt_swap"] = rollout.prompt_swap(env, policy, seeds[: args.prompt_swap], grid)
     return summary
+
+
+def latency(args: Args) -> rollout.Latency:
+    """The simulated latency and execution of ``args``."""
+    return rollout.Latency(args.inference_delay, "async" if args.run_async else "sync", args.rtc)
 
 
 def load_policy(args: Args, train_config: _config.TrainConfig) -> Policy:
