@@ -17,13 +17,15 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import tyro
 
-from research.rtc.arms import DATA, DELAYS, EXECUTION_ARMS, TRAINING_ARMS
+from research.rtc import report
+from research.rtc.arms import DATA, DELAYS, EXECUTION_ARMS, REPLAN_STEPS, TRAINING_ARMS
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
@@ -119,7 +121,48 @@ def main(args: Args) -> None:
         trained = train_all(args)
         if args.train_only:
             return
-        del trained
+        evaluate_all(args, trained)
+    command = " ".join([COMMAND, *(a for a in sys.argv[1:] if a != "--report-only")])
+    report.write(args.results_dir, args.output, args.plot, command)
+
+
+def evaluate_all(args: Args, trained: dict[str, dict[str, Any]]) -> None:
+    """Evaluates every (execution arm, delay, seed) without a result file yet, one policy load per trained policy;
+    each result is written as soon as it exists."""
+    import torch
+
+    from openpi.evaluation import closed_loop
+
+    policies: dict[str, Any] = {}
+    for seed in args.seeds:
+        for delay in args.delays:
+            for arm in args.arms:
+                path = result_path(args, arm, delay, seed)
+                if path.is_file():
+                    continue
+                spec = EXECUTION_ARMS[arm]
+                config = train_config(spec.weights, args)
+                eval_args = closed_loop.Args(
+                    policy=closed_loop.PolicyArgs(config.name, trained[spec.weights]["checkpoint"]),
+                    episodes=args.episodes,
+                    seed=seed,
+                    replan_steps=REPLAN_STEPS,
+                    inference_delay=delay,
+                    run_async=spec.execution == "async",
+                    rtc=spec.rtc,
+                )
+                if spec.weights not in policies:
+                    policies[spec.weights] = closed_loop.load_policy(eval_args, config)
+                torch.manual_seed(seed)  # each arm samples from the same noise stream
+                start = time.perf_counter()
+                summary = closed_loop.evaluate(eval_args, config, policies[spec.weights])
+                summary["eval_minutes"] = (time.perf_counter() - start) / 60
+                path.write_text(json.dumps({**summary, **{f"train_{k}": v for k, v in trained[spec.weights].items()}}))
+                print(f"{arm} d={delay} seed {seed}: success {summary['success_rate']:.2f}", flush=True)
+
+
+def result_path(args: Args, arm: str, delay: int, seed: int) -> Path:
+    return args.results_dir / f"{arm}_d{delay}_seed{seed}.json"
 
 
 if __name__ == "__main__":
