@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 import torch
 
-from openpi.models.pi0_config import RTC_MODES, RTCConfig
+from openpi.models.pi0_config import RTCConfig
+from openpi.models.rtc import resolve
 
 
 class RTCRequest(NamedTuple):
@@ -37,28 +38,15 @@ def make_request(
 ) -> RTCRequest | None:
     """The request of a batch of ``shape [B, H, A]`` (None without a previous chunk: plain sampling).
 
-    ``prev_chunk [B, L, A]`` (L <= H, padded with zeros to H); ``inference_delay``, ``execution_horizon`` (default:
-    the config's, else L) and ``rtc_mode`` (default: "trained" for a model trained with RTC, else "guided") are one
-    value or one per sample. The horizon is clipped to ``[d, L]``.
+    ``prev_chunk [B, L, A]`` (L <= H) is padded with zeros to H; the per-sample settings are
+    :func:`openpi.models.rtc.resolve`'s.
     """
     if prev_chunk is None:
         return None
-    batch, horizon_len, action_dim = shape
-    prev = prev_chunk.float().to(device)
-    if prev.ndim != 3 or prev.shape[0] != batch or prev.shape[1] > horizon_len or prev.shape[2] != action_dim:
-        raise ValueError(f"prev_chunk must be [{batch}, <= {horizon_len}, {action_dim}], got {list(prev.shape)}")
-    length = prev.shape[1]
-    prev = torch.nn.functional.pad(prev, (0, 0, 0, horizon_len - length))
-    delay = _per_sample(inference_delay, batch, device)
-    if bool((delay < 0).any()) or bool((delay > length).any()):
-        raise ValueError(f"inference_delay must be in [0, {length}] (the previous chunk's length): {delay.tolist()}")
-    default_horizon = config.execution_horizon or length
-    horizon = _per_sample(default_horizon if execution_horizon is None else execution_horizon, batch, device)
-    horizon = torch.maximum(horizon.clamp(max=length), delay)
-    modes = _modes(rtc_mode, batch, "trained" if config.training_max_delay > 0 else "guided")
-    if "trained" in modes and "trained" not in config.modes:
-        raise ValueError("rtc_mode 'trained' needs a model trained with rtc.training_max_delay > 0; use 'guided'")
-    return RTCRequest(prev, delay, horizon, torch.tensor([m == "trained" for m in modes], device=device))
+    settings = resolve(config, tuple(prev_chunk.shape), shape, inference_delay, execution_horizon, rtc_mode)
+    prev = torch.nn.functional.pad(prev_chunk.float().to(device), (0, 0, 0, shape[1] - prev_chunk.shape[1]))
+    delay, horizon, trained = (torch.as_tensor(x, device=device) for x in settings)
+    return RTCRequest(prev, delay, horizon, trained)
 
 
 def prefix_weights(delay: torch.Tensor, horizon: torch.Tensor, length: int, schedule: str) -> torch.Tensor:
@@ -106,19 +94,3 @@ def masked_loss_mean(loss: torch.Tensor, delay: torch.Tensor | None) -> torch.Te
         return loss.mean()
     keep = (~committed_mask(delay, loss.shape[1])).to(loss.dtype)[..., None].expand_as(loss)  # [B, H, A]
     return (loss * keep).sum() / keep.sum().clamp(min=1.0)
-
-
-def _per_sample(value: int | Sequence[int] | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    tensor = torch.as_tensor(value, dtype=torch.long, device=device)
-    if tensor.ndim == 0:
-        return tensor.expand(batch).clone()
-    if tensor.shape != (batch,):
-        raise ValueError(f"Per-sample RTC values need one per sample ({batch}), got shape {list(tensor.shape)}")
-    return tensor
-
-
-def _modes(rtc_mode: str | Sequence[str] | None, batch: int, default: str) -> list[str]:
-    modes = [rtc_mode or default] * batch if rtc_mode is None or isinstance(rtc_mode, str) else list(rtc_mode)
-    if len(modes) != batch or any(m not in RTC_MODES for m in modes):
-        raise ValueError(f"rtc_mode must be one of {RTC_MODES} (or one per sample of {batch}), got {rtc_mode!r}")
-    return modes

@@ -31,6 +31,7 @@ from openpi.models.orbax_params import flatten_params
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise, select_fn
+from openpi.models_jax.rtc import masked_loss_mean
 from openpi.models_pytorch import preprocessing
 from openpi.policies import data_config as _data_config
 from openpi.policies import pruning_overlay
@@ -118,7 +119,8 @@ def train_step(
     frozen: frozenset[str],
     collect_stats: bool,
 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """One optimizer step on the mean flow-matching loss; returns the new state and the step's metrics."""
+    """One optimizer step on the mean flow-matching loss (without the committed prefix of training-time RTC); returns
+    the new state and the step's metrics."""
     model_config = config.model
     trained, frozen_params = split_params(state["params"], frozen)
     drawn = draw_training_noise(rng, model_config, actions.shape, len(obs.images))
@@ -137,8 +139,9 @@ def train_step(
             train=True,
             prune=prune,
             remat=config.gradient_checkpointing,
+            rtc_delay=drawn.rtc_delay,
         )
-        return loss.mean(), stats
+        return masked_loss_mean(loss, drawn.rtc_delay), stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
     updates, opt_state = build_optimizer(config).update(grads, state["opt_state"], trained)
