@@ -19,7 +19,7 @@ from openpi.models.pi0_config import RTCConfig, tiny_config
 from openpi.models.reference_fixture import relative_error
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_jax.pi0 import Pi0, compute_loss_fn
+from openpi.models_jax.pi0 import Pi0, compute_loss_fn, draw_training_noise
 from openpi.models_jax.rtc import masked_loss_mean
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.weights import load_weights
@@ -99,8 +99,6 @@ def test_the_rtc_loss_sees_the_committed_prefix_clean_and_leaves_it_out(models):
 
 
 def test_training_draws_delays_only_for_an_rtc_config():
-    from openpi.models_jax.pi0 import draw_training_noise
-
     drawn = draw_training_noise(jax.random.key(0), CONFIG, (64, 6, 32), 1)
     assert set(np.asarray(drawn.rtc_delay).tolist()) == {0, 1, 2}
     assert (
