@@ -43,6 +43,8 @@ class Args:
     arms: tuple[str, ...] = tuple(EXECUTION_ARMS)
     jobs: int = 2
     """Trainings run in parallel, each with cores // jobs threads."""
+    eval_threads: int = 1
+    """Torch threads of the evaluations (run several drivers on disjoint ``--seeds`` to use more cores)."""
     train_only: bool = False
     """Train the policies and stop."""
     report_only: bool = False
@@ -133,6 +135,7 @@ def evaluate_all(args: Args, trained: dict[str, dict[str, Any]]) -> None:
 
     from openpi.evaluation import closed_loop
 
+    torch.set_num_threads(args.eval_threads)
     policies: dict[str, Any] = {}
     for seed in args.seeds:
         for delay in args.delays:
