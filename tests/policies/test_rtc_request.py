@@ -87,7 +87,7 @@ def test_bad_rtc_fields_are_refused_by_name(policy, fields, message):
 
 
 def test_a_guided_only_policy_refuses_the_trained_mode(tmp_path, train_config):
-    plain_config = dataclasses.replace(train_config, model=dataclasses.replace(train_config.model, rtc=None))
+    plain_config = dataclasses.replace(train_config, model=dataclasses.replace(train_config.model, rtc=RTCConfig()))
     plain = policy_config.create_trained_policy(
         plain_config, write_checkpoint(tmp_path, plain_config), sample_kwargs=SAMPLE_KWARGS, pytorch_device="cpu"
     )

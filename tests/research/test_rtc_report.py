@@ -42,4 +42,4 @@ def test_the_trained_policy_config_carries_rtc_and_the_experiments_data(tmp_path
     config = driver.train_config("rtc_trained", args)
     assert config.model.rtc.training_max_delay == 4 and config.model.action_horizon == 10
     assert (config.data.min_objects, config.data.max_objects) == (1, 1) and config.num_train_steps == 7
-    assert driver.train_config("plain", args).model.rtc is None and config.resume
+    assert driver.train_config("plain", args).model.rtc.training_max_delay == 0 and config.resume

@@ -107,8 +107,8 @@ class Pi0Config:
     # the gate's gradient reaches them too; the forward is the budget's, the training prefix the unpruned length.
     token_prune_gate_dropped_patches: bool = False
 
-    # Real-time chunking (docs/rtc.md); None: guided RTC with the defaults, no training-time RTC.
-    rtc: RTCConfig | None = None
+    # Real-time chunking (docs/rtc.md): guided RTC's settings and training-time RTC (off by default).
+    rtc: RTCConfig = dataclasses.field(default_factory=RTCConfig)
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:
@@ -127,7 +127,7 @@ class Pi0Config:
         if mismatched:
             raise ValueError(f"The language model and the action expert share attention; they differ in {mismatched}")
         self.vision_config  # noqa: B018  (validates the variant)
-        if self.rtc is not None and self.rtc.training_max_delay >= self.action_horizon:
+        if self.rtc.training_max_delay >= self.action_horizon:
             raise ValueError(
                 f"rtc.training_max_delay ({self.rtc.training_max_delay}) must be below action_horizon "
                 f"({self.action_horizon}): some actions must stay to learn"
@@ -152,11 +152,6 @@ class Pi0Config:
                 "token_prune_budget_training (for LightVLA's union selection set token_prune_gate_dropped_patches "
                 "False too)"
             )
-
-    @property
-    def rtc_config(self) -> RTCConfig:
-        """The RTC settings (the defaults when ``rtc`` is None)."""
-        return self.rtc or RTCConfig()
 
     def get_freeze_filter(self) -> str | None:
         """Upstream's freeze filter for LoRA fine-tuning: the ``lora`` preset (the base weights of each Gemma with

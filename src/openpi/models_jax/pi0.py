@@ -344,7 +344,7 @@ def denoise_rtc_fn(
     """:func:`denoise_fn` continuing ``request.prev_chunk``: trained samples hold their committed prefix clean at time
     0; guided ones follow the flow minus ``c(t) * J^T (W * (prev - x̂))`` (``x̂ = x_t - t v``, a vector-Jacobian
     product through the step)."""
-    rtc_config = config.rtc_config
+    rtc_config = config.rtc
     dt, horizon = -1.0 / num_steps, noise.shape[1]
     hold = rtc.committed_mask(jnp.where(request.trained, request.delay, 0), horizon)[..., None]  # [B, H, 1]
     weights = rtc.prefix_weights(request.delay, request.horizon, horizon, rtc_config.prefix_attention_schedule)
@@ -374,7 +374,7 @@ def _rtc_inputs(
     if prev_chunk is None:
         return None
     prev = jnp.asarray(prev_chunk, jnp.float32)
-    settings = _rtc.resolve(config.rtc_config, tuple(prev.shape), shape, delay, horizon, mode)
+    settings = _rtc.resolve(config.rtc, tuple(prev.shape), shape, delay, horizon, mode)
     prev = jnp.pad(prev, ((0, 0), (0, shape[1] - prev.shape[1]), (0, 0)))
     return RTCInputs(prev, *(jnp.asarray(x) for x in settings))
 
@@ -399,9 +399,9 @@ def draw_training_noise(
         num_patches = num_cameras * config.vision_config.num_patches
         uniform = jax.random.uniform(prune_rng, (batch, num_patches, num_patches), jnp.float32)
     delay = None
-    if config.rtc_config.training_max_delay > 0:  # a key of its own: the other draws stay those without RTC
+    if config.rtc.training_max_delay > 0:  # a key of its own: the other draws stay those without RTC
         delay_rng = jax.random.fold_in(rng, 1)
-        delay = jax.random.randint(delay_rng, (batch,), 0, config.rtc_config.training_max_delay + 1)
+        delay = jax.random.randint(delay_rng, (batch,), 0, config.rtc.training_max_delay + 1)
     return TrainingNoise(noise, time, uniform, delay)
 
 

@@ -308,7 +308,7 @@ class PI0Pytorch(nn.Module):
         shape = (observation.state.shape[0], self.config.action_horizon, self.config.action_dim)
         device = observation.state.device
         request = rtc.make_request(
-            self.config.rtc_config, shape, prev_chunk, inference_delay, execution_horizon, rtc_mode, device
+            self.config.rtc, shape, prev_chunk, inference_delay, execution_horizon, rtc_mode, device
         )
         x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)  # [B, H, A]
         start = perf_counter()
@@ -340,7 +340,7 @@ class PI0Pytorch(nn.Module):
         plus ``c(t) * J^T (W * (prev - x̂))``, where ``x̂ = x_t - t v`` is the clean estimate, ``J`` its Jacobian in
         ``x_t`` (a vector-Jacobian product through the denoiser), ``W`` the prefix weights and ``c(t)`` the clipped
         guidance weight."""
-        config = self.config.rtc_config
+        config = self.config.rtc
         horizon = noise.shape[1]
         hold = rtc.committed_mask(torch.where(request.trained, request.delay, 0), horizon)  # [B, H]
         weights = rtc.prefix_weights(request.delay, request.horizon, horizon, config.prefix_attention_schedule)

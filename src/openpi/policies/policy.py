@@ -121,7 +121,7 @@ class Policy:
     @property
     def rtc_modes(self) -> tuple[str, ...]:
         """The real-time chunking modes the model serves (docs/rtc.md)."""
-        return self._model.config.rtc_config.modes
+        return self._model.config.rtc.modes
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Runs the model once per batch size (default: every batch bucket, or 1) on a random batch with the policy's
@@ -174,7 +174,7 @@ class Policy:
             noise = self._model.sample_noise(batch_size)
         padded_noise = None if noise is None else _pad_batch(np.asarray(noise), padded_size)
 
-        rtc_config = self._model.config.rtc_config
+        rtc_config = self._model.config.rtc
         rtc_kwargs = rtc_request.batch_kwargs(
             [p.rtc for p in prepared],
             self._model.config.action_horizon,

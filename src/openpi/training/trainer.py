@@ -333,7 +333,7 @@ class _Trainer:
                     image_resolution=image_resolution,
                     generator=augmentation_generator(config.seed, step, ctx.rank),
                     autocast_bf16=config.pytorch_training_precision == "mixed",
-                    rtc_max_delay=config.model.rtc_config.training_max_delay,
+                    rtc_max_delay=config.model.rtc.training_max_delay,
                 )
                 if self.ema is not None:
                     self.ema.update(model)
