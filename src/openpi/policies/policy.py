@@ -174,13 +174,11 @@ class Policy:
             noise = self._model.sample_noise(batch_size)
         padded_noise = None if noise is None else _pad_batch(np.asarray(noise), padded_size)
 
-        rtc_config = self._model.config.rtc
-        rtc_kwargs = rtc_request.batch_kwargs(
-            [p.rtc for p in prepared],
-            self._model.config.action_horizon,
-            rtc_config.execution_horizon,
-            self.rtc_modes[-1],
-        )
+        config = self._model.config
+        default_mode = _default_mode(self.rtc_modes)
+        samples = [p.rtc for p in prepared]
+        horizons = (config.action_horizon, config.rtc.execution_horizon)
+        rtc_kwargs = rtc_request.batch_kwargs(samples, *horizons, default_mode)
         start = time.perf_counter()
         sampled = self._model.sample(
             observation, padded_noise, **self._sample_kwargs, **_pad_batch(rtc_kwargs, padded_size)
