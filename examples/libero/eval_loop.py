@@ -8,11 +8,17 @@ The protocol is upstream's: 10 gripper-open no-ops while the objects settle, bot
 published LIBERO checkpoints were trained on upright images) and resized with padding on the client, the state as
 end-effector position (3) + axis-angle orientation (3) + gripper finger positions (2), replanning every
 ``replan_steps`` actions of a chunk, and a per-suite step limit.
+
+With ``run_async`` the next chunk is inferred in a thread while the simulator executes the current one; the delay is
+counted in executed steps and the late chunk entered at its matching action. With ``rtc`` ("guided" or "trained") each
+request also carries the current chunk's unexecuted actions and the last measured delay (real-time chunking,
+docs/rtc.md).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -34,8 +40,9 @@ MAX_STEPS = {
 SETTLE_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 # π0 / π0.5 pool three camera slots (agent view, left wrist, right wrist) into the patch mask a pruning server returns.
 CAMERA_SLOTS = 3
-# The request key of openpi.policies.policy (this environment cannot import openpi).
+# The request keys of openpi.policies (this environment cannot import openpi).
 KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
+RTC_CHOICES = ("none", "guided", "trained")
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,15 @@ class EvalConfig:
     num_trials_per_task: int = 50
     # Ask the server for the patches its pruner kept and draw them over the video frames.
     draw_kept_patches: bool = False
+    # Execute the current chunk while the next one is inferred; "guided"/"trained" continue it (real-time chunking).
+    run_async: bool = False
+    rtc: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.rtc not in RTC_CHOICES:
+            raise ValueError(f"rtc must be one of {RTC_CHOICES}, got {self.rtc!r}")
+        if self.rtc != "none" and not self.run_async:
+            raise ValueError("Real-time chunking continues a chunk that runs during inference: it needs --async")
 
 
 @dataclasses.dataclass
@@ -83,6 +99,7 @@ class EpisodeResult:
     steps: int  # policy actions executed (after the settle phase)
     frames: list  # the agent-view images the policy was sent, kept patches drawn when asked for
     infer_ms: list  # the server's time inside the policy, per request
+    delays: list = dataclasses.field(default_factory=list)  # asynchronous: executed steps each chunk arrived late
 
 
 @dataclasses.dataclass
@@ -93,6 +110,7 @@ class TaskResult:
     successes: int = 0
     episode_steps: list = dataclasses.field(default_factory=list)
     infer_ms: list = dataclasses.field(default_factory=list)
+    delays: list = dataclasses.field(default_factory=list)
 
     @property
     def success_rate(self) -> float:
@@ -103,6 +121,7 @@ class TaskResult:
         self.successes += int(episode.success)
         self.episode_steps.append(episode.steps)
         self.infer_ms.extend(episode.infer_ms)
+        self.delays.extend(episode.delays)
 
 
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -148,8 +167,10 @@ def run_episode(
     obs = env.set_init_state(init_state)
     for _ in range(config.num_steps_wait):
         obs, _, _, _ = env.step(list(SETTLE_ACTION))
-    plan: collections.deque = collections.deque()
     result = EpisodeResult(success=False, steps=0, frames=[], infer_ms=[])
+    if config.run_async:
+        return _run_async(env, policy, task, obs, config, preprocess_image, result)
+    plan: collections.deque = collections.deque()
     kept = None
     while result.steps < config.max_steps:
         request = make_request(obs, task.description, preprocess_image)
@@ -167,6 +188,41 @@ def run_episode(
         if done:
             result.success = True
             break
+    return result
+
+
+def _run_async(
+    env: LiberoEnv,
+    policy: Policy,
+    task: Task,
+    obs: dict,
+    config: EvalConfig,
+    preprocess_image: Callable[[np.ndarray], np.ndarray],
+    result: EpisodeResult,
+) -> EpisodeResult:
+    """The episode with the next chunk inferred while the current one runs (the module docstring)."""
+    chunk, index, pending = None, 0, None  # pending: the request's future and the steps executed when it was sent
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        while result.steps < config.max_steps:
+            request = make_request(obs, task.description, preprocess_image)
+            if pending is None and (chunk is None or index >= min(config.replan_steps, len(chunk))):
+                if config.rtc != "none" and chunk is not None and index < len(chunk):
+                    delay = min(result.delays[-1] if result.delays else 0, len(chunk) - index)
+                    request |= {"prev_actions": chunk[index:], "inference_delay": delay, "rtc_mode": config.rtc}
+                pending = (pool.submit(policy.infer, request), result.steps)
+            if pending is not None and (pending[0].done() or chunk is None or index >= len(chunk)):
+                reply = pending[0].result()  # blocks only when the current chunk ran out: the robot waits
+                result.delays.append(result.steps - pending[1])
+                result.infer_ms.extend(_infer_ms(reply))
+                chunk, pending = np.asarray(reply["actions"]), None
+                index = min(result.delays[-1], len(chunk))
+                continue
+            result.frames.append(request["observation/image"])
+            obs, _, done, _ = env.step(chunk[index].tolist())
+            index, result.steps = index + 1, result.steps + 1
+            if done:
+                result.success = True
+                break
     return result
 
 
@@ -240,6 +296,7 @@ def summary(results: Sequence[TaskResult]) -> dict:
         "success_rate": successes / episodes if episodes else 0.0,
         "mean_episode_steps": statistics.fmean(s for r in results for s in r.episode_steps) if episodes else None,
         "infer_ms": _timing_stats([ms for r in results for ms in r.infer_ms]),
+        "inference_delay_steps": _timing_stats([d for r in results for d in r.delays]),
     }
 
 

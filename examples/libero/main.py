@@ -4,6 +4,7 @@ Start the server (``uv run scripts/serve_policy.py --env LIBERO``), then run thi
 ``setup_env.sh`` creates:
 
     examples/libero/.venv/bin/python examples/libero/main.py --task-suite-name libero_spatial --replan-steps 5
+    examples/libero/.venv/bin/python examples/libero/main.py --async --rtc guided     # asynchronous, real-time chunking
 
 Writes one rollout video per episode and ``results.json`` (per-task and total success, episode lengths, the server's
 inference times) to ``--out-dir``/<suite>/. Renders headless (EGL) unless ``MUJOCO_GL`` says otherwise.
@@ -17,6 +18,7 @@ import logging
 import os
 import pathlib
 import sys
+from typing import Annotated
 
 import eval_loop
 import imageio
@@ -41,6 +43,10 @@ class Args:
     """Ask a pruning server for its kept patches and dim the dropped ones in the videos."""
     replan_steps: int = 5
     """Execute this many actions of each predicted chunk before querying the policy again."""
+    run_async: Annotated[bool, tyro.conf.arg(name="async")] = False
+    """Execute the current chunk while the next one is inferred (the delay is measured in executed steps)."""
+    rtc: str = "none"
+    """With --async: none (naive), guided or trained real-time chunking (docs/rtc.md)."""
     num_steps_wait: int = 10
     """No-op steps at the start of each episode while objects settle."""
     num_trials_per_task: int = 50
@@ -91,13 +97,18 @@ def main(args: Args) -> None:
         imageio.mimwrite(out_dir / "videos" / f"{name}.mp4", [np.asarray(f) for f in frames], fps=args.video_fps)
 
     policy = websocket_client_policy.WebsocketClientPolicy(args.host, args.port, api_key=args.api_key)
-    logging.info("Server metadata: %s", policy.get_server_metadata())
+    metadata = policy.get_server_metadata()
+    logging.info("Server metadata: %s", metadata)
+    if args.rtc != "none" and args.rtc not in metadata.get("rtc_modes", []):
+        raise SystemExit(f"--rtc {args.rtc}: the server serves RTC modes {metadata.get('rtc_modes', [])}")
     config = eval_loop.EvalConfig(
         max_steps=args.max_steps or eval_loop.MAX_STEPS[args.task_suite_name],
         replan_steps=args.replan_steps,
         num_steps_wait=args.num_steps_wait,
         num_trials_per_task=args.num_trials_per_task,
         draw_kept_patches=args.draw_kept_patches,
+        run_async=args.run_async,
+        rtc=args.rtc,
     )
     results = eval_loop.evaluate_suite(tasks, make_env, policy, config, preprocess_image, save_video)
     summary = {"suite": args.task_suite_name, "task_ids": task_ids, **eval_loop.summary(results)}

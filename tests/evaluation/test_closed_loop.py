@@ -161,7 +161,9 @@ def test_evaluates_a_served_policy(small_configs, checkpoint):
     server = WebsocketPolicyServer(_policy(checkpoint), host="127.0.0.1", port=0)
     with server.running_in_background() as port:
         summary = closed_loop.run(_args(checkpoint, host="127.0.0.1", port=port))
+        rtc = closed_loop.run(_args(checkpoint, host="127.0.0.1", port=port, run_async=True, rtc="guided"))
     assert summary["episodes"] == 3 and summary["kept_tokens_mean"] > 0, "kept patches travel over the websocket"
+    assert rtc["episodes"] == 3 and rtc["within_chunk_discontinuity"] is not None, "the async runtime drove it"
     with pytest.raises(ValueError, match="set on the server"):
         closed_loop.run(_args(checkpoint, host="127.0.0.1", port=port, random_keep=True))
 

@@ -1,6 +1,7 @@
 """The LIBERO evaluation loop (examples/libero/eval_loop.py) against a fake simulator with LIBERO's interface."""
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -167,3 +168,56 @@ def test_kept_patches_are_asked_for_and_drawn_over_the_frames():
 def test_a_mask_that_does_not_tile_the_frame_is_an_error():
     with pytest.raises(ValueError, match="does not tile"):
         eval_loop.draw_kept_patches(np.zeros((16, 16, 3), np.uint8), np.ones(3 * 25, dtype=bool))
+
+
+class GatedEnv(FakeLiberoEnv):
+    """Counts executed steps for :class:`GatedPolicy` to wait on."""
+
+    def __init__(self, goal: float) -> None:
+        super().__init__(goal)
+        self.moved = threading.Condition()
+
+    def step(self, action: list) -> tuple[dict, float, bool, dict]:
+        with self.moved:
+            out = super().step(action)
+            self.moved.notify_all()
+        return out
+
+
+class GatedPolicy(StepPolicy):
+    """Answers every request after the first only once the robot executed 2 more actions: a measured delay of 2+."""
+
+    def __init__(self, env: GatedEnv) -> None:
+        super().__init__()
+        self.env = env
+
+    def infer(self, obs: dict) -> dict:
+        sent = round(float(obs["observation/state"][0]))  # x moves 1 per executed step: the steps at the request
+        if self.requests:
+            with self.env.moved:
+                assert self.env.moved.wait_for(lambda: len(self.env.actions) >= sent + 2, timeout=10)
+        return super().infer(obs)
+
+
+@pytest.mark.parametrize("rtc", ["none", "guided"])
+def test_async_runs_on_during_inference_and_enters_late_chunks_at_the_measured_delay(rtc):
+    env = GatedEnv(goal=1e9)
+    policy = GatedPolicy(env)
+    task = eval_loop.Task("stack the blocks", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=20, replan_steps=4, num_steps_wait=0, run_async=True, rtc=rtc)
+    episode = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity)
+    assert episode.steps == 20 and episode.delays[0] == 0 and all(d >= 2 for d in episode.delays[1:])
+    indices = [a[1] for a in env.actions]
+    assert indices[:6] == [0, 1, 2, 3, 4, 5]  # chunk 0 runs on past replan_steps while chunk 1 is inferred
+    assert indices[4 + episode.delays[1]] == episode.delays[1]  # chunk 1 entered at its action matching the delay
+    second = policy.requests[1]
+    if rtc == "none":
+        assert "prev_actions" not in second
+    else:
+        assert second["rtc_mode"] == "guided" and second["inference_delay"] == 0
+        np.testing.assert_array_equal(second["prev_actions"][:, 1], np.arange(4, HORIZON))
+
+
+def test_rtc_needs_async():
+    with pytest.raises(ValueError, match="needs --async"):
+        eval_loop.EvalConfig(max_steps=5, rtc="guided")

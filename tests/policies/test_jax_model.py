@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from openpi.models.pi0_config import RTCConfig
 from openpi.models.reference_fixture import ReferenceFixture
 from openpi.policies import libero_policy, policy_config
 from openpi.training import config as _config
@@ -63,6 +64,26 @@ def test_jax_folder_serves_the_actions_of_its_pytorch_conversion(folders, prunin
             == torch_out["token_pruning"]["kept_tokens_overall_mean"]
         )
         assert _relative(jax_out["actions"], torch_out["actions"]) < TOLERANCE
+
+
+def test_rtc_requests_through_a_jax_folder_match_its_pytorch_conversion(folders):
+    fixture, checkpoint, converted, tokenizer = folders
+    config = _train_config(fixture, tokenizer, rtc=RTCConfig(training_max_delay=2))
+    prev = np.random.default_rng(1).uniform(-1, 1, (6, libero_policy.ACTION_DIM)).astype(np.float32)
+    observations = [
+        {**libero_observation(0), "prev_actions": prev, "inference_delay": 2},
+        {**libero_observation(1), "prev_actions": prev[:4], "inference_delay": 1, "rtc_mode": "guided"},
+        libero_observation(2),
+    ]
+    noise = np.random.default_rng(0).standard_normal((3, fixture.config.action_horizon, 32)).astype(np.float32)
+    outputs = [
+        policy_config.create_trained_policy(config, folder, sample_kwargs={"num_steps": 3}).infer_batch(
+            observations, noise=noise
+        )["actions"]
+        for folder in (checkpoint, converted)
+    ]
+    assert _relative(outputs[0], outputs[1]) < TOLERANCE
+    np.testing.assert_allclose(outputs[0][0, :2], prev[:2], atol=1e-4)  # trained: the committed prefix held
 
 
 def test_raw_weights_of_a_jax_folder_are_refused(folders):

@@ -10,10 +10,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from openpi.models.observation import random_observation
+from openpi.models.pi0_config import tiny_config
+from openpi.models_pytorch import preprocessing, rtc
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.training import checkpoints, trainer
 from openpi.training import config as _config
+from tests.helpers.models import randomized
 from tests.helpers.training import (
     Crash,
     crash_after,
@@ -218,3 +222,30 @@ def test_mixed_precision_keeps_float32_weights_and_trains(tmp_path: Path):
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
     assert trainer.gpu_memory_metrics(torch.device("cpu")) == {}
+
+
+def test_a_training_step_with_rtc_averages_the_loss_outside_the_committed_prefix():
+    config = tiny_config(vision_variant="tiny_112", action_horizon=6, max_token_len=16)
+    model = randomized(PI0Pytorch(config), scale=0.05).train()
+    reference = PI0Pytorch(config).train()
+    reference.load_state_dict(model.state_dict())
+    observation = random_observation(config, 4, seed=0, valid_prompt_tokens=8)
+    actions = torch.randn(4, 6, config.action_dim, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    resolution = (config.vision_config.image_size,) * 2
+
+    torch.manual_seed(0)
+    loss, _ = trainer.train_step(
+        model, optimizer, observation, actions, lr=0.0, clip_gradient_norm=1.0, image_resolution=resolution,
+        generator=torch.Generator().manual_seed(1), rtc_max_delay=5,
+    )  # fmt: skip
+    torch.manual_seed(0)  # the same draws, in the same order: the delays, then the flow's noise and time
+    augmented = preprocessing.preprocess_observation(
+        observation, train=True, image_resolution=resolution, generator=torch.Generator().manual_seed(1)
+    )
+    delay = rtc.sample_training_delay(4, 5, "cpu")
+    with torch.no_grad():
+        per_element = reference(augmented, actions, rtc_delay=delay)
+    committed = rtc.committed_mask(delay, 6)
+    assert committed.any() and not committed.all()
+    torch.testing.assert_close(loss, per_element[~committed].mean(), rtol=1e-5, atol=1e-6)

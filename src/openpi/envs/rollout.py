@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from openpi.envs.chunk_execution import ChunkExecutor, Execution, RTCChoice, Smoothness
 from openpi.envs.shapes import WRIST_FIELD_OF_VIEW, Scene, ShapesEnv
 
 # An inference is "near" when the target's centre lies inside the wrist camera's view (half its field of view from the
@@ -139,6 +140,25 @@ class EpisodeResult:
     infer_ms: list[float] = dataclasses.field(default_factory=list)
     kept_patches: list[KeptPatchScore] = dataclasses.field(default_factory=list)
     kept_ratio: list[float] = dataclasses.field(default_factory=list)
+    smoothness: Smoothness = dataclasses.field(default_factory=Smoothness)
+    control_steps: int = 0  # control periods until the end, the robot's waits for inference included
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """How chunks are executed under a simulated inference delay of ``inference_delay`` control steps: ``sync``, the
+    robot waits for each chunk; ``async``, it keeps executing the current chunk meanwhile, and with ``rtc`` the
+    request continues it (:mod:`openpi.envs.chunk_execution`)."""
+
+    inference_delay: int = 0
+    execution: Execution = "sync"
+    rtc: RTCChoice = "none"
+
+    def __post_init__(self) -> None:
+        if self.inference_delay < 0:
+            raise ValueError(f"inference_delay must be >= 0 control steps, got {self.inference_delay}")
+        if self.rtc != "none" and self.execution != "async":
+            raise ValueError("Real-time chunking continues a chunk that runs during inference: it needs async")
 
 
 def run_episode(
@@ -149,23 +169,40 @@ def run_episode(
     replan_steps: int,
     grid: PatchGrid | None = None,
     swap_target: bool = False,
+    latency: Latency = Latency(),
 ) -> EpisodeResult:
-    """Runs one episode from ``seed``: infer a chunk, execute its first ``replan_steps`` actions, repeat.
-    ``swap_target``: the same scene with the next object named (the prompt swap's episode)."""
+    """Runs one episode from ``seed``: a chunk is asked for every ``replan_steps`` executed actions and arrives
+    ``latency.inference_delay`` control steps later (computed at once from the observation it was asked with); the
+    robot waits meanwhile (sync) or runs the current chunk on (async; it waits only when the chunk runs out).
+    Without delay: infer, execute the first ``replan_steps`` actions, repeat. ``swap_target``: the same scene with
+    the next object named (the prompt swap's episode)."""
     observation = env.reset(seed)
     if swap_target and len(env.scene.objects) > 1:
         env.set_scene(Scene(env.scene.objects, _other_object(env.scene)))
         observation = env.observation()
     result = EpisodeResult(seed=seed, success=False, steps=0)
+    executor = ChunkExecutor(replan_steps, latency.rtc)
+    pending: tuple[np.ndarray, int, int] | None = None  # actions, executed count at the request, arrival step
+    clock = executed = 0
     while True:
-        output = policy.infer(observation)
-        _record_inference(result, output, env, grid)
-        for action in np.asarray(output["actions"])[:replan_steps]:
-            step = env.step(action)
-            observation = step.observation
-            if step.done:
-                result.success, result.steps = step.success, env.steps
-                return result
+        if pending is None and executor.due:
+            output = policy.infer({**observation, **executor.request_fields(latency.inference_delay)})
+            _record_inference(result, output, env, grid)
+            pending = (np.asarray(output["actions"]), executed, clock + latency.inference_delay)
+        if pending is not None and pending[2] <= clock:
+            executor.receive(pending[0], executed - pending[1])
+            pending = None
+            continue  # a chunk arriving with no delay may be due at once (replan_steps past its start)
+        clock += 1
+        if not executor.has_action or (pending is not None and latency.execution == "sync"):
+            continue  # the robot waits for the next chunk
+        action, switched = executor.next_action()
+        result.smoothness.record(action, switched)
+        step = env.step(action)
+        observation, executed = step.observation, executed + 1
+        if step.done:
+            result.success, result.steps, result.control_steps = step.success, env.steps, clock
+            return result
 
 
 def _record_inference(result: EpisodeResult, output: dict, env: ShapesEnv, grid: PatchGrid | None) -> None:
@@ -206,12 +243,17 @@ def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     finals = [r.kept_patches[-1] for r in results if r.kept_patches]
     infer_ms = [ms for r in results for ms in r.infer_ms]
     ratios = [x for r in results for x in r.kept_ratio]
+    wins = [r for r in results if r.success]
     return {
         "success_rate": successes / max(1, len(results)),
         "successes": successes,
         "ci95": list(wilson_interval(successes, len(results))),
         "episodes": len(results),
         "mean_steps": _mean(r.steps for r in results),
+        "mean_control_steps": _mean(r.control_steps for r in results),
+        "control_steps_to_success": _mean(r.control_steps for r in wins),
+        "boundary_discontinuity": _mean(x for r in results for x in r.smoothness.boundary),
+        "within_chunk_discontinuity": _mean(x for r in results for x in r.smoothness.within),
         "kept_tokens_mean": _mean(s.kept for s in scores),
         "kept_ratio_mean": _mean(ratios),
         "target_recall": _mean(s.target_recall for s in scores),

@@ -9,18 +9,22 @@ plus ``prompt_swap`` when asked.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import torch
 import tqdm
+import tyro
 
 from openpi import transforms
 from openpi.envs import rollout
+from openpi.envs.chunk_execution import RTCChoice
 from openpi.envs.shapes import ShapesEnv
 from openpi.evaluation.random_patches import use_random_patches
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import policy_config
 from openpi.policies.policy import Policy
 from openpi.policies.shapes_policy import EmbeddedDataConfig
+from openpi.serving.async_runtime import AsyncChunkRuntime
 from openpi.serving.websocket_client import WebsocketClientPolicy
 from openpi.training import config as _config
 
@@ -50,7 +54,14 @@ class Args:
     random_keep: bool = False
     """Keep as many patches as the pruner would, chosen uniformly at random (the random control)."""
     replan_steps: int = 2
-    """Actions executed from each predicted chunk before the next inference."""
+    """Actions executed from each predicted chunk before the next inference is asked for."""
+    inference_delay: int = 0
+    """Simulated inference delay in control steps: a chunk arrives this many steps after its observation. Against a
+    served policy (``--host``) with ``--async`` the delay is the real one, measured."""
+    run_async: Annotated[bool, tyro.conf.arg(name="async")] = False
+    """Keep executing the current chunk while the next is computed (default: the robot waits for it)."""
+    rtc: RTCChoice = "none"
+    """Real-time chunking of asynchronous execution: the next chunk continues the current one (docs/rtc.md)."""
     prompt_swap: int = 0
     """Also run the prompt-swap test on this many scenes (pruning policies): the kept set's recall of another object
     of the scene before and after the prompt names it, and whole episodes with that object named (success, recall)."""
@@ -81,10 +92,13 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
     seeds = held_out_seeds(args.episodes, args.seed)
-    results = [
-        rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
-        for seed in tqdm.tqdm(seeds, desc="episodes", unit="episode")
-    ]
+    if args.host and args.run_async:
+        results = [run_served_async(env, policy, seed, args) for seed in tqdm.tqdm(seeds, desc="episodes")]
+    else:
+        results = [
+            rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid, latency=latency(args))
+            for seed in tqdm.tqdm(seeds, desc="episodes", unit="episode")
+        ]
     summary = rollout.summarize(results)
     if args.prompt_swap:
         swapped = seeds[: args.prompt_swap]
@@ -93,6 +107,28 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
             **rollout.swapped_episodes(env, policy, swapped, replan_steps=args.replan_steps, grid=grid),
         }
     return summary
+
+
+def run_served_async(env: ShapesEnv, policy: rollout.Policy, seed: int, args: Args) -> rollout.EpisodeResult:
+    """One episode through :class:`AsyncChunkRuntime`: the env steps while the served policy infers, unpaced (the
+    delay is however many steps run during an inference)."""
+    latest = {"observation": env.reset(seed)}
+    result = rollout.EpisodeResult(seed=seed, success=False, steps=0)
+
+    def act(action) -> bool:
+        step = env.step(action)
+        latest["observation"], result.success = step.observation, step.success
+        return step.done
+
+    runtime = AsyncChunkRuntime(policy, replan_steps=args.replan_steps, rtc=args.rtc)
+    stats = runtime.run(lambda: latest["observation"], act, max_steps=env.task.max_steps)
+    result.steps, result.control_steps, result.smoothness = env.steps, stats.executed + stats.waited, stats.smoothness
+    return result
+
+
+def latency(args: Args) -> rollout.Latency:
+    """The simulated latency and execution of ``args``."""
+    return rollout.Latency(args.inference_delay, "async" if args.run_async else "sync", args.rtc)
 
 
 def load_policy(args: Args, train_config: _config.TrainConfig) -> Policy:

@@ -3,13 +3,58 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
 from openpi.models import variants
 
 Dtype = Literal["float32", "bfloat16"]
+# How the previous chunk's prefix is weighted between the frozen first d actions and the execution horizon s.
+RTCSchedule = Literal["linear", "exp", "ones", "zeros"]
+RTC_SCHEDULES: tuple[str, ...] = typing.get_args(RTCSchedule)
+# Inference modes of real-time chunking: "guided" works with any flow model, "trained" needs rtc.training_max_delay.
+RTCMode = Literal["guided", "trained"]
+RTC_MODES: tuple[str, ...] = typing.get_args(RTCMode)
 # The trainers' freeze preset that freezes the base weights of each Gemma with LoRA (openpi.training.freezing).
 LORA_FREEZE_PRESET = "lora"
+
+
+@dataclasses.dataclass(frozen=True)
+class RTCConfig:
+    """Real-time chunking (docs/rtc.md): the next chunk continues the actions of the previous one that will have run.
+
+    Guided (inference only, any flow model): the first ``d`` actions (the inference delay) are pulled onto the
+    previous chunk's and the rest of the overlap, up to the execution horizon, with weights that decay by
+    ``prefix_attention_schedule``; the pull is a guidance term on the flow, its weight clipped at
+    ``max_guidance_weight``. Trained: with ``training_max_delay > 0`` the model is trained with a committed prefix of
+    ``d ~ U{0..training_max_delay}`` clean actions left out of the loss, and inference holds the prefix clean.
+    """
+
+    # Training-time RTC: the largest committed prefix drawn per example (0: the model is trained without it).
+    training_max_delay: int = 0
+    # Guided RTC: the clip on the guidance weight, and the decay of the prefix weights from d to the horizon.
+    max_guidance_weight: float = 10.0
+    prefix_attention_schedule: RTCSchedule = "exp"
+    # Default execution horizon s (the weights reach 0 at action s); None: the whole overlap with the previous chunk.
+    execution_horizon: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefix_attention_schedule not in RTC_SCHEDULES:
+            raise ValueError(
+                f"prefix_attention_schedule must be one of {RTC_SCHEDULES}, got {self.prefix_attention_schedule!r}"
+            )
+        if self.training_max_delay < 0 or self.max_guidance_weight < 0:
+            raise ValueError(
+                "rtc.training_max_delay and rtc.max_guidance_weight must be >= 0, got "
+                f"{self.training_max_delay}, {self.max_guidance_weight}"
+            )
+        if self.execution_horizon is not None and self.execution_horizon < 1:
+            raise ValueError(f"rtc.execution_horizon must be >= 1, got {self.execution_horizon}")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The RTC modes a model with this config serves."""
+        return RTC_MODES if self.training_max_delay > 0 else ("guided",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +111,9 @@ class Pi0Config:
     # prefix holds the budget plus this share of the dropped patches instead of every patch. None: gate them all.
     token_prune_gate_dropped_sample: float | None = None
 
+    # Real-time chunking (docs/rtc.md): guided RTC's settings and training-time RTC (off by default).
+    rtc: RTCConfig = dataclasses.field(default_factory=RTCConfig)
+
     def __post_init__(self) -> None:
         if self.max_token_len is None:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
@@ -83,6 +131,11 @@ class Pi0Config:
         if mismatched:
             raise ValueError(f"The language model and the action expert share attention; they differ in {mismatched}")
         self.vision_config  # noqa: B018  (validates the variant)
+        if self.rtc.training_max_delay >= self.action_horizon:
+            raise ValueError(
+                f"rtc.training_max_delay ({self.rtc.training_max_delay}) must be below action_horizon "
+                f"({self.action_horizon}): some actions must stay to learn"
+            )
         if self.token_prune_keep_tokens is not None and self.token_prune_keep_tokens < 1:
             raise ValueError(f"token_prune_keep_tokens must be >= 1, got {self.token_prune_keep_tokens}")
         if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:

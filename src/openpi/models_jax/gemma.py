@@ -36,7 +36,8 @@ def embed_tokens(p: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 def rms_norm(x: jax.Array, p: Params, cond: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-    """Gemma RMS norm in float32: ``normed * (1 + scale)``; or adaptive (``Dense_0`` maps ``cond [B, C]`` to scale,
+    """Gemma RMS norm in float32: ``normed * (1 + scale)``; or adaptive (``Dense_0`` maps ``cond [B, C]``, or per
+    token ``[B, T, C]``, to scale,
     shift and gate): ``normed * (1 + scale) + shift``, returning ``gate`` for the residual that follows."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + RMS_EPS)
@@ -45,7 +46,9 @@ def rms_norm(x: jax.Array, p: Params, cond: jax.Array | None) -> tuple[jax.Array
     if cond is None:
         raise ValueError("An adaptive RMS norm needs the conditioning vector (the π0.5 time embedding)")
     dense = p["Dense_0"]
-    modulation = (cond.astype(jnp.float32) @ dense["kernel"] + dense["bias"])[:, None]  # [B, 1, 3W]
+    modulation = cond.astype(jnp.float32) @ dense["kernel"] + dense["bias"]  # [B, 3W] or [B, T, 3W]
+    if modulation.ndim == 2:
+        modulation = modulation[:, None]
     scale, shift, gate = jnp.split(modulation, 3, axis=-1)
     return (normed * (1.0 + scale) + shift).astype(x.dtype), gate.astype(x.dtype)
 

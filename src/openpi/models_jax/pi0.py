@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from openpi.models import rtc as _rtc
 from openpi.models.pi0_config import Pi0Config
 from openpi.models.variants import GemmaConfig
-from openpi.models_jax import gemma, siglip
+from openpi.models_jax import gemma, rtc, siglip
 from openpi.models_jax import params as _params
 from openpi.models_jax import token_pruner as tp
 from openpi.models_jax.observation import JaxObservation
@@ -77,10 +78,10 @@ def make_attention_mask(pad_mask: jax.Array, block_starts: jax.Array) -> jax.Arr
 
 
 def sinusoidal_time_embedding(time: jax.Array, dim: int, min_period: float = 4e-3, max_period: float = 4.0):
-    """Sine-cosine embedding ``[B, dim]`` of times ``[B]`` with periods from min_period to max_period."""
+    """Sine-cosine embedding ``[..., dim]`` of times ``[...]`` (``[B]``, or ``[B, H]`` per action)."""
     fraction = jnp.linspace(0.0, 1.0, dim // 2, dtype=jnp.float32)
     period = min_period * (max_period / min_period) ** fraction
-    angles = time.astype(jnp.float32)[:, None] * (2.0 * math.pi / period)[None]
+    angles = time.astype(jnp.float32)[..., None] * (2.0 * math.pi / period)
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
@@ -133,7 +134,8 @@ def embed_suffix(params: Params, config: Pi0Config, state: jax.Array, x_t: jax.A
         tokens, starts = action_emb, [True] + [False] * (horizon - 1)
     else:
         state_emb = _dense32(state, params["state_proj"])[:, None]
-        action_time = jnp.concatenate([action_emb, jnp.broadcast_to(time_emb[:, None], action_emb.shape)], axis=-1)
+        per_action = time_emb if time_emb.ndim == 3 else time_emb[:, None]
+        action_time = jnp.concatenate([action_emb, jnp.broadcast_to(per_action, action_emb.shape)], axis=-1)
         action_time = _dense32(
             jax.nn.swish(_dense32(action_time, params["action_time_mlp_in"])), params["action_time_mlp_out"]
         )
@@ -193,8 +195,12 @@ def compute_loss_fn(
     train: bool,
     prune: PruneSettings,
     remat: bool = False,
+    rtc_delay: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-element flow-matching loss ``[B, H, A]`` and the pruning telemetry (empty unless collected).
+
+    ``rtc_delay [B]`` (training-time real-time chunking): the first ``d`` actions are given clean at time 0; leave
+    their loss out (:func:`openpi.models_jax.rtc.masked_loss_mean`).
 
     In training the pruner keeps all N rows (noisy straight-through selection with ``prune_uniform [B, N, N]``),
     or with ``token_prune_budget_training`` the budget's K patches, gated on their attention logits; in eval mode
@@ -203,6 +209,10 @@ def compute_loss_fn(
     actions = actions.astype(jnp.float32)
     t = time.astype(jnp.float32)[:, None, None]
     x_t = t * noise + (1.0 - t) * actions
+    if rtc_delay is not None:
+        committed = rtc.committed_mask(rtc_delay, actions.shape[1])  # [B, H]
+        x_t = jnp.where(committed[..., None], actions, x_t)
+        time = jnp.where(committed, 0.0, time.astype(jnp.float32)[:, None])  # [B, H]
     inputs = embed_inputs(params, config, obs)
     patches, patch_bias, stats = None, None, {}
     if prune.enabled:
@@ -288,27 +298,94 @@ def denoise_fn(
 
     def step(index: jax.Array, x_t: jax.Array) -> jax.Array:
         time = jnp.full((x_t.shape[0],), 1.0 + index * dt, jnp.float32)
-        suffix, suffix_pad, suffix_starts, cond = embed_suffix(params, config, state, x_t, time)
-        prefix_visible = jnp.broadcast_to(prefix.mask[:, None, :], (*suffix_pad.shape, prefix.mask.shape[1]))
-        mask = jnp.concatenate([prefix_visible, make_attention_mask(suffix_pad, suffix_starts)], axis=2)
-        (_, out), _ = gemma.transformer(
-            params["PaliGemma"]["llm"],
-            [None, suffix],
-            mask,
-            _suffix_positions(prefix, suffix_pad),
-            [None, cond],
-            cache,
-            lora_scales=lora_scales(config),
-        )
-        return x_t + dt * _velocity(params, config, out)
+        return x_t + dt * _step_velocity(params, config, prefix, cache, state, x_t, time)
 
     return jax.lax.fori_loop(0, num_steps, step, noise.astype(jnp.float32))
+
+
+def _step_velocity(
+    params: Params, config: Pi0Config, prefix: Prefix, cache: gemma.KVCache, state: jax.Array, x_t, time
+) -> jax.Array:
+    """The flow ``[B, H, A]`` at ``x_t`` and ``time [B]`` (or per action ``[B, H]``), attending to the cached prefix."""
+    suffix, suffix_pad, suffix_starts, cond = embed_suffix(params, config, state, x_t, time)
+    prefix_visible = jnp.broadcast_to(prefix.mask[:, None, :], (*suffix_pad.shape, prefix.mask.shape[1]))
+    mask = jnp.concatenate([prefix_visible, make_attention_mask(suffix_pad, suffix_starts)], axis=2)
+    (_, out), _ = gemma.transformer(
+        params["PaliGemma"]["llm"],
+        [None, suffix],
+        mask,
+        _suffix_positions(prefix, suffix_pad),
+        [None, cond],
+        cache,
+        lora_scales=lora_scales(config),
+    )
+    return _velocity(params, config, out)
+
+
+class RTCInputs(NamedTuple):
+    """Real-time chunking of one sampling call, per sample (static shapes: the previous chunk padded to H)."""
+
+    prev_chunk: jax.Array  # [B, H, A]
+    delay: jax.Array  # [B] int
+    horizon: jax.Array  # [B] int, >= delay
+    trained: jax.Array  # [B] bool, hold the committed prefix clean instead of guiding
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_steps"))
+def denoise_rtc_fn(
+    params: Params,
+    prefix: Prefix,
+    cache: gemma.KVCache,
+    state: jax.Array,
+    noise: jax.Array,
+    request: RTCInputs,
+    *,
+    config: Pi0Config,
+    num_steps: int,
+) -> jax.Array:
+    """:func:`denoise_fn` continuing ``request.prev_chunk``: trained samples hold their committed prefix clean at time
+    0; guided ones follow the flow minus ``c(t) * J^T (W * (prev - x̂))`` (``x̂ = x_t - t v``, a vector-Jacobian
+    product through the step)."""
+    rtc_config = config.rtc
+    dt, horizon = -1.0 / num_steps, noise.shape[1]
+    hold = rtc.committed_mask(jnp.where(request.trained, request.delay, 0), horizon)[..., None]  # [B, H, 1]
+    weights = rtc.prefix_weights(request.delay, request.horizon, horizon, rtc_config.prefix_attention_schedule)
+    weights = jnp.where(request.trained[:, None], 0.0, weights)[..., None]  # [B, H, 1]
+
+    def step(index: jax.Array, x_t: jax.Array) -> jax.Array:
+        t = 1.0 + index * dt
+        time = jnp.where(hold[..., 0], 0.0, t)  # [B, H]
+
+        def clean(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+            velocity = _step_velocity(params, config, prefix, cache, state, x, time)
+            return x - t * velocity, velocity
+
+        estimate, pull_fn, velocity = jax.vjp(clean, x_t, has_aux=True)
+        (pull,) = pull_fn((request.prev_chunk - estimate) * weights)
+        velocity = velocity - rtc.guidance_weight(t, rtc_config.max_guidance_weight) * pull
+        return jnp.where(hold, request.prev_chunk, x_t + dt * velocity)
+
+    start = jnp.where(hold, request.prev_chunk, noise.astype(jnp.float32))
+    return jax.lax.fori_loop(0, num_steps, step, start)
+
+
+def _rtc_inputs(
+    config: Pi0Config, shape: tuple[int, int, int], prev_chunk: Any, delay: Any, horizon: Any, mode: Any
+) -> RTCInputs | None:
+    """The static-shape RTC inputs of a call (None without a previous chunk: plain sampling)."""
+    if prev_chunk is None:
+        return None
+    prev = jnp.asarray(prev_chunk, jnp.float32)
+    settings = _rtc.resolve(config.rtc, tuple(prev.shape), shape, delay, horizon, mode)
+    prev = jnp.pad(prev, ((0, 0), (0, shape[1] - prev.shape[1]), (0, 0)))
+    return RTCInputs(prev, *(jnp.asarray(x) for x in settings))
 
 
 class TrainingNoise(NamedTuple):
     noise: jax.Array  # [B, H, A] the flow's starting point
     time: jax.Array  # [B] Beta(1.5, 1) * 0.999 + 0.001
     prune_uniform: jax.Array | None  # [B, N, N] the pruner's exploration draw (None without pruning)
+    rtc_delay: jax.Array | None = None  # [B] committed prefixes U{0..rtc.training_max_delay} (None: no RTC training)
 
 
 def draw_training_noise(
@@ -323,7 +400,11 @@ def draw_training_noise(
     if config.token_pruning_enabled:
         num_patches = num_cameras * config.vision_config.num_patches
         uniform = jax.random.uniform(prune_rng, (batch, num_patches, num_patches), jnp.float32)
-    return TrainingNoise(noise, time, uniform)
+    delay = None
+    if config.rtc.training_max_delay > 0:  # a key of its own: the other draws stay those without RTC
+        delay_rng = jax.random.fold_in(rng, 1)
+        delay = jax.random.randint(delay_rng, (batch,), 0, config.rtc.training_max_delay + 1)
+    return TrainingNoise(noise, time, uniform, delay)
 
 
 def lora_scales(config: Pi0Config) -> tuple[float, float]:
@@ -420,13 +501,30 @@ class Pi0(nnx.Module):
         return loss
 
     def sample_actions(
-        self, rng: jax.Array, observation: JaxObservation, *, num_steps: int = 10, noise: jax.Array | None = None
+        self,
+        rng: jax.Array,
+        observation: JaxObservation,
+        *,
+        num_steps: int = 10,
+        noise: jax.Array | None = None,
+        **rtc_kwargs: Any,
     ) -> jax.Array:
-        """Actions ``[B, action_horizon, action_dim]`` from ``num_steps`` Euler steps starting at ``noise``."""
-        return self.sample(rng, observation, num_steps=num_steps, noise=noise).actions
+        """Actions ``[B, action_horizon, action_dim]`` from ``num_steps`` Euler steps starting at ``noise``; real-time
+        chunking with ``prev_chunk``, ``inference_delay``, ``execution_horizon`` and ``rtc_mode`` as in the PyTorch
+        model's ``sample_actions``."""
+        return self.sample(rng, observation, num_steps=num_steps, noise=noise, **rtc_kwargs).actions
 
     def sample(
-        self, rng: jax.Array, observation: JaxObservation, *, num_steps: int = 10, noise: jax.Array | None = None
+        self,
+        rng: jax.Array,
+        observation: JaxObservation,
+        *,
+        num_steps: int = 10,
+        noise: jax.Array | None = None,
+        prev_chunk: Any = None,
+        inference_delay: Any = 0,
+        execution_horizon: Any = None,
+        rtc_mode: Any = None,
     ) -> Sampled:
         """:meth:`sample_actions`, with the pruner's selection and the cached prefix's length.
 
@@ -440,7 +538,14 @@ class Pi0(nnx.Module):
             noise = jax.random.normal(rng, (obs.batch_size, config.action_horizon, config.action_dim), jnp.float32)
         params = self.params()
         prefix, cache, keep, votes = self._encode_prefix(params, obs)
-        actions = denoise_fn(params, prefix, cache, obs.state, noise, config=config, num_steps=num_steps)
+        shape = (obs.batch_size, config.action_horizon, config.action_dim)
+        request = _rtc_inputs(config, shape, prev_chunk, inference_delay, execution_horizon, rtc_mode)
+        if request is None:
+            actions = denoise_fn(params, prefix, cache, obs.state, noise, config=config, num_steps=num_steps)
+        else:
+            actions = denoise_rtc_fn(
+                params, prefix, cache, obs.state, noise, request, config=config, num_steps=num_steps
+            )
         return Sampled(actions, keep, votes, prefix.mask.shape[1])
 
     def encode_prefix(self, observation: JaxObservation) -> tuple[Prefix, gemma.KVCache]:

@@ -45,7 +45,9 @@ class RMSNorm(nn.Module):
             return (normed * (1.0 + self.weight.float())).to(x.dtype), None
         if cond is None:
             raise ValueError("An adaptive RMSNorm needs the conditioning vector (the π0.5 time embedding)")
-        modulation = self.dense(cond.to(self.dense.weight.dtype)).float()[:, None, :]
+        modulation = self.dense(cond.to(self.dense.weight.dtype)).float()  # [B, 3W] or per token [B, T, 3W]
+        if modulation.ndim == 2:
+            modulation = modulation[:, None, :]
         scale, shift, gate = modulation.chunk(3, dim=-1)
         return (normed * (1.0 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 

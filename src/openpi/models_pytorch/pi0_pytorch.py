@@ -8,6 +8,7 @@ integrates it with Euler steps from t=1 (noise) to t=0, computing the prefix key
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Any, NamedTuple, TypeVar
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from openpi.models.observation import Observation
 from openpi.models.pi0_config import Pi0Config
+from openpi.models_pytorch import rtc
 from openpi.models_pytorch.paligemma_with_expert import KVCache, PaliGemmaWithExpertModel
 from openpi.models_pytorch.token_pruner import ImageTokenPruner
 from openpi.models_pytorch.weights import keeps_float32
@@ -52,12 +54,13 @@ class PrefixCache(NamedTuple):
 def sinusoidal_time_embedding(
     time: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
 ) -> torch.Tensor:
-    """Sine-cosine embedding ``[B, dim]`` (float32) of times ``[B]`` with periods from min_period to max_period."""
+    """Sine-cosine embedding ``[..., dim]`` (float32) of times ``[...]`` (``[B]``, or ``[B, H]`` per action) with
+    periods from min_period to max_period."""
     if dim % 2:
         raise ValueError(f"The time embedding dimension must be even, got {dim}")
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=time.device)
     period = min_period * (max_period / min_period) ** fraction
-    angles = time.double()[:, None] * (2.0 * math.pi / period)[None]
+    angles = time.double()[..., None] * (2.0 * math.pi / period)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
 
 
@@ -201,7 +204,8 @@ class PI0Pytorch(nn.Module):
     def embed_suffix(
         self, state: torch.Tensor, noisy_actions: torch.Tensor, timestep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Embeds the suffix: (π0) state token + action tokens.
+        """Embeds the suffix: (π0) state token + action tokens, at ``timestep [B]`` or per action ``[B, H]`` (real-time
+        chunking: the committed prefix is at time 0).
 
         Returns ``embs``, ``pad_masks``, ``block_starts`` and the adaRMS conditioning (π0.5) or None (π0).
         """
@@ -214,7 +218,8 @@ class PI0Pytorch(nn.Module):
             tokens, starts = action_emb, [1] + [0] * (horizon - 1)
         else:
             state_emb = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None]
-            action_time = torch.cat([action_emb, time_emb[:, None].expand(-1, horizon, -1)], dim=-1)
+            per_action = time_emb if time_emb.ndim == 3 else time_emb[:, None].expand(-1, horizon, -1)  # [B, H, W]
+            action_time = torch.cat([action_emb, per_action], dim=-1)
             action_time = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(action_time)))
             tokens, starts, cond = torch.cat([state_emb, action_time], dim=1), [1, 1] + [0] * (horizon - 1), None
         device = noisy_actions.device
@@ -238,17 +243,24 @@ class PI0Pytorch(nn.Module):
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
         prune_uniform: torch.Tensor | None = None,
+        rtc_delay: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-element flow-matching loss ``(v_t - (noise - actions))²``, shape ``[B, H, action_dim]``.
 
         ``noise``, ``time`` and (training with pruning) the pruner's uniform draw ``prune_uniform [B, N, N]`` are
-        sampled unless given."""
+        sampled unless given. ``rtc_delay [B]`` (training-time real-time chunking): the first ``d`` actions of each
+        example are given clean at time 0; their loss carries no signal, leave it out
+        (:func:`openpi.models_pytorch.rtc.masked_loss_mean`)."""
         images, img_masks, tokens, token_masks, state = self._unpack(observation)
         actions = actions.float()
         noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise.float()
         time = self.sample_time(actions.shape[0], actions.device) if time is None else time.float()
         t = time[:, None, None]
         x_t = t * noise + (1.0 - t) * actions
+        if rtc_delay is not None:
+            committed = rtc.committed_mask(rtc_delay.to(actions.device), actions.shape[1])  # [B, H]
+            x_t = torch.where(committed[..., None], actions, x_t)
+            time = torch.where(committed, torch.zeros_like(committed, dtype=time.dtype), time[:, None])  # [B, H]
 
         prefix = self.embed_prefix(images, img_masks, tokens, token_masks, prune_uniform)
         self._record_prefix_length(prefix.embs.shape[1])
@@ -274,6 +286,10 @@ class PI0Pytorch(nn.Module):
         *args: torch.device | str | Observation,
         noise: torch.Tensor | None = None,
         num_steps: int = 10,
+        prev_chunk: torch.Tensor | None = None,
+        inference_delay: int | Sequence[int] | torch.Tensor = 0,
+        execution_horizon: int | Sequence[int] | torch.Tensor | None = None,
+        rtc_mode: str | Sequence[str] | None = None,
     ) -> torch.Tensor:
         """``sample_actions(observation, noise=None, num_steps=10)``: actions ``[B, H, action_dim]``.
 
@@ -282,15 +298,26 @@ class PI0Pytorch(nn.Module):
         spelling ``sample_actions(device, observation, noise, num_steps)`` is accepted too. Afterwards
         ``last_timing_ms`` holds the wall time of the prefix (``prefix_ms``) and of the denoising loop
         (``denoise_ms``).
+
+        Real-time chunking (docs/rtc.md): ``prev_chunk [B, L, action_dim]`` (L <= H) is the previous chunk from this
+        observation's step on; ``inference_delay`` (d) of its actions run before this chunk arrives and
+        ``execution_horizon`` (s) bounds the overlap; ``rtc_mode`` "guided" or "trained". Each is one value or one
+        per sample (see :func:`openpi.models_pytorch.rtc.make_request`). Without ``prev_chunk``: plain sampling.
         """
         observation, noise, num_steps = _sample_actions_args(args, noise, num_steps)
         shape = (observation.state.shape[0], self.config.action_horizon, self.config.action_dim)
         device = observation.state.device
+        request = rtc.make_request(
+            self.config.rtc, shape, prev_chunk, inference_delay, execution_horizon, rtc_mode, device
+        )
         x_t = self.sample_noise(shape, device) if noise is None else noise.float().to(device)  # [B, H, A]
         start = perf_counter()
         prefix = self.encode_prefix(observation)
         prefix_done = _synchronized(device)
-        actions = self.denoise(prefix, x_t, num_steps)
+        if request is None:
+            actions = self.denoise(prefix, x_t, num_steps)
+        else:
+            actions = self.denoise_rtc(prefix, x_t, num_steps, request)
         end = _synchronized(device)
         self.last_timing_ms = {"prefix_ms": (prefix_done - start) * 1e3, "denoise_ms": (end - prefix_done) * 1e3}
         return actions
@@ -302,6 +329,38 @@ class PI0Pytorch(nn.Module):
         for step in range(num_steps):
             time = torch.full((x_t.shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x_t.device)
             x_t = x_t + dt * self.denoise_step(prefix, x_t, time)
+        return x_t
+
+    def denoise_rtc(
+        self, prefix: PrefixCache, noise: torch.Tensor, num_steps: int, request: rtc.RTCRequest
+    ) -> torch.Tensor:
+        """:meth:`denoise` continuing ``request.prev_chunk`` (eager: the guidance differentiates through the step).
+
+        Trained samples hold their committed prefix clean (at time 0) at every step. Guided samples follow the flow
+        plus ``c(t) * J^T (W * (prev - x̂))``, where ``x̂ = x_t - t v`` is the clean estimate, ``J`` its Jacobian in
+        ``x_t`` (a vector-Jacobian product through the denoiser), ``W`` the prefix weights and ``c(t)`` the clipped
+        guidance weight."""
+        config = self.config.rtc
+        horizon = noise.shape[1]
+        hold = rtc.committed_mask(torch.where(request.trained, request.delay, 0), horizon)  # [B, H]
+        weights = rtc.prefix_weights(request.delay, request.horizon, horizon, config.prefix_attention_schedule)
+        weights = torch.where(request.trained[:, None], torch.zeros_like(weights), weights)[..., None]  # [B, H, 1]
+        guided = bool((weights > 0).any())
+        x_t, dt = torch.where(hold[..., None], request.prev_chunk, noise), -1.0 / num_steps
+        for step in range(num_steps):
+            t = 1.0 + step * dt
+            time = torch.where(hold, 0.0, torch.full(hold.shape, t, device=x_t.device))  # [B, H]
+            if not guided:
+                velocity = self.denoise_step(prefix, x_t, time)
+            else:
+                with torch.enable_grad():
+                    x_in = x_t.detach().requires_grad_(True)
+                    velocity = self.denoise_step(prefix, x_in, time)
+                    clean = x_in - t * velocity  # [B, H, A]
+                    error = (request.prev_chunk - clean) * weights
+                    (pull,) = torch.autograd.grad(clean, x_in, error)
+                velocity = velocity.detach() - rtc.guidance_weight(t, config.max_guidance_weight) * pull
+            x_t = torch.where(hold[..., None], request.prev_chunk, x_t + dt * velocity)
         return x_t
 
     def compile_sampling(self, **compile_options: Any) -> None:
@@ -321,8 +380,8 @@ class PI0Pytorch(nn.Module):
         return PrefixCache(kv_cache, prefix.pad_masks, prefix.positions, state, prefix.key_bias)
 
     def denoise_step(self, prefix: PrefixCache, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """The predicted flow ``v_t [B, H, action_dim]`` at ``x_t [B, H, action_dim]`` and ``time [B]``, attending
-        to the cached prefix."""
+        """The predicted flow ``v_t [B, H, action_dim]`` at ``x_t [B, H, action_dim]`` and ``time [B]`` (or per action
+        ``[B, H]``), attending to the cached prefix."""
         suffix_embs, suffix_pad, suffix_starts, cond = self.embed_suffix(prefix.state, x_t, time)  # [B, S, W]
         suffix_mask = make_attention_mask(suffix_pad, suffix_starts)  # [B, S, S]
         prefix_visible = prefix.pad_masks[:, None, :].expand(-1, suffix_embs.shape[1], -1)  # [B, S, L]

@@ -82,10 +82,12 @@ class JaxPolicyModel:
         shape = (batch_size, self.config.action_horizon, self.config.action_dim)
         return np.asarray(jax.random.normal(rng, shape, jnp.float32))
 
-    def sample(self, observation: JaxObservation, noise: np.ndarray | None = None, num_steps: int = 10) -> Sampled:
+    def sample(
+        self, observation: JaxObservation, noise: np.ndarray | None = None, num_steps: int = 10, **rtc_kwargs: Any
+    ) -> Sampled:
         self._rng, rng = jax.random.split(self._rng)
         noise = None if noise is None else np.asarray(noise, np.float32)
-        sampled = self.jax_model.sample(rng, observation, num_steps=num_steps, noise=noise)
+        sampled = self.jax_model.sample(rng, observation, num_steps=num_steps, noise=noise, **rtc_kwargs)
         actions = np.array(sampled.actions)  # waits for the device
         if sampled.keep is None:
             return Sampled(actions, None)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from openpi.policies import rtc_request
+
 MAX_DIM = 4096  # larger than any camera or state; a bigger dimension is a malformed request
 MAX_NDIM = 4
 MAX_NESTING = 3  # levels of dicts inside an observation whose robot declares no keys
@@ -21,7 +23,7 @@ MAX_NESTING = 3  # levels of dicts inside an observation whose robot declares no
 KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
 # Pruning budgets are the server's (set at start-up, in the metadata); a request carrying one is refused, not ignored.
 BUDGET_KEYS = ("token_prune_keep_ratio", "token_prune_keep_tokens")
-_ALWAYS_ALLOWED = ("prompt", KEPT_PATCHES_REQUEST_KEY)
+_ALWAYS_ALLOWED = ("prompt", KEPT_PATCHES_REQUEST_KEY, *rtc_request.RTC_KEYS)
 _NUMERIC_KINDS = "biuf"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -69,6 +71,8 @@ def _copy(obs: Mapping, prefix: str, allowed: frozenset[str] | None, unknown: li
             copy[key] = _prompt(value)
         elif key == KEPT_PATCHES_REQUEST_KEY and not prefix:
             copy[key] = _flag(key, value)
+        elif key in rtc_request.RTC_KEYS and not prefix:
+            copy[key] = _rtc_field(key, value)
         elif isinstance(value, Mapping):
             copy[key] = _copy(_as_dict(name, value, allowed), f"{name}/", allowed, unknown)
         else:
@@ -91,8 +95,9 @@ def _as_dict(name: str, value: Mapping, allowed: frozenset[str] | None) -> Mappi
 
 def _unknown_keys_message(unknown: list[str], allowed: frozenset[str]) -> str:
     shown = ", ".join(repr(key) for key in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-    takes = ", ".join(repr(key) for key in sorted(allowed))
-    return f"unknown key(s) {shown}; this policy takes {takes}"
+    options = (KEPT_PATCHES_REQUEST_KEY, *rtc_request.RTC_KEYS)
+    takes = ", ".join(repr(key) for key in sorted(allowed - frozenset(options)))
+    return f"unknown key(s) {shown}; this policy takes {takes} and the request options {', '.join(options)}"
 
 
 def _prompt(value: Any) -> str:
@@ -116,6 +121,16 @@ def _flag(name: str, value: Any) -> bool:
         return bool(value)
     shape = f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""
     raise ValueError(f"{name!r} must be true or false, got {type(value).__name__}{shape}")
+
+
+def _rtc_field(key: str, value: Any) -> Any:
+    """A real-time chunking field: ``prev_actions`` a finite ``[L, action_dim]`` array, the others options."""
+    if key != rtc_request.PREV_ACTIONS_KEY:
+        return rtc_request.validated_option(key, value)
+    actions = np.asarray(_array(key, value, None))
+    if actions.ndim != 2 or actions.dtype.kind not in "iuf":
+        raise ValueError(f"{key!r} must be a numeric [steps, action_dim] array, got shape {actions.shape}")
+    return actions
 
 
 def _array(name: str, value: Any, allowed: frozenset[str] | None) -> Any:

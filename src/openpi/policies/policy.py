@@ -16,7 +16,7 @@ import numpy as np
 
 from openpi import transforms as _transforms
 from openpi.models.batch import random_batch
-from openpi.policies import observation_contract
+from openpi.policies import observation_contract, rtc_request
 from openpi.policies.observation_contract import KEPT_PATCHES_REQUEST_KEY
 from openpi.policies.policy_model import PatchSelection, PolicyModel
 
@@ -28,6 +28,7 @@ class PreparedObservation:
 
     inputs: dict[str, Any]
     return_kept_patches: bool = False
+    rtc: rtc_request.RTCOptions | None = None  # the request's real-time chunking (None: plain sampling)
 
 
 class Policy:
@@ -107,7 +108,20 @@ class Policy:
         """
         validated = observation_contract.validated_copy(obs, self.observation_keys)
         asked = validated.pop(KEPT_PATCHES_REQUEST_KEY, False)
-        return PreparedObservation(_transforms.compose(self.input_transforms)(validated), asked)
+        validated, rtc_fields = rtc_request.split(validated)
+        if rtc_fields:  # the previous chunk goes through the transforms as the training actions do
+            validated["actions"] = np.asarray(rtc_fields[rtc_request.PREV_ACTIONS_KEY], dtype=np.float32)
+        inputs = _transforms.compose(self.input_transforms)(validated)
+        if not rtc_fields:
+            return PreparedObservation(inputs, asked)
+        config = self._model.config
+        rtc = rtc_request.options(rtc_fields, inputs.pop("actions"), config.action_horizon, self.rtc_modes)
+        return PreparedObservation(inputs, asked, rtc)
+
+    @property
+    def rtc_modes(self) -> tuple[str, ...]:
+        """The real-time chunking modes the model serves (docs/rtc.md)."""
+        return self._model.config.rtc.modes
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Runs the model once per batch size (default: every batch bucket, or 1) on a random batch with the policy's
@@ -160,8 +174,15 @@ class Policy:
             noise = self._model.sample_noise(batch_size)
         padded_noise = None if noise is None else _pad_batch(np.asarray(noise), padded_size)
 
+        config = self._model.config
+        default_mode = _default_mode(self.rtc_modes)
+        samples = [p.rtc for p in prepared]
+        horizons = (config.action_horizon, config.rtc.execution_horizon)
+        rtc_kwargs = rtc_request.batch_kwargs(samples, *horizons, default_mode)
         start = time.perf_counter()
-        sampled = self._model.sample(observation, padded_noise, **self._sample_kwargs)
+        sampled = self._model.sample(
+            observation, padded_noise, **self._sample_kwargs, **_pad_batch(rtc_kwargs, padded_size)
+        )
         timing = {"infer_ms": (time.perf_counter() - start) * 1000.0, **self._model.last_timing_ms}
         extras: dict[str, Any] = {"policy_timing": timing}
         if self._model.token_pruning_enabled:
@@ -203,3 +224,8 @@ def _sample(value: Any, index: int) -> Any:
     if isinstance(value, Mapping):
         return {key: _sample(v, index) for key, v in value.items()}
     return value[index]
+
+
+def _default_mode(modes: Sequence[str]) -> str:
+    """A model trained with RTC continues its committed prefix as trained; any other is guided."""
+    return "trained" if "trained" in modes else "guided"

@@ -95,6 +95,7 @@ def create_trained_policy(
         "action_horizon": model_config.action_horizon,
         "action_dim": model_config.action_dim,
         "token_pruning_enabled": model_config.token_pruning_enabled,
+        "rtc_modes": list(model_config.rtc.modes),
         "framework": framework,
     }
     return Policy(

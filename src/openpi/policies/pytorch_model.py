@@ -64,6 +64,8 @@ class PytorchPolicyModel:
 
     def sample(self, observation: Observation, noise: np.ndarray | None = None, **sample_kwargs: Any) -> Sampled:
         noise_tensor = None if noise is None else torch.as_tensor(noise)
+        if "prev_chunk" in sample_kwargs:  # real-time chunking: the previous chunk on the model's device
+            sample_kwargs = {**sample_kwargs, "prev_chunk": torch.as_tensor(sample_kwargs["prev_chunk"])}
         actions = self._model.sample_actions(observation, noise=noise_tensor, **sample_kwargs)
         selection = last_patch_selection(self._model) if self.token_pruning_enabled else None
         return Sampled(actions.float().cpu().numpy(), selection)

@@ -34,6 +34,7 @@ from openpi.models.orbax_params import flatten_params
 from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise, select_fn
+from openpi.models_jax.rtc import masked_loss_mean, sample_loss_means
 from openpi.models_pytorch import preprocessing
 from openpi.policies import pruning_overlay
 from openpi.shared.checkpoint_files import TRAIN_STATE_DIR
@@ -121,8 +122,8 @@ def train_step(
     collect_stats: bool,
     sample_losses: bool = False,
 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """One optimizer step on the mean flow-matching loss; returns the new state and the step's metrics (with
-    ``sample_losses``, each sample's loss ``[B]`` as ``sample_losses``)."""
+    """One optimizer step on the mean flow-matching loss (without the committed prefix of training-time RTC); returns
+    the new state and the step's metrics (with ``sample_losses``, each sample's loss ``[B]`` as ``sample_losses``)."""
     model_config = config.model
     trained, frozen_params = split_params(state["params"], frozen)
     drawn = draw_training_noise(rng, model_config, actions.shape, len(obs.images))
@@ -141,8 +142,10 @@ def train_step(
             train=True,
             prune=prune,
             remat=config.gradient_checkpointing,
+            rtc_delay=drawn.rtc_delay,
         )  # [B, H, action_dim]
-        return losses.mean(), (stats, losses.mean(axis=(1, 2)) if sample_losses else None)
+        per_sample = sample_loss_means(losses, drawn.rtc_delay) if sample_losses else None
+        return masked_loss_mean(losses, drawn.rtc_delay), (stats, per_sample)
 
     (loss, (stats, per_sample)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
     updates, opt_state = build_optimizer(config).update(grads, state["opt_state"], trained)

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openpi.models.observation import Observation
-from openpi.models_pytorch import lora, preprocessing, weights
+from openpi.models_pytorch import lora, preprocessing, rtc, weights
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import pruning_overlay
 from openpi.training import checkpoints, data_loader, freezing, fsdp, run_data, validation
@@ -213,23 +213,30 @@ def train_step(
     image_resolution: tuple[int, int],
     generator: torch.Generator | None,
     autocast_bf16: bool = False,
+    rtc_max_delay: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Resizes and augments the images, runs forward/backward (loss = mean of the per-element loss; under bf16
     autocast with ``autocast_bf16``), clips the gradient norm and updates; returns (loss, grad_norm, each sample's
-    loss ``[B]``) detached."""
+    loss ``[B]``) detached.
+
+    ``rtc_max_delay > 0`` (training-time real-time chunking): each example gets a committed prefix of
+    ``d ~ U{0..rtc_max_delay}`` clean actions, left out of the means."""
     observation = preprocessing.preprocess_observation(
         observation, train=True, image_resolution=image_resolution, generator=generator
     )
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(actions.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-        losses = model(observation, actions).float()  # [B, H, action_dim]
-    loss = losses.mean()
+        delay = None
+        if rtc_max_delay > 0:
+            delay = rtc.sample_training_delay(actions.shape[0], rtc_max_delay, actions.device)
+        losses = model(observation, actions, rtc_delay=delay).float()  # [B, H, action_dim]
+    loss = rtc.masked_loss_mean(losses, delay)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_gradient_norm)
     optimizer.step()
-    return loss.detach(), grad_norm.detach(), losses.detach().mean(dim=(1, 2))
+    return loss.detach(), grad_norm.detach(), rtc.sample_loss_means(losses.detach(), delay)
 
 
 def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, collect_stats: bool) -> None:
@@ -377,6 +384,7 @@ class _Trainer:
                     image_resolution=image_resolution,
                     generator=augmentation_generator(config.seed, step, ctx.rank),
                     autocast_bf16=config.pytorch_training_precision == "mixed",
+                    rtc_max_delay=config.model.rtc.training_max_delay,
                 )
                 if self.ema is not None:
                     self.ema.update(model)
