@@ -235,7 +235,7 @@ def test_a_training_step_with_rtc_averages_the_loss_outside_the_committed_prefix
     resolution = (config.vision_config.image_size,) * 2
 
     torch.manual_seed(0)
-    loss, _ = trainer.train_step(
+    loss, _, sample_losses = trainer.train_step(
         model, optimizer, observation, actions, lr=0.0, clip_gradient_norm=1.0, image_resolution=resolution,
         generator=torch.Generator().manual_seed(1), rtc_max_delay=5,
     )  # fmt: skip
@@ -249,3 +249,5 @@ def test_a_training_step_with_rtc_averages_the_loss_outside_the_committed_prefix
     committed = rtc.committed_mask(delay, 6)
     assert committed.any() and not committed.all()
     torch.testing.assert_close(loss, per_element[~committed].mean(), rtol=1e-5, atol=1e-6)
+    each = torch.stack([per_element[i][~committed[i]].mean() for i in range(4)])  # a mixture's per-dataset losses
+    torch.testing.assert_close(sample_losses, each, rtol=1e-5, atol=1e-6)
