@@ -35,7 +35,9 @@ class AssetsConfig:
     """
 
     assets_dir: str | None = None
+    """Folder holding <asset_id>/norm_stats.json; None: <assets-base-dir>/<config name>."""
     asset_id: str | None = None
+    """Sub-folder of the norm stats; None: the dataset's repo id (a local folder's name)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +99,13 @@ class DataConfigFactory(abc.ABC):
     """Builds a :class:`DataConfig` for a model; subclasses describe one kind of dataset."""
 
     repo_id: str | None = None
+    """LeRobot dataset: a Hugging Face repo id or a local folder."""
     assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
-    # PaliGemma tokenizer model; see `tokenizer.resolve_tokenizer_path` for the defaults.
+    """Where the norm stats are read from."""
     tokenizer_path: str | None = None
-    # Prompt used when a sample has none.
+    """PaliGemma tokenizer model; see `tokenizer.resolve_tokenizer_path` for the defaults."""
     default_prompt: str | None = None
+    """Prompt used when a sample has none."""
 
     @abc.abstractmethod
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
@@ -159,6 +163,7 @@ class FakeDataConfig(DataConfigFactory):
     """Random samples already in the model's layout (no dataset); uses the embedded dataset's tokenizer."""
 
     repo_id: str | None = FAKE_REPO_ID
+    """No dataset: samples are drawn at random."""
 
     def prepare(self) -> None:
         if self.tokenizer_path is None:
