@@ -11,8 +11,9 @@ import logging
 
 import tyro
 
+from openpi.cli import user_errors
 from openpi.training import norm_stats
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, force=True)
-    tyro.cli(norm_stats.compute_and_save)
+    user_errors.run(lambda: tyro.cli(norm_stats.compute_and_save))

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 import tqdm
 
 from openpi import transforms
 from openpi.envs import rollout
 from openpi.envs.shapes import ShapesEnv
-from openpi.evaluation.random_patches import use_random_patches
-from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import policy_config
 from openpi.policies.policy import Policy
 from openpi.policies.shapes_policy import EmbeddedDataConfig
@@ -38,7 +35,9 @@ class PolicyArgs:
 @dataclasses.dataclass
 class Args:
     policy: PolicyArgs = dataclasses.field(default_factory=PolicyArgs)
+    """The checkpoint to evaluate in process."""
     episodes: int = 100
+    """Held-out episodes to run."""
     seed: int = 0
     """Held-out scene stream (and the seed of the random controls)."""
     token_prune_keep_ratio: float | None = None
@@ -56,6 +55,7 @@ class Args:
     host: str | None = None
     """Evaluate the policy served at this host (serve_policy.py) instead of loading it."""
     port: int = 8000
+    """Port of the policy served at --host."""
 
 
 def held_out_seeds(episodes: int, seed: int) -> list[int]:
@@ -80,10 +80,11 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
     seeds = held_out_seeds(args.episodes, args.seed)
-    results = [
-        rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid)
-        for seed in tqdm.tqdm(seeds, desc="episodes", unit="episode")
-    ]
+    results: list[rollout.EpisodeResult] = []
+    progress = tqdm.tqdm(seeds, desc="episodes", unit="episode")  # with the ETA and the success so far
+    for seed in progress:
+        results.append(rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid))
+        progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}", steps=results[-1].steps)
     summary = rollout.summarize(results)
     if args.prompt_swap:
         summary["prompt_swap"] = rollout.prompt_swap(env, policy, seeds[: args.prompt_swap], grid)
@@ -92,6 +93,11 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
 
 def load_policy(args: Args, train_config: _config.TrainConfig) -> Policy:
     """The checkpoint's policy on the CPU with the evaluation's budget and controls, returning its kept patches."""
+    import torch  # with the model: imported by an in-process evaluation, not by --help or a served one
+
+    from openpi.evaluation.random_patches import use_random_patches
+    from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+
     torch.manual_seed(args.seed)
     train_config.data.prepare()  # the testbed's tokenizer
     policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")

@@ -60,9 +60,13 @@ def create_trained_policy(
             :class:`StateRange`'s: refused beyond 10 times the range's span).
 
     Raises:
+        FileNotFoundError: ``checkpoint_dir`` is missing or not a checkpoint (an experiment folder gets its steps).
         UnverifiedCheckpointError: with ``verify``, naming the damaged files or tensors.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_files.check_checkpoint_dir(
+        checkpoint_dir, checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
+    )
     if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
         if verify:
             _verify_files(checkpoint_dir, checkpoint_files.JAX_PARAMS_DIR)
@@ -93,7 +97,8 @@ def create_trained_policy(
         "checkpoint": str(checkpoint_dir),
         "pi05": model_config.pi05,
         "action_horizon": model_config.action_horizon,
-        "action_dim": model_config.action_dim,
+        "action_dim": data_config.robot_action_dim or model_config.action_dim,  # what the replies carry
+        "model_action_dim": model_config.action_dim,
         "token_pruning_enabled": model_config.token_pruning_enabled,
         "framework": framework,
     }

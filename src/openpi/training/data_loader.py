@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from openpi import transforms as _transforms
-from openpi.models import pi0_config
+from openpi.models import pi0_config, tokenizer
 from openpi.models.batch import IMAGE_KEYS
 from openpi.models.observation import Observation
 from openpi.policies.data_config import FAKE_REPO_ID, DataConfig
@@ -218,6 +218,7 @@ def create_data_loader(
     if config.batch_size % world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by world_size {world_size}")
     data_config = config.data.create(config.assets_dirs, config.model)
+    tokenizer.resolve_tokenizer_path(data_config.tokenizer_path)  # here, named, rather than in a loader worker
     require_local_dataset(data_config)  # first: a missing generated dataset lacks its norm stats too
     if data_config.norm_stats is None and not skip_norm_stats:
         raise FileNotFoundError(

@@ -11,13 +11,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from openpi.policies.pipeline import build_pipeline
 from openpi.shared import normalize
 from openpi.training import config as _config
-from openpi.training import data_loader
 from openpi.transforms import stack_samples
 
 logger = logging.getLogger(__name__)
@@ -33,6 +31,10 @@ def compute_norm_stats(
     config: _config.TrainConfig, max_frames: int | None = None, batch_size: int = 32
 ) -> tuple[dict[str, normalize.NormStats], Path]:
     """Returns the statistics of ``config``'s dataset and the folder they belong in."""
+    import torch  # with the data loader: imported by the command that computes, not by its --help
+
+    from openpi.training import data_loader
+
     config.data.prepare()
     data_config = config.data.create(config.assets_dirs, config.model)
     if data_config.norm_stats_dir is None:
@@ -58,7 +60,12 @@ def compute_norm_stats(
 
 
 def compute_and_save(config_name: str, max_frames: int | None = None) -> None:
-    """Computes and saves the norm stats of config ``config_name`` (at most ``max_frames`` frames)."""
+    """Computes the norm stats of a config's dataset and writes them where training reads them.
+
+    Args:
+        config_name: Registered training config whose dataset is read (e.g. pi05_libero_pytorch).
+        max_frames: Read at most this many frames, drawn at random; None reads them all.
+    """
     config = _config.get_config(config_name)
     stats, directory = compute_norm_stats(config, max_frames)
     path = normalize.save(directory, stats)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where an optimizer is built, so that parsing a config does not load it
+    import torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,4 +55,6 @@ class AdamW:
 
     def build(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
         """Creates the torch optimizer over ``params`` with initial learning rate ``lr``."""
+        import torch
+
         return torch.optim.AdamW(params, lr=lr, betas=(self.b1, self.b2), eps=self.eps, weight_decay=self.weight_decay)
