@@ -167,3 +167,24 @@ def test_kept_patches_are_asked_for_and_drawn_over_the_frames():
 def test_a_mask_that_does_not_tile_the_frame_is_an_error():
     with pytest.raises(ValueError, match="does not tile"):
         eval_loop.draw_kept_patches(np.zeros((16, 16, 3), np.uint8), np.ones(3 * 25, dtype=bool))
+
+
+def test_progress_logs_episode_step_success_so_far_and_eta(caplog: pytest.LogCaptureFixture):
+    now = [0.0]
+    progress = eval_loop.Progress(total_episodes=3, clock=lambda: now[0])
+    env, policy = FakeLiberoEnv(goal=1e9), StepPolicy()
+    task = eval_loop.Task("unreachable", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=eval_loop.PROGRESS_EVERY_STEPS, replan_steps=4, num_steps_wait=0)
+    with caplog.at_level("INFO", logger=eval_loop.logger.name):
+        progress.start_episode("task 0 episode 0")
+        outcome = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity, progress)
+        now[0] = 120.0
+        progress.end_episode(outcome)
+    step_line, end_line = caplog.messages
+    assert step_line == (
+        f"task 0 episode 0: step {config.max_steps}/{config.max_steps}; episode 1/3, success so far 0/0, ETA unknown"
+    )
+    assert (
+        end_line
+        == f"task 0 episode 0: failure in {config.max_steps} steps; episode 2/3, success so far 0/1, ETA 4.0 min"
+    )
