@@ -17,6 +17,10 @@ import logging
 import os
 import pathlib
 import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
 
 import eval_loop
 import imageio
@@ -52,7 +56,27 @@ class Args:
     out_dir: str = "data/libero"
     """Videos and results.json go to OUT_DIR/<suite>/."""
     video_fps: int = 10
+    """Frame rate of the rollout videos."""
     seed: int = 7
+    """Seed of numpy and of the simulator."""
+    wait_s: float = 600.0
+    """Wait this long for the server's /healthz to answer 200 (it loads and warms up the model first)."""
+
+
+def wait_for_server(host: str, port: int, timeout_s: float) -> None:
+    """Polls ``http://host:port/healthz`` until it answers 200; the websocket refuses connections until then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet (refused) or still warming up (503)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: no policy server ready at {host}:{port} after {timeout_s:.0f} s (--wait-s)")
+        logging.info("Waiting for the server at %s:%d (/healthz) ...", host, port)
+        time.sleep(2.0)
 
 
 def main(args: Args) -> None:
@@ -90,6 +114,7 @@ def main(args: Args) -> None:
     def save_video(name: str, frames: list) -> None:
         imageio.mimwrite(out_dir / "videos" / f"{name}.mp4", [np.asarray(f) for f in frames], fps=args.video_fps)
 
+    wait_for_server(args.host, args.port, args.wait_s)
     policy = websocket_client_policy.WebsocketClientPolicy(args.host, args.port, api_key=args.api_key)
     logging.info("Server metadata: %s", policy.get_server_metadata())
     config = eval_loop.EvalConfig(
@@ -112,5 +137,8 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
+    # robosuite, LIBERO and their dependencies warn about their own deprecated APIs on import: noise to a user here.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     main(tyro.cli(Args))
