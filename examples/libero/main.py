@@ -32,7 +32,9 @@ from openpi_client import image_tools, websocket_client_policy
 @dataclasses.dataclass
 class Args:
     host: str = "127.0.0.1"
+    """Address of the policy server (scripts/serve_policy.py)."""
     port: int = 8000
+    """Port of the policy server."""
     api_key: str | None = None
     """Sent as `Authorization: Api-Key <key>` when the server requires one."""
     task_suite_name: str = "libero_spatial"

@@ -35,7 +35,9 @@ ALOHA_SIM_CAMERAS = ("cam_high",)
 @dataclasses.dataclass
 class Args:
     host: str = "127.0.0.1"
+    """Address of the policy server (scripts/serve_policy.py)."""
     port: int = 8000
+    """Port of the policy server."""
     api_key: str | None = None
     """Sent as `Authorization: Api-Key <key>` when the server requires one."""
     wait_s: float = 300.0
