@@ -51,11 +51,11 @@ class Pi0Config:
     token_prune_noise_scale: float = 1.0
     """Scale of the uniform noise added to the pruner's scores in training (its exploration; decays to 0)."""
     token_prune_keep_tokens: int | None = None
-    """Inference budget as a count: keep this many patches in total (exclusive with --model.token-prune-keep-ratio;
+    """Inference budget as a count: keep this many patches in total (it wins over --model.token-prune-keep-ratio;
     neither: LightVLA's union of every patch's vote). With budget training the forward trains on it too."""
     token_prune_keep_ratio: float | None = None
-    """Inference budget as a fraction in (0, 1]: keep this share of the valid patches, rounded up (exclusive with
-    --model.token-prune-keep-tokens). With budget training the forward trains on it too."""
+    """Inference budget as a fraction in (0, 1]: keep this share of the valid patches, rounded up (unless
+    --model.token-prune-keep-tokens is set). With budget training the forward trains on it too."""
     token_prune_kept_multiple: int | None = None
     """At inference, pad the kept patch count up to a multiple of this (the padding rows are masked: exact), so that a
     compiled model meets a few prefix lengths instead of one per kept count. None: no padding."""
