@@ -3,6 +3,7 @@ checked before anything loads, and one-line errors for a missing or wrong checkp
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from openpi.cli import serve_policy
 from openpi.training import config as _config
 from tests.helpers import REPO_ROOT
+from tests.helpers.cli_help import capture_help, option_help
 
 HEAVY_MODULES = ("torch", "jax", "lerobot", "transformers", "wandb")
 # Runs a script's __main__ with the given argv and prints which heavy modules it imported.
@@ -121,3 +123,16 @@ def test_a_refused_fine_tune_is_one_line_and_leaves_no_folder(tmp_path: Path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith("error: Config 'pi05_libero_pytorch' fine-tunes a pretrained model")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [(["--help"], "--port"), (["policy:checkpoint", "--help"], "--policy.dir")],
+    ids=["server", "ckpt"],
+)
+def test_every_serve_option_has_its_own_help(argv: list[str], flag: str):
+    helps = option_help(capture_help(serve_policy.cli, argv))
+    assert flag in helps, "the help was not parsed"
+    assert [flag for flag, text in helps.items() if not text] == []
+    counts = collections.Counter(helps.values())
+    assert {flag: text for flag, text in helps.items() if counts[text] > 1} == {}

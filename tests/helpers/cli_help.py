@@ -33,8 +33,9 @@ def option_help(text: str) -> dict[str, str]:
         if is_flag and current is not None and not options[current]:
             continue  # the flag's negation (``--no-...``), wrapped onto its own line
         if is_flag:
-            current = body.split()[0].rstrip(",")
-            options[current] = []
+            flag_part, *help_start = re.split(r"\s{2,}", body, maxsplit=1)  # short flags share their help's line
+            current = flag_part.split()[0].rstrip(",")
+            options[current] = help_start
         elif current is not None and indent >= 6 and body:
             options[current].append(body)
         else:
