@@ -65,6 +65,9 @@ DEFAULT_CHECKPOINTS: dict[EnvMode, Checkpoint] = {
 
 @dataclasses.dataclass
 class Args:
+    """Serves a policy over websocket until SIGTERM/SIGINT. The options may come before or after policy:checkpoint;
+    clients should wait until GET /healthz answers 200."""
+
     env: EnvMode = EnvMode.LIBERO
     """Environment whose default checkpoint is served when no policy:checkpoint is given."""
     default_prompt: str | None = None
