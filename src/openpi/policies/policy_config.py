@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from openpi.models import tokenizer
 from openpi.models.pi0_config import Pi0Config
 from openpi.policies.data_config import DataConfig, DataConfigFactory
 from openpi.policies.pipeline import StateRange, build_pipeline
@@ -80,6 +81,7 @@ def create_trained_policy(
     if verify:
         _verify_finite(model, checkpoint_dir)
     data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
+    tokenizer.resolve_tokenizer_path(data_config.tokenizer_path)  # a missing tokenizer stops the start, not the warm-up
     norm_stats, source = _load_norm_stats(checkpoint_dir, data_config)
     logger.info("Loaded %s (config %s, %s)", checkpoint_dir, train_config.name, framework)
 
