@@ -9,17 +9,12 @@ See docs/converting.md.
 """
 
 import logging
-import sys
 
 import tyro
 
-from openpi.cli import convert_jax_checkpoint
-from openpi.models.param_layout import CheckpointMismatchError
+from openpi.cli import convert_jax_checkpoint, user_errors
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every leaf it restores at INFO
-    try:
-        convert_jax_checkpoint.convert_or_inspect(tyro.cli(convert_jax_checkpoint.Args))
-    except (CheckpointMismatchError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    user_errors.run(lambda: convert_jax_checkpoint.convert_or_inspect(tyro.cli(convert_jax_checkpoint.Args)))

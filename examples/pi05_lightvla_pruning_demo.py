@@ -25,13 +25,21 @@ from openpi.models_pytorch.weights import load_weights
 @dataclasses.dataclass
 class Args:
     full_size: bool = False
+    """The full 3.3B-parameter π0.5 instead of the tiny one (use a GPU)."""
     weights: Path | None = None
+    """A model.safetensors to load (e.g. a converted π0.5 checkpoint); None: random weights."""
     keep_ratio: float | None = None
+    """Serving budget as a fraction of the valid image tokens."""
     keep_tokens: int | None = None
+    """Serving budget as a count of image tokens (wins over --keep-ratio)."""
     batch_size: int = 1
+    """Observations per call."""
     num_cameras: int = 3
+    """Cameras present in each observation (256 image tokens each at 224 px)."""
     seed: int = 0
+    """Seed of the random weights and observations."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Where the models run (default: CUDA when available)."""
 
 
 def _config(args: Args) -> Pi0Config:

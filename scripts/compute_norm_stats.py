@@ -13,8 +13,8 @@ import logging
 
 import tyro
 
-from openpi.training import norm_stats
+from openpi.cli import compute_norm_stats, user_errors
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, force=True)
-    tyro.cli(norm_stats.compute_and_save)
+    user_errors.run(lambda: tyro.cli(compute_norm_stats.main))

@@ -17,8 +17,8 @@ import dataclasses
 
 import tyro
 
+from openpi.cli import user_errors
 from openpi.training import config as _config
-from openpi.training import memory_report
 
 
 @dataclasses.dataclass
@@ -33,11 +33,17 @@ class Args:
     """Per-rank share with weights, gradients, optimizer state and EMA sharded over this many ranks (``--fsdp``)."""
 
 
-if __name__ == "__main__":
+def main() -> None:
     args = tyro.cli(Args)
     config = _config.get_config(args.config)
+    from openpi.training import memory_report  # torch: imported once the arguments parse, not by --help
+
     print(
         memory_report.report(
             config, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, fsdp_devices=args.fsdp_devices
         )
     )
+
+
+if __name__ == "__main__":
+    user_errors.run(main)

@@ -21,8 +21,9 @@ import logging
 
 import tyro
 
+from openpi.cli import user_errors
 from openpi.evaluation import closed_loop
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(closed_loop.run(tyro.cli(closed_loop.Args))))
+    print(json.dumps(user_errors.run(lambda: closed_loop.run(tyro.cli(closed_loop.Args)))))

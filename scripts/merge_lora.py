@@ -11,8 +11,8 @@ import logging
 
 import tyro
 
-from openpi.cli import merge_lora
+from openpi.cli import merge_lora, user_errors
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    merge_lora.merge(tyro.cli(merge_lora.Args))
+    user_errors.run(lambda: merge_lora.merge(tyro.cli(merge_lora.Args)))

@@ -10,10 +10,9 @@ PyTorch-only fields (``pytorch_*``, LoRA variants) are documented in docs/traini
 """
 
 import logging
-import sys
 
+from openpi.cli import user_errors
 from openpi.training import config as _config
-from openpi.training import jax_trainer, trainer
 
 
 def main() -> None:
@@ -21,11 +20,11 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
-    try:
-        jax_trainer.train(_config.cli())
-    except trainer.ExperimentDirError as e:
-        sys.exit(f"error: {e}")
+    config = _config.cli()
+    from openpi.training import jax_trainer  # JAX: imported once the arguments parse, so that --help answers at once
+
+    jax_trainer.train(config)
 
 
 if __name__ == "__main__":
-    main()
+    user_errors.run(main)

@@ -14,10 +14,9 @@ Any config field can be overridden (``--batch-size 16``, ``--model.token-pruning
 
 import logging
 import os
-import sys
 
+from openpi.cli import user_errors
 from openpi.training import config as _config
-from openpi.training import trainer
 
 
 def main() -> None:
@@ -28,11 +27,11 @@ def main() -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
-    try:
-        trainer.train(_config.cli())
-    except trainer.ExperimentDirError as e:
-        sys.exit(f"error: {e}")
+    config = _config.cli()
+    from openpi.training import trainer  # torch: imported once the arguments parse, so that --help answers at once
+
+    trainer.train(config)
 
 
 if __name__ == "__main__":
-    main()
+    user_errors.run(main)

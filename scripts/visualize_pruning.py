@@ -8,7 +8,7 @@ The scene is the held-out scene ``--env-seed`` (``scripts/eval_closed_loop.py`` 
 
 import tyro
 
-from openpi.cli import visualize_pruning
+from openpi.cli import user_errors, visualize_pruning
 
 if __name__ == "__main__":
-    visualize_pruning.draw(tyro.cli(visualize_pruning.Args))
+    user_errors.run(lambda: visualize_pruning.draw(tyro.cli(visualize_pruning.Args)))

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -43,6 +44,8 @@ CAMERA_SLOTS = 3
 # The request keys of openpi.policies (this environment cannot import openpi).
 KEPT_PATCHES_REQUEST_KEY = "return_kept_patches"
 RTC_CHOICES = ("none", "guided", "trained")
+# Within an episode, log where it stands every this many policy actions.
+PROGRESS_EVERY_STEPS = 50
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,43 @@ def make_request(obs: dict, prompt: str, preprocess_image: Callable[[np.ndarray]
     }
 
 
+class Progress:
+    """Logs where an evaluation stands: the episode, its step, the success so far and the time left (ETA)."""
+
+    def __init__(self, total_episodes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total_episodes = total_episodes
+        self.clock = clock
+        self.started = clock()
+        self.episodes = 0
+        self.successes = 0
+        self.label = ""
+
+    def start_episode(self, label: str) -> None:
+        self.label = label
+
+    def step(self, steps: int, max_steps: int) -> None:
+        if steps % PROGRESS_EVERY_STEPS == 0:
+            logger.info("%s: step %d/%d; %s", self.label, steps, max_steps, self._so_far())
+
+    def end_episode(self, outcome: EpisodeResult) -> None:
+        self.episodes += 1
+        self.successes += outcome.success
+        verdict = "success" if outcome.success else "failure"
+        logger.info("%s: %s in %d steps; %s", self.label, verdict, outcome.steps, self._so_far())
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the mean time per finished episode (None before the first ends)."""
+        if not self.episodes:
+            return None
+        return (self.clock() - self.started) / self.episodes * (self.total_episodes - self.episodes)
+
+    def _so_far(self) -> str:
+        eta = self.eta_s()
+        eta_text = "ETA unknown" if eta is None else f"ETA {eta / 60:.1f} min"
+        done = f"episode {self.episodes + 1}/{self.total_episodes}" if self.episodes < self.total_episodes else "done"
+        return f"{done}, success so far {self.successes}/{self.episodes}, {eta_text}"
+
+
 def run_episode(
     env: LiberoEnv,
     policy: Policy,
@@ -161,6 +201,7 @@ def run_episode(
     init_state: np.ndarray,
     config: EvalConfig,
     preprocess_image: Callable[[np.ndarray], np.ndarray],
+    progress: Progress | None = None,
 ) -> EpisodeResult:
     """Runs one episode from ``init_state`` until LIBERO reports success or ``config.max_steps`` actions ran."""
     env.reset()
@@ -169,7 +210,7 @@ def run_episode(
         obs, _, _, _ = env.step(list(SETTLE_ACTION))
     result = EpisodeResult(success=False, steps=0, frames=[], infer_ms=[])
     if config.run_async:
-        return _run_async(env, policy, task, obs, config, preprocess_image, result)
+        return _run_async(env, policy, task, obs, config, preprocess_image, result, progress)
     plan: collections.deque = collections.deque()
     kept = None
     while result.steps < config.max_steps:
@@ -185,6 +226,8 @@ def run_episode(
         result.frames.append(frame if kept is None else draw_kept_patches(frame, np.asarray(kept)))
         obs, _, done, _ = env.step(plan.popleft().tolist())
         result.steps += 1
+        if progress is not None:
+            progress.step(result.steps, config.max_steps)
         if done:
             result.success = True
             break
@@ -199,6 +242,7 @@ def _run_async(
     config: EvalConfig,
     preprocess_image: Callable[[np.ndarray], np.ndarray],
     result: EpisodeResult,
+    progress: Progress | None,
 ) -> EpisodeResult:
     """The episode with the next chunk inferred while the current one runs (the module docstring)."""
     chunk, index, pending = None, 0, None  # pending: the request's future and the steps executed when it was sent
@@ -220,6 +264,8 @@ def _run_async(
             result.frames.append(request["observation/image"])
             obs, _, done, _ = env.step(chunk[index].tolist())
             index, result.steps = index + 1, result.steps + 1
+            if progress is not None:
+                progress.step(result.steps, config.max_steps)
             if done:
                 result.success = True
                 break
@@ -259,12 +305,15 @@ def evaluate_suite(
     ``make_env(task_index)`` creates the task's environment; ``save_video(name, frames)`` stores a rollout.
     """
     results = []
+    progress = Progress(sum(min(config.num_trials_per_task, len(task.init_states)) for task in tasks))
     for task_index, task in enumerate(tasks):
         env = make_env(task_index)
         task_id = task_index if task.task_id is None else task.task_id
         result = TaskResult(task.description, task_id)
         for episode in range(min(config.num_trials_per_task, len(task.init_states))):
-            outcome = run_episode(env, policy, task, task.init_states[episode], config, preprocess_image)
+            progress.start_episode(f"task {task_id} episode {episode}")
+            outcome = run_episode(env, policy, task, task.init_states[episode], config, preprocess_image, progress)
+            progress.end_episode(outcome)
             result.add(outcome)
             save_video(
                 f"task{task_id:02d}_ep{episode:03d}_{'success' if outcome.success else 'failure'}", outcome.frames

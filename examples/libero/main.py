@@ -18,6 +18,10 @@ import logging
 import os
 import pathlib
 import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
 from typing import Annotated
 
 import eval_loop
@@ -30,7 +34,9 @@ from openpi_client import image_tools, websocket_client_policy
 @dataclasses.dataclass
 class Args:
     host: str = "127.0.0.1"
+    """Address of the policy server (scripts/serve_policy.py)."""
     port: int = 8000
+    """Port of the policy server."""
     api_key: str | None = None
     """Sent as `Authorization: Api-Key <key>` when the server requires one."""
     task_suite_name: str = "libero_spatial"
@@ -58,7 +64,27 @@ class Args:
     out_dir: str = "data/libero"
     """Videos and results.json go to OUT_DIR/<suite>/."""
     video_fps: int = 10
+    """Frame rate of the rollout videos."""
     seed: int = 7
+    """Seed of numpy and of the simulator."""
+    wait_s: float = 600.0
+    """Wait this long for the server's /healthz to answer 200 (it loads and warms up the model first)."""
+
+
+def wait_for_server(host: str, port: int, timeout_s: float) -> None:
+    """Polls ``http://host:port/healthz`` until it answers 200; the websocket refuses connections until then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet (refused) or still warming up (503)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: no policy server ready at {host}:{port} after {timeout_s:.0f} s (--wait-s)")
+        logging.info("Waiting for the server at %s:%d (/healthz) ...", host, port)
+        time.sleep(2.0)
 
 
 def main(args: Args) -> None:
@@ -96,6 +122,7 @@ def main(args: Args) -> None:
     def save_video(name: str, frames: list) -> None:
         imageio.mimwrite(out_dir / "videos" / f"{name}.mp4", [np.asarray(f) for f in frames], fps=args.video_fps)
 
+    wait_for_server(args.host, args.port, args.wait_s)
     policy = websocket_client_policy.WebsocketClientPolicy(args.host, args.port, api_key=args.api_key)
     metadata = policy.get_server_metadata()
     logging.info("Server metadata: %s", metadata)
@@ -123,5 +150,8 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
+    # robosuite, LIBERO and their dependencies warn about their own deprecated APIs on import: noise to a user here.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     main(tyro.cli(Args))

@@ -11,6 +11,8 @@ import dataclasses
 import enum
 import logging
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import tyro
@@ -33,9 +35,13 @@ ALOHA_SIM_CAMERAS = ("cam_high",)
 @dataclasses.dataclass
 class Args:
     host: str = "127.0.0.1"
+    """Address of the policy server (scripts/serve_policy.py)."""
     port: int = 8000
+    """Port of the policy server."""
     api_key: str | None = None
     """Sent as `Authorization: Api-Key <key>` when the server requires one."""
+    wait_s: float = 300.0
+    """Wait this long for the server's /healthz to answer 200 (it loads and warms up the model first)."""
     env: EnvMode = EnvMode.LIBERO
     """Which observation format to send."""
     num_steps: int = 20
@@ -84,8 +90,25 @@ def summarize(name: str, values_ms: list[float]) -> str:
     return f"{name:<22}" + "".join(f"{s:>9.1f}" for s in stats)
 
 
+def wait_for_server(host: str, port: int, timeout_s: float) -> None:
+    """Polls ``http://host:port/healthz`` until it answers 200; the websocket refuses connections until then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet (refused) or still warming up (503)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: no policy server ready at {host}:{port} after {timeout_s:.0f} s (--wait-s)")
+        logging.info("Waiting for the server at %s:%d (/healthz) ...", host, port)
+        time.sleep(2.0)
+
+
 def main(args: Args) -> None:
     rng = np.random.default_rng(args.seed)
+    wait_for_server(args.host, args.port, args.wait_s)
     policy = websocket_client_policy.WebsocketClientPolicy(args.host, args.port, api_key=args.api_key)
     logging.info("Server metadata: %s", policy.get_server_metadata())
 

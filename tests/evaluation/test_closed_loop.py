@@ -71,10 +71,12 @@ def _policy(checkpoint: Path, **overrides):
     return closed_loop.load_policy(_args(checkpoint, **overrides), _small("pi05_shapes_lightvla"))
 
 
-def test_the_summary(small_configs, checkpoint):
+def test_the_summary_and_the_progress_line(small_configs, checkpoint, capsys):
     printed = closed_loop.run(_args(checkpoint, prompt_swap=2))
     assert set(printed) >= SUMMARY_KEYS and json.loads(json.dumps(printed)) == printed
     assert printed["episodes"] == 3 and 0.0 <= printed["success_rate"] <= 1.0
+    progress = capsys.readouterr().err  # tqdm: episodes done, elapsed and ETA, the success so far
+    assert "3/3 [" in progress and f"success={round(printed['success_rate'] * 3)}/3" in progress
     low, high = printed["ci95"]
     assert 0.0 <= low <= printed["success_rate"] <= high <= 1.0
     assert printed["kept_tokens_mean"] > 0 and 0.0 <= printed["target_recall"] <= 1.0

@@ -221,3 +221,24 @@ def test_async_runs_on_during_inference_and_enters_late_chunks_at_the_measured_d
 def test_rtc_needs_async():
     with pytest.raises(ValueError, match="needs --async"):
         eval_loop.EvalConfig(max_steps=5, rtc="guided")
+
+
+def test_progress_logs_episode_step_success_so_far_and_eta(caplog: pytest.LogCaptureFixture):
+    now = [0.0]
+    progress = eval_loop.Progress(total_episodes=3, clock=lambda: now[0])
+    env, policy = FakeLiberoEnv(goal=1e9), StepPolicy()
+    task = eval_loop.Task("unreachable", [np.zeros(3)])
+    config = eval_loop.EvalConfig(max_steps=eval_loop.PROGRESS_EVERY_STEPS, replan_steps=4, num_steps_wait=0)
+    with caplog.at_level("INFO", logger=eval_loop.logger.name):
+        progress.start_episode("task 0 episode 0")
+        outcome = eval_loop.run_episode(env, policy, task, task.init_states[0], config, _identity, progress)
+        now[0] = 120.0
+        progress.end_episode(outcome)
+    step_line, end_line = caplog.messages
+    assert step_line == (
+        f"task 0 episode 0: step {config.max_steps}/{config.max_steps}; episode 1/3, success so far 0/0, ETA unknown"
+    )
+    assert (
+        end_line
+        == f"task 0 episode 0: failure in {config.max_steps} steps; episode 2/3, success so far 0/1, ETA 4.0 min"
+    )

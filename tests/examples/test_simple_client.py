@@ -9,6 +9,7 @@ import pytest
 
 from openpi.serving.websocket_policy_server import WebsocketPolicyServer
 from tests.helpers import REPO_ROOT
+from tests.helpers.training import free_port
 
 HORIZON = 10
 
@@ -46,3 +47,25 @@ def test_simple_client_prints_latency_statistics(tmp_path):
     assert lines[0].split()[:3] == ["latency", "(ms)", "mean"]
     assert [line.split()[0] for line in lines[1:]] == ["client", "server", "overhead"]
     assert "Actions shape: (10, 7)" in completed.stderr
+
+
+def test_simple_client_started_before_the_server_waits_for_it(tmp_path):
+    if shutil.which("uv") is None:
+        pytest.skip("uv is needed to run the example in its own environment")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    command = ["uv", "run", "--no-project", "--with", "openpi-client", "--with", "tyro"]
+    command += [str(REPO_ROOT / "examples" / "simple_client" / "main.py"), "--port", str(port), "--wait-s", "200"]
+    command += ["--env", "LIBERO", "--num-steps", "1", "--num-warmup", "0"]
+    client = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting = ""
+        while "Waiting for the server" not in waiting and client.poll() is None:
+            waiting += client.stderr.readline()  # the client has found no server and polls /healthz
+        policy = LiberoShapePolicy()
+        with WebsocketPolicyServer(policy, "127.0.0.1", port).running_in_background():
+            _, stderr = client.communicate(timeout=240)
+    finally:
+        client.kill()
+    assert client.returncode == 0, waiting + stderr
+    assert policy.requests == 1

@@ -100,17 +100,17 @@ def test_a_remote_url_is_read_through_the_download_cache(
     monkeypatch.delenv(tok.TOKENIZER_PATH_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=re.escape(str(download.cache_path(tok.TOKENIZER_SOURCE_URL)))):
-        tok.PaligemmaTokenizer()
+        tok.PaligemmaTokenizer().model_path  # noqa: B018  (found at first use)
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.model"
     with pytest.raises(FileNotFoundError, match=r"nope\.model") as info:
-        tok.PaligemmaTokenizer(model_path=missing)
+        tok.PaligemmaTokenizer(model_path=missing).model_path  # noqa: B018  (found at first use)
     assert tok.TOKENIZER_SOURCE_URL in str(info.value)
 
 
 def test_default_path_comes_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(tok.TOKENIZER_PATH_ENV, str(tmp_path / "from_env.model"))
     with pytest.raises(FileNotFoundError, match=r"from_env\.model"):
-        tok.PaligemmaTokenizer()
+        tok.PaligemmaTokenizer().model_path  # noqa: B018  (found at first use)

@@ -3,6 +3,7 @@ whole and finite, norm stats that fit the robot and the model's normalisation.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -117,3 +118,10 @@ def test_norm_stats_that_cannot_serve_the_robot_are_refused_at_start_up(tmp_path
     assert train_config.model.pi05  # quantile normalisation
     with pytest.raises(ValueError, match=re.escape(f"Norm stats in {stats_file}: {message}")):
         _create(train_config, checkpoint)
+
+
+def test_a_missing_tokenizer_stops_the_start_naming_where_it_looked(tmp_path, train_config, intact):
+    absent = tmp_path / "absent_tokenizer.model"
+    config = dataclasses.replace(train_config, data=dataclasses.replace(train_config.data, tokenizer_path=str(absent)))
+    with pytest.raises(FileNotFoundError, match=r"PaliGemma tokenizer not found.*absent_tokenizer\.model"):
+        _create(config, intact)

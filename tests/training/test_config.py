@@ -12,6 +12,7 @@ from openpi.envs import shapes_dataset
 from openpi.models import tokenizer as _tokenizer
 from openpi.policies import aloha_policy, data_config, shapes_policy
 from openpi.training import config as _config
+from openpi.training import data_loader
 from tests.helpers.lerobot import write_tokenizer
 
 REQUIRED = {
@@ -164,9 +165,12 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv(_tokenizer.TOKENIZER_PATH_ENV, raising=False)
     config = _config.get_config("pi05_libero_pytorch")
     with pytest.raises(FileNotFoundError, match=r"--data\.tokenizer-path"):
-        config.data.create(config.assets_dirs, config.model)
+        data_loader.create_data_loader(config)
+    resolved = config.data.create(config.assets_dirs, config.model)  # the robot stage needs no tokenizer
+    assert resolved.tokenizer_path is None
     monkeypatch.setenv(_tokenizer.TOKENIZER_PATH_ENV, str(write_tokenizer(tmp_path)))
-    assert config.data.create(config.assets_dirs, config.model).tokenizer_path.endswith("tiny_tokenizer.model")
+    tokenize = next(step for step in resolved.model_transforms.inputs if isinstance(step, transforms.TokenizePrompt))
+    assert tokenize.tokenizer.model_path.name == "tiny_tokenizer.model"
 
 
 @pytest.mark.parametrize("name", _config.list_configs())

@@ -188,6 +188,9 @@ def test_weights_load_strictly_and_fine_tunes_refuse_random_init(tmp_path: Path)
     config = _fake(tmp_path)
     with pytest.raises(ValueError, match="--weight-path"):
         jax_trainer.initial_params(dataclasses.replace(config, allow_random_init=False))
+    with pytest.raises(ValueError, match="--weight-path"):
+        jax_trainer.train(dataclasses.replace(config, allow_random_init=False))
+    assert not config.checkpoint_dir.exists(), "a refused run leaves no experiment folder behind"
     flat = _flat(jax_params.init_params(config.model))
     flat["PaliGemma/llm/unknown/w"] = np.zeros(3, np.float32)
     del flat["action_in_proj/bias"]

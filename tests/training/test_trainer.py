@@ -210,6 +210,7 @@ def test_a_fine_tuning_config_without_base_weights_refuses_to_start(tmp_path: Pa
     assert not base.allow_random_init and base.gradient_checkpointing
     with pytest.raises(ValueError, match=r"--pytorch-weight-path is not set\. Convert the base checkpoint"):
         trainer.train(dataclasses.replace(base, wandb_enabled=False))
+    assert not base.checkpoint_dir.exists(), "a refused run leaves no experiment folder behind"
     allowed = _config.cli(["pi05_libero_pytorch", "--exp-name", "x", "--allow-random-init"])
     assert allowed.allow_random_init
     trainer.check_base_weights(allowed)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Literal
 
-from openpi.conversion import convert, rules
 from openpi.models import orbax_params
 from openpi.models.pi0_config import Pi0Config
 from openpi.training import config as training_config
@@ -17,17 +17,17 @@ from openpi.training import config as training_config
 class Args:
     """Command-line arguments."""
 
-    # Checkpoint folder holding ``params/`` (and optionally ``assets/``), or the ``params`` folder itself.
     checkpoint_dir: Path
-    # Registered training config whose model the checkpoint must match. Without it the architecture comes from the
-    # tree alone and the fields the weights cannot tell (action_horizon, max_token_len, ...) keep their defaults.
+    """Checkpoint folder holding ``params/`` (and optionally ``assets/``), or the ``params`` folder itself."""
     config_name: str | None = None
-    # Output folder for model.safetensors, config.json and assets/.
+    """Registered training config whose model the checkpoint must match. Without it the architecture comes from the
+    tree alone and the fields the weights cannot tell (action_horizon, max_token_len, ...) keep their defaults."""
     output_path: Path | None = None
-    # Weights dtype; bfloat16 keeps vision embeddings, norms and action/time/state projections in float32.
-    precision: rules.Precision = "bfloat16"
-    # Print the parameter tree (paths, shapes, dtypes, total parameters) and exit without converting.
+    """Output folder for model.safetensors, config.json and assets/."""
+    precision: Literal["bfloat16", "float32"] = "bfloat16"
+    """Weights dtype; bfloat16 keeps vision embeddings, norms and action/time/state projections in float32."""
     inspect_only: bool = False
+    """Print the parameter tree (paths, shapes, dtypes, total parameters) and exit without converting."""
     allow_nonfinite: bool = False
     """Convert weights holding NaN or infinity instead of refusing them."""
 
@@ -39,6 +39,8 @@ def model_config(config_name: str) -> Pi0Config:
 
 def convert_or_inspect(args: Args) -> None:
     """Prints the tree with ``--inspect-only``; otherwise converts it to ``args.output_path``."""
+    from openpi.conversion import convert  # torch and JAX: imported by a conversion, not by --help
+
     if args.inspect_only:
         params_dir = orbax_params.resolve_params_dir(args.checkpoint_dir)
         print(convert.describe_params(orbax_params.read_param_metadata(params_dir)))

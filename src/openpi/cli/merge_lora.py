@@ -7,8 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-from openpi.models_pytorch import lora, weights
-from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.shared import checkpoint_files
 from openpi.training import config as _config
 
@@ -29,6 +27,9 @@ class Args:
 
 def merge(args: Args) -> Path:
     """Writes the merged checkpoint (weights and assets) to ``args.output``; returns its weights file."""
+    from openpi.models_pytorch import lora, weights  # torch: imported by a merge, not by --help
+    from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+
     model_config = _config.get_config(args.config).model
     model = PI0Pytorch(model_config)
     if not any(isinstance(m, lora.LoRALinear) for m in model.modules()):

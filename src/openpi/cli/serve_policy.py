@@ -6,17 +6,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from typing import Any, Literal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+import tyro
 
-from openpi.policies import policy_config
+from openpi.models.pi0_config import Pi0Config
 from openpi.policies.pipeline import StateRange
-from openpi.policies.policy import Policy
 from openpi.serving.connection_limits import ServerLimits
 from openpi.serving.recorder import RequestRecorder
 from openpi.serving.websocket_policy_server import DEFAULT_SHUTDOWN_TIMEOUT_S, WebsocketPolicyServer
 from openpi.training import config as _config
+
+if TYPE_CHECKING:
+    from openpi.policies.policy import Policy
 
 logger = logging.getLogger(__name__)
 _LIMITS = ServerLimits()
@@ -61,6 +65,9 @@ DEFAULT_CHECKPOINTS: dict[EnvMode, Checkpoint] = {
 
 @dataclasses.dataclass
 class Args:
+    """Serves a policy over websocket until SIGTERM/SIGINT. The options may come before or after policy:checkpoint;
+    clients should wait until GET /healthz answers 200."""
+
     env: EnvMode = EnvMode.LIBERO
     """Environment whose default checkpoint is served when no policy:checkpoint is given."""
     default_prompt: str | None = None
@@ -98,9 +105,11 @@ class Args:
     record_max_mb: int = 1024
     """--record stops (with a warning) once it has written this many MiB."""
     token_prune_keep_ratio: float | None = None
-    """LightVLA serving budget: keep this fraction of the valid image tokens."""
+    """LightVLA serving budget as a fraction in (0, 1] of the valid image tokens; replaces the config's budget
+    (exclusive with --token-prune-keep-tokens)."""
     token_prune_keep_tokens: int | None = None
-    """LightVLA serving budget: keep this many image tokens."""
+    """LightVLA serving budget as a count of image tokens; replaces the config's budget (exclusive with
+    --token-prune-keep-ratio)."""
     num_steps: int | None = None
     """Denoising steps per action chunk; None keeps the model's default."""
     compile_mode: str | None = None
@@ -117,7 +126,36 @@ class Args:
     pytorch_device: str | None = None
     """e.g. cuda, cuda:1, cpu; default: CUDA when available."""
     policy: Checkpoint | Default = dataclasses.field(default_factory=Default)
-    """The checkpoint to serve."""
+    """The checkpoint to serve; the options above may come before or after it."""
+
+
+def cli(argv: Sequence[str] | None = None) -> Args:
+    """Parses the command line; the server's options may follow ``policy:checkpoint`` as well as precede it."""
+    return tyro.cli(Args, args=options_first(list(sys.argv[1:] if argv is None else argv)))
+
+
+def options_first(argv: list[str]) -> list[str]:
+    """``argv`` with the server's own options (and their values) moved before the ``policy:...`` subcommand, where
+    tyro expects them."""
+    names = [field.name for field in dataclasses.fields(Args) if field.name != "policy"]
+    own = {f"--{prefix}{n}" for name in names for n in (name, name.replace("_", "-")) for prefix in ("", "no-", "no_")}
+    subcommand = next((i for i, arg in enumerate(argv) if arg.startswith("policy:")), None)
+    if subcommand is None:
+        return argv
+    before, after, moved = argv[:subcommand], [argv[subcommand]], []
+    rest = argv[subcommand + 1 :]
+    i = 0
+    while i < len(rest):
+        if rest[i].split("=", 1)[0] not in own:
+            after.append(rest[i])
+            i += 1
+            continue
+        moved.append(rest[i])
+        i += 1
+        while "=" not in moved[-1] and i < len(rest) and not rest[i].startswith("--"):
+            moved.append(rest[i])  # the option's values
+            i += 1
+    return before + moved + after
 
 
 def resolve_checkpoint(args: Args) -> Checkpoint:
@@ -134,13 +172,15 @@ def resolve_checkpoint(args: Args) -> Checkpoint:
 
 
 def create_policy(args: Args) -> Policy:
-    """Loads the checkpoint and applies the serving-time pruning budget."""
-    if args.token_prune_keep_ratio is not None and args.token_prune_keep_tokens is not None:
-        raise ValueError("Give at most one of --token-prune-keep-ratio and --token-prune-keep-tokens")
+    """Loads the checkpoint with the serving-time pruning budget in its model config."""
+    from openpi.policies import policy_config  # the model's framework is imported only once a checkpoint is served
+
     checkpoint = resolve_checkpoint(args)
+    config = _config.get_config(checkpoint.config)
+    config = dataclasses.replace(config, model=with_budget(config.model, args))
     sample_kwargs = {} if args.num_steps is None else {"num_steps": args.num_steps}
-    policy = policy_config.create_trained_policy(
-        with_compile(_config.get_config(checkpoint.config), args.compile_mode),
+    return policy_config.create_trained_policy(
+        with_compile(config, args.compile_mode),
         checkpoint.dir,
         default_prompt=args.default_prompt,
         sample_kwargs=sample_kwargs,
@@ -150,11 +190,20 @@ def create_policy(args: Args) -> Policy:
         verify=not args.skip_verify,
         state_range=StateRange(args.state_range_limit, args.state_range_mode),
     )
-    if args.token_prune_keep_ratio is not None:
-        policy.model.set_token_pruner_keep_ratio(args.token_prune_keep_ratio)
-    if args.token_prune_keep_tokens is not None:
-        policy.model.set_token_pruner_keep_tokens(args.token_prune_keep_tokens)
-    return policy
+
+
+def with_budget(model: Pi0Config, args: Args) -> Pi0Config:
+    """``model`` with the flags' pruning budget, which replaces the config's (a count or a ratio, never both)."""
+    ratio, tokens = args.token_prune_keep_ratio, args.token_prune_keep_tokens
+    if ratio is not None and tokens is not None:
+        raise ValueError("Give one of --token-prune-keep-ratio (a fraction) and --token-prune-keep-tokens (a count)")
+    if ratio is not None and not 0.0 < ratio <= 1.0:
+        raise ValueError(f"--token-prune-keep-ratio is a fraction of the image tokens in (0, 1], got {ratio}")
+    if tokens is not None and tokens < 1:
+        raise ValueError(f"--token-prune-keep-tokens is a count of image tokens (at least 1), got {tokens}")
+    if ratio is None and tokens is None:
+        return model
+    return dataclasses.replace(model, token_prune_keep_ratio=ratio, token_prune_keep_tokens=tokens)
 
 
 def batch_buckets(args: Args) -> tuple[int, ...] | None:
@@ -181,14 +230,24 @@ def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _conf
     return dataclasses.replace(config, model=model)
 
 
+def budget_in_force(model_config: Pi0Config) -> dict[str, Any]:
+    """The pruning budget the model serves with: ``{"token_prune_keep_tokens": K}`` (a count wins over a ratio),
+    ``{"token_prune_keep_ratio": r}``, or ``{}`` (no pruning, or LightVLA's union of the votes)."""
+    if not model_config.token_pruning_enabled:
+        return {}
+    if model_config.token_prune_keep_tokens is not None:
+        return {"token_prune_keep_tokens": model_config.token_prune_keep_tokens}
+    if model_config.token_prune_keep_ratio is not None:
+        return {"token_prune_keep_ratio": model_config.token_prune_keep_ratio}
+    return {}
+
+
 def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
-    """The policy's metadata plus the pruning budget in effect (the flag's, else the model config's)."""
+    """The policy's metadata plus the pruning budget in force and the batching settings."""
     model_config = policy.model.config
-    ratio, tokens = args.token_prune_keep_ratio, args.token_prune_keep_tokens
     return {
         **policy.metadata,
-        "token_prune_keep_ratio": model_config.token_prune_keep_ratio if ratio is None else ratio,
-        "token_prune_keep_tokens": model_config.token_prune_keep_tokens if tokens is None else tokens,
+        **budget_in_force(model_config),
         "compile_mode": model_config.pytorch_compile_mode,
         "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
         "max_batch": args.max_batch,
@@ -203,11 +262,9 @@ def create_server(args: Args) -> WebsocketPolicyServer:
     metadata = server_metadata(policy, args)
     logger.info("Serving %s", metadata)
     if policy.model.token_pruning_enabled:
-        logger.info(
-            "Token pruning budget: keep_ratio=%s keep_tokens=%s (None for both: keep the union of the votes)",
-            metadata["token_prune_keep_ratio"],
-            metadata["token_prune_keep_tokens"],
-        )
+        budget = budget_in_force(policy.model.config)
+        in_force = ", ".join(f"{key.removeprefix('token_prune_')}={value}" for key, value in budget.items())
+        logger.info("Token pruning budget in force: %s", in_force or "the union of the votes (no fixed budget)")
     return WebsocketPolicyServer(
         policy,
         args.host,
@@ -244,5 +301,7 @@ def serve(args: Args) -> None:
     """
     create_server(args).serve_forever()
     if args.compile_mode is not None:
+        import torch
+
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         logger.info("torch.compile built %d graphs over this run", graphs)

@@ -13,7 +13,6 @@ from openpi.envs.shapes import Scene, ShapesEnv
 from openpi.evaluation.closed_loop import PolicyArgs
 from openpi.models.batch import IMAGE_KEYS
 from openpi.policies import policy_config
-from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap
 from openpi.shared.image_tools import resize_with_pad
 from openpi.training import config as _config
 
@@ -21,14 +20,21 @@ from openpi.training import config as _config
 @dataclasses.dataclass
 class Args:
     policy: PolicyArgs = dataclasses.field(default_factory=PolicyArgs)
+    """The checkpoint to draw (a *_lightvla shapes config)."""
     env_seed: int = 1_000_000_000
+    """Seed of the scene drawn."""
     prompt_object: int | None = None
+    """Ask for this object of the scene (its index) instead of the scene's target."""
     token_prune_keep_ratio: float | None = None
+    """Serve with this fraction of the valid patches (None: the config's budget)."""
     output_dir: Path = Path("outputs/pruning_pictures")
+    """Folder of the PNGs."""
 
 
 def draw(args: Args) -> list[Path]:
     """Writes the pictures of ``args.env_seed``'s scene to ``args.output_dir`` and prints their paths; returns them."""
+    from openpi.policies.pruning_overlay import overlay_kept_patches, side_by_side, vote_heatmap  # torch: not at --help
+
     train_config = _config.get_config(args.policy.config)
     train_config.data.prepare()  # the testbed's tokenizer
     policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")

@@ -49,16 +49,25 @@ class EmbeddedDatasetSpec:
     """Size and difficulty of the generated dataset; each distinct spec is cached in its own folder."""
 
     num_episodes: int = 50
+    """Episodes (scenes) the expert records."""
     episode_length: int = 20
+    """Frames per episode (at most)."""
     image_size: int = 96
+    """Side of the rendered camera images in pixels."""
     seed: int = 0
+    """Seed of the scenes."""
     min_objects: int = 3
+    """Fewest objects in a scene (target included)."""
     max_objects: int = 4
+    """Most objects in a scene (at most 6)."""
     shared_attributes: bool = False
-    # End each episode this many frames after the expert first closes the gripper (at most episode_length frames);
-    # None records episode_length frames, most of them holding the gripper closed for short approaches.
+    """A distractor shares the target's colour and another its shape, so that only the whole prompt identifies the
+    target."""
     frames_after_arrival: int | None = None
-    action_space: ActionSpace = "delta"  # action[:2]: the step to take (delta) or the point to move to (position)
+    """End each episode this many frames after the expert first closes the gripper (at most episode_length frames);
+    None records episode_length frames, most of them holding the gripper closed for short approaches."""
+    action_space: ActionSpace = "delta"
+    """action[:2]: the step to take (delta) or the point to move to (position)."""
 
     def __post_init__(self) -> None:
         if self.num_episodes < 1 or self.episode_length < 2 or self.image_size < 16:

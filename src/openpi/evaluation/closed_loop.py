@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated
 
-import torch
 import tqdm
 import tyro
 
@@ -19,8 +18,6 @@ from openpi import transforms
 from openpi.envs import rollout
 from openpi.envs.chunk_execution import RTCChoice
 from openpi.envs.shapes import ShapesEnv
-from openpi.evaluation.random_patches import use_random_patches
-from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import policy_config
 from openpi.policies.policy import Policy
 from openpi.policies.shapes_policy import EmbeddedDataConfig
@@ -42,7 +39,9 @@ class PolicyArgs:
 @dataclasses.dataclass
 class Args:
     policy: PolicyArgs = dataclasses.field(default_factory=PolicyArgs)
+    """The checkpoint to evaluate in process."""
     episodes: int = 100
+    """Held-out episodes to run."""
     seed: int = 0
     """Held-out scene stream (and the seed of the random controls)."""
     token_prune_keep_ratio: float | None = None
@@ -68,6 +67,7 @@ class Args:
     host: str | None = None
     """Evaluate the policy served at this host (serve_policy.py) instead of loading it."""
     port: int = 8000
+    """Port of the policy served at --host."""
 
 
 def held_out_seeds(episodes: int, seed: int) -> list[int]:
@@ -92,13 +92,16 @@ def evaluate(args: Args, train_config: _config.TrainConfig, policy: rollout.Poli
     vision = train_config.model.vision_config
     grid = rollout.PatchGrid(vision.image_size, vision.patch_size)
     seeds = held_out_seeds(args.episodes, args.seed)
-    if args.host and args.run_async:
-        results = [run_served_async(env, policy, seed, args) for seed in tqdm.tqdm(seeds, desc="episodes")]
-    else:
-        results = [
-            rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid, latency=latency(args))
-            for seed in tqdm.tqdm(seeds, desc="episodes", unit="episode")
-        ]
+    results: list[rollout.EpisodeResult] = []
+    progress = tqdm.tqdm(seeds, desc="episodes", unit="episode")  # with the ETA and the success so far
+    for seed in progress:
+        if args.host and args.run_async:
+            results.append(run_served_async(env, policy, seed, args))
+        else:
+            results.append(
+                rollout.run_episode(env, policy, seed, replan_steps=args.replan_steps, grid=grid, latency=latency(args))
+            )
+        progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}", steps=results[-1].steps)
     summary = rollout.summarize(results)
     if args.prompt_swap:
         swapped = seeds[: args.prompt_swap]
@@ -133,6 +136,11 @@ def latency(args: Args) -> rollout.Latency:
 
 def load_policy(args: Args, train_config: _config.TrainConfig) -> Policy:
     """The checkpoint's policy on the CPU with the evaluation's budget and controls, returning its kept patches."""
+    import torch  # with the model: imported by an in-process evaluation, not by --help or a served one
+
+    from openpi.evaluation.random_patches import use_random_patches
+    from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+
     torch.manual_seed(args.seed)
     train_config.data.prepare()  # the testbed's tokenizer
     policy = policy_config.create_trained_policy(train_config, args.policy.dir, pytorch_device="cpu")

@@ -30,13 +30,15 @@ class RTCConfig:
     ``d ~ U{0..training_max_delay}`` clean actions left out of the loss, and inference holds the prefix clean.
     """
 
-    # Training-time RTC: the largest committed prefix drawn per example (0: the model is trained without it).
     training_max_delay: int = 0
-    # Guided RTC: the clip on the guidance weight, and the decay of the prefix weights from d to the horizon.
+    """Training-time RTC: the largest committed prefix drawn per example (0: the model is trained without it)."""
     max_guidance_weight: float = 10.0
+    """Guided RTC: the clip on the guidance weight."""
     prefix_attention_schedule: RTCSchedule = "exp"
-    # Default execution horizon s (the weights reach 0 at action s); None: the whole overlap with the previous chunk.
+    """Guided RTC: the decay of the prefix weights from the delay d to the execution horizon."""
     execution_horizon: int | None = None
+    """Default execution horizon s (the weights reach 0 at action s); None: the whole overlap with the previous
+    chunk."""
 
     def __post_init__(self) -> None:
         if self.prefix_attention_schedule not in RTC_SCHEDULES:
@@ -65,54 +67,65 @@ class Pi0Config:
     """
 
     pi05: bool = False
+    """π0.5 (adaRMS time conditioning, state in the prompt) instead of π0 (state token in the suffix)."""
     paligemma_variant: str = "gemma_2b"
+    """Gemma variant of the vision-language model (e.g. gemma_2b, gemma_2b_lora, dummy)."""
     action_expert_variant: str = "gemma_300m"
+    """Gemma variant of the action expert (e.g. gemma_300m, gemma_300m_lora, dummy)."""
     vision_variant: str = "So400m/14"
+    """SigLIP variant of the vision tower; it fixes the image size (e.g. So400m/14: 224 px, 256 patches)."""
     vocab_size: int = 257_152
+    """Token vocabulary of the language model (the PaliGemma tokenizer's 257,152)."""
     action_dim: int = 32
+    """Model action and state width; each robot's actions and state are zero-padded to it."""
     action_horizon: int = 50
-    # Number of prompt tokens; None means 200 for π0.5 and 48 for π0.
+    """Actions per predicted chunk."""
     max_token_len: int | None = None
+    """Number of prompt tokens; None means 200 for π0.5 and 48 for π0."""
     dtype: Dtype = "bfloat16"
-    # π0.5 writes the discretised state into the prompt; None means "on for π0.5, off for π0".
+    """Weight precision of the model at inference."""
     discrete_state_input: bool | None = None
-    # When set, `sample_actions` is wrapped in `torch.compile` with this mode (e.g. "max-autotune", "default").
+    """π0.5 writes the discretised state into the prompt; None means "on for π0.5, off for π0"."""
     pytorch_compile_mode: str | None = None
-    # Cut the prompt's right-padding to the batch's longest valid prompt, rounded up to this multiple (exact; π0.5
-    # pads prompts to 200 tokens). None runs every padded token through the model.
+    """When set, `sample_actions` is wrapped in `torch.compile` with this mode (e.g. "max-autotune", "default")."""
     prompt_trim_multiple: int | None = 16
+    """Cut the prompt's right-padding to the batch's longest valid prompt, rounded up to this multiple (exact; π0.5 pads
+    prompts to 200 tokens). None runs every padded token through the model."""
 
-    # LightVLA visual-token pruning (docs/lightvla_pruning.md).
     token_pruning_enabled: bool = False
-    # Scale of the uniform noise added to the pruner's scores in training (its exploration).
+    """LightVLA visual-token pruning: score the image patches against the prompt, keep the chosen ones
+    (docs/lightvla_pruning.md)."""
     token_prune_noise_scale: float = 1.0
-    # Inference budget: keep this many patches in total, or this fraction of the valid patches (rounded up);
-    # neither: LightVLA's union of every patch's vote. With budget training the forward trains on the same budget.
+    """Scale of the uniform noise added to the pruner's scores in training (its exploration; decays to 0)."""
     token_prune_keep_tokens: int | None = None
+    """Inference budget as a count: keep this many patches in total (it wins over --model.token-prune-keep-ratio;
+    neither: LightVLA's union of every patch's vote). With budget training the forward trains on it too."""
     token_prune_keep_ratio: float | None = None
-    # At inference, pad the kept patch count up to a multiple of this (the padding rows are masked: exact), so that a
-    # compiled model meets a few prefix lengths instead of one per kept count. None: no padding.
+    """Inference budget as a fraction in (0, 1]: keep this share of the valid patches, rounded up (unless
+    --model.token-prune-keep-tokens is set). With budget training the forward trains on it too."""
     token_prune_kept_multiple: int | None = None
-    # Score with mean-centred patches: without it the patches' shared direction makes every patch vote alike and the
-    # selection collapses to a few patches. False is LightVLA's original scoring.
+    """At inference, pad the kept patch count up to a multiple of this (the padding rows are masked: exact), so that a
+    compiled model meets a few prefix lengths instead of one per kept count. None: no padding."""
     token_prune_center_patches: bool = True
-    # Union selection in training: run the prefix on the distinct voted patches (each once, its attention logit
-    # raised by the log of its vote count) instead of one row per vote; the same loss and gradients, a shorter prefix.
+    """Score with mean-centred patches: without it the patches' shared direction makes every patch vote alike and the
+    selection collapses to a few patches. False is LightVLA's original scoring."""
     token_prune_dedup_training: bool = True
-    # Train on the patches the inference budget keeps, ranked from the noisy votes, with a straight-through gate of
-    # their soft votes on their attention logits, instead of one row per noisy vote: train and serve see the same
-    # patches. Needs a budget.
+    """Union selection in training: run the prefix on the distinct voted patches (each once, its attention logit raised
+    by the log of its vote count) instead of one row per vote; the same loss and gradients, a shorter prefix."""
     token_prune_budget_training: bool = False
-    # With budget training, keep the dropped patches in the training prefix at a negligible attention weight, so that
-    # the gate's gradient reaches them too; the forward is the budget's, the training prefix the unpruned length.
+    """Train on the patches the inference budget keeps, ranked from the noisy votes, with a straight-through gate of
+    their soft votes on their attention logits, instead of one row per noisy vote: train and serve see the same patches.
+    Needs a budget."""
     token_prune_gate_dropped_patches: bool = False
-    # With gate_dropped_patches, gate only this share of the dropped patches per sample and training step, drawn
-    # uniformly, their gate's gradient divided by the share (an unbiased estimate of gating them all): the training
-    # prefix holds the budget plus this share of the dropped patches instead of every patch. None: gate them all.
+    """With budget training, keep the dropped patches in the training prefix at a negligible attention weight, so that
+    the gate's gradient reaches them too; the forward is the budget's, the training prefix the unpruned length."""
     token_prune_gate_dropped_sample: float | None = None
+    """With --model.token-prune-gate-dropped-patches, gate only this share of the dropped patches per sample and
+    training step, drawn uniformly, their gate's gradient divided by the share (an unbiased estimate of gating them
+    all): the training prefix holds the budget plus this share of the dropped patches. None: gate them all."""
 
-    # Real-time chunking (docs/rtc.md): guided RTC's settings and training-time RTC (off by default).
     rtc: RTCConfig = dataclasses.field(default_factory=RTCConfig)
+    """Real-time chunking (docs/rtc.md): guided RTC's settings and training-time RTC (off by default)."""
 
     def __post_init__(self) -> None:
         if self.max_token_len is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -122,9 +123,17 @@ class PaligemmaTokenizer:
         if max_len < 1:
             raise ValueError(f"max_len must be positive, got {max_len}")
         self.max_len = max_len
-        self.model_path = resolve_tokenizer_path(model_path)
-        self._processor = sentencepiece.SentencePieceProcessor(model_file=str(self.model_path))
+        self._given_path = model_path
         self._warned_truncation = False
+
+    @functools.cached_property
+    def model_path(self) -> Path:
+        """The SentencePiece model, found at first use (a pipeline that never tokenizes never needs it)."""
+        return resolve_tokenizer_path(self._given_path)
+
+    @functools.cached_property
+    def _processor(self) -> sentencepiece.SentencePieceProcessor:
+        return sentencepiece.SentencePieceProcessor(model_file=str(self.model_path))
 
     @property
     def vocab_size(self) -> int:

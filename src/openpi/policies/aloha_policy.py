@@ -150,11 +150,15 @@ class LeRobotAlohaDataConfig(DataConfigFactory):
     """
 
     cameras: tuple[str, ...] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-    # Dataset image key suffix per ALOHA camera when they differ (e.g. the simulator's {"cam_high": "top"}).
+    """ALOHA cameras the dataset has."""
     camera_keys: dict[str, str] | None = None
+    """Dataset image key suffix per ALOHA camera when they differ (e.g. the simulator's {"cam_high": "top"})."""
     adapt_to_pi: bool = True
+    """Convert joint signs and the gripper encoding between ALOHA's and the published models' (see AlohaInputs)."""
     use_delta_joint_actions: bool = True
+    """Learn joint actions as deltas from the current state (grippers stay absolute), as the published models do."""
     prompt_from_task: bool = True
+    """Use the LeRobot task text as the prompt."""
 
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
         repack = {

@@ -35,7 +35,9 @@ class AssetsConfig:
     """
 
     assets_dir: str | None = None
+    """Folder holding <asset_id>/norm_stats.json; None: <assets-base-dir>/<config name>."""
     asset_id: str | None = None
+    """Sub-folder of the norm stats; None: the dataset's repo id (a local folder's name)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ class DataConfig:
     # The keys a served observation of this robot may hold besides ``prompt`` (nested ones as ``images/cam_high``);
     # None accepts any.
     observation_keys: tuple[str, ...] | None = None
+    # The PaliGemma tokenizer as given (None: the defaults of `tokenizer.resolve_tokenizer_path`).
     tokenizer_path: str | None = None
     # The command that generates the dataset at `root` with its norm stats (a dataset generated locally), for the
     # errors that find it missing.
@@ -87,7 +90,7 @@ class DataMember:
     config: DataConfig
 
 
-def model_transforms(model: pi0_config.Pi0Config, tokenizer_path: str) -> _transforms.Group:
+def model_transforms(model: pi0_config.Pi0Config, tokenizer_path: str | None) -> _transforms.Group:
     """Resize every camera to the vision tower's resolution, tokenize (with the discretised state for π0.5), pad
     state/actions to the model's action dimension."""
     size = model.vision_config.image_size
@@ -108,11 +111,13 @@ class DataConfigFactory(abc.ABC):
     """Builds a :class:`DataConfig` for a model; subclasses describe one kind of dataset."""
 
     repo_id: str | None = None
+    """LeRobot dataset: a Hugging Face repo id or a local folder."""
     assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
-    # PaliGemma tokenizer model; see `tokenizer.resolve_tokenizer_path` for the defaults.
+    """Where the norm stats are read from."""
     tokenizer_path: str | None = None
-    # Prompt used when a sample has none.
+    """PaliGemma tokenizer model; see `tokenizer.resolve_tokenizer_path` for the defaults."""
     default_prompt: str | None = None
+    """Prompt used when a sample has none."""
 
     @abc.abstractmethod
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
@@ -136,8 +141,7 @@ class DataConfigFactory(abc.ABC):
         return Path(self.assets.assets_dir or assets_dirs) / asset_id
 
     def _lerobot_fields(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> dict[str, Any]:
-        """Fields shared by every LeRobot-backed config (the PaliGemma tokenizer must exist)."""
-        tokenizer_path = str(tokenizer.resolve_tokenizer_path(self.tokenizer_path))
+        """Fields shared by every LeRobot-backed config (the PaliGemma tokenizer is looked for at its first use)."""
         norm_dir = self._norm_stats_dir(assets_dirs)
         return {
             "repo_id": self.repo_id,
@@ -145,10 +149,10 @@ class DataConfigFactory(abc.ABC):
             "asset_id": self._asset_id(),
             "norm_stats_dir": None if norm_dir is None else str(norm_dir),
             "norm_stats": load_norm_stats_if_present(norm_dir),
-            "model_transforms": model_transforms(model_config, tokenizer_path),
+            "model_transforms": model_transforms(model_config, self.tokenizer_path),
             "use_quantile_norm": model_config.pi05,
             "default_prompt": self.default_prompt,
-            "tokenizer_path": tokenizer_path,
+            "tokenizer_path": self.tokenizer_path,
         }
 
 
@@ -170,6 +174,7 @@ class FakeDataConfig(DataConfigFactory):
     """Random samples already in the model's layout (no dataset); uses the embedded dataset's tokenizer."""
 
     repo_id: str | None = FAKE_REPO_ID
+    """No dataset: samples are drawn at random."""
 
     def prepare(self) -> None:
         if self.tokenizer_path is None:

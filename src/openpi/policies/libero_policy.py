@@ -70,7 +70,9 @@ class LeRobotLiberoDataConfig(DataConfigFactory):
     """
 
     repo_id: str | None = "physical-intelligence/libero"
+    """LeRobot dataset: a Hugging Face repo id or a local folder."""
     extra_delta_transform: bool = False
+    """Learn the first six action dims as deltas from the state (upstream's pi0_libero); the gripper stays absolute."""
 
     def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
         data_transforms = LIBERO_TRANSFORMS

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from openpi.models import tokenizer
 from openpi.models.pi0_config import Pi0Config
 from openpi.policies.data_config import DataConfig, DataConfigFactory
 from openpi.policies.pipeline import StateRange, build_pipeline
@@ -60,9 +61,13 @@ def create_trained_policy(
             :class:`StateRange`'s: refused beyond 10 times the range's span).
 
     Raises:
+        FileNotFoundError: ``checkpoint_dir`` is missing or not a checkpoint (an experiment folder gets its steps).
         UnverifiedCheckpointError: with ``verify``, naming the damaged files or tensors.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_files.check_checkpoint_dir(
+        checkpoint_dir, checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
+    )
     if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
         if verify:
             _verify_files(checkpoint_dir, checkpoint_files.JAX_PARAMS_DIR)
@@ -76,6 +81,7 @@ def create_trained_policy(
     if verify:
         _verify_finite(model, checkpoint_dir)
     data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
+    tokenizer.resolve_tokenizer_path(data_config.tokenizer_path)  # a missing tokenizer stops the start, not the warm-up
     norm_stats, source = _load_norm_stats(checkpoint_dir, data_config)
     logger.info("Loaded %s (config %s, %s)", checkpoint_dir, train_config.name, framework)
 
@@ -93,7 +99,8 @@ def create_trained_policy(
         "checkpoint": str(checkpoint_dir),
         "pi05": model_config.pi05,
         "action_horizon": model_config.action_horizon,
-        "action_dim": model_config.action_dim,
+        "action_dim": data_config.robot_action_dim or model_config.action_dim,  # what the replies carry
+        "model_action_dim": model_config.action_dim,
         "token_pruning_enabled": model_config.token_pruning_enabled,
         "rtc_modes": list(model_config.rtc.modes),
         "framework": framework,

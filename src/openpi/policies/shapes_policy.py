@@ -32,7 +32,9 @@ class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
     """
 
     repo_id: str | None = shapes_dataset.REPO_ID
+    """Name of the embedded dataset (its folder is generated under $OPENPI_DATA_HOME)."""
     mask_images: bool = False
+    """Mask every camera image (the blind control of the pruning experiment)."""
 
     @property
     def spec(self) -> shapes_dataset.EmbeddedDatasetSpec:

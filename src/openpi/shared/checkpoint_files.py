@@ -45,3 +45,30 @@ def norm_stats_path(directory: str | os.PathLike) -> Path:
 def is_jax_checkpoint(checkpoint_dir: str | os.PathLike) -> bool:
     """Whether ``checkpoint_dir`` holds an orbax parameter tree (``params/``) rather than safetensors weights."""
     return (Path(checkpoint_dir) / JAX_PARAMS_DIR / "_METADATA").is_file()
+
+
+def check_checkpoint_dir(checkpoint_dir: str | os.PathLike, weights: str = WEIGHTS_FILE) -> None:
+    """Refuses a folder that is not a checkpoint with what to give instead.
+
+    Raises:
+        FileNotFoundError: ``checkpoint_dir`` does not exist; it is an experiment folder (the hint lists its step
+            folders); or it holds neither ``weights`` nor a JAX ``params/`` tree.
+    """
+    path = Path(checkpoint_dir)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Checkpoint folder {path} does not exist. Train one (README), or convert a published checkpoint "
+            "(docs/converting.md)."
+        )
+    if (path / weights).is_file() or is_jax_checkpoint(path):
+        return
+    steps = sorted((int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+    if steps:
+        shown = ", ".join(str(path / str(step)) for step in steps[:5])
+        raise FileNotFoundError(
+            f"{path} is an experiment folder, not a checkpoint: give one of its step folders, the latest first: {shown}"
+        )
+    raise FileNotFoundError(
+        f"No {weights} (nor a JAX {JAX_PARAMS_DIR}/ tree) in checkpoint folder {path}. Convert a published checkpoint "
+        "into it (docs/converting.md) or give a training step folder (checkpoints/<config>/<exp-name>/<step>)."
+    )

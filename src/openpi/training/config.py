@@ -29,58 +29,78 @@ class TrainConfig:
     """Everything a training run needs; every field can be overridden on the command line."""
 
     name: str
+    """Registered config name; checkpoints go to <checkpoint-base-dir>/<name>/<exp-name>."""
     exp_name: str = ""
+    """Name of this run (required): its folder under <checkpoint-base-dir>/<name>/."""
     model: pi0_config.Pi0Config = dataclasses.field(default_factory=pi0_config.Pi0Config)
+    """The model's architecture and pruning settings."""
     data: DataConfigFactory = dataclasses.field(default_factory=FakeDataConfig)
-    # Folder with model.safetensors of the base model (e.g. converted from a JAX checkpoint); None trains from scratch.
+    """The dataset and its pipeline."""
     pytorch_weight_path: str | None = None
-    # JAX trainer (scripts/train.py): a published orbax checkpoint (the folder holding params/) to start from.
+    """Folder with model.safetensors of the base model (e.g. converted from a JAX checkpoint); None trains from
+    scratch."""
     weight_path: str | None = None
-    # Fine-tuning configs set this False: starting them without base weights is an error, not a random 3.3B.
+    """JAX trainer (scripts/train.py): a published orbax checkpoint (the folder holding params/) to start from."""
     allow_random_init: bool = True
-    # bfloat16: bf16 weights (norms and projections float32); float32; mixed: float32 master weights, the forward and
-    # backward under bf16 autocast.
+    """Fine-tuning configs set this False: starting them without base weights is an error, not a random 3.3B."""
     pytorch_training_precision: Literal["bfloat16", "float32", "mixed"] = "bfloat16"
+    """bfloat16: bf16 weights (norms and projections float32); float32; mixed: float32 master weights, the forward and
+    backward under bf16 autocast."""
     lr_schedule: optimizer.CosineDecaySchedule = dataclasses.field(default_factory=optimizer.CosineDecaySchedule)
+    """Learning-rate schedule: linear warmup, then cosine decay."""
     optimizer: optimizer.AdamW = dataclasses.field(default_factory=optimizer.AdamW)
+    """AdamW settings and gradient clipping."""
     seed: int = 42
+    """Seed of the model's initialisation, the data order and the noise of every step."""
     batch_size: int = 32
+    """Samples per optimizer step, over all devices together."""
     num_workers: int = 2
+    """Data-loading worker processes (0: load in the training process)."""
     num_train_steps: int = 30_000
+    """Optimizer steps to train for."""
     log_interval: int = 100
+    """Log the loss and metrics every this many steps."""
     save_interval: int = 1000
-    # Checkpoints at multiples of keep_period are never deleted; None keeps only the latest.
+    """Save a checkpoint every this many steps (and at the last step)."""
     keep_period: int | None = 5000
+    """Checkpoints at multiples of keep_period are never deleted; None keeps only the latest."""
     overwrite: bool = False
+    """Delete an existing experiment folder and start over."""
     resume: bool = False
+    """Continue the existing experiment folder from its latest complete checkpoint."""
     wandb_enabled: bool = True
+    """Log to Weights & Biases (--no-wandb-enabled: the console only)."""
     project_name: str = "openpi"
+    """Weights & Biases project of the run."""
     assets_base_dir: str = "./assets"
+    """Folder of the norm stats: <assets-base-dir>/<name>/<asset_id>/norm_stats.json."""
     checkpoint_base_dir: str = "./checkpoints"
+    """Folder of the checkpoints: <checkpoint-base-dir>/<name>/<exp-name>/<step>/."""
     gradient_checkpointing: bool = False
-    # torch.compile the training forward with this mode (e.g. "default", "max-autotune"); a pruned model then buckets
-    # its deduplicated patch count in 16s so that the step recompiles once per bucket. None: eager.
+    """Recompute the activations in the backward pass instead of storing them: less memory, a slower step."""
     pytorch_training_compile_mode: str | None = None
-    # Shard parameters, gradients and optimizer state over this many devices: PyTorch FSDP2 over torchrun processes
-    # (training/fsdp.py), or the JAX trainer's data x fsdp device mesh. 1: no sharding.
+    """torch.compile the training forward with this mode (e.g. "default", "max-autotune"); a pruned model then buckets
+    its deduplicated patch count in 16s so that the step recompiles once per bucket. None: eager."""
     fsdp_devices: int = 1
-    # Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex;
-    # None freezes nothing. LoRA fine-tunes set the model's `get_freeze_filter()`, as upstream's configs do.
+    """Shard parameters, gradients and optimizer state over this many devices: PyTorch FSDP2 over torchrun processes
+    (training/fsdp.py), or the JAX trainer's data x fsdp device mesh. 1: no sharding."""
     freeze_filter: str | None = None
-    # Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.
-    # Upstream's default is 0.99; here the published fine-tuning configs set theirs and the others keep none.
+    """Freeze the parameters matching this preset ("lora", "expert-only", "vision"; see training/freezing.py) or regex;
+    None freezes nothing. LoRA fine-tunes set the model's `get_freeze_filter()`, as upstream's configs do."""
     ema_decay: float | None = None
-    # With pruning and wandb on: log a picture of the kept patches of the batch's first sample every N steps.
+    """Keep a moving average of the weights (saved as model.safetensors, the weights loaders serve); None: off.
+    Upstream's default is 0.99; here the published fine-tuning configs set theirs and the others keep none."""
     viz_interval: int | None = 1000
-    # Hold out this fraction of every dataset's episodes (a draw from --seed, kept in the checkpoints) and log the
-    # validation loss on them (val/*); training and its norm stats use the other episodes. None: no validation.
+    """With pruning and wandb on: log a picture of the kept patches of the batch's first sample every N steps."""
     val_fraction: float | None = None
-    # Hold out this many episodes of every dataset instead of a fraction.
+    """Hold out this fraction of every dataset's episodes (a draw from --seed, kept in the checkpoints) and log the
+    validation loss on them (val/*); training and its norm stats use the other episodes. None: no validation."""
     val_episodes: int | None = None
-    # Validate every N optimizer steps and after the last; None: every save_interval.
+    """Hold out this many episodes of every dataset instead of a fraction."""
     val_interval: int | None = None
-    # Global batches of held-out frames per validation: the same frames, noise and times every time.
+    """Validate every N optimizer steps and after the last; None: every save_interval."""
     val_num_batches: int = 4
+    """Global batches of held-out frames per validation: the same frames, noise and times every time."""
 
     @property
     def assets_dirs(self) -> Path:

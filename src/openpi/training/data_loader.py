@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from openpi import transforms as _transforms
-from openpi.models import pi0_config
+from openpi.models import pi0_config, tokenizer
 from openpi.models.batch import IMAGE_KEYS
 from openpi.models.observation import Observation
 from openpi.policies.data_config import FAKE_REPO_ID, DataConfig, DataMember
@@ -366,6 +366,7 @@ def create_data_loader(
     """
     _check_ranks(config, rank, world_size)
     data_config = data_config or config.data.create(config.assets_dirs, config.model)
+    tokenizer.resolve_tokenizer_path(data_config.tokenizer_path)  # here, named, rather than in a loader worker
     sources = open_sources(config, data_config, skip_norm_stats=skip_norm_stats)
     members = [_member_dataset(source, split, held_out=False, skip_norm_stats=skip_norm_stats) for source in sources]
     order = {"seed": config.seed, "rank": rank, "world_size": world_size}

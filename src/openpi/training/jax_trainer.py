@@ -222,16 +222,21 @@ def _without_none(state: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
+def check_base_weights(config: _config.TrainConfig) -> None:
+    """Refuses to fine-tune random weights: a config with ``allow_random_init=False`` needs ``weight_path``."""
+    if config.weight_path is None and not config.allow_random_init:
+        raise ValueError(
+            f"Config {config.name!r} fine-tunes a pretrained model, but --weight-path is not set. Point it at the "
+            "base checkpoint (the folder holding params/), or pass --allow-random-init to train from random weights."
+        )
+
+
 def initial_params(config: _config.TrainConfig) -> Params:
     """The base weights of ``config.weight_path`` (strict), or fresh ones when random init is allowed."""
     if config.weight_path is not None:
         logger.info("Loading weights from %s", config.weight_path)
         return jax_params.load_params(config.weight_path, config.model)
-    if not config.allow_random_init:
-        raise ValueError(
-            f"Config {config.name!r} fine-tunes a pretrained model, but --weight-path is not set. Point it at the "
-            "base checkpoint (the folder holding params/), or pass --allow-random-init to train from random weights."
-        )
+    check_base_weights(config)
     return jax_params.init_params(config.model, config.seed)
 
 
@@ -239,6 +244,8 @@ def train(config: _config.TrainConfig) -> JaxTrainResult:
     """Trains ``config`` to ``num_train_steps`` with JAX, saving checkpoints under ``config.checkpoint_dir``."""
     config.data.prepare()
     exp_dir = Path(config.checkpoint_dir)
+    if not config.resume:
+        check_base_weights(config)  # before the experiment folder exists: a refused run leaves none behind
     resume_step = trainer.prepare_experiment_dir(config)
     data = run_data.prepare(config, None if resume_step is None else checkpoints.step_dir(exp_dir, resume_step))
     mesh = make_mesh(config.fsdp_devices)

@@ -153,25 +153,6 @@ def with_training_episode_stats(
     return dataclasses.replace(new_members[0].config, members=new_members)
 
 
-def compute_and_save(
-    config_name: str,
-    max_frames: int | None = None,
-    val_fraction: float | None = None,
-    val_episodes: int | None = None,
-    seed: int | None = None,
-) -> None:
-    """Computes and saves the norm stats of config ``config_name`` (at most ``max_frames`` frames of each set).
-
-    ``val_fraction`` / ``val_episodes`` (and ``seed``, default the config's): the statistics of the training
-    episodes of the split a training run with the same flags draws, where that run reads them.
-    """
-    config = _config.get_config(config_name)
-    if seed is not None:
-        config = dataclasses.replace(config, seed=seed)
-    for path in save_norm_stats_sets(config, max_frames, val_fraction=val_fraction, val_episodes=val_episodes):
-        logger.info("Wrote %s", path)
-
-
 def save_norm_stats_sets(
     config: _config.TrainConfig,
     max_frames: int | None = None,

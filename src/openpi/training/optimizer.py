@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where an optimizer is built, so that parsing a config does not load it
+    import torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,9 +16,13 @@ class CosineDecaySchedule:
     """Linear warmup from ``peak_lr / (warmup_steps + 1)`` to ``peak_lr``, then cosine decay to ``decay_lr``."""
 
     warmup_steps: int = 1_000
+    """Steps of linear warmup to the peak learning rate."""
     peak_lr: float = 2.5e-5
+    """Learning rate at the end of the warmup."""
     decay_steps: int = 30_000
+    """Step at which the cosine decay reaches decay_lr (counted from step 0)."""
     decay_lr: float = 2.5e-6
+    """Learning rate after decay_steps."""
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or self.decay_steps <= 0:
@@ -37,11 +43,18 @@ class AdamW:
     """AdamW with global gradient-norm clipping (applied by the training loop)."""
 
     b1: float = 0.9
+    """Decay of the first-moment (gradient) average."""
     b2: float = 0.95
+    """Decay of the second-moment (squared gradient) average."""
     eps: float = 1e-8
+    """Added to the second moment's square root."""
     weight_decay: float = 1e-10
+    """Decoupled weight decay."""
     clip_gradient_norm: float = 1.0
+    """Clip the global gradient norm to this before each step."""
 
     def build(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
         """Creates the torch optimizer over ``params`` with initial learning rate ``lr``."""
+        import torch
+
         return torch.optim.AdamW(params, lr=lr, betas=(self.b1, self.b2), eps=self.eps, weight_decay=self.weight_decay)

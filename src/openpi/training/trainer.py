@@ -45,7 +45,7 @@ _GLOBAL_RNG_STREAM = 0
 _AUGMENTATION_STREAM = 1
 
 
-class ExperimentDirError(RuntimeError):
+class ExperimentDirError(ValueError):
     """The experiment directory cannot be used as requested (exists without --resume/--overwrite, or both given)."""
 
 
@@ -307,8 +307,10 @@ class _Trainer:
     def run(self) -> TrainResult:
         config, ctx = self.config, self.ctx
         _check_batch_size(config, ctx)
+        if not config.resume:
+            check_base_weights(config)  # before the experiment folder exists: a refused run leaves none behind
         resume_step = self._broadcast(self._prepare_dir_on_main())
-        if resume_step is None:
+        if resume_step is None and config.resume:
             check_base_weights(config)
         resume_dir = None if resume_step is None else checkpoints.step_dir(self.exp_dir, resume_step)
         data = run_data.prepare(config, resume_dir)
