@@ -22,9 +22,11 @@ class MixtureMember:
     """One dataset of a mixture: a name (the ``<name>`` of ``train/loss/<name>``), its data config and its weight."""
 
     name: str
+    """The dataset's name in the logs (train/loss/<name>, val/loss/<name>) and in refusals."""
     data: DataConfigFactory
-    # Relative sampling weight (the mixture draws each sample's dataset with probability weight / sum of weights).
+    """The dataset and its pipeline (its repacking, robot mapping and default prompt)."""
     weight: float = 1.0
+    """Relative sampling weight (the mixture draws each sample's dataset with probability weight / sum of weights)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +35,10 @@ class MixtureDataConfig(DataConfigFactory):
     tokenizer). ``assets.asset_id`` names the shared norm stats' folder (default: the members' names joined by +)."""
 
     members: tuple[MixtureMember, ...] = ()
-    # One set of norm stats over every member's frames (computed by scripts/compute_norm_stats.py) instead of each
-    # member's own.
+    """The datasets, each with its weight."""
     shared_norm_stats: bool = False
+    """One set of norm stats over every member's frames (computed by scripts/compute_norm_stats.py) instead of each
+    member's own."""
 
     def __post_init__(self) -> None:
         check_members(self.members)
