@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from openpi.conversion.rules import Precision, build_rules, check_precision, convert_leaf, convert_params, target_dtype
+from openpi.conversion.rules import (
+    Precision,
+    build_rules,
+    check_precision,
+    convert_fast_params,
+    convert_leaf,
+    convert_params,
+    target_dtype,
+)
 from openpi.models.orbax_params import (
     ParamInfo,
     flatten_params,
@@ -31,6 +39,7 @@ from openpi.models.orbax_params import (
 )
 from openpi.models.param_layout import CheckpointMismatchError, base_variant, check_params, infer_model_config
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models_jax import lora
 from openpi.models_jax import params as jax_params
 from openpi.models_pytorch.safetensors_stream import SafetensorsStreamWriter
@@ -48,6 +57,14 @@ def convert_params_dir(
     """
     flat = flatten_params(load_jax_params(resolve_params_dir(params_dir)))
     return dict(convert_params(flat, config, precision))
+
+
+def convert_fast_params_dir(
+    params_dir: str | os.PathLike, config: Pi0FastConfig, precision: Precision = "float32"
+) -> dict[str, np.ndarray]:
+    """The ``Pi0FastPytorch`` state dict (numpy arrays) of the π0-FAST orbax tree at ``params_dir``."""
+    flat = flatten_params(load_jax_params(resolve_params_dir(params_dir)))
+    return dict(convert_fast_params(flat, config, precision))
 
 
 def _merged_lora_tree(checkpoint_dir: Path, config: Pi0Config | None) -> tuple[Pi0Config, dict[str, np.ndarray]]:
