@@ -336,12 +336,12 @@ def lora_scales(config: Pi0Config) -> tuple[float, float]:
     return scale(config.llm_config), scale(config.expert_config)
 
 
-class _Node(nnx.Module):
+class ParamNode(nnx.Module):
     """One node of the parameter tree: sub-nodes and ``nnx.Param`` leaves named as in the checkpoint."""
 
     def __init__(self, tree: Params):
         for name, value in tree.items():
-            setattr(self, name, _Node(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
+            setattr(self, name, ParamNode(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
 
 
 class Pi0(nnx.Module):
@@ -356,7 +356,7 @@ class Pi0(nnx.Module):
         self.config = config
         tree = _params.init_params(config, seed) if params is None else params
         for name, value in tree.items():
-            setattr(self, name, _Node(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
+            setattr(self, name, ParamNode(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
         self.keep_tokens = config.token_prune_keep_tokens
         self.keep_ratio = config.token_prune_keep_ratio
         self.collect_stats = False
