@@ -121,12 +121,30 @@ def published_shapes(config: Pi0Config) -> dict[str, Shape]:
     return shapes | _projection_shapes(config)
 
 
-def lora_shapes(config: Pi0Config) -> dict[str, Shape]:
+def model_shapes(config: Pi0Config | Pi0FastConfig) -> dict[str, Shape]:
+    """The published leaves of a π0 / π0.5 model, or of a π0-FAST one (PaliGemma alone); adapters excluded."""
+    if isinstance(config, Pi0FastConfig):
+        return paligemma_shapes(config.vision_config, config.llm_config, config.vocab_size)
+    return published_shapes(config)
+
+
+def check_model_params(param_shapes: Mapping[str, Shape], config: Pi0Config | Pi0FastConfig) -> None:
+    """:func:`check_params` or, for π0-FAST, :func:`check_fast_params`."""
+    if isinstance(config, Pi0FastConfig):
+        check_fast_params(param_shapes, config)
+    else:
+        check_params(param_shapes, config)
+
+
+def lora_shapes(config: Pi0Config | Pi0FastConfig) -> dict[str, Shape]:
     """The adapter leaves of the LoRA variants among the language model (no suffix) and the expert (``_1``):
     ``lora_a`` / ``lora_b`` inside each attention einsum (the weight's last axis, then its second-to-last, replaced by
     the rank) and ``gating_einsum_lora_a`` / ``_b``, ``linear_lora_a`` / ``_b`` beside the MLP weights."""
     shapes: dict[str, Shape] = {}
-    for suffix, gemma in (("", config.llm_config), (EXPERT_SUFFIX, config.expert_config)):
+    gemmas = [("", config.llm_config)]
+    if isinstance(config, Pi0Config):
+        gemmas.append((EXPERT_SUFFIX, config.expert_config))
+    for suffix, gemma in gemmas:
         rank = gemma.lora_rank
         if not rank:
             continue
@@ -149,12 +167,14 @@ def lora_shapes(config: Pi0Config) -> dict[str, Shape]:
     return shapes
 
 
-def base_variant(config: Pi0Config) -> Pi0Config:
+def base_variant(config: Pi0Config | Pi0FastConfig) -> Pi0Config | Pi0FastConfig:
     """``config`` with its Gemma variants stripped of their adapters (what a merged or base checkpoint holds)."""
 
     def strip(variant: variants.GemmaConfig) -> str:
         return variants.spell_variant(dataclasses.replace(variant, lora_rank=0, lora_alpha=0, lora_rslora=0))
 
+    if isinstance(config, Pi0FastConfig):
+        return dataclasses.replace(config, paligemma_variant=strip(config.llm_config))
     return dataclasses.replace(
         config, paligemma_variant=strip(config.llm_config), action_expert_variant=strip(config.expert_config)
     )

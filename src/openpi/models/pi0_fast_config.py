@@ -26,6 +26,10 @@ class Pi0FastConfig:
     # Decoding: at most this many generated tokens; temperature 0 is greedy.
     max_decoding_steps: int = 256
     temperature: float = 0.0
+    # The FAST tokenizer folder (tokenizer.json + processor_config.json, e.g. a local copy of the published
+    # universal tokenizer, or one from scripts/train_fast_tokenizer.py). None: the data config's default (the embedded
+    # datasets bring theirs; the others need it set).
+    fast_tokenizer_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):

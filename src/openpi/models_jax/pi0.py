@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models.variants import GemmaConfig
 from openpi.models_jax import gemma, siglip
 from openpi.models_jax import params as _params
@@ -324,16 +325,16 @@ def draw_training_noise(
     return TrainingNoise(noise, time, uniform)
 
 
-def lora_scales(config: Pi0Config) -> tuple[float, float]:
+def lora_scales(config: Pi0Config | Pi0FastConfig) -> tuple[float, float]:
     """The adapter scale of the language model and of the expert: ``alpha / rank`` (``/ sqrt(rank)`` rank-stabilised),
-    1 for a variant without adapters."""
+    1 for a variant without adapters (and for π0-FAST's absent expert)."""
 
     def scale(gemma: GemmaConfig) -> float:
         if not gemma.lora_rank:
             return 1.0
         return gemma.lora_alpha / (math.sqrt(gemma.lora_rank) if gemma.lora_rslora else gemma.lora_rank)
 
-    return scale(config.llm_config), scale(config.expert_config)
+    return scale(config.llm_config), scale(config.expert_config) if isinstance(config, Pi0Config) else 1.0
 
 
 class ParamNode(nnx.Module):

@@ -10,17 +10,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from openpi.models import orbax_params
-from openpi.models.param_layout import check_fast_params
 from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models.tokenizer import EOS_ID
 from openpi.models_jax import gemma, siglip
+from openpi.models_jax import params as jax_params
 from openpi.models_jax.observation import JaxObservation
-from openpi.models_jax.params import nest
-from openpi.models_jax.pi0 import ParamNode, make_attention_mask
+from openpi.models_jax.pi0 import ParamNode, lora_scales, make_attention_mask
 
 Params = dict[str, Any]
 
@@ -35,14 +32,6 @@ class Decoded(NamedTuple):
     tokens: jax.Array  # [B, S] int32; steps after an all-rows EOS stay 0
     steps: jax.Array  # scalar int32, steps run
     logits: jax.Array | None  # [B, S, V] float32 (when asked for)
-
-
-def load_params(checkpoint_dir: str | os.PathLike, config: Pi0FastConfig) -> Params:
-    """Restores ``<checkpoint>/params`` as float32 numpy arrays, checked strictly against ``config``."""
-    params_dir = orbax_params.resolve_params_dir(checkpoint_dir)
-    check_fast_params({p: i.shape for p, i in orbax_params.read_param_metadata(params_dir).items()}, config)
-    flat = orbax_params.flatten_params(orbax_params.load_jax_params(params_dir))
-    return nest({path: np.asarray(leaf, dtype=np.float32) for path, leaf in flat.items()})
 
 
 def embed_image(params: Params, config: Pi0FastConfig, images: jax.Array) -> jax.Array:
@@ -65,9 +54,11 @@ def embed_inputs(params: Params, config: Pi0FastConfig, obs: JaxObservation) -> 
     return Embedded(jnp.concatenate(embs, axis=1), mask, ar.astype(jnp.int32))
 
 
-def _run(params: Params, embs, attention, positions, cache: gemma.KVCache | None = None):
+def _run(params: Params, config: Pi0FastConfig, embs, attention, positions, cache=None, remat: bool = False):
+    """The language model (final-normed hidden states and the keys/values, the cache's included)."""
+    llm = params["PaliGemma"]["llm"]
     (hidden, _), cache = gemma.transformer(
-        params["PaliGemma"]["llm"], [embs, None], attention, positions, [None, None], cache
+        llm, [embs, None], attention, positions, [None, None], cache, remat=remat, lora_scales=lora_scales(config)
     )
     return hidden, cache
 
@@ -77,28 +68,29 @@ def _logits(params: Params, hidden: jax.Array) -> jax.Array:
     return hidden.astype(jnp.float32) @ params["PaliGemma"]["llm"]["embedder"]["input_embedding"].T
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def token_logits(params: Params, config: Pi0FastConfig, obs: JaxObservation) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def token_logits(params: Params, config: Pi0FastConfig, obs: JaxObservation, remat: bool = False) -> jax.Array:
     """Logits ``[B, T-1, V]`` of the prompt positions ``0..T-2``; rotary positions ``0..L-2`` over every token."""
     embs, mask, ar = embed_inputs(params, config, obs)
     attention = make_attention_mask(mask, ar)[:, :-1, :-1]
     positions = jnp.broadcast_to(jnp.arange(embs.shape[1] - 1), (embs.shape[0], embs.shape[1] - 1))
-    hidden, _ = _run(params, embs[:, :-1], attention, positions)
+    hidden, _ = _run(params, config, embs[:, :-1], attention, positions, remat=remat)
     return _logits(params, hidden[:, -(obs.tokenized_prompt.shape[1] - 1) :])
 
 
-def token_nll(params: Params, config: Pi0FastConfig, obs: JaxObservation) -> jax.Array:
+def token_nll(params: Params, config: Pi0FastConfig, obs: JaxObservation, remat: bool = False) -> jax.Array:
     """Per-token NLL ``[B, T-1]`` of the prompt tokens ``1..T-1``."""
-    logp = jax.nn.log_softmax(token_logits(params, config, obs), axis=-1)
+    logp = jax.nn.log_softmax(token_logits(params, config, obs, remat), axis=-1)
     return -jnp.take_along_axis(logp, obs.tokenized_prompt[:, 1:, None], axis=-1)[..., 0]
 
 
-def compute_loss(params: Params, config: Pi0FastConfig, obs: JaxObservation) -> jax.Array:
-    """Per-sample mean NLL ``[B]`` over the tokens ``token_loss_mask`` marks."""
+def compute_loss(params: Params, config: Pi0FastConfig, obs: JaxObservation, remat: bool = False) -> jax.Array:
+    """Per-sample mean NLL ``[B]`` over the tokens ``token_loss_mask`` marks (``remat``: recompute each layer's
+    activations in the backward pass)."""
     if obs.token_loss_mask is None:
         raise ValueError("π0-FAST training needs token_ar_mask and token_loss_mask (tokenize with actions)")
     loss_mask = obs.token_loss_mask[:, 1:].astype(jnp.float32)
-    return (token_nll(params, config, obs) * loss_mask).sum(-1) / jnp.clip(loss_mask.sum(-1), 1.0)
+    return (token_nll(params, config, obs, remat) * loss_mask).sum(-1) / jnp.clip(loss_mask.sum(-1), 1.0)
 
 
 def _right_align(embs, mask, attention):
@@ -117,7 +109,7 @@ def _prefill(params: Params, config: Pi0FastConfig, embs, attention, positions, 
     batch, length = attention.shape[:2]
     zeros = jnp.zeros((llm.depth, batch, steps, llm.num_kv_heads, llm.head_dim), embs.dtype)
     padded = jnp.concatenate([jnp.zeros((batch, length, steps), bool), attention], axis=-1)
-    hidden, cache = _run(params, embs, padded, positions, gemma.KVCache(zeros, zeros))
+    hidden, cache = _run(params, config, embs, padded, positions, gemma.KVCache(zeros, zeros))
     # [zeros | prefix] -> [prefix | zeros]: slot L + s holds decode step s.
     keys, values = (jnp.roll(t, -steps, axis=2) for t in cache)
     return _logits(params, hidden[:, -1:])[:, 0], gemma.KVCache(keys, values)
@@ -155,7 +147,7 @@ def sample_tokens(
         in_window = (slots[None, None] >= window_start) & (slots[None, None] < prefill_size + step)
         attention = jnp.concatenate([in_window, jnp.ones((batch, 1, 1), bool)], axis=-1)
         positions = (prefill_len + step + 1)[:, None]
-        hidden, grown = _run(params, token_embs, attention, positions, cache)
+        hidden, grown = _run(params, config, token_embs, attention, positions, cache)
         cache = gemma.KVCache(
             *(jax.lax.dynamic_update_slice_in_dim(old, new[:, :, -1:], prefill_size + step, axis=2)
               for old, new in zip(cache, grown, strict=True))
@@ -184,7 +176,7 @@ class Pi0Fast(nnx.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | os.PathLike, config: Pi0FastConfig) -> Pi0Fast:
-        return cls(config, load_params(checkpoint_dir, config))
+        return cls(config, jax_params.load_params(checkpoint_dir, config))
 
     def params(self) -> Params:
         return nnx.to_pure_dict(nnx.state(self, nnx.Param))

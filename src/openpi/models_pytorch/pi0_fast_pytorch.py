@@ -128,8 +128,9 @@ class Pi0FastPytorch(nn.Module):
         logp = F.log_softmax(self.token_logits(obs), dim=-1)
         return -logp.gather(-1, obs.tokenized_prompt[:, 1:, None]).squeeze(-1)
 
-    def forward(self, obs: Observation) -> torch.Tensor:
-        """Per-sample loss ``[B]``: the mean NLL over the tokens ``token_loss_mask`` marks."""
+    def forward(self, obs: Observation, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss ``[B]``: the mean NLL over the tokens ``token_loss_mask`` marks. ``actions`` is unused
+        (the sequence holds them as tokens); the trainers pass it as to π0."""
         if obs.token_loss_mask is None or obs.token_ar_mask is None:
             raise ValueError("π0-FAST training needs token_ar_mask and token_loss_mask (tokenize with actions)")
         loss_mask = obs.token_loss_mask[:, 1:].float()
