@@ -73,6 +73,8 @@ class DataConfig:
     # None accepts any.
     observation_keys: tuple[str, ...] | None = None
     tokenizer_path: str | None = None
+    # π0-FAST: the sequence tokenizer, which the policy decodes generated tokens with (None for π0 / π0.5).
+    fast_tokenizer: fast_transforms.FastTokenizerSpec | None = None
     # The command that generates the dataset at `root` with its norm stats (a dataset generated locally), for the
     # errors that find it missing.
     generate_command: str | None = None
@@ -86,21 +88,26 @@ def uses_quantile_norm(model: ModelConfig) -> bool:
     return isinstance(model, Pi0FastConfig) or model.pi05
 
 
+def fast_tokenizer_spec(
+    model: ModelConfig, tokenizer_path: str, default_fast_tokenizer: str | None
+) -> fast_transforms.FastTokenizerSpec | None:
+    """π0-FAST's sequence tokenizer (its FAST folder: the model's, else ``default_fast_tokenizer``); None for π0."""
+    if not isinstance(model, Pi0FastConfig):
+        return None
+    return fast_transforms.FastTokenizerSpec(model, tokenizer_path, model.fast_tokenizer_path or default_fast_tokenizer)
+
+
 def model_transforms(
     model: ModelConfig, tokenizer_path: str, default_fast_tokenizer: str | None = None
 ) -> _transforms.Group:
     """Resize every camera to the vision tower's resolution, tokenize (with the discretised state for π0.5), pad
     state/actions to the model's action dimension. π0-FAST: resize, then one sequence of prompt, state and FAST
-    action tokens; the outputs decode the generated tokens (its FAST folder: the model's, else
-    ``default_fast_tokenizer``)."""
+    action tokens (:func:`fast_tokenizer_spec`); the policy decodes the generated tokens."""
     size = model.vision_config.image_size
     if isinstance(model, Pi0FastConfig):
-        sequences = fast_transforms.FastTokenizerSpec(
-            model, tokenizer_path, model.fast_tokenizer_path or default_fast_tokenizer
-        )
+        sequences = fast_tokenizer_spec(model, tokenizer_path, default_fast_tokenizer)
         return _transforms.Group(
-            inputs=(_transforms.ResizeImages(size, size), fast_transforms.TokenizeFastInputs(sequences)),
-            outputs=(fast_transforms.ExtractFastActions(sequences),),
+            inputs=(_transforms.ResizeImages(size, size), fast_transforms.TokenizeFastInputs(sequences))
         )
     return _transforms.Group(
         inputs=(
@@ -160,6 +167,7 @@ class DataConfigFactory(abc.ABC):
             "use_quantile_norm": uses_quantile_norm(model_config),
             "default_prompt": self.default_prompt,
             "tokenizer_path": tokenizer_path,
+            "fast_tokenizer": fast_tokenizer_spec(model_config, tokenizer_path, None),
         }
 
 
@@ -189,14 +197,16 @@ class FakeDataConfig(DataConfigFactory):
 
     def create(self, assets_dirs: Path, model_config: ModelConfig) -> DataConfig:
         tokenizer_path = self.tokenizer_path or str(shapes_dataset.prepared_tokenizer())
+        fast_path = str(shapes_dataset.fast_tokenizer_path())
         dim = model_config.action_dim
         identity = _normalize.NormStats(mean=[0.0] * dim, std=[1.0] * dim, q01=[-1.0] * dim, q99=[1.0] * dim)
         return DataConfig(
             repo_id=FAKE_REPO_ID,
             asset_id=FAKE_REPO_ID,
             norm_stats={"state": identity, "actions": identity},
-            model_transforms=model_transforms(model_config, tokenizer_path, str(shapes_dataset.fast_tokenizer_path())),
+            model_transforms=model_transforms(model_config, tokenizer_path, fast_path),
             use_quantile_norm=uses_quantile_norm(model_config),
             default_prompt=self.default_prompt,
             tokenizer_path=tokenizer_path,
+            fast_tokenizer=fast_tokenizer_spec(model_config, tokenizer_path, fast_path),
         )

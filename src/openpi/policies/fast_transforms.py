@@ -1,5 +1,5 @@
-"""π0-FAST's steps of the data pipeline: tokenizing prompt, state and actions into one sequence, and reading the
-action chunk back from the generated tokens."""
+"""π0-FAST's side of the data pipeline: tokenizing prompt, state and actions into one sequence, and reading the action
+chunks back from generated tokens (which the policy does, to report failures)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ from openpi.models.fast_tokenizer import FastActionTokenizer, FastDecodingError
 from openpi.models.pi0_fast_config import Pi0FastConfig
 
 logger = logging.getLogger(__name__)
-
-# Reply key: True where the generated tokens did not decode (the robot then gets the all-zero normalised chunk).
-DECODING_FAILED_KEY = "decoding_failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,26 +65,20 @@ class TokenizeFastInputs:
         return data
 
 
-@dataclasses.dataclass(frozen=True)
-class ExtractFastActions:
-    """Model output ``actions`` (the generated token ids ``[S]``) → the normalised chunk ``[H, D]``.
+def decode_actions(tokenizer: FastPromptTokenizer, generated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised chunks ``[B, H, D]`` of generated ids ``[B, S]``, and which rows failed to decode ``[B]``.
 
-    A sequence that does not decode (no "Action: ", foreign ids, a wrong coefficient count) gives the all-zero chunk,
-    upstream's choice (after unnormalisation: the middle of each dimension's training range), and
-    ``decoding_failed`` True in the reply, so that a client can tell and hold the robot instead.
+    A row that does not decode (no "Action: ", foreign ids, a wrong coefficient count) gets the all-zero chunk,
+    upstream's choice: after unnormalisation the middle of each dimension's training range (quantile
+    normalisation). The policy reports it as ``decoding_failed``, so that a client can hold the robot instead.
     """
-
-    spec: FastTokenizerSpec
-
-    def __call__(self, data: dict) -> dict:
-        tokenizer = self.spec.load()
-        generated = np.asarray(data["actions"]).reshape(-1)
-        fast = tokenizer.fast
+    fast = tokenizer.fast
+    chunks = np.zeros((len(generated), fast.action_horizon, fast.action_dim), np.float32)
+    failed = np.zeros(len(generated), bool)
+    for i, row in enumerate(np.asarray(generated).astype(np.int64)):
         try:
-            data["actions"] = tokenizer.extract_actions(generated.astype(np.int64).tolist())
-            data[DECODING_FAILED_KEY] = np.bool_(False)
+            chunks[i] = tokenizer.extract_actions(row.tolist())
         except FastDecodingError as e:
-            logger.warning("π0-FAST tokens did not decode (%s): replying the zero chunk", e)
-            data["actions"] = np.zeros((fast.action_horizon, fast.action_dim), np.float32)
-            data[DECODING_FAILED_KEY] = np.bool_(True)
-        return data
+            logger.warning("π0-FAST tokens of row %d did not decode (%s): replying the zero chunk", i, e)
+            failed[i] = True
+    return chunks, failed
