@@ -30,6 +30,12 @@ class Pi0FastConfig:
     # universal tokenizer, or one from scripts/train_fast_tokenizer.py). None: the data config's default (the embedded
     # datasets bring theirs; the others need it set).
     fast_tokenizer_path: str | None = None
+    # LightVLA pruning of the prefix's image tokens at inference (the parameter-free pruner of π0.5; training runs
+    # unpruned): keep this many patches in total, or this fraction of the valid ones; neither: the union of the votes.
+    # Each decode step then reads a shorter KV cache.
+    token_pruning_enabled: bool = False
+    token_prune_keep_tokens: int | None = None
+    token_prune_keep_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -38,6 +44,10 @@ class Pi0FastConfig:
             raise ValueError("action_horizon, action_dim, max_token_len and max_decoding_steps must be positive")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.token_prune_keep_tokens is not None and self.token_prune_keep_tokens < 1:
+            raise ValueError(f"token_prune_keep_tokens must be >= 1, got {self.token_prune_keep_tokens}")
+        if self.token_prune_keep_ratio is not None and not 0.0 < self.token_prune_keep_ratio <= 1.0:
+            raise ValueError(f"token_prune_keep_ratio must be in (0, 1], got {self.token_prune_keep_ratio}")
         self.llm_config  # noqa: B018  (validates the variants)
         self.vision_config  # noqa: B018
 

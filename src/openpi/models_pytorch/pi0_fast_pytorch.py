@@ -13,6 +13,9 @@ Upstream's semantics kept on purpose (the published checkpoints were trained and
   camera before the prompt this window holds the masked camera's tokens instead of the first valid ones (and those
   tokens' prefill rows, fully masked, average uniformly over a cache sized for the decode steps);
 * decoding stops early only when every row emits EOS at the same step.
+
+With ``token_pruning_enabled`` the decode prefix keeps only the image tokens π0.5's LightVLA pruner selects (at its
+budget); positions stay those of the unpruned prefix, and every decode step reads the shorter KV cache.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from openpi.models.tokenizer import EOS_ID
 from openpi.models_pytorch.gemma import GemmaModel, rotary_cos_sin
 from openpi.models_pytorch.paligemma_with_expert import MASKED_LOGIT, KVCache, PaliGemma, joint_layer
 from openpi.models_pytorch.pi0_pytorch import make_attention_mask
+from openpi.models_pytorch.token_pruner import ImageTokenPruner, PrunerSettings
 from openpi.models_pytorch.weights import keeps_float32
 
 
@@ -53,6 +57,8 @@ class Pi0FastPytorch(nn.Module):
         self.config = config
         self.paligemma = PaliGemma(config.vision_config, config.llm_config, config.vocab_size)
         self.gradient_checkpointing = False
+        settings = PrunerSettings(keep_tokens=config.token_prune_keep_tokens, keep_ratio=config.token_prune_keep_ratio)
+        self.token_pruner = ImageTokenPruner(settings) if config.token_pruning_enabled else None
         if config.dtype == "bfloat16":
             for name, param in self.named_parameters():
                 param.data = param.data.to(torch.float32 if keeps_float32(name) else torch.bfloat16)
@@ -149,14 +155,13 @@ class Pi0FastPytorch(nn.Module):
         """Decodes after the prefix (greedy at temperature 0) with a KV cache; see the module docstring."""
         steps = self.config.max_decoding_steps if max_decoding_steps is None else max_decoding_steps
         temperature = self.config.temperature if temperature is None else temperature
-        embs, mask, ar = self.embed_inputs(obs)
-        embs, mask, attention = _right_align(embs, mask, make_attention_mask(mask, ar))
+        embs, mask, attention, positions = self._decode_prefix(obs)
         batch, prefill_size = mask.shape
-        prefill_len = mask.sum(-1)  # [B]
-        hidden, cache = self._prefill(embs, attention, mask.long().cumsum(-1) - 1, steps)
+        prefill_len = positions.amax(-1) + 1  # [B] the unpruned prefix's valid length
+        hidden, cache = self._prefill(embs, attention, positions, steps)
         logit = self.logits(hidden[:, -1:])[:, 0]  # [B, V]
-        # Decode step s attends to cache slots [prefill_size - prefill_len, prefill_size + s].
-        window_start = (prefill_size - prefill_len)[:, None, None]
+        # Decode step s attends to cache slots [prefill_size - valid prefix slots, prefill_size + s].
+        window_start = (prefill_size - mask.sum(-1))[:, None, None]
         tokens = torch.zeros(batch, steps, dtype=torch.long, device=embs.device)
         all_logits = [] if return_logits else None
         for step in range(steps):
@@ -174,6 +179,29 @@ class Pi0FastPytorch(nn.Module):
         logits = None if all_logits is None else torch.stack(all_logits, dim=1)
         return Decoded(tokens, step + 1, logits)
 
+    def _decode_prefix(self, obs: Observation) -> tuple[torch.Tensor, ...]:
+        """The right-aligned prefix: embeddings, validity, attention ``[B, L, L]`` and rotary positions (the count of
+        valid tokens before each token in the unpruned prefix), its image tokens pruned if enabled."""
+        embs, mask, ar = self.embed_inputs(obs)
+        positions = mask.long().cumsum(-1) - 1
+        if self.token_pruner is not None:
+            embs, mask, positions = self._prune(embs, mask, positions, obs.tokenized_prompt.shape[1])
+            ar = torch.zeros_like(positions)
+        return _right_align(embs, mask, make_attention_mask(mask, ar), positions)
+
+    def _prune(
+        self, embs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, num_text: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keeps the image tokens the pruner selects (scored against the prefix text: prompt and state)."""
+        n = embs.shape[1] - num_text
+        text, text_mask = embs[:, n:], mask[:, n:]
+        pruned = self.token_pruner(embs[:, :n], text, text_mask, mask[:, :n], positions[:, :n])
+        return (
+            torch.cat([pruned.tokens.to(embs.dtype), text], dim=1),
+            torch.cat([pruned.mask, text_mask], dim=1),
+            torch.cat([pruned.positions, positions[:, n:]], dim=1),
+        )
+
     def _prefill(
         self, embs: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, steps: int
     ) -> tuple[torch.Tensor, KVCache]:
@@ -190,8 +218,8 @@ class Pi0FastPytorch(nn.Module):
 
 
 def _right_align(
-    embs: torch.Tensor, mask: torch.Tensor, attention: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    embs: torch.Tensor, mask: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rolls each row left by (its last valid index + 1), so that the row ends with its last valid token."""
     length = mask.shape[1]
     arange = torch.arange(length, device=mask.device)
@@ -199,7 +227,7 @@ def _right_align(
     index = (arange[None] + shift[:, None]) % length  # [B, L] source index of each slot
     rows = torch.arange(mask.shape[0], device=mask.device)[:, None]
     rolled = attention[rows[:, :, None], index[:, :, None], index[:, None, :]]
-    return embs[rows, index], mask[rows, index], rolled
+    return embs[rows, index], mask[rows, index], rolled, positions[rows, index]
 
 
 def _draw(logit: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
