@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.policies import policy_config
 from openpi.policies.pipeline import StateRange
 from openpi.policies.policy import Policy
@@ -103,6 +104,10 @@ class Args:
     """LightVLA serving budget: keep this many image tokens."""
     num_steps: int | None = None
     """Denoising steps per action chunk; None keeps the model's default."""
+    max_decoding_steps: int | None = None
+    """π0-FAST: at most this many generated tokens per chunk; None keeps the config's."""
+    temperature: float | None = None
+    """π0-FAST: sampling temperature (0: greedy); None keeps the config's."""
     compile_mode: str | None = None
     """torch.compile mode for sample_actions (e.g. default, max-autotune); a pruned model then pads its kept patch
     count to multiples of 16 and each batch to a power of two (both exact, see --batch-buckets), so it compiles once
@@ -138,7 +143,7 @@ def create_policy(args: Args) -> Policy:
     if args.token_prune_keep_ratio is not None and args.token_prune_keep_tokens is not None:
         raise ValueError("Give at most one of --token-prune-keep-ratio and --token-prune-keep-tokens")
     checkpoint = resolve_checkpoint(args)
-    sample_kwargs = {} if args.num_steps is None else {"num_steps": args.num_steps}
+    sample_kwargs = sample_settings(args)
     policy = policy_config.create_trained_policy(
         with_compile(_config.get_config(checkpoint.config), args.compile_mode),
         checkpoint.dir,
@@ -157,6 +162,17 @@ def create_policy(args: Args) -> Policy:
     return policy
 
 
+def sample_settings(args: Args) -> dict[str, Any]:
+    """The sampling flags that are set: ``num_steps`` (π0 / π0.5), ``max_decoding_steps`` and ``temperature``
+    (π0-FAST)."""
+    flags = {
+        "num_steps": args.num_steps,
+        "max_decoding_steps": args.max_decoding_steps,
+        "temperature": args.temperature,
+    }
+    return {name: value for name, value in flags.items() if value is not None}
+
+
 def batch_buckets(args: Args) -> tuple[int, ...] | None:
     """The batch sizes the model runs at: the flag's, else the powers of two up to --max-batch when compiling."""
     if args.batch_buckets is not None:
@@ -173,6 +189,8 @@ def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _conf
     """``config`` whose model compiles ``sample_actions`` with ``compile_mode`` (and buckets its kept count)."""
     if compile_mode is None:
         return config
+    if isinstance(config.model, Pi0FastConfig):
+        raise ValueError("--compile-mode compiles π0 / π0.5 sampling; π0-FAST decodes eagerly")
     model = dataclasses.replace(
         config.model,
         pytorch_compile_mode=compile_mode,
@@ -185,12 +203,21 @@ def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
     """The policy's metadata plus the pruning budget in effect (the flag's, else the model config's)."""
     model_config = policy.model.config
     ratio, tokens = args.token_prune_keep_ratio, args.token_prune_keep_tokens
+    if isinstance(model_config, Pi0FastConfig):
+        model_settings = {
+            "max_decoding_steps": args.max_decoding_steps or model_config.max_decoding_steps,
+            "temperature": model_config.temperature if args.temperature is None else args.temperature,
+        }
+    else:
+        model_settings = {
+            "compile_mode": model_config.pytorch_compile_mode,
+            "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
+        }
     return {
         **policy.metadata,
         "token_prune_keep_ratio": model_config.token_prune_keep_ratio if ratio is None else ratio,
         "token_prune_keep_tokens": model_config.token_prune_keep_tokens if tokens is None else tokens,
-        "compile_mode": model_config.pytorch_compile_mode,
-        "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
+        **model_settings,
         "max_batch": args.max_batch,
         "batch_buckets": policy.batch_buckets,
         "batch_window_ms": args.batch_window_ms,

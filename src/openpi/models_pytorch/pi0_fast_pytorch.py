@@ -64,6 +64,24 @@ class Pi0FastPytorch(nn.Module):
                 param.data = param.data.to(torch.float32 if keeps_float32(name) else torch.bfloat16)
 
     @property
+    def token_pruning_enabled(self) -> bool:
+        return self.token_pruner is not None
+
+    @property
+    def pruner(self) -> ImageTokenPruner:
+        """The LightVLA pruner (its budgets and telemetry); raises if pruning is disabled."""
+        if self.token_pruner is None:
+            raise RuntimeError("Token pruning is disabled; build the model with token_pruning_enabled=True")
+        return self.token_pruner
+
+    # Serving-time budgets, as π0's setters; None restores the config's value.
+    def set_token_pruner_keep_ratio(self, keep_ratio: float | None) -> None:
+        self.pruner.keep_ratio = self.config.token_prune_keep_ratio if keep_ratio is None else keep_ratio
+
+    def set_token_pruner_keep_tokens(self, keep_tokens: int | None) -> None:
+        self.pruner.keep_tokens = self.config.token_prune_keep_tokens if keep_tokens is None else keep_tokens
+
+    @property
     def language_model(self) -> GemmaModel:
         return self.paligemma.model.language_model
 

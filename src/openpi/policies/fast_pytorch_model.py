@@ -28,6 +28,8 @@ class FastPytorchPolicyModel:
     def __init__(self, model: Pi0FastPytorch, device: str | torch.device, tokenizer: FastTokenizerSpec) -> None:
         self._device = torch.device(device)
         self._model = model.to(self._device).eval()
+        if model.token_pruning_enabled:
+            model.pruner.collect_stats = True
         self._tokenizer = tokenizer
         size = model.config.vision_config.image_size
         self._image_resolution = (size, size)
@@ -43,10 +45,10 @@ class FastPytorchPolicyModel:
 
     @property
     def token_pruning_enabled(self) -> bool:
-        return False
+        return self._model.token_pruning_enabled
 
     def get_token_pruning_stats(self) -> dict[str, float]:
-        return {}
+        return self._model.pruner.stats() if self.token_pruning_enabled else {}
 
     def nonfinite_parameters(self) -> list[str]:
         state = self._model.state_dict()
