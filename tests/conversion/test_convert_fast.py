@@ -52,3 +52,15 @@ def test_a_misshapen_leaf_is_refused(fixture, flat):
         CheckpointMismatchError, match="input_embedding is \\[512, 64\\], config expects \\[1024, 64\\]"
     ):
         list(convert_fast_params(tree, fixture.config))
+
+
+def test_a_checkpoint_folder_converts_and_loads_strictly(fixture, tmp_path):
+    from openpi.conversion import convert
+    from openpi.models_pytorch import weights
+
+    convert.convert_checkpoint(fixture.checkpoint_dir, fixture.config, tmp_path / "out", "float32")
+    model = Pi0FastPytorch(fixture.config)
+    weights.load_weights(model, tmp_path / "out")
+    expected = dict(convert.convert_fast_params_dir(fixture.checkpoint_dir, fixture.config))
+    for key, tensor in model.state_dict().items():
+        np.testing.assert_array_equal(tensor.numpy(), expected[key])
