@@ -235,3 +235,11 @@ def test_a_checkpoint_that_fails_verification_is_one_error_line(tmp_path):
         f"error: Refusing to serve {checkpoint}: {weights_file} does not match its checksum. Restore the file, or pass "
         "--skip-verify to serve it anyway"
     )
+
+
+def test_pi0_fast_decoding_flags_become_sample_settings():
+    args = serve_policy.Args(max_decoding_steps=64, temperature=0.7)
+    assert serve_policy.sample_settings(args) == {"max_decoding_steps": 64, "temperature": 0.7}
+    assert serve_policy.sample_settings(serve_policy.Args(num_steps=5)) == {"num_steps": 5}
+    with pytest.raises(ValueError, match="π0-FAST decodes eagerly"):
+        serve_policy.with_compile(get_config("debug_pi0_fast"), "default")

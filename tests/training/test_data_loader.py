@@ -13,10 +13,12 @@ import torch
 
 from openpi.envs import shapes_dataset
 from openpi.models.batch import IMAGE_KEYS
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.policies import aloha_policy, data_config, droid_policy, libero_policy, mixture, shapes_policy
 from openpi.shared import normalize
 from openpi.training import config as _config
 from openpi.training import data_loader, validation_split
+from tests.helpers.fast import fitted_tokenizer
 from tests.helpers.lerobot import (
     write_aloha_dataset,
     write_libero_dataset,
@@ -57,6 +59,9 @@ def _local(name: str, datasets: dict, **overrides) -> _config.TrainConfig:
         data = dataclasses.replace(
             data, members=tuple(dataclasses.replace(m, data=_tiny_shapes(m.data)) for m in data.members)
         )
+    if isinstance(config.model, Pi0FastConfig) and not isinstance(data, shapes_policy.EmbeddedDataConfig):
+        fast_dir = fitted_tokenizer(config.model.action_horizon, config.model.action_dim).save(tmp / "fast")
+        overrides = {"model": dataclasses.replace(config.model, fast_tokenizer_path=str(fast_dir)), **overrides}
     fields = {"batch_size": BATCH, "num_workers": 0, "assets_base_dir": str(tmp / "assets"), **overrides}
     config = dataclasses.replace(config, data=data, **fields)
     config.data.prepare()  # the testbed's dataset and tokenizer
@@ -95,7 +100,14 @@ def test_every_config_yields_model_shaped_batches(name, datasets, embedded_data_
         assert observation.images[key].shape == (BATCH, 3, size, size)
         assert observation.images[key].min() >= -1.0 and observation.images[key].max() <= 1.0
         assert observation.image_masks[key].shape == (BATCH,)
-    assert observation.state.shape == (BATCH, model.action_dim)
+    if isinstance(model, Pi0FastConfig):  # the robot's state goes into the prompt as is; the postfix has the loss
+        assert observation.state.shape == (BATCH, libero_policy.STATE_DIM)
+        assert observation.token_loss_mask.any(dim=1).all() and observation.token_ar_mask.shape == (
+            BATCH,
+            model.max_token_len,
+        )
+    else:
+        assert observation.state.shape == (BATCH, model.action_dim)
     assert observation.tokenized_prompt.shape == (BATCH, model.max_token_len)
     assert observation.tokenized_prompt_mask[:, 0].all()
     assert actions.shape == (BATCH, model.action_horizon, model.action_dim) and actions.dtype == torch.float32

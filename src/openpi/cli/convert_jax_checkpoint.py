@@ -10,6 +10,7 @@ from typing import Literal
 
 from openpi.models import orbax_params
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.training import config as training_config
 
 
@@ -32,7 +33,7 @@ class Args:
     """Convert weights holding NaN or infinity instead of refusing them."""
 
 
-def model_config(config_name: str) -> Pi0Config:
+def model_config(config_name: str) -> Pi0Config | Pi0FastConfig:
     """The model config of a registered training config."""
     return training_config.get_config(config_name).model
 

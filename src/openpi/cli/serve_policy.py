@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import tyro
 
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.policies.pipeline import StateRange
 from openpi.serving.connection_limits import ServerLimits
 from openpi.serving.recorder import RequestRecorder
@@ -112,6 +113,10 @@ class Args:
     --token-prune-keep-ratio)."""
     num_steps: int | None = None
     """Denoising steps per action chunk; None keeps the model's default."""
+    max_decoding_steps: int | None = None
+    """π0-FAST: at most this many generated tokens per chunk; None keeps the config's."""
+    temperature: float | None = None
+    """π0-FAST: sampling temperature (0: greedy); None keeps the config's."""
     compile_mode: str | None = None
     """torch.compile mode for sample_actions (e.g. default, max-autotune); a pruned model then pads its kept patch
     count to multiples of 16 and each batch to a power of two (both exact, see --batch-buckets), so it compiles once
@@ -178,12 +183,11 @@ def create_policy(args: Args) -> Policy:
     checkpoint = resolve_checkpoint(args)
     config = _config.get_config(checkpoint.config)
     config = dataclasses.replace(config, model=with_budget(config.model, args))
-    sample_kwargs = {} if args.num_steps is None else {"num_steps": args.num_steps}
     return policy_config.create_trained_policy(
         with_compile(config, args.compile_mode),
         checkpoint.dir,
         default_prompt=args.default_prompt,
-        sample_kwargs=sample_kwargs,
+        sample_kwargs=sample_settings(args),
         pytorch_device=args.pytorch_device,
         raw_weights=checkpoint.raw_weights,
         batch_buckets=batch_buckets(args),
@@ -192,7 +196,7 @@ def create_policy(args: Args) -> Policy:
     )
 
 
-def with_budget(model: Pi0Config, args: Args) -> Pi0Config:
+def with_budget(model: Pi0Config | Pi0FastConfig, args: Args) -> Pi0Config | Pi0FastConfig:
     """``model`` with the flags' pruning budget, which replaces the config's (a count or a ratio, never both)."""
     ratio, tokens = args.token_prune_keep_ratio, args.token_prune_keep_tokens
     if ratio is not None and tokens is not None:
@@ -204,6 +208,17 @@ def with_budget(model: Pi0Config, args: Args) -> Pi0Config:
     if ratio is None and tokens is None:
         return model
     return dataclasses.replace(model, token_prune_keep_ratio=ratio, token_prune_keep_tokens=tokens)
+
+
+def sample_settings(args: Args) -> dict[str, Any]:
+    """The sampling flags that are set: ``num_steps`` (π0 / π0.5), ``max_decoding_steps`` and ``temperature``
+    (π0-FAST)."""
+    flags = {
+        "num_steps": args.num_steps,
+        "max_decoding_steps": args.max_decoding_steps,
+        "temperature": args.temperature,
+    }
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def batch_buckets(args: Args) -> tuple[int, ...] | None:
@@ -222,6 +237,8 @@ def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _conf
     """``config`` whose model compiles ``sample_actions`` with ``compile_mode`` (and buckets its kept count)."""
     if compile_mode is None:
         return config
+    if isinstance(config.model, Pi0FastConfig):
+        raise ValueError("--compile-mode compiles π0 / π0.5 sampling; π0-FAST decodes eagerly")
     model = dataclasses.replace(
         config.model,
         pytorch_compile_mode=compile_mode,
@@ -230,7 +247,7 @@ def with_compile(config: _config.TrainConfig, compile_mode: str | None) -> _conf
     return dataclasses.replace(config, model=model)
 
 
-def budget_in_force(model_config: Pi0Config) -> dict[str, Any]:
+def budget_in_force(model_config: Pi0Config | Pi0FastConfig) -> dict[str, Any]:
     """The pruning budget the model serves with: ``{"token_prune_keep_tokens": K}`` (a count wins over a ratio),
     ``{"token_prune_keep_ratio": r}``, or ``{}`` (no pruning, or LightVLA's union of the votes)."""
     if not model_config.token_pruning_enabled:
@@ -245,11 +262,20 @@ def budget_in_force(model_config: Pi0Config) -> dict[str, Any]:
 def server_metadata(policy: Policy, args: Args) -> dict[str, Any]:
     """The policy's metadata plus the pruning budget in force and the batching settings."""
     model_config = policy.model.config
+    if isinstance(model_config, Pi0FastConfig):
+        model_settings = {
+            "max_decoding_steps": args.max_decoding_steps or model_config.max_decoding_steps,
+            "temperature": model_config.temperature if args.temperature is None else args.temperature,
+        }
+    else:
+        model_settings = {
+            "compile_mode": model_config.pytorch_compile_mode,
+            "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
+        }
     return {
         **policy.metadata,
         **budget_in_force(model_config),
-        "compile_mode": model_config.pytorch_compile_mode,
-        "token_prune_kept_multiple": model_config.token_prune_kept_multiple,
+        **model_settings,
         "max_batch": args.max_batch,
         "batch_buckets": policy.batch_buckets,
         "batch_window_ms": args.batch_window_ms,

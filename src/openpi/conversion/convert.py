@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from openpi.conversion.rules import Precision, build_rules, check_precision, convert_leaf, convert_params, target_dtype
+from openpi.conversion.rules import (
+    Precision,
+    build_fast_rules,
+    build_rules,
+    check_precision,
+    convert_fast_params,
+    convert_leaf,
+    convert_params,
+    target_dtype,
+)
 from openpi.models.orbax_params import (
     ParamInfo,
     flatten_params,
@@ -29,8 +38,15 @@ from openpi.models.orbax_params import (
     read_param_metadata,
     resolve_params_dir,
 )
-from openpi.models.param_layout import CheckpointMismatchError, base_variant, check_params, infer_model_config
+from openpi.models.param_layout import (
+    CheckpointMismatchError,
+    base_variant,
+    check_fast_params,
+    check_params,
+    infer_model_config,
+)
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models_jax import lora
 from openpi.models_jax import params as jax_params
 from openpi.models_pytorch.safetensors_stream import SafetensorsStreamWriter
@@ -48,6 +64,14 @@ def convert_params_dir(
     """
     flat = flatten_params(load_jax_params(resolve_params_dir(params_dir)))
     return dict(convert_params(flat, config, precision))
+
+
+def convert_fast_params_dir(
+    params_dir: str | os.PathLike, config: Pi0FastConfig, precision: Precision = "float32"
+) -> dict[str, np.ndarray]:
+    """The ``Pi0FastPytorch`` state dict (numpy arrays) of the π0-FAST orbax tree at ``params_dir``."""
+    flat = flatten_params(load_jax_params(resolve_params_dir(params_dir)))
+    return dict(convert_fast_params(flat, config, precision))
 
 
 def _merged_lora_tree(checkpoint_dir: Path, config: Pi0Config | None) -> tuple[Pi0Config, dict[str, np.ndarray]]:
@@ -81,8 +105,8 @@ def describe_params(infos: Mapping[str, ParamInfo]) -> str:
     return "\n".join(lines)
 
 
-def write_config(config: Pi0Config, output_dir: Path) -> Path:
-    """Writes ``config.json`` (the Pi0Config as a dict)."""
+def write_config(config: Pi0Config | Pi0FastConfig, output_dir: Path) -> Path:
+    """Writes ``config.json`` (the model config as a dict)."""
     path = output_dir / checkpoint_files.CONFIG_FILE
     path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     return path
@@ -90,7 +114,7 @@ def write_config(config: Pi0Config, output_dir: Path) -> Path:
 
 def convert_checkpoint(
     checkpoint_dir: str | os.PathLike,
-    config: Pi0Config | None,
+    config: Pi0Config | Pi0FastConfig | None,
     output_dir: str | os.PathLike,
     precision: Precision = "bfloat16",
     allow_nonfinite: bool = False,
@@ -103,7 +127,8 @@ def convert_checkpoint(
     The written ``config.json`` carries ``dtype=precision``. Returns the path of ``model.safetensors``.
 
     A tree with LoRA adapters (a JAX LoRA fine-tune; ``config`` must be its LoRA config) is loaded whole, the
-    adapters folded into their weights, and written as the base variant.
+    adapters folded into their weights, and written as the base variant. A π0-FAST tree needs its config (the
+    PaliGemma leaves alone; no LoRA merge).
     """
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     params_dir = resolve_params_dir(checkpoint_dir)
@@ -113,15 +138,23 @@ def convert_checkpoint(
     infos = read_param_metadata(params_dir)
     shapes = {path: info.shape for path, info in infos.items()}
     merged = None
-    if any("lora_" in path for path in shapes):
-        config, merged = _merged_lora_tree(checkpoint_dir, config)
-        shapes = {path: tuple(array.shape) for path, array in merged.items()}
-    if config is None:
-        config = infer_model_config(shapes)
-        logger.info("Architecture read from the checkpoint: %s", config)
-    check_params(shapes, config)
+    if isinstance(config, Pi0FastConfig):
+        if any("lora_" in path for path in shapes):
+            raise CheckpointMismatchError(
+                f"{checkpoint_dir} is a π0-FAST LoRA tree: merging its adapters is not supported"
+            )
+        check_fast_params(shapes, config)
+        rules = build_fast_rules(config)
+    else:
+        if any("lora_" in path for path in shapes):
+            config, merged = _merged_lora_tree(checkpoint_dir, config)
+            shapes = {path: tuple(array.shape) for path, array in merged.items()}
+        if config is None:
+            config = infer_model_config(shapes)
+            logger.info("Architecture read from the checkpoint: %s", config)
+        check_params(shapes, config)
+        rules = build_rules(config)
     check_precision(precision)
-    rules = build_rules(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     entries = [(t.key, t.shape, target_dtype(t, precision)) for rule in rules for t in rule.targets]
     weights_file = checkpoint_files.weights_path(output_dir)

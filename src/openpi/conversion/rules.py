@@ -23,19 +23,22 @@ from openpi.models.param_layout import (
     LLM_LAYERS,
     CheckpointMismatchError,
     Shape,
+    check_fast_params,
     check_float_leaf,
     check_params,
+    paligemma_shapes,
     published_shapes,
 )
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models_pytorch.weights import keeps_float32
 
 Precision = Literal["bfloat16", "float32"]
 Transform = Callable[[np.ndarray], np.ndarray]
 
 _PALIGEMMA = "paligemma_with_expert.paligemma.model"
-_VISION = f"{_PALIGEMMA}.vision_tower.vision_model"
-_LLM = f"{_PALIGEMMA}.language_model"
+# π0-FAST's PaliGemma module in PyTorch (no action expert around it).
+FAST_PALIGEMMA = "paligemma.model"
 _EXPERT = "paligemma_with_expert.gemma_expert.model"
 
 NUMPY_DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -138,9 +141,10 @@ def _dense(source: str, in_dim: int, out_dim: int, key: str, depth: int | None =
     return _stacked(f"{source}/kernel", depth, [kernel]) | _stacked(f"{source}/bias", depth, [bias])
 
 
-def _vision_targets(vision: variants.SiglipConfig, llm_width: int) -> Targets:
+def _vision_targets(vision: variants.SiglipConfig, llm_width: int, paligemma: str = _PALIGEMMA) -> Targets:
     w, depth, mlp, p = vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size, vision.patch_size
-    layer, embeddings = f"{_VISION}.encoder.layers.{{i}}", f"{_VISION}.embeddings"
+    vision_model = f"{paligemma}.vision_tower.vision_model"
+    layer, embeddings = f"{vision_model}.encoder.layers.{{i}}", f"{vision_model}.embeddings"
     targets = _single(f"{IMG}/embedding/kernel", f"{embeddings}.patch_embedding.weight", (w, 3, p, p), _patch_kernel)
     targets |= _single(f"{IMG}/embedding/bias", f"{embeddings}.patch_embedding.bias", (w,))
     targets |= _single(
@@ -160,9 +164,9 @@ def _vision_targets(vision: variants.SiglipConfig, llm_width: int) -> Targets:
     targets |= _stacked(f"{attention}/out/bias", depth, [(f"{out_proj}.bias", (w,), _identity)])
     targets |= _dense(f"{ENCODER}/MlpBlock_0/Dense_0", w, mlp, f"{layer}.mlp.fc1", depth)
     targets |= _dense(f"{ENCODER}/MlpBlock_0/Dense_1", mlp, w, f"{layer}.mlp.fc2", depth)
-    targets |= _single(f"{IMG}/Transformer/encoder_norm/scale", f"{_VISION}.post_layernorm.weight", (w,))
-    targets |= _single(f"{IMG}/Transformer/encoder_norm/bias", f"{_VISION}.post_layernorm.bias", (w,))
-    return targets | _dense(f"{IMG}/head", w, llm_width, f"{_PALIGEMMA}.multi_modal_projector.linear")
+    targets |= _single(f"{IMG}/Transformer/encoder_norm/scale", f"{vision_model}.post_layernorm.weight", (w,))
+    targets |= _single(f"{IMG}/Transformer/encoder_norm/bias", f"{vision_model}.post_layernorm.bias", (w,))
+    return targets | _dense(f"{IMG}/head", w, llm_width, f"{paligemma}.multi_modal_projector.linear")
 
 
 def _norm_targets(jax_norm: str, torch_norm: str, width: int, depth: int | None, adarms: bool) -> Targets:
@@ -212,14 +216,28 @@ def _projection_targets(config: Pi0Config) -> Targets:
     return targets | _dense("action_time_mlp_out", width, width, "action_time_mlp_out")
 
 
-def _targets(config: Pi0Config) -> Targets:
-    llm = config.llm_config
-    targets = _vision_targets(config.vision_config, llm.width)
+def _paligemma_targets(
+    vision: variants.SiglipConfig, llm: variants.GemmaConfig, vocab_size: int, paligemma: str
+) -> Targets:
+    """SigLIP, its projection and the language model, under the PyTorch module path ``paligemma``."""
+    language_model = f"{paligemma}.language_model"
+    targets = _vision_targets(vision, llm.width, paligemma)
     embedder = f"{LLM}/embedder/input_embedding"
-    targets |= _single(embedder, f"{_LLM}.embed_tokens.weight", (config.vocab_size, llm.width))
-    targets |= _gemma_targets(llm, "", _LLM, adarms=False)
+    targets |= _single(embedder, f"{language_model}.embed_tokens.weight", (vocab_size, llm.width))
+    return targets | _gemma_targets(llm, "", language_model, adarms=False)
+
+
+def _targets(config: Pi0Config) -> Targets:
+    targets = _paligemma_targets(config.vision_config, config.llm_config, config.vocab_size, _PALIGEMMA)
     targets |= _gemma_targets(config.expert_config, EXPERT_SUFFIX, _EXPERT, adarms=config.pi05)
     return targets | _projection_targets(config)
+
+
+def build_fast_rules(config: Pi0FastConfig) -> list[ParamRule]:
+    """Every leaf of a π0-FAST checkpoint with the tensors of ``Pi0FastPytorch`` (module ``paligemma``) it becomes."""
+    shapes = paligemma_shapes(config.vision_config, config.llm_config, config.vocab_size)
+    targets = _paligemma_targets(config.vision_config, config.llm_config, config.vocab_size, FAST_PALIGEMMA)
+    return [ParamRule(source, shapes[source], leaf_targets) for source, leaf_targets in targets.items()]
 
 
 def build_rules(config: Pi0Config) -> list[ParamRule]:
@@ -274,4 +292,13 @@ def convert_params(
     """
     check_params({path: tuple(a.shape) for path, a in flat_params.items()}, config)
     for rule in build_rules(config):
+        yield from convert_leaf(rule, np.asarray(flat_params[rule.source]), precision)
+
+
+def convert_fast_params(
+    flat_params: Mapping[str, np.ndarray], config: Pi0FastConfig, precision: Precision = "float32"
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields ``(torch key, array)`` for every tensor of ``Pi0FastPytorch``'s state dict, the tree checked first."""
+    check_fast_params({path: tuple(a.shape) for path, a in flat_params.items()}, config)
+    for rule in build_fast_rules(config):
         yield from convert_leaf(rule, np.asarray(flat_params[rule.source]), precision)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from openpi.envs.shapes import ACTION_DIM, COLORS, SHAPES, STATE_DIM, ActionSpace, ShapesEnv, ShapesTask
 from openpi.models import tokenizer as _tokenizer
+from openpi.models.fast_tokenizer import FastActionTokenizer
 from openpi.shared import checkpoint_files
 from openpi.shared import normalize as _normalize
 
@@ -39,6 +40,10 @@ REPO_ID = "openpi/embedded_shapes"
 DATA_HOME_ENV = "OPENPI_DATA_HOME"
 FPS = 10
 TOKENIZER_VOCAB_SIZE = 512
+# The embedded FAST tokenizer: its tokens map to PaliGemma ids 895 - t of the tiny models' 1024-id vocabulary, above the
+# 512 text ids, so at most 384 tokens; fitted on 10-step chunks (other horizons encode too, less compactly).
+FAST_VOCAB_SIZE = 384
+FAST_HORIZON = 10
 GENERATE_SCRIPT = "scripts/generate_shapes_dataset.py"
 # Generation time per recorded frame on a CPU (about 1,000 frames of 96-112 px in 10 s), for the first-use estimate.
 SECONDS_PER_FRAME = 0.01
@@ -161,6 +166,36 @@ def prepare_tokenizer() -> Path:
     os.replace(trained, path)
     tmp_prefix.with_name(tmp_prefix.name + ".vocab").unlink(missing_ok=True)
     return path
+
+
+def fast_tokenizer_path() -> Path:
+    return data_home() / "fast_tokenizer"
+
+
+def prepare_fast_tokenizer() -> Path:
+    """Fits (once) the FAST tokenizer of the embedded data's ``ACTION_DIM``-dim actions and returns its folder.
+
+    It stands in for the published universal tokenizer (2048 tokens: too many for the tiny models' vocabulary). The
+    fit is on smooth random chunks spanning the normalised range [-1, 1] plus its constant extremes, so that every
+    normalised chunk's coefficients lie within its alphabet.
+    """
+    folder = fast_tokenizer_path()
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    logger.info("Preparing the embedded FAST tokenizer in %s (first use, < 1 s)", folder)
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 1.0, FAST_HORIZON)[None, :, None]
+    freq, phase = rng.uniform(0.0, 1.5, (2000, 1, ACTION_DIM)), rng.uniform(0.0, 1.0, (2000, 1, ACTION_DIM))
+    smooth = np.sin(2 * np.pi * (t * freq + phase)) * rng.uniform(0.0, 1.0, (2000, 1, ACTION_DIM))
+    extremes = np.stack([np.full((FAST_HORIZON, ACTION_DIM), v) for v in (-1.0, 1.0)])
+    fast = FastActionTokenizer.fit(np.concatenate([smooth, extremes]), vocab_size=FAST_VOCAB_SIZE)
+    tmp = folder.parent / f".fast_tokenizer-{uuid.uuid4().hex}"
+    fast.save(tmp)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def generate_command(spec: EmbeddedDatasetSpec | None = None) -> str:

@@ -23,6 +23,8 @@ class Observation:
         state: ``[B, S]`` robot state (normalised, padded to the action dimension).
         tokenized_prompt: ``[B, L]`` int token ids, right padded.
         tokenized_prompt_mask: ``[B, L]`` bool, True for real tokens.
+        token_ar_mask: ``[B, L]`` int, 1 on π0-FAST's causal postfix (None for π0 / π0.5).
+        token_loss_mask: ``[B, L]`` bool, the tokens π0-FAST's loss predicts (None for π0 / π0.5).
     """
 
     images: dict[str, torch.Tensor]
@@ -30,6 +32,8 @@ class Observation:
     state: torch.Tensor
     tokenized_prompt: torch.Tensor | None = None
     tokenized_prompt_mask: torch.Tensor | None = None
+    token_ar_mask: torch.Tensor | None = None
+    token_loss_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         missing = set(self.images) - set(self.image_masks)
@@ -55,12 +59,15 @@ class Observation:
         image_masks = {name: _as_tensor(m).bool() for name, m in masks.items()}
         prompt = data.get("tokenized_prompt")
         prompt_mask = data.get("tokenized_prompt_mask")
+        ar_mask, loss_mask = data.get("token_ar_mask"), data.get("token_loss_mask")
         return cls(
             images=images,
             image_masks=image_masks,
             state=_as_tensor(data["state"]).float(),
             tokenized_prompt=None if prompt is None else _as_tensor(prompt).long(),
             tokenized_prompt_mask=None if prompt_mask is None else _as_tensor(prompt_mask).bool(),
+            token_ar_mask=None if ar_mask is None else _as_tensor(ar_mask).long(),
+            token_loss_mask=None if loss_mask is None else _as_tensor(loss_mask).bool(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +82,8 @@ class Observation:
             "state": numpy(self.state),
             "tokenized_prompt": numpy(self.tokenized_prompt),
             "tokenized_prompt_mask": numpy(self.tokenized_prompt_mask),
+            **({} if self.token_ar_mask is None else {"token_ar_mask": numpy(self.token_ar_mask)}),
+            **({} if self.token_loss_mask is None else {"token_loss_mask": numpy(self.token_loss_mask)}),
         }
 
     def select(self, index: slice) -> Observation:
@@ -97,6 +106,8 @@ class Observation:
             state=fn(self.state),
             tokenized_prompt=apply(self.tokenized_prompt),
             tokenized_prompt_mask=apply(self.tokenized_prompt_mask),
+            token_ar_mask=apply(self.token_ar_mask),
+            token_loss_mask=apply(self.token_loss_mask),
         )
 
 

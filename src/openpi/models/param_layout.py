@@ -19,6 +19,7 @@ import numpy as np
 
 from openpi.models import variants
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 
 Shape = tuple[int, ...]
 
@@ -105,22 +106,45 @@ def _projection_shapes(config: Pi0Config) -> dict[str, Shape]:
     return shapes | _dense("action_time_mlp_out", width, width)
 
 
+def paligemma_shapes(vision: variants.SiglipConfig, llm: variants.GemmaConfig, vocab_size: int) -> dict[str, Shape]:
+    """The ``PaliGemma`` leaves (SigLIP with its projection ``head``, the language model and its embedding): all of
+    π0-FAST's tree, and the part of π0's without the action expert."""
+    shapes = _vision_shapes(vision, llm.width)
+    shapes[f"{LLM}/embedder/input_embedding"] = (vocab_size, llm.width)
+    return shapes | _gemma_shapes(llm, "", adarms=False)
+
+
 def published_shapes(config: Pi0Config) -> dict[str, Shape]:
     """Every leaf of a published checkpoint of ``config`` (adapters excluded): ``/``-joined path -> shape."""
-    llm = config.llm_config
-    shapes = _vision_shapes(config.vision_config, llm.width)
-    shapes[f"{LLM}/embedder/input_embedding"] = (config.vocab_size, llm.width)
-    shapes |= _gemma_shapes(llm, "", adarms=False)
+    shapes = paligemma_shapes(config.vision_config, config.llm_config, config.vocab_size)
     shapes |= _gemma_shapes(config.expert_config, EXPERT_SUFFIX, adarms=config.pi05)
     return shapes | _projection_shapes(config)
 
 
-def lora_shapes(config: Pi0Config) -> dict[str, Shape]:
+def model_shapes(config: Pi0Config | Pi0FastConfig) -> dict[str, Shape]:
+    """The published leaves of a π0 / π0.5 model, or of a π0-FAST one (PaliGemma alone); adapters excluded."""
+    if isinstance(config, Pi0FastConfig):
+        return paligemma_shapes(config.vision_config, config.llm_config, config.vocab_size)
+    return published_shapes(config)
+
+
+def check_model_params(param_shapes: Mapping[str, Shape], config: Pi0Config | Pi0FastConfig) -> None:
+    """:func:`check_params` or, for π0-FAST, :func:`check_fast_params`."""
+    if isinstance(config, Pi0FastConfig):
+        check_fast_params(param_shapes, config)
+    else:
+        check_params(param_shapes, config)
+
+
+def lora_shapes(config: Pi0Config | Pi0FastConfig) -> dict[str, Shape]:
     """The adapter leaves of the LoRA variants among the language model (no suffix) and the expert (``_1``):
     ``lora_a`` / ``lora_b`` inside each attention einsum (the weight's last axis, then its second-to-last, replaced by
     the rank) and ``gating_einsum_lora_a`` / ``_b``, ``linear_lora_a`` / ``_b`` beside the MLP weights."""
     shapes: dict[str, Shape] = {}
-    for suffix, gemma in (("", config.llm_config), (EXPERT_SUFFIX, config.expert_config)):
+    gemmas = [("", config.llm_config)]
+    if isinstance(config, Pi0Config):
+        gemmas.append((EXPERT_SUFFIX, config.expert_config))
+    for suffix, gemma in gemmas:
         rank = gemma.lora_rank
         if not rank:
             continue
@@ -143,12 +167,14 @@ def lora_shapes(config: Pi0Config) -> dict[str, Shape]:
     return shapes
 
 
-def base_variant(config: Pi0Config) -> Pi0Config:
+def base_variant(config: Pi0Config | Pi0FastConfig) -> Pi0Config | Pi0FastConfig:
     """``config`` with its Gemma variants stripped of their adapters (what a merged or base checkpoint holds)."""
 
     def strip(variant: variants.GemmaConfig) -> str:
         return variants.spell_variant(dataclasses.replace(variant, lora_rank=0, lora_alpha=0, lora_rslora=0))
 
+    if isinstance(config, Pi0FastConfig):
+        return dataclasses.replace(config, paligemma_variant=strip(config.llm_config))
     return dataclasses.replace(
         config, paligemma_variant=strip(config.llm_config), action_expert_variant=strip(config.expert_config)
     )
@@ -244,9 +270,12 @@ def _architecture_differences(param_shapes: Mapping[str, Shape], config: Pi0Conf
 def find_param_problems(param_shapes: Mapping[str, Shape], config: Pi0Config) -> list[str]:
     """Every difference between a parameter tree and what ``config`` expects: architecture, unknown and missing
     leaves, and shape mismatches. Empty when the tree matches."""
-    expected = published_shapes(config)
-    problems = _architecture_differences(param_shapes, config)
-    problems += [
+    return _architecture_differences(param_shapes, config) + shape_problems(param_shapes, published_shapes(config))
+
+
+def shape_problems(param_shapes: Mapping[str, Shape], expected: Mapping[str, Shape]) -> list[str]:
+    """Unknown, missing and misshapen leaves of a tree against the ``expected`` shapes."""
+    problems = [
         f"unknown parameter {path} {list(param_shapes[path])}" for path in sorted(set(param_shapes) - set(expected))
     ]
     problems += [
@@ -266,4 +295,15 @@ def check_params(param_shapes: Mapping[str, Shape], config: Pi0Config) -> None:
     if problems:
         raise CheckpointMismatchError(
             f"The checkpoint does not match the model config ({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+
+
+def check_fast_params(param_shapes: Mapping[str, Shape], config: Pi0FastConfig) -> None:
+    """Raises :class:`CheckpointMismatchError` listing every leaf of a π0-FAST tree that differs from ``config``'s
+    (the PaliGemma leaves alone: π0-FAST has no action expert)."""
+    expected = paligemma_shapes(config.vision_config, config.llm_config, config.vocab_size)
+    problems = shape_problems(param_shapes, expected)
+    if problems:
+        raise CheckpointMismatchError(
+            f"The checkpoint does not match the π0-FAST config ({len(problems)} problems):\n  " + "\n  ".join(problems)
         )

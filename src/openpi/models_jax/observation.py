@@ -21,6 +21,8 @@ class JaxObservation:
         state: ``[B, action_dim]`` float.
         tokenized_prompt: ``[B, L]`` int32 token ids, right padded.
         tokenized_prompt_mask: ``[B, L]`` bool.
+        token_ar_mask: ``[B, L]`` int32, 1 on π0-FAST's causal postfix (None for π0 / π0.5).
+        token_loss_mask: ``[B, L]`` bool, the tokens π0-FAST's loss predicts (None for π0 / π0.5).
     """
 
     images: dict[str, jax.Array]
@@ -28,6 +30,8 @@ class JaxObservation:
     state: jax.Array
     tokenized_prompt: jax.Array
     tokenized_prompt_mask: jax.Array
+    token_ar_mask: jax.Array | None = None
+    token_loss_mask: jax.Array | None = None
 
     @property
     def batch_size(self) -> int:
@@ -49,6 +53,8 @@ class JaxObservation:
             state=np.asarray(data["state"]).astype(np.float32),
             tokenized_prompt=np.asarray(prompt).astype(np.int32),
             tokenized_prompt_mask=np.asarray(prompt_mask).astype(bool),
+            token_ar_mask=_optional(data.get("token_ar_mask"), np.int32),
+            token_loss_mask=_optional(data.get("token_loss_mask"), bool),
         )
 
     def trim_prompt_padding(self, multiple: int | None) -> JaxObservation:
@@ -63,6 +69,10 @@ class JaxObservation:
         return self.replace(
             tokenized_prompt=self.tokenized_prompt[:, :keep], tokenized_prompt_mask=self.tokenized_prompt_mask[:, :keep]
         )
+
+
+def _optional(array: Any, dtype: Any) -> np.ndarray | None:
+    return None if array is None else np.asarray(array).astype(dtype)
 
 
 def _float_channels_last(image: np.ndarray) -> np.ndarray:

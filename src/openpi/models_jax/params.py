@@ -22,11 +22,12 @@ from openpi.models.param_layout import (
     CheckpointMismatchError,
     Shape,
     base_variant,
-    check_params,
+    check_model_params,
     lora_shapes,
-    published_shapes,
+    model_shapes,
 )
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 
 Params = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -47,9 +48,9 @@ def nest(flat: Mapping[str, Any]) -> Params:
 LORA_INIT_STD = 0.01
 
 
-def layout(config: Pi0Config) -> dict[str, Shape]:
+def layout(config: Pi0Config | Pi0FastConfig) -> dict[str, Shape]:
     """Every path and shape of the model's tree: the published layout, plus the adapters of LoRA variants."""
-    return published_shapes(config) | lora_shapes(config)
+    return model_shapes(config) | lora_shapes(config)
 
 
 def _fan_in(path: str, shape: Shape) -> int:
@@ -77,7 +78,7 @@ def _init_leaf(path: str, shape: Shape, key: jax.Array) -> jax.Array:
     return jax.random.normal(key, shape, jnp.float32) * std
 
 
-def init_params(config: Pi0Config, seed: int = 0) -> Params:
+def init_params(config: Pi0Config | Pi0FastConfig, seed: int = 0) -> Params:
     """Freshly initialised float32 parameters in the published layout (with the adapters of LoRA variants)."""
     return nest(_init_leaves(layout(config), seed))
 
@@ -87,7 +88,7 @@ def _init_leaves(shapes: dict[str, Shape], seed: int) -> dict[str, jax.Array]:
     return {path: _init_leaf(path, shape, key) for (path, shape), key in zip(shapes.items(), keys, strict=True)}
 
 
-def load_params(checkpoint_dir: str | os.PathLike, config: Pi0Config, seed: int = 0) -> Params:
+def load_params(checkpoint_dir: str | os.PathLike, config: Pi0Config | Pi0FastConfig, seed: int = 0) -> Params:
     """Restores ``<checkpoint>/params`` (an orbax tree, ``value``-wrapped or not) as float32 numpy arrays.
 
     Strict: unknown, missing and misshapen paths raise one ``CheckpointMismatchError`` listing them all. A LoRA
@@ -97,7 +98,7 @@ def load_params(checkpoint_dir: str | os.PathLike, config: Pi0Config, seed: int 
     shapes = {path: info.shape for path, info in orbax_params.read_param_metadata(params_dir).items()}
     adapters = lora_shapes(config)
     stored_adapters = {path: shape for path, shape in shapes.items() if path in adapters}
-    check_params({path: shape for path, shape in shapes.items() if path not in adapters}, base_variant(config))
+    check_model_params({p: shape for p, shape in shapes.items() if p not in adapters}, base_variant(config))
     if stored_adapters and stored_adapters != adapters:
         missing = sorted(set(adapters) - set(stored_adapters))
         wrong = sorted(p for p in stored_adapters if stored_adapters[p] != adapters[p])

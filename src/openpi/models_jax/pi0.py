@@ -20,6 +20,7 @@ from flax import nnx
 
 from openpi.models import rtc as _rtc
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models.variants import GemmaConfig
 from openpi.models_jax import gemma, rtc, siglip
 from openpi.models_jax import params as _params
@@ -407,24 +408,24 @@ def draw_training_noise(
     return TrainingNoise(noise, time, uniform, delay)
 
 
-def lora_scales(config: Pi0Config) -> tuple[float, float]:
+def lora_scales(config: Pi0Config | Pi0FastConfig) -> tuple[float, float]:
     """The adapter scale of the language model and of the expert: ``alpha / rank`` (``/ sqrt(rank)`` rank-stabilised),
-    1 for a variant without adapters."""
+    1 for a variant without adapters (and for π0-FAST's absent expert)."""
 
     def scale(gemma: GemmaConfig) -> float:
         if not gemma.lora_rank:
             return 1.0
         return gemma.lora_alpha / (math.sqrt(gemma.lora_rank) if gemma.lora_rslora else gemma.lora_rank)
 
-    return scale(config.llm_config), scale(config.expert_config)
+    return scale(config.llm_config), scale(config.expert_config) if isinstance(config, Pi0Config) else 1.0
 
 
-class _Node(nnx.Module):
+class ParamNode(nnx.Module):
     """One node of the parameter tree: sub-nodes and ``nnx.Param`` leaves named as in the checkpoint."""
 
     def __init__(self, tree: Params):
         for name, value in tree.items():
-            setattr(self, name, _Node(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
+            setattr(self, name, ParamNode(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
 
 
 class Pi0(nnx.Module):
@@ -439,7 +440,7 @@ class Pi0(nnx.Module):
         self.config = config
         tree = _params.init_params(config, seed) if params is None else params
         for name, value in tree.items():
-            setattr(self, name, _Node(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
+            setattr(self, name, ParamNode(value) if isinstance(value, dict) else nnx.Param(jnp.asarray(value)))
         self.keep_tokens = config.token_prune_keep_tokens
         self.keep_ratio = config.token_prune_keep_ratio
         self.collect_stats = False

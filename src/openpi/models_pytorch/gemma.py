@@ -60,8 +60,9 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary tables ``[B, 1, L, head_dim / 2]`` (float32) for integer ``positions [B, L]``."""
     exponent = torch.arange(0, head_dim // 2, device=positions.device, dtype=torch.float32) * 2.0 / head_dim
-    inv_timescale = ROPE_BASE**-exponent
-    angles = positions.float()[..., None] * inv_timescale
+    # Dividing by the timescale (as the JAX Gemma does) rather than multiplying by its inverse: at positions in the
+    # hundreds the two differ by float32 rounding that shows in the logits.
+    angles = positions.float()[..., None] / ROPE_BASE**exponent
     return angles.cos()[:, None], angles.sin()[:, None]
 
 

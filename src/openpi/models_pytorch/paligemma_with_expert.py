@@ -20,7 +20,7 @@ from openpi.models_pytorch.siglip import SiglipVisionTower
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 # Additive bias for masked attention logits: finite, so a fully masked (padding) row stays a uniform distribution.
-_MASKED_LOGIT = -2.3819763e38
+MASKED_LOGIT = -2.3819763e38
 
 
 class MultiModalProjector(nn.Module):
@@ -100,7 +100,7 @@ class PaliGemmaWithExpertModel(nn.Module):
             bias = torch.zeros(attention_mask.shape, dtype=reference.dtype, device=reference.device)
         else:
             bias = key_bias.to(reference.dtype)[:, None, :].expand(attention_mask.shape)
-        bias = bias.masked_fill(~attention_mask, _MASKED_LOGIT)[:, None]  # [B, 1, Lq, Lk], broadcast over heads
+        bias = bias.masked_fill(~attention_mask, MASKED_LOGIT)[:, None]  # [B, 1, Lq, Lk], broadcast over heads
         rope = rotary_cos_sin(positions, self._language_model.config.head_dim)
         experts = (self._language_model, self.gemma_expert.model)
         cache: KVCache = []
@@ -109,9 +109,9 @@ class PaliGemmaWithExpertModel(nn.Module):
             past = None if past_key_values is None else past_key_values[index]
             args = (layers, streams, adarms_cond, rope, bias, past)
             if self.gradient_checkpointing and self.training:
-                streams, kv = checkpoint(_joint_layer, *args, use_reentrant=False)
+                streams, kv = checkpoint(joint_layer, *args, use_reentrant=False)
             else:
-                streams, kv = _joint_layer(*args)
+                streams, kv = joint_layer(*args)
             cache.append(kv)
         outputs = [
             None if x is None else model.norm(x, cond)[0]
@@ -120,7 +120,7 @@ class PaliGemmaWithExpertModel(nn.Module):
         return outputs, cache
 
 
-def _joint_layer(
+def joint_layer(
     layers: list[GemmaDecoderLayer],
     streams: list[torch.Tensor | None],
     conds: list[torch.Tensor | None],

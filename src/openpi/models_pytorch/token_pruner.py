@@ -170,6 +170,35 @@ def select_kept(
     return (_rank_patches(votes, best_score, selectable) < budget[:, None]) & selectable
 
 
+@dataclasses.dataclass(frozen=True)
+class PrunerSettings:
+    """The pruner's settings (:class:`ImageTokenPruner`); a π0 config's ``token_prune_*`` fields by :meth:`of`."""
+
+    center_patches: bool = True
+    dedup_training: bool = True
+    budget_training: bool = False
+    gate_dropped_patches: bool = False
+    gate_dropped_sample: float | None = None
+    kept_multiple: int | None = None
+    noise_scale: float = 1.0
+    keep_tokens: int | None = None
+    keep_ratio: float | None = None
+
+    @classmethod
+    def of(cls, config: Pi0Config) -> PrunerSettings:
+        return cls(
+            config.token_prune_center_patches,
+            config.token_prune_dedup_training,
+            config.token_prune_budget_training,
+            config.token_prune_gate_dropped_patches,
+            config.token_prune_gate_dropped_sample,
+            config.token_prune_kept_multiple,
+            config.token_prune_noise_scale,
+            config.token_prune_keep_tokens,
+            config.token_prune_keep_ratio,
+        )
+
+
 class ImageTokenPruner(nn.Module):
     """LightVLA's pruner over the pooled patches of all cameras (camera-major); it has no parameters.
 
@@ -195,8 +224,9 @@ class ImageTokenPruner(nn.Module):
       sample's dropped patches, their gate's gradient divided by the share (the inclusion probability): an unbiased
       estimate of gating them all, on a prefix of the budget plus the sample.
 
-    The settings are the model config's ``token_prune_*`` fields; ``noise_scale``, ``keep_tokens`` and ``keep_ratio``
-    may be changed between calls. Subclasses change what the eval selection keeps by overriding :meth:`keep_mask`.
+    The settings are the model config's ``token_prune_*`` fields (or :class:`PrunerSettings`); ``noise_scale``,
+    ``keep_tokens`` and ``keep_ratio`` may be changed between calls. Subclasses change what the eval selection keeps
+    by overriding :meth:`keep_mask`.
 
     Attributes:
         collect_stats: when True every forward writes its telemetry (python floats) to ``last_stats``; otherwise
@@ -204,17 +234,18 @@ class ImageTokenPruner(nn.Module):
         last_selection: the :class:`Selection` of the last eval forward (None after a train forward).
     """
 
-    def __init__(self, config: Pi0Config):
+    def __init__(self, config: Pi0Config | PrunerSettings):
         super().__init__()
-        self.center_patches = config.token_prune_center_patches
-        self.dedup_training = config.token_prune_dedup_training
-        self.budget_training = config.token_prune_budget_training
-        self.gate_dropped_patches = config.token_prune_gate_dropped_patches
-        self.gate_dropped_sample = config.token_prune_gate_dropped_sample
-        self.kept_multiple = config.token_prune_kept_multiple
-        self.noise_scale = config.token_prune_noise_scale
-        self.keep_tokens = config.token_prune_keep_tokens
-        self.keep_ratio = config.token_prune_keep_ratio
+        settings = PrunerSettings.of(config) if isinstance(config, Pi0Config) else config
+        self.center_patches = settings.center_patches
+        self.dedup_training = settings.dedup_training
+        self.budget_training = settings.budget_training
+        self.gate_dropped_patches = settings.gate_dropped_patches
+        self.gate_dropped_sample = settings.gate_dropped_sample
+        self.kept_multiple = settings.kept_multiple
+        self.noise_scale = settings.noise_scale
+        self.keep_tokens = settings.keep_tokens
+        self.keep_ratio = settings.keep_ratio
         self.collect_stats = False
         self.last_stats: dict[str, float] | None = None
         self.last_selection: Selection | None = None

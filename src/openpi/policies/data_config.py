@@ -19,6 +19,8 @@ from typing import Any
 from openpi import transforms as _transforms
 from openpi.envs import shapes_dataset
 from openpi.models import pi0_config, tokenizer
+from openpi.models.pi0_fast_config import Pi0FastConfig
+from openpi.policies import fast_transforms
 from openpi.shared import checkpoint_files
 from openpi.shared import normalize as _normalize
 
@@ -74,6 +76,8 @@ class DataConfig:
     observation_keys: tuple[str, ...] | None = None
     # The PaliGemma tokenizer as given (None: the defaults of `tokenizer.resolve_tokenizer_path`).
     tokenizer_path: str | None = None
+    # π0-FAST: the sequence tokenizer, which the policy decodes generated tokens with (None for π0 / π0.5).
+    fast_tokenizer: fast_transforms.FastTokenizerSpec | None = None
     # The command that generates the dataset at `root` with its norm stats (a dataset generated locally), for the
     # errors that find it missing.
     generate_command: str | None = None
@@ -90,10 +94,35 @@ class DataMember:
     config: DataConfig
 
 
-def model_transforms(model: pi0_config.Pi0Config, tokenizer_path: str | None) -> _transforms.Group:
+ModelConfig = pi0_config.Pi0Config | Pi0FastConfig
+
+
+def uses_quantile_norm(model: ModelConfig) -> bool:
+    """π0.5 and π0-FAST normalise by quantiles (q01 → -1, q99 → 1); π0 by mean and standard deviation."""
+    return isinstance(model, Pi0FastConfig) or model.pi05
+
+
+def fast_tokenizer_spec(
+    model: ModelConfig, tokenizer_path: str | None, default_fast_tokenizer: str | None
+) -> fast_transforms.FastTokenizerSpec | None:
+    """π0-FAST's sequence tokenizer (its FAST folder: the model's, else ``default_fast_tokenizer``); None for π0."""
+    if not isinstance(model, Pi0FastConfig):
+        return None
+    return fast_transforms.FastTokenizerSpec(model, tokenizer_path, model.fast_tokenizer_path or default_fast_tokenizer)
+
+
+def model_transforms(
+    model: ModelConfig, tokenizer_path: str | None, default_fast_tokenizer: str | None = None
+) -> _transforms.Group:
     """Resize every camera to the vision tower's resolution, tokenize (with the discretised state for π0.5), pad
-    state/actions to the model's action dimension."""
+    state/actions to the model's action dimension. π0-FAST: resize, then one sequence of prompt, state and FAST
+    action tokens (:func:`fast_tokenizer_spec`); the policy decodes the generated tokens."""
     size = model.vision_config.image_size
+    if isinstance(model, Pi0FastConfig):
+        sequences = fast_tokenizer_spec(model, tokenizer_path, default_fast_tokenizer)
+        return _transforms.Group(
+            inputs=(_transforms.ResizeImages(size, size), fast_transforms.TokenizeFastInputs(sequences))
+        )
     return _transforms.Group(
         inputs=(
             _transforms.ResizeImages(size, size),
@@ -120,7 +149,7 @@ class DataConfigFactory(abc.ABC):
     """Prompt used when a sample has none."""
 
     @abc.abstractmethod
-    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+    def create(self, assets_dirs: Path, model_config: ModelConfig) -> DataConfig:
         """Resolves the data pipeline for ``model_config``; norm stats come from ``assets_dirs`` unless overridden.
         Reads what exists and writes nothing."""
 
@@ -140,7 +169,7 @@ class DataConfigFactory(abc.ABC):
             return None
         return Path(self.assets.assets_dir or assets_dirs) / asset_id
 
-    def _lerobot_fields(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> dict[str, Any]:
+    def _lerobot_fields(self, assets_dirs: Path, model_config: ModelConfig) -> dict[str, Any]:
         """Fields shared by every LeRobot-backed config (the PaliGemma tokenizer is looked for at its first use)."""
         norm_dir = self._norm_stats_dir(assets_dirs)
         return {
@@ -150,9 +179,10 @@ class DataConfigFactory(abc.ABC):
             "norm_stats_dir": None if norm_dir is None else str(norm_dir),
             "norm_stats": load_norm_stats_if_present(norm_dir),
             "model_transforms": model_transforms(model_config, self.tokenizer_path),
-            "use_quantile_norm": model_config.pi05,
+            "use_quantile_norm": uses_quantile_norm(model_config),
             "default_prompt": self.default_prompt,
             "tokenizer_path": self.tokenizer_path,
+            "fast_tokenizer": fast_tokenizer_spec(model_config, self.tokenizer_path, None),
         }
 
 
@@ -179,17 +209,20 @@ class FakeDataConfig(DataConfigFactory):
     def prepare(self) -> None:
         if self.tokenizer_path is None:
             shapes_dataset.prepare_tokenizer()
+        shapes_dataset.prepare_fast_tokenizer()
 
-    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+    def create(self, assets_dirs: Path, model_config: ModelConfig) -> DataConfig:
         tokenizer_path = self.tokenizer_path or str(shapes_dataset.prepared_tokenizer())
+        fast_path = str(shapes_dataset.fast_tokenizer_path())
         dim = model_config.action_dim
         identity = _normalize.NormStats(mean=[0.0] * dim, std=[1.0] * dim, q01=[-1.0] * dim, q99=[1.0] * dim)
         return DataConfig(
             repo_id=FAKE_REPO_ID,
             asset_id=FAKE_REPO_ID,
             norm_stats={"state": identity, "actions": identity},
-            model_transforms=model_transforms(model_config, tokenizer_path),
-            use_quantile_norm=model_config.pi05,
+            model_transforms=model_transforms(model_config, tokenizer_path, fast_path),
+            use_quantile_norm=uses_quantile_norm(model_config),
             default_prompt=self.default_prompt,
             tokenizer_path=tokenizer_path,
+            fast_tokenizer=fast_tokenizer_spec(model_config, tokenizer_path, fast_path),
         )

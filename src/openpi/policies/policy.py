@@ -20,6 +20,10 @@ from openpi.policies import observation_contract, rtc_request
 from openpi.policies.observation_contract import KEPT_PATCHES_REQUEST_KEY
 from openpi.policies.policy_model import PatchSelection, PolicyModel
 
+# Reply key of a π0-FAST policy: True where the generated tokens did not decode into a chunk. The robot then gets the
+# all-zero normalised chunk (after unnormalisation: the middle of each dimension's training range).
+DECODING_FAILED_KEY = "decoding_failed"
+
 
 @dataclasses.dataclass(frozen=True)
 class PreparedObservation:
@@ -194,6 +198,9 @@ class Policy:
         outputs = [
             to_robot({"state": model_inputs["state"][i], "actions": sampled.actions[i]}) for i in range(batch_size)
         ]
+        if sampled.decoding_failed is not None:  # π0-FAST: the rows whose actions are the fallback chunk
+            for output, failed in zip(outputs, sampled.decoding_failed, strict=False):
+                output[DECODING_FAILED_KEY] = np.bool_(failed)
         return _transforms.stack_samples(outputs), extras
 
     def _bucket(self, batch_size: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from openpi.models import tokenizer
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.policies.data_config import DataConfig, DataConfigFactory
 from openpi.policies.pipeline import StateRange, build_pipeline
 from openpi.policies.policy import Policy
@@ -24,7 +25,7 @@ class PolicyConfig(Protocol):
     """What the loader needs of a training config (``openpi.training.config.TrainConfig`` is one)."""
 
     name: str
-    model: Pi0Config
+    model: Pi0Config | Pi0FastConfig
     data: DataConfigFactory
 
 
@@ -68,6 +69,8 @@ def create_trained_policy(
     checkpoint_files.check_checkpoint_dir(
         checkpoint_dir, checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
     )
+    data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
+    tokenizer.resolve_tokenizer_path(data_config.tokenizer_path)  # a missing tokenizer stops the start, not the warm-up
     if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
         if verify:
             _verify_files(checkpoint_dir, checkpoint_files.JAX_PARAMS_DIR)
@@ -76,12 +79,10 @@ def create_trained_policy(
         weights_name = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
         if verify:
             _verify_files(checkpoint_dir, weights_name)
-        model = _load_pytorch_model(train_config.model, checkpoint_dir, raw_weights, pytorch_device)
+        model = _load_pytorch_model(train_config.model, checkpoint_dir, raw_weights, pytorch_device, data_config)
         framework = "pytorch"
     if verify:
         _verify_finite(model, checkpoint_dir)
-    data_config = train_config.data.create(checkpoint_files.assets_dir(checkpoint_dir), train_config.model)
-    tokenizer.resolve_tokenizer_path(data_config.tokenizer_path)  # a missing tokenizer stops the start, not the warm-up
     norm_stats, source = _load_norm_stats(checkpoint_dir, data_config)
     logger.info("Loaded %s (config %s, %s)", checkpoint_dir, train_config.name, framework)
 
@@ -97,12 +98,13 @@ def create_trained_policy(
     metadata = {
         "config": train_config.name,
         "checkpoint": str(checkpoint_dir),
-        "pi05": model_config.pi05,
+        "pi05": isinstance(model_config, Pi0Config) and model_config.pi05,
+        "pi0_fast": isinstance(model_config, Pi0FastConfig),
         "action_horizon": model_config.action_horizon,
         "action_dim": data_config.robot_action_dim or model_config.action_dim,  # what the replies carry
         "model_action_dim": model_config.action_dim,
         "token_pruning_enabled": model_config.token_pruning_enabled,
-        "rtc_modes": list(model_config.rtc.modes),
+        "rtc_modes": list(model_config.rtc.modes) if isinstance(model_config, Pi0Config) else [],
         "framework": framework,
     }
     return Policy(
@@ -156,7 +158,9 @@ def _verify_finite(model: PolicyModel, checkpoint_dir: Path) -> None:
         )
 
 
-def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool, device: str | None) -> PolicyModel:
+def _load_pytorch_model(
+    config: Pi0Config | Pi0FastConfig, checkpoint_dir: Path, raw_weights: bool, device: str | None, data: DataConfig
+) -> PolicyModel:
     filename = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
     weights_file = checkpoint_files.weights_path(checkpoint_dir, filename)
     if not weights_file.is_file():
@@ -165,12 +169,23 @@ def _load_pytorch_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bo
             f"No {filename} (nor a JAX {checkpoint_files.JAX_PARAMS_DIR}/ tree) in checkpoint folder {checkpoint_dir}"
             f"{hint}"
         )
+    if isinstance(config, Pi0FastConfig):
+        from openpi.policies import fast_pytorch_model
+
+        if data.fast_tokenizer is None:
+            raise ValueError("The data config of a π0-FAST model names no FAST tokenizer")
+        return fast_pytorch_model.load(config, weights_file, device, data.fast_tokenizer)
     from openpi.policies import pytorch_model  # torch is imported only when a PyTorch checkpoint is served
 
     return pytorch_model.load(config, weights_file, device)
 
 
-def _load_jax_model(config: Pi0Config, checkpoint_dir: Path, raw_weights: bool) -> PolicyModel:
+def _load_jax_model(config: Pi0Config | Pi0FastConfig, checkpoint_dir: Path, raw_weights: bool) -> PolicyModel:
+    if isinstance(config, Pi0FastConfig):
+        raise ValueError(
+            f"{checkpoint_dir} is a JAX π0-FAST checkpoint: serve it converted (openpi.conversion.convert."
+            "convert_fast_params_dir writes the PyTorch state dict)"
+        )
     if raw_weights:
         raise ValueError(f"{checkpoint_dir} is a JAX checkpoint: its params/ tree is the only weight set it holds")
     from openpi.policies import jax_model  # JAX is imported only when a JAX checkpoint is served

@@ -21,6 +21,7 @@ class PatchSelection(NamedTuple):
 class Sampled(NamedTuple):
     actions: np.ndarray  # [B, H, action_dim] float32
     selection: PatchSelection | None  # None without pruning
+    decoding_failed: np.ndarray | None = None  # [B] bool, π0-FAST rows whose tokens did not decode (their actions: 0)
 
 
 class PolicyModel(Protocol):

@@ -12,8 +12,15 @@ from pathlib import Path
 
 from openpi import transforms
 from openpi.envs import shapes_dataset
-from openpi.models import pi0_config
-from openpi.policies.data_config import DataConfig, DataConfigFactory, load_norm_stats_if_present, model_transforms
+from openpi.policies.data_config import (
+    DataConfig,
+    DataConfigFactory,
+    ModelConfig,
+    fast_tokenizer_spec,
+    load_norm_stats_if_present,
+    model_transforms,
+    uses_quantile_norm,
+)
 from openpi.policies.libero_policy import (
     ACTION_DIM,
     LIBERO_REPACK,
@@ -43,11 +50,13 @@ class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
 
     def prepare(self) -> None:
         shapes_dataset.prepare(self.spec)
+        shapes_dataset.prepare_fast_tokenizer()
 
-    def create(self, assets_dirs: Path, model_config: pi0_config.Pi0Config) -> DataConfig:
+    def create(self, assets_dirs: Path, model_config: ModelConfig) -> DataConfig:
         spec = self.spec
         root = shapes_dataset.dataset_dir(spec)
         tokenizer_path = self.tokenizer_path or str(shapes_dataset.prepared_tokenizer(spec))
+        fast_path = str(shapes_dataset.fast_tokenizer_path())
         return DataConfig(
             repo_id=shapes_dataset.REPO_ID,
             root=str(root),
@@ -58,11 +67,12 @@ class EmbeddedDataConfig(DataConfigFactory, shapes_dataset.EmbeddedDatasetSpec):
             data_transforms=LIBERO_TRANSFORMS.push(inputs=(transforms.MaskImages(),))
             if self.mask_images
             else LIBERO_TRANSFORMS,
-            model_transforms=model_transforms(model_config, tokenizer_path),
-            use_quantile_norm=model_config.pi05,
+            model_transforms=model_transforms(model_config, tokenizer_path, fast_path),
+            use_quantile_norm=uses_quantile_norm(model_config),
             prompt_from_task=True,
             default_prompt=self.default_prompt,
             tokenizer_path=tokenizer_path,
+            fast_tokenizer=fast_tokenizer_spec(model_config, tokenizer_path, fast_path),
             robot_action_dim=ACTION_DIM,
             robot_state_dim=STATE_DIM,
             observation_keys=OBSERVATION_KEYS,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import tyro
 
 from openpi.models import pi0_config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.policies.aloha_policy import LeRobotAlohaDataConfig
 from openpi.policies.data_config import AssetsConfig, DataConfigFactory, FakeDataConfig
 from openpi.policies.droid_policy import DroidDataConfig
@@ -32,8 +33,8 @@ class TrainConfig:
     """Registered config name; checkpoints go to <checkpoint-base-dir>/<name>/<exp-name>."""
     exp_name: str = ""
     """Name of this run (required): its folder under <checkpoint-base-dir>/<name>/."""
-    model: pi0_config.Pi0Config = dataclasses.field(default_factory=pi0_config.Pi0Config)
-    """The model's architecture and pruning settings."""
+    model: pi0_config.Pi0Config | Pi0FastConfig = dataclasses.field(default_factory=pi0_config.Pi0Config)
+    """The model's architecture and pruning settings (π0 / π0.5, or π0-FAST)."""
     data: DataConfigFactory = dataclasses.field(default_factory=FakeDataConfig)
     """The dataset and its pipeline."""
     pytorch_weight_path: str | None = None
@@ -243,6 +244,34 @@ def _pick_place(name: str, pi05: bool, **model_kwargs: Any) -> TrainConfig:
     return _finetune_recipe(name, pi0_config.Pi0Config(pi05=pi05, **model_kwargs), _PICK_PLACE_DATA)
 
 
+def _debug_fast(name: str) -> TrainConfig:
+    """A tiny π0-FAST (the ``dummy`` Gemma, the 112 px SigLIP) on the embedded dataset with its FAST tokenizer."""
+    model = Pi0FastConfig(
+        paligemma_variant="dummy",
+        vision_variant="tiny_112",
+        vocab_size=1024,
+        action_dim=7,
+        action_horizon=10,
+        max_token_len=128,
+        dtype="float32",
+        max_decoding_steps=100,
+    )
+    return dataclasses.replace(_debug_embedded(name), model=model)
+
+
+def _fast_libero(name: str, **model_kwargs: Any) -> TrainConfig:
+    """Upstream's pi0_fast_libero: 7-dim actions, 10-step chunks, 180 tokens, delta actions on the first six dims,
+    with the single-GPU fine-tuning recipe (EMA 0.99)."""
+    model = Pi0FastConfig(action_dim=7, action_horizon=10, max_token_len=180, **model_kwargs)
+    return _finetune_recipe(name, model, LeRobotLiberoDataConfig(extra_delta_transform=True))
+
+
+def _fast_libero_low_mem(name: str) -> TrainConfig:
+    """Upstream's pi0_fast_libero_low_mem_finetune: LoRA on the language model, its base weights frozen, no EMA."""
+    config = _fast_libero(name, paligemma_variant="gemma_2b_lora")
+    return dataclasses.replace(config, freeze_filter=config.model.get_freeze_filter(), ema_decay=None)
+
+
 def _aloha_inference(name: str, pi05: bool = False, default_prompt: str | None = None) -> TrainConfig:
     """Upstream's ALOHA inference configs: the base model's ``trossen`` norm stats, upstream's defaults otherwise."""
     data = LeRobotAlohaDataConfig(assets=AssetsConfig(asset_id="trossen"), default_prompt=default_prompt)
@@ -298,8 +327,12 @@ _CONFIGS: tuple[TrainConfig, ...] = (
     _pick_place("pi05_pick_place_pytorch_pruning", pi05=True, token_pruning_enabled=True, token_prune_noise_scale=0.5),
     _pick_place("pi0_pick_place_pytorch", pi05=False),
     _pick_place("pi0_pick_place_pytorch_pruning", pi05=False, token_pruning_enabled=True, token_prune_noise_scale=0.5),
+    _debug_fast("debug_pi0_fast"),
+    _fast_libero("pi0_fast_libero"),
+    _fast_libero_low_mem("pi0_fast_libero_low_mem_finetune"),
     # Upstream's inference configs for its published checkpoints, under upstream's names.
     TrainConfig(name="pi0_droid", model=pi0_config.Pi0Config(action_horizon=10), data=DroidDataConfig()),
+    TrainConfig(name="pi0_fast_droid", model=Pi0FastConfig(action_dim=8, action_horizon=10), data=DroidDataConfig()),
     _aloha_inference("pi0_aloha"),
     _aloha_inference("pi05_aloha", pi05=True),
     _aloha_inference("pi0_aloha_towel", default_prompt="fold the towel"),
@@ -355,8 +388,9 @@ def _describe(name: str) -> str:
     if name in UPSTREAM_ALIASES:
         return f"upstream's name for {UPSTREAM_ALIASES[name]}"
     config = _REGISTERED[name]
-    variant = "π0.5" if config.model.pi05 else "π0"
-    pruning = ", LightVLA pruning" if config.model.token_pruning_enabled else ""
+    model = config.model
+    variant = "π0-FAST" if isinstance(model, Pi0FastConfig) else "π0.5" if model.pi05 else "π0"
+    pruning = ", LightVLA pruning" if isinstance(model, pi0_config.Pi0Config) and model.token_pruning_enabled else ""
     data = type(config.data).__name__
     if isinstance(config.data, MixtureDataConfig):
         members = ", ".join(f"{m.name} ({type(m.data).__name__}, weight {m.weight:g})" for m in config.data.members)

@@ -21,6 +21,7 @@ import re
 from torch import nn
 
 from openpi.models.pi0_config import LORA_FREEZE_PRESET, Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ class ParameterNames:
     presets: dict[str, str]
 
 
+# π0-FAST's PaliGemma is the model's own ``paligemma`` (no ``paligemma_with_expert.`` around it).
+_TORCH_PALIGEMMA = r"(?:paligemma_with_expert\.)?paligemma\."
 PYTORCH = ParameterNames(
-    llm=r"paligemma_with_expert\.paligemma\.model\.language_model\.",
+    llm=rf"{_TORCH_PALIGEMMA}model\.language_model\.",
     expert=r"paligemma_with_expert\.gemma_expert\.",
     presets={
         "expert-only": r"^paligemma_with_expert\.paligemma\.",
-        "vision": r"^paligemma_with_expert\.paligemma\.model\.(vision_tower|multi_modal_projector)\.",
+        "vision": rf"^{_TORCH_PALIGEMMA}model\.(vision_tower|multi_modal_projector)\.",
     },
 )
 
@@ -55,22 +58,21 @@ JAX = ParameterNames(
 )
 
 
-def lora_pattern(model: Pi0Config, names: ParameterNames) -> str:
+def lora_pattern(model: Pi0Config | Pi0FastConfig, names: ParameterNames) -> str:
     """The base weights of each Gemma with LoRA (upstream's ``get_freeze_filter``), as a regex over ``names``."""
-    with_lora = [
-        prefix
-        for prefix, gemma in ((names.llm, model.llm_config), (names.expert, model.expert_config))
-        if gemma.lora_rank > 0
-    ]
+    gemmas = [(names.llm, model.llm_config, model.paligemma_variant)]
+    if isinstance(model, Pi0Config):
+        gemmas.append((names.expert, model.expert_config, model.action_expert_variant))
+    with_lora = [prefix for prefix, gemma, _ in gemmas if gemma.lora_rank > 0]
     if not with_lora:
         raise ValueError(
-            f"freeze_filter {LORA_FREEZE_PRESET!r} freezes the base weights of the Gemmas with LoRA, but neither "
-            f"{model.paligemma_variant!r} nor {model.action_expert_variant!r} has LoRA (e.g. gemma_2b_lora)"
+            f"freeze_filter {LORA_FREEZE_PRESET!r} freezes the base weights of the Gemmas with LoRA, but none of "
+            f"{[variant for _, _, variant in gemmas]} has LoRA (e.g. gemma_2b_lora)"
         )
     return rf"^(?:{'|'.join(with_lora)}){_NOT_LORA_FACTOR}"
 
 
-def freeze_pattern(freeze_filter: str, model: Pi0Config, names: ParameterNames = PYTORCH) -> str:
+def freeze_pattern(freeze_filter: str, model: Pi0Config | Pi0FastConfig, names: ParameterNames = PYTORCH) -> str:
     """The regex of ``freeze_filter``: a preset's (``lora`` read from ``model``'s variants) or the filter itself."""
     if freeze_filter == LORA_FREEZE_PRESET:
         return lora_pattern(model, names)
@@ -78,7 +80,7 @@ def freeze_pattern(freeze_filter: str, model: Pi0Config, names: ParameterNames =
 
 
 def select_frozen(
-    parameters: list[str], freeze_filter: str, model: Pi0Config, names: ParameterNames = PYTORCH
+    parameters: list[str], freeze_filter: str, model: Pi0Config | Pi0FastConfig, names: ParameterNames = PYTORCH
 ) -> list[str]:
     """The parameter names matching ``freeze_filter`` (a preset name or a regex searched in each name).
 

@@ -31,7 +31,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from openpi.models.observation import Observation
 from openpi.models.orbax_params import flatten_params
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models_jax import params as jax_params
+from openpi.models_jax import pi0_fast
 from openpi.models_jax.observation import JaxObservation
 from openpi.models_jax.pi0 import PruneSettings, compute_loss_fn, draw_training_noise, select_fn
 from openpi.models_jax.rtc import masked_loss_mean, sample_loss_means
@@ -122,10 +124,19 @@ def train_step(
     collect_stats: bool,
     sample_losses: bool = False,
 ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-    """One optimizer step on the mean flow-matching loss (without the committed prefix of training-time RTC); returns
-    the new state and the step's metrics (with ``sample_losses``, each sample's loss ``[B]`` as ``sample_losses``)."""
+    """One optimizer step on the mean loss (flow matching without the committed prefix of training-time RTC; π0-FAST:
+    next-token cross-entropy); returns the new state and the step's metrics (with ``sample_losses``, each sample's
+    loss ``[B]`` as ``sample_losses``)."""
     model_config = config.model
     trained, frozen_params = split_params(state["params"], frozen)
+    if isinstance(model_config, Pi0FastConfig):
+
+        def fast_loss_fn(trained: Params) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array | None]]:
+            params = merge_params(trained, frozen_params)
+            losses = pi0_fast.compute_loss(params, model_config, obs, config.gradient_checkpointing)  # [B]
+            return losses.mean(), ({}, losses if sample_losses else None)
+
+        return _apply_gradients(config, state, trained, frozen_params, fast_loss_fn)
     drawn = draw_training_noise(rng, model_config, actions.shape, len(obs.images))
     prune = PruneSettings.from_config(model_config, collect_stats=collect_stats)
 
@@ -147,6 +158,14 @@ def train_step(
         per_sample = sample_loss_means(losses, drawn.rtc_delay) if sample_losses else None
         return masked_loss_mean(losses, drawn.rtc_delay), (stats, per_sample)
 
+    return _apply_gradients(config, state, trained, frozen_params, loss_fn)
+
+
+def _apply_gradients(
+    config: _config.TrainConfig, state: dict[str, Any], trained: Params, frozen_params: Params, loss_fn: Any
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """The optimizer step (and EMA) on the gradient of ``loss_fn(trained) -> (loss, (pruning stats, each sample's
+    loss or None))``."""
     (loss, (stats, per_sample)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
     updates, opt_state = build_optimizer(config).update(grads, state["opt_state"], trained)
     params = merge_params(optax.apply_updates(trained, updates), frozen_params)
@@ -330,7 +349,9 @@ def _loop(
                 image_resolution=(image_size, image_size),
                 generator=trainer.augmentation_generator(config.seed, step, 0),
             )
-            obs = JaxObservation.from_dict(observation.to_dict()).trim_prompt_padding(config.model.prompt_trim_multiple)
+            obs = JaxObservation.from_dict(observation.to_dict())
+            if not isinstance(config.model, Pi0FastConfig):
+                obs = obs.trim_prompt_padding(config.model.prompt_trim_multiple)
             obs, actions = jax.device_put((obs, actions.numpy()), batch_sharding(mesh))
             is_log_step = step % config.log_interval == 0 or step == config.num_train_steps - 1
             noise_scale = trainer.pruner_noise_scale(config, step)
@@ -409,7 +430,7 @@ def _log_metrics(
         "samples_per_s": len(losses) * config.batch_size / max(elapsed, 1e-9),
     }
     logged |= {key: float(value) for key, value in metrics.items() if key.startswith("prune/")}
-    if config.model.token_pruning_enabled:
+    if trainer.prunes(config.model):
         logged["prune/noise_scale"] = noise_scale
     return logged
 
@@ -425,7 +446,7 @@ def kept_patch_pictures(config: _config.TrainConfig, params: Params, observation
 
 def _is_picture_step(config: _config.TrainConfig, step: int) -> bool:
     interval = config.viz_interval
-    return config.model.token_pruning_enabled and interval is not None and step % interval == 0
+    return trainer.prunes(config.model) and interval is not None and step % interval == 0
 
 
 def _log_pictures(config: _config.TrainConfig, params: Params, observation: Observation, step: int, run: Any) -> None:

@@ -28,7 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openpi.models.observation import Observation
+from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models_pytorch import lora, preprocessing, rtc, weights
+from openpi.models_pytorch.pi0_fast_pytorch import Pi0FastPytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.policies import pruning_overlay
 from openpi.training import checkpoints, data_loader, freezing, fsdp, run_data, validation
@@ -142,6 +145,8 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     """
     weights_dtype = "float32" if config.pytorch_training_precision == "mixed" else config.pytorch_training_precision
     model_config = dataclasses.replace(config.model, dtype=weights_dtype)
+    if isinstance(model_config, Pi0FastConfig):
+        return _build_fast_model(config, model_config, device, load_pretrained)
     if config.pytorch_training_compile_mode is not None:
         kept_multiple = model_config.token_prune_kept_multiple or COMPILED_KEPT_MULTIPLE
         model_config = dataclasses.replace(model_config, token_prune_kept_multiple=kept_multiple)
@@ -158,6 +163,27 @@ def build_model(config: _config.TrainConfig, device: torch.device, *, load_pretr
     if config.pytorch_training_compile_mode is not None:
         compile_training_forward(model, mode=config.pytorch_training_compile_mode)
     return model.to(device)
+
+
+def _build_fast_model(
+    config: _config.TrainConfig, model_config: Pi0FastConfig, device: torch.device, load_pretrained: bool
+) -> Pi0FastPytorch:
+    """π0-FAST at the training precision: base weights, freezing and checkpointing as for π0 (no pruning)."""
+    model = Pi0FastPytorch(model_config)
+    if load_pretrained and config.pytorch_weight_path is not None:
+        logger.info("Loading weights from %s", config.pytorch_weight_path)
+        weights.load_weights(model, config.pytorch_weight_path, keep_if_missing=lora.is_lora_parameter)
+    if config.freeze_filter is not None:
+        freezing.freeze_parameters(model, config.freeze_filter)
+    model.gradient_checkpointing = config.gradient_checkpointing
+    if config.pytorch_training_compile_mode is not None:
+        compile_training_forward(model, mode=config.pytorch_training_compile_mode)
+    return model.to(device)
+
+
+def prunes(model_config: Pi0Config | Pi0FastConfig) -> bool:
+    """Whether the model prunes visual tokens (π0 / π0.5 with LightVLA pruning)."""
+    return isinstance(model_config, Pi0Config) and model_config.token_pruning_enabled
 
 
 def compile_training_forward(model: PI0Pytorch, *, mode: str | None = None, backend: str = "inductor") -> None:
@@ -197,7 +223,10 @@ def check_base_weights(config: _config.TrainConfig) -> None:
 
 
 def pruner_noise_scale(config: _config.TrainConfig, step: int) -> float:
-    """The pruner's exploration noise at ``step``: the configured scale, decayed linearly to 0 over training."""
+    """The pruner's exploration noise at ``step``: the configured scale, decayed linearly to 0 over training (0
+    without pruning)."""
+    if not prunes(config.model):
+        return 0.0
     return config.model.token_prune_noise_scale * max(0.0, 1.0 - step / config.num_train_steps)
 
 
@@ -241,7 +270,7 @@ def train_step(
 
 def configure_pruner(model: PI0Pytorch, config: _config.TrainConfig, step: int, collect_stats: bool) -> None:
     """Sets this step's exploration noise and whether the pruner records telemetry (only on log steps)."""
-    if config.model.token_pruning_enabled:
+    if prunes(config.model):
         model.pruner.noise_scale = pruner_noise_scale(config, step)
         model.pruner.collect_stats = collect_stats
 
@@ -422,7 +451,7 @@ class _Trainer:
             "grad_norm": grad_norm.float().item(),
             "samples_per_s": len(losses) * self.config.batch_size / max(elapsed, 1e-9),
         }
-        if self.config.model.token_pruning_enabled:
+        if prunes(self.config.model):
             metrics.update(model.pruner.metrics())
         metrics.update(gpu_memory_metrics(self.ctx.device))
         return metrics
@@ -463,7 +492,7 @@ class _Trainer:
 
     def _is_picture_step(self, step: int) -> bool:
         interval = self.config.viz_interval
-        pruning = self.config.model.token_pruning_enabled and not self.sharded  # pictures need unsharded weights
+        pruning = prunes(self.config.model) and not self.sharded  # pictures need unsharded weights
         return pruning and interval is not None and step % interval == 0
 
     def _log_pictures(self, model: PI0Pytorch, observation: Observation, step: int, wandb_run: Any) -> None:
