@@ -17,7 +17,7 @@ import torch
 from openpi.cli import convert_jax_checkpoint
 from openpi.conversion import convert, rules
 from openpi.models import orbax_params, param_layout
-from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_config import Pi0Config, RTCConfig
 from openpi.models.reference_fixture import ReferenceFixture, relative_error
 from openpi.models_pytorch import reference
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
@@ -186,6 +186,7 @@ def test_bfloat16_output_keeps_float32_exceptions(tmp_path: Path) -> None:
     for key, value in written.items():
         torch.testing.assert_close(value, expected[key].to(value.dtype), rtol=0, atol=0)
     saved_config = json.loads((weights.parent / checkpoint_files.CONFIG_FILE).read_text())
+    saved_config["rtc"] = RTCConfig(**saved_config["rtc"])
     assert Pi0Config(**saved_config) == dataclasses.replace(config, dtype="bfloat16")
     assert (weights.parent / "assets" / "robot" / "norm_stats.json").read_text() == '{"norm_stats": {}}'
     metadata_keys = safetensors.numpy.load_file(weights).keys()
