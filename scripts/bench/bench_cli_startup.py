@@ -113,7 +113,9 @@ def main(args: Args) -> None:
         f"## {datetime.date.today()}: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at the end"
         " (a shared machine: indicative)",
         "",
-        f"`{command.strip()}`",
+        "```",
+        command.strip(),
+        "```",
         "",
         "| command | median wall s | slowest wall s | median CPU s |",
         "|---|---|---|---|",

@@ -13,6 +13,7 @@ into ``--output`` with the command line.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import statistics
 import sys
 import time
@@ -122,10 +123,14 @@ def main(args: Args) -> None:
         args.repeats,
     )
     unpruned = infer["π0-FAST, unpruned"]
+    command = " ".join(["uv run scripts/bench/bench_pi0_fast.py", *sys.argv[1:]])
     lines = [
-        f"## mid size, CPU ({torch.get_num_threads()} threads), batch 1, 2 cameras, {args.prompt_tokens} prompt tokens",
+        f"## {datetime.date.today()} — mid size, CPU ({torch.get_num_threads()} threads), batch 1, 2 cameras, "
+        f"{args.prompt_tokens} prompt tokens",
         "",
-        f"`{' '.join(['uv run scripts/bench/bench_pi0_fast.py', *sys.argv[1:]])}`",
+        "```",
+        command,
+        "```",
         "",
         "| inference | median ms | vs π0-FAST unpruned |",
         "|---|---|---|",
@@ -137,7 +142,7 @@ def main(args: Args) -> None:
         "|---|---|",
         *(f"| {name} | {ms:.0f} |" for name, ms in train.items()),
     ]
-    results_file.write_run(args.output, " ".join(sys.argv[1:]), lines)
+    results_file.write_run(args.output, command, lines)
     print("\n".join(lines))
 
 

@@ -97,8 +97,9 @@ def masked_loss_mean(loss: torch.Tensor, delay: torch.Tensor | None) -> torch.Te
 
 
 def sample_loss_means(loss: torch.Tensor, delay: torch.Tensor | None) -> torch.Tensor:
-    """``[B]``: each sample's mean per-element loss ``[B, H, A]`` outside its committed prefix."""
+    """``[B]``: each sample's mean per-element loss ``[B, H, A]`` outside its committed prefix (without a delay, any
+    per-sample loss ``[B, ...]``)."""
     if delay is None:
-        return loss.mean(dim=(1, 2))
+        return loss.reshape(loss.shape[0], -1).mean(dim=1)
     keep = (~committed_mask(delay, loss.shape[1])).to(loss.dtype)[..., None].expand_as(loss)  # [B, H, A]
     return (loss * keep).sum(dim=(1, 2)) / keep.sum(dim=(1, 2)).clamp(min=1.0)

@@ -16,6 +16,7 @@ import numpy as np
 
 from openpi import transforms as _transforms
 from openpi.models.batch import random_batch
+from openpi.models.pi0_config import Pi0Config, RTCConfig
 from openpi.policies import observation_contract, rtc_request
 from openpi.policies.observation_contract import KEPT_PATCHES_REQUEST_KEY
 from openpi.policies.policy_model import PatchSelection, PolicyModel
@@ -124,8 +125,9 @@ class Policy:
 
     @property
     def rtc_modes(self) -> tuple[str, ...]:
-        """The real-time chunking modes the model serves (docs/rtc.md)."""
-        return self._model.config.rtc.modes
+        """The real-time chunking modes the model serves (docs/rtc.md); none for π0-FAST, which decodes tokens."""
+        rtc = _rtc_config(self._model.config)
+        return () if rtc is None else rtc.modes
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Runs the model once per batch size (default: every batch bucket, or 1) on a random batch with the policy's
@@ -181,7 +183,8 @@ class Policy:
         config = self._model.config
         default_mode = _default_mode(self.rtc_modes)
         samples = [p.rtc for p in prepared]
-        horizons = (config.action_horizon, config.rtc.execution_horizon)
+        rtc = _rtc_config(config)
+        horizons = (config.action_horizon, None if rtc is None else rtc.execution_horizon)
         rtc_kwargs = rtc_request.batch_kwargs(samples, *horizons, default_mode)
         start = time.perf_counter()
         sampled = self._model.sample(
@@ -236,3 +239,8 @@ def _sample(value: Any, index: int) -> Any:
 def _default_mode(modes: Sequence[str]) -> str:
     """A model trained with RTC continues its committed prefix as trained; any other is guided."""
     return "trained" if "trained" in modes else "guided"
+
+
+def _rtc_config(config: Any) -> RTCConfig | None:
+    """A flow model's real-time chunking settings; None for π0-FAST."""
+    return config.rtc if isinstance(config, Pi0Config) else None

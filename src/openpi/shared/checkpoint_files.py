@@ -68,6 +68,11 @@ def check_checkpoint_dir(checkpoint_dir: str | os.PathLike, weights: str = WEIGH
         raise FileNotFoundError(
             f"{path} is an experiment folder, not a checkpoint: give one of its step folders, the latest first: {shown}"
         )
+    if weights == RAW_WEIGHTS_FILE and (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"No {weights} in {path}: raw weights exist only in checkpoints trained with ema_decay; serve its "
+            f"{WEIGHTS_FILE} (without raw_weights)."
+        )
     raise FileNotFoundError(
         f"No {weights} (nor a JAX {JAX_PARAMS_DIR}/ tree) in checkpoint folder {path}. Convert a published checkpoint "
         "into it (docs/converting.md) or give a training step folder (checkpoints/<config>/<exp-name>/<step>)."

@@ -259,7 +259,8 @@ def train_step(
         delay = None
         if rtc_max_delay > 0:
             delay = rtc.sample_training_delay(actions.shape[0], rtc_max_delay, actions.device)
-        losses = model(observation, actions, rtc_delay=delay).float()  # [B, H, action_dim]
+        rtc_kwargs = {} if delay is None else {"rtc_delay": delay}
+        losses = model(observation, actions, **rtc_kwargs).float()  # [B, H, action_dim]; π0-FAST: [B]
     loss = rtc.masked_loss_mean(losses, delay)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -415,7 +416,7 @@ class _Trainer:
                     image_resolution=image_resolution,
                     generator=augmentation_generator(config.seed, step, ctx.rank),
                     autocast_bf16=config.pytorch_training_precision == "mixed",
-                    rtc_max_delay=config.model.rtc.training_max_delay,
+                    rtc_max_delay=config.model.rtc.training_max_delay if isinstance(config.model, Pi0Config) else 0,
                 )
                 if self.ema is not None:
                     self.ema.update(model)
