@@ -19,7 +19,6 @@ import json
 import logging
 import multiprocessing
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import tyro
 from openpi.envs.shapes import ActionSpace
 from research.lightvla import report
 from research.lightvla.arms import CORE_TRAINING_ARMS, EVAL_ARMS, TRAINING_ARMS
+from research.training import train_policy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
@@ -129,23 +129,8 @@ def _warm_start_weights(arm: str, seed: int, args: Args) -> str | None:
 
 
 def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
-    """Trains one arm (in a worker process); returns its checkpoint, final loss, wall time and thread count (training
-    is not bit-reproducible across thread counts: a retrain with other threads is another policy)."""
-    import torch
-
-    from openpi.training import trainer
-
-    torch.set_num_threads(threads)
-    config = train_config(arm, seed, args)
-    start = time.perf_counter()
-    result = trainer.train(config)
-    return {
-        "checkpoint": str(Path(config.checkpoint_dir) / str(config.num_train_steps)),
-        "final_loss": result.history[-1]["loss"],
-        "train_minutes": (time.perf_counter() - start) / 60,
-        "steps": config.num_train_steps,
-        "threads": threads,
-    }
+    """Trains one arm (in a worker process): :func:`research.training.train_policy`."""
+    return train_policy(train_config(arm, seed, args), threads)
 
 
 def evaluate(arm: str, seed: int, trained: dict[str, dict], args: Args) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import tyro
 
 from research.rtc import report
 from research.rtc.arms import DATA, DELAYS, EXECUTION_ARMS, REPLAN_STEPS, TRAINING_ARMS
+from research.training import train_policy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
@@ -83,22 +84,8 @@ def train_config(arm: str, args: Args):
 
 
 def _train(arm: str, args: Args, threads: int) -> dict[str, Any]:
-    """Trains one policy (in a worker process); its checkpoint, final loss, wall time and threads."""
-    import torch
-
-    from openpi.training import trainer
-
-    torch.set_num_threads(threads)
-    config = train_config(arm, args)
-    start = time.perf_counter()
-    result = trainer.train(config)
-    return {
-        "checkpoint": str(Path(config.checkpoint_dir) / str(config.num_train_steps)),
-        "final_loss": result.history[-1]["loss"],
-        "train_minutes": (time.perf_counter() - start) / 60,
-        "steps": config.num_train_steps,
-        "threads": threads,
-    }
+    """Trains one policy (in a worker process): :func:`research.training.train_policy`."""
+    return train_policy(train_config(arm, args), threads)
 
 
 def train_all(args: Args) -> dict[str, dict[str, Any]]:

@@ -14,9 +14,9 @@ from openpi.models.observation import Observation
 from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models_pytorch import weights
 from openpi.models_pytorch.pi0_fast_pytorch import Pi0FastPytorch
-from openpi.models_pytorch.preprocessing import preprocess_observation
 from openpi.policies.fast_transforms import FastTokenizerSpec, decode_actions
 from openpi.policies.policy_model import Sampled
+from openpi.policies.pytorch_model import default_device, eval_observation, nonfinite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,10 @@ class FastPytorchPolicyModel:
         return self._model.pruner.stats() if self.token_pruning_enabled else {}
 
     def nonfinite_parameters(self) -> list[str]:
-        state = self._model.state_dict()
-        return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        return nonfinite_parameters(self._model)
 
     def observation(self, batch: dict[str, Any]) -> Observation:
-        observation = Observation.from_dict(batch)
-        checked = preprocess_observation(observation, train=False, image_resolution=self._image_resolution)
-        return checked.to(self._device)
+        return eval_observation(batch, self._image_resolution, self._device)
 
     def sample_noise(self, batch_size: int) -> np.ndarray:
         """Zeros: decoding draws no noise (the policy passes it through unused)."""
@@ -78,7 +75,7 @@ class FastPytorchPolicyModel:
 
 def load(config: Pi0FastConfig, weights_file: Path, device: str | None, tokenizer: FastTokenizerSpec):
     """The π0-FAST model of ``config`` with ``weights_file`` loaded, on ``device`` (default: CUDA when available)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model = Pi0FastPytorch(config)
     weights.load_weights(model, weights_file)
     logger.info("Serving %s through the PyTorch π0-FAST model on %s", weights_file, device)

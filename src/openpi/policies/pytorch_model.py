@@ -50,13 +50,10 @@ class PytorchPolicyModel:
         return self._model.get_token_pruning_stats()
 
     def nonfinite_parameters(self) -> list[str]:
-        state = self._model.state_dict()
-        return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        return nonfinite_parameters(self._model)
 
     def observation(self, batch: dict[str, Any]) -> Observation:
-        observation = Observation.from_dict(batch)
-        checked = preprocess_observation(observation, train=False, image_resolution=self._image_resolution)
-        return checked.to(self._device)
+        return eval_observation(batch, self._image_resolution, self._device)
 
     def sample_noise(self, batch_size: int) -> np.ndarray:
         shape = (batch_size, self.config.action_horizon, self.config.action_dim)
@@ -71,6 +68,24 @@ class PytorchPolicyModel:
         return Sampled(actions.float().cpu().numpy(), selection)
 
 
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of ``model``'s floating-point tensors that hold NaN or infinity."""
+    state = model.state_dict()
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def eval_observation(batch: dict[str, Any], image_resolution: tuple[int, int], device: torch.device) -> Observation:
+    """A model-input batch as a checked, eval-preprocessed :class:`Observation` on ``device``."""
+    observation = Observation.from_dict(batch)
+    checked = preprocess_observation(observation, train=False, image_resolution=image_resolution)
+    return checked.to(device)
+
+
+def default_device(device: str | None) -> str:
+    """``device``, or CUDA when available, else the CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def last_patch_selection(model: PI0Pytorch) -> PatchSelection:
     """The pruner's last eval selection as numpy (kept patches ``[B, N]`` and their votes)."""
     selection = model.pruner.last_selection
@@ -81,7 +96,7 @@ def last_patch_selection(model: PI0Pytorch) -> PatchSelection:
 
 def load(config: Pi0Config, weights_file: Path, device: str | None) -> PytorchPolicyModel:
     """The model of ``config`` with ``weights_file`` loaded, on ``device`` (default: CUDA when available)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model = PI0Pytorch(config)
     weights.load_weights(model, weights_file)
     logger.info("Serving %s through the PyTorch model on %s", weights_file, device)
