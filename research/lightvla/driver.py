@@ -13,11 +13,10 @@ that needs its weights is missing. Writes the Markdown table to ``--output`` and
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
-import multiprocessing
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import tyro
 from openpi.envs.shapes import ActionSpace
 from research.lightvla import report
 from research.lightvla.arms import CORE_TRAINING_ARMS, EVAL_ARMS, TRAINING_ARMS
-from research.training import train_policy
+from research.training import record_path, train_in_workers, train_policy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
@@ -128,7 +127,7 @@ def _warm_start_weights(arm: str, seed: int, args: Args) -> str | None:
     return str(Path(config.checkpoint_dir) / str(config.num_train_steps))
 
 
-def _train(arm: str, seed: int, args: Args, threads: int) -> dict[str, Any]:
+def _train(arm: str, seed: int, threads: int, args: Args) -> dict[str, Any]:
     """Trains one arm (in a worker process): :func:`research.training.train_policy`."""
     return train_policy(train_config(arm, seed, args), threads)
 
@@ -175,31 +174,23 @@ def main(args: Args) -> None:
 
 
 def _train_all(args: Args) -> dict[int, dict[str, dict]]:
-    """Trains every (arm, seed) without a result file yet, ``args.jobs`` at a time, each warm-started arm once its
-    base is trained; returns all training results."""
-    pending = pending_trainings(args)
-    threads = max(1, multiprocessing.cpu_count() // args.jobs)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        running: dict[concurrent.futures.Future, tuple[str, int]] = {}
-        while pending or running:
-            ready = [(arm, seed) for arm, seed in pending if _trained(args, TRAINING_ARMS[arm].warm_start, seed)]
-            for arm, seed in ready[: args.jobs - len(running)]:
-                pending.remove((arm, seed))
-                running[pool.submit(_train, arm, seed, args, threads)] = (arm, seed)
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                arm, seed = running.pop(future)
-                (args.work_dir / f"train_{arm}_seed{seed}.json").write_text(json.dumps(future.result()))
-                print(f"trained {arm} seed {seed}: {future.result()}", flush=True)
+    """Trains every (arm, seed) still needed, ``args.jobs`` at a time, each warm-started arm once its base is trained;
+    returns all training records."""
+    ready = functools.partial(_trained_base, args)
+    train_in_workers(pending_trainings(args), functools.partial(_train, args=args), args.work_dir, args.jobs, ready)
     return {
         seed: {
             arm: json.loads(path.read_text())
             for arm in args.arms
-            if (path := args.work_dir / f"train_{arm}_seed{seed}.json").is_file()
+            if (path := record_path(args.work_dir, arm, seed)).is_file()
         }
         for seed in args.seeds
     }
+
+
+def _trained_base(args: Args, arm: str, seed: int) -> bool:
+    """Whether the arm ``arm`` warm-starts from has finished training for ``seed`` (trivially for none)."""
+    return _trained(args, TRAINING_ARMS[arm].warm_start, seed)
 
 
 def pending_trainings(args: Args) -> list[tuple[str, int]]:
@@ -225,7 +216,7 @@ def _untrained_bases(args: Args, arm: str, seed: int) -> list[tuple[str, int]]:
 
 def _trained(args: Args, arm: str | None, seed: int) -> bool:
     """Whether ``arm`` has finished training for ``seed`` (None, no arm: trivially)."""
-    return arm is None or (args.work_dir / f"train_{arm}_seed{seed}.json").is_file()
+    return arm is None or record_path(args.work_dir, arm, seed).is_file()
 
 
 def _eval_arms(args: Args) -> list[str]:

@@ -39,7 +39,7 @@ from openpi.envs.shapes import OBJECT_RADIUS, ShapesEnv
 from openpi.policies import policy_config
 from research.lightvla.driver import Args as ClosedLoopArgs
 from research.lightvla.driver import train_config
-from research.lightvla.report import paired_difference
+from research.paired import paired_difference
 
 RESULTS = Path(__file__).parent / "results"
 # Scene seeds for fitting and testing the probe: far from the training datasets' streams and from

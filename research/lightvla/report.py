@@ -3,9 +3,7 @@ comparisons over seeds, the per-camera breakdown and the plot, written from the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -21,13 +19,7 @@ from research.lightvla.arms import (
     UNPRUNED_ARMS,
     unpruned_reference,
 )
-
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30 the last one, slightly conservative).
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+from research.paired import paired_difference, verdict
 
 
 def load(results_dir: Path) -> dict[str, list[dict]]:
@@ -106,28 +98,6 @@ def latency_ratio(results: dict[str, list[dict]], arm: str) -> float | None:
     return statistics.mean(ratios) if ratios else None
 
 
-@dataclasses.dataclass(frozen=True)
-class PairedDifference:
-    """Success of an arm minus a baseline's, per training seed both have, with a t-interval over the seeds."""
-
-    seeds: tuple[int, ...]
-    differences: tuple[float, ...]
-    mean: float
-    low: float
-    high: float
-
-
-def paired_difference(arm: dict[int, float], baseline: dict[int, float]) -> PairedDifference | None:
-    """``arm`` − ``baseline`` on their shared seeds (seed -> success rate); None with fewer than two shared seeds."""
-    seeds = tuple(sorted(arm.keys() & baseline.keys()))
-    if len(seeds) < 2:
-        return None
-    differences = tuple(arm[s] - baseline[s] for s in seeds)
-    mean = statistics.mean(differences)
-    half = T_975[min(len(seeds) - 1, len(T_975)) - 1] * statistics.stdev(differences) / math.sqrt(len(seeds))
-    return PairedDifference(seeds, differences, mean, mean - half, mean + half)
-
-
 def comparison_table(results: dict[str, list[dict]]) -> list[str]:
     """The paired comparisons, seeds as the unit: a difference counts only where its interval excludes 0."""
     lines = [
@@ -171,13 +141,11 @@ def _paired_rows(
         diff = paired_difference(*values)
         if diff is None:
             continue
-        higher, lower = (arm, baseline) if diff.low > 0 else (baseline, arm) if diff.high < 0 else (None, None)
-        better = lower if lower_is_better else higher
-        verdict = "not shown" if better is None else f"{better} {'faster' if lower_is_better else 'ahead'}"
         per_seed = ", ".join(number.format(d) for d in diff.differences)
         interval = f"{number.format(diff.mean)} [{number.format(diff.low)}, {number.format(diff.high)}]"
         seeds = ", ".join(map(str, diff.seeds))
-        lines.append(f"| {arm} − {baseline} | {seeds} | {per_seed} | {interval} | {verdict} |")
+        better = verdict(diff, arm, baseline, lower_is_better)
+        lines.append(f"| {arm} − {baseline} | {seeds} | {per_seed} | {interval} | {better} |")
     return lines
 
 

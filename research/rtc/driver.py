@@ -1,22 +1,23 @@
 """Real-time chunking closed loop under inference delay: sync vs naive async vs guided vs trained RTC.
 
-    uv run python -m research.rtc.driver --seeds 0 1 2 --episodes 100 --steps 2000
+    uv run python -m research.rtc.driver --seeds 0 1 2 --episodes 100
 
-Trains the two policies of :mod:`research.rtc.arms` once (training seed 0) with the package's trainer, then evaluates
-every execution arm at every simulated delay on each evaluation seed's held-out scenes
-(:mod:`openpi.evaluation.closed_loop` with ``--execution`` and ``--inference-delay``). Resumable: each trained policy
-leaves ``train_{arm}.json`` under ``--work-dir`` and each (execution arm, delay, seed) result a JSON file under
-``--results-dir``; what exists is not redone. Writes the Markdown table to ``--output`` and the plot to ``--plot``
+Each seed is a training seed: it trains its own two policies of :mod:`research.rtc.arms` with the package's trainer
+(config seed = the seed), then evaluates every execution arm at every simulated delay on that seed's held-out scenes
+(:mod:`openpi.evaluation.closed_loop` with ``--execution`` and ``--inference-delay``, evaluation seed = the seed).
+Resumable: each trained policy leaves ``train_{arm}_seed{seed}.json`` under ``--work-dir`` and each (execution arm,
+delay, seed) result a JSON file under ``--results-dir``; what exists is not redone, and a policy is trained only while
+an evaluation that needs it is missing. Results of another training (other steps, or not trained on their own seed)
+are refused rather than resumed from. Writes the Markdown table to ``--output`` and the plot to ``--plot``
 (:mod:`research.rtc.report`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import tyro
 
 from research.rtc import report
 from research.rtc.arms import DATA, DELAYS, EXECUTION_ARMS, REPLAN_STEPS, TRAINING_ARMS
-from research.training import train_policy
+from research.training import record_path, train_in_workers, train_policy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
@@ -36,9 +37,9 @@ COMMAND = "uv run python -m research.rtc.driver"
 @dataclasses.dataclass
 class Args:
     seeds: tuple[int, ...] = (0, 1, 2)
-    """Evaluation seeds (held-out scene streams); the policies are trained once, with training seed 0."""
+    """Training seeds: each trains its own policies and evaluates them on its own held-out scenes."""
     episodes: int = 100
-    steps: int = 2000
+    steps: int = 6000
     """Training steps of each policy."""
     delays: tuple[int, ...] = DELAYS
     arms: tuple[str, ...] = tuple(EXECUTION_ARMS)
@@ -61,15 +62,16 @@ class Args:
             raise ValueError(f"Unknown execution arms {unknown}; arms: {', '.join(EXECUTION_ARMS)}")
 
 
-def train_config(arm: str, args: Args):
-    """The package's ``pi05_shapes`` config with ``arm``'s model and the experiment's data, under the work dir."""
+def train_config(arm: str, seed: int, args: Args):
+    """The package's ``pi05_shapes`` config with ``arm``'s model, the experiment's data and ``seed``, under the work
+    dir."""
     from openpi.training import config as _config
 
     config = _config.get_config("pi05_shapes")
     return dataclasses.replace(
         config,
-        exp_name=f"rtc_{arm}",
-        seed=0,
+        exp_name=f"rtc_{arm}_seed{seed}",
+        seed=seed,
         model=dataclasses.replace(config.model, **TRAINING_ARMS[arm]),
         data=dataclasses.replace(config.data, **DATA),
         num_train_steps=args.steps,
@@ -83,23 +85,50 @@ def train_config(arm: str, args: Args):
     )
 
 
-def _train(arm: str, args: Args, threads: int) -> dict[str, Any]:
+def _train(arm: str, seed: int, threads: int, args: Args) -> dict[str, Any]:
     """Trains one policy (in a worker process): :func:`research.training.train_policy`."""
-    return train_policy(train_config(arm, args), threads)
+    return train_policy(train_config(arm, seed, args), threads)
 
 
-def train_all(args: Args) -> dict[str, dict[str, Any]]:
-    """Trains the policies without a ``train_{arm}.json`` yet, ``args.jobs`` at a time; returns every record."""
-    pending = [arm for arm in TRAINING_ARMS if not (args.work_dir / f"train_{arm}.json").is_file()]
-    threads = max(1, multiprocessing.cpu_count() // args.jobs)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(_train, arm, args, threads): arm for arm in pending}
-        for future in concurrent.futures.as_completed(futures):
-            arm = futures[future]
-            (args.work_dir / f"train_{arm}.json").write_text(json.dumps(future.result()))
-            print(f"trained {arm}: {future.result()}", flush=True)
-    return {arm: json.loads((args.work_dir / f"train_{arm}.json").read_text()) for arm in TRAINING_ARMS}
+def pending_trainings(args: Args) -> list[tuple[str, int]]:
+    """The (training arm, seed) pairs without a record whose weights an evaluation still missing needs."""
+    return [
+        (weights, seed)
+        for seed in args.seeds
+        for weights in TRAINING_ARMS
+        if not record_path(args.work_dir, weights, seed).is_file() and _needs_weights(args, weights, seed)
+    ]
+
+
+def _needs_weights(args: Args, weights: str, seed: int) -> bool:
+    return any(
+        EXECUTION_ARMS[arm].weights == weights and not result_path(args, arm, delay, seed).is_file()
+        for arm in args.arms
+        for delay in args.delays
+    )
+
+
+def train_all(args: Args) -> dict[int, dict[str, dict[str, Any]]]:
+    """Trains the pending policies, ``args.jobs`` at a time; returns every seed's training records."""
+    train_in_workers(pending_trainings(args), functools.partial(_train, args=args), args.work_dir, args.jobs)
+    return {
+        seed: {
+            weights: json.loads(path.read_text())
+            for weights in TRAINING_ARMS
+            if (path := record_path(args.work_dir, weights, seed)).is_file()
+        }
+        for seed in args.seeds
+    }
+
+
+def foreign_results(args: Args) -> list[str]:
+    """The result files in ``--results-dir`` that another training produced: other training steps than ``--steps``,
+    or a policy not trained with its own evaluation seed."""
+    return [
+        path.name
+        for path, result in report.read_results(args.results_dir)
+        if result.get("train_steps") != args.steps or result.get("train_seed") != report.seed_of(path)
+    ]
 
 
 def main(args: Args) -> None:
@@ -107,6 +136,12 @@ def main(args: Args) -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
+        foreign = foreign_results(args)
+        if foreign:
+            raise ValueError(
+                f"{args.results_dir} holds results of another training ({', '.join(foreign)}), not {args.steps} steps "
+                "trained on each result's seed; remove them or pass another --results-dir"
+            )
         trained = train_all(args)
         if args.train_only:
             return
@@ -115,25 +150,26 @@ def main(args: Args) -> None:
     report.write(args.results_dir, args.output, args.plot, command)
 
 
-def evaluate_all(args: Args, trained: dict[str, dict[str, Any]]) -> None:
-    """Evaluates every (execution arm, delay, seed) without a result file yet, one policy load per trained policy;
-    each result is written as soon as it exists."""
+def evaluate_all(args: Args, trained: dict[int, dict[str, dict[str, Any]]]) -> None:
+    """Evaluates every (execution arm, delay, seed) without a result file yet with that seed's policies, one load per
+    policy; each result is written as soon as it exists."""
     import torch
 
     from openpi.evaluation import closed_loop
 
     torch.set_num_threads(args.eval_threads)
-    policies: dict[str, Any] = {}
     for seed in args.seeds:
+        policies: dict[str, Any] = {}  # this seed's, loaded on first use
         for delay in args.delays:
             for arm in args.arms:
                 path = result_path(args, arm, delay, seed)
                 if path.is_file():
                     continue
                 spec = EXECUTION_ARMS[arm]
-                config = train_config(spec.weights, args)
+                record = trained[seed][spec.weights]
+                config = train_config(spec.weights, seed, args)
                 eval_args = closed_loop.Args(
-                    policy=closed_loop.PolicyArgs(config.name, trained[spec.weights]["checkpoint"]),
+                    policy=closed_loop.PolicyArgs(config.name, record["checkpoint"]),
                     episodes=args.episodes,
                     seed=seed,
                     replan_steps=REPLAN_STEPS,
@@ -147,7 +183,7 @@ def evaluate_all(args: Args, trained: dict[str, dict[str, Any]]) -> None:
                 start = time.perf_counter()
                 summary = closed_loop.evaluate(eval_args, config, policies[spec.weights])
                 summary["eval_minutes"] = (time.perf_counter() - start) / 60
-                path.write_text(json.dumps({**summary, **{f"train_{k}": v for k, v in trained[spec.weights].items()}}))
+                path.write_text(json.dumps({**summary, **{f"train_{k}": v for k, v in record.items()}}))
                 print(f"{arm} d={delay} seed {seed}: success {summary['success_rate']:.2f}", flush=True)
 
 

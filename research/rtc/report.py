@@ -1,6 +1,8 @@
 """The RTC experiment's report: per execution arm and delay, success pooled over seeds with its Wilson interval,
-episode length, control steps to success and the discontinuity at and between chunk boundaries; and the plot of
-success and boundary discontinuity against delay."""
+episode length, control steps to success and the discontinuity at and between chunk boundaries; per delay and
+asynchronous arm, the paired per-seed difference in success against synchronous execution (training seeds as the
+unit) and the per-seed boundary ratio to naive async; and the plot of success and boundary discontinuity against
+delay. Results of different training steps are refused, not mixed."""
 
 from __future__ import annotations
 
@@ -11,20 +13,42 @@ from pathlib import Path
 
 from openpi.envs.rollout import wilson_interval
 from openpi.shared.results_file import write_run
+from research.paired import paired_difference, verdict
 from research.rtc.arms import ACTION_HORIZON, EXECUTION_ARMS, MAX_DELAY, REPLAN_STEPS
 
 _NAME = re.compile(r"(?P<arm>.+)_d(?P<delay>\d+)_seed(?P<seed>\d+)")
 
 
+def read_results(results_dir: Path) -> list[tuple[Path, dict]]:
+    """Every ``{arm}_d{delay}_seed{seed}.json`` of a known execution arm in ``results_dir``, read, in name order."""
+    paths = [path for path in sorted(results_dir.glob("*.json")) if _arm_of(path) in EXECUTION_ARMS]
+    return [(path, json.loads(path.read_text())) for path in paths]
+
+
+def seed_of(path: Path) -> int:
+    """The (training and evaluation) seed a result file is named for."""
+    return int(_NAME.fullmatch(path.stem)["seed"])
+
+
 def load(results_dir: Path) -> dict[tuple[str, int], list[dict]]:
-    """Each (arm, delay)'s results in seed order."""
+    """Each (arm, delay)'s results in seed order; a ValueError names the files when their training steps differ."""
+    results = read_results(results_dir)
+    by_steps: dict[object, list[str]] = {}
+    for path, result in results:
+        by_steps.setdefault(result.get("train_steps"), []).append(path.name)
+    if len(by_steps) > 1:
+        runs = "; ".join(f"{steps} steps: {', '.join(names)}" for steps, names in by_steps.items())
+        raise ValueError(f"{results_dir} mixes policies of different training steps ({runs}); keep one run's results")
     cells: dict[tuple[str, int], list[dict]] = {}
-    for path in sorted(results_dir.glob("*.json")):
+    for path, result in results:
         match = _NAME.fullmatch(path.stem)
-        if match and match["arm"] in EXECUTION_ARMS:
-            result = {**json.loads(path.read_text()), "seed": int(match["seed"])}
-            cells.setdefault((match["arm"], int(match["delay"])), []).append(result)
+        cells.setdefault((match["arm"], int(match["delay"])), []).append({**result, "seed": int(match["seed"])})
     return {key: sorted(value, key=lambda r: r["seed"]) for key, value in cells.items()}
+
+
+def _arm_of(path: Path) -> str | None:
+    match = _NAME.fullmatch(path.stem)
+    return match["arm"] if match else None
 
 
 def summary(results: list[dict]) -> dict[str, float | list[float] | None]:
@@ -72,6 +96,45 @@ def table(cells: dict[tuple[str, int], list[dict]]) -> list[str]:
     return lines
 
 
+def paired_table(cells: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """Per delay and asynchronous arm: success minus ``sync``'s on each shared seed with a 95% t-interval over the
+    seeds, and each seed's boundary discontinuity over naive async's (rows need two seeds shared with ``sync``)."""
+    rows = []
+    for delay in sorted({delay for _, delay in cells}):
+        sync = {r["seed"]: r["success_rate"] for r in cells.get(("sync", delay), [])}
+        naive = {r["seed"]: r.get("boundary_discontinuity") for r in cells.get(("naive_async", delay), [])}
+        for arm in EXECUTION_ARMS:
+            if arm == "sync" or (arm, delay) not in cells:
+                continue
+            diff = paired_difference({r["seed"]: r["success_rate"] for r in cells[arm, delay]}, sync)
+            if diff is None:
+                continue
+            ratios = [_ratio(r.get("boundary_discontinuity"), naive.get(r["seed"])) for r in cells[arm, delay]]
+            rows.append(
+                f"| {delay} | {arm} − sync | {', '.join(map(str, diff.seeds))} "
+                f"| {', '.join(f'{d:+.2f}' for d in diff.differences)} "
+                f"| {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] | {verdict(diff, arm, 'sync')} "
+                f"| {'–' if arm == 'naive_async' else ', '.join(_f(x, 2) for x in ratios)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Paired differences in success against synchronous execution at the same delay, seeds as the unit "
+        "(each seed's arms share its policies and held-out scenes); 95% t-interval over the shared seeds. "
+        '"not shown" is not "equal". Boundary / naive async: each seed\'s boundary discontinuity over that of naive '
+        "async on the same seed and delay.",
+        "",
+        "| delay d | arm − sync | seeds | per seed | mean [95% t-CI] | verdict | boundary / naive async, per seed |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
 def plot(cells: dict[tuple[str, int], list[dict]], output: Path) -> None:
     import matplotlib
 
@@ -102,9 +165,11 @@ def write(results_dir: Path, output: Path, plot_path: Path, command: str) -> Non
     cells = load(results_dir)
     if not cells:
         return
+    steps = next(iter(cells.values()))[0].get("train_steps", "?")
     header = [
         f"Tiny π0.5 on the shapes testbed (one object, horizon {ACTION_HORIZON}, a chunk asked for every "
-        f"{REPLAN_STEPS} executed steps, trained RTC with delays up to {MAX_DELAY}); each seed's held-out scenes; "
+        f"{REPLAN_STEPS} executed steps, trained RTC with delays up to {MAX_DELAY}); {steps} training steps per "
+        f"policy; {_seeding(cells)}; "
         "success pooled over seeds with its Wilson 95% interval. Discontinuity: mean over episodes' steps of "
         "mean_dims |a_t - a_{t-1}| where the executed chunk switched (boundary) or not (within).",
         "",
@@ -113,8 +178,18 @@ def write(results_dir: Path, output: Path, plot_path: Path, command: str) -> Non
         "```",
         "",
     ]
-    write_run(output, command, header + table(cells))
+    write_run(output, command, header + table(cells) + paired_table(cells))
     plot(cells, plot_path)
+
+
+def _seeding(cells: dict[tuple[str, int], list[dict]]) -> str:
+    """How the results' policies relate to their seeds (results without ``train_seed`` predate per-seed training)."""
+    if all(r.get("train_seed") == r["seed"] for results in cells.values() for r in results):
+        return "each seed trains its own policies and evaluates them on its own held-out scenes"
+    return (
+        "each seed's held-out scenes, but not every policy was trained with its result's seed (results without "
+        "`train_seed` predate per-seed training: one policy per arm, training seed 0)"
+    )
 
 
 def _f(value: float | None, digits: int) -> str:

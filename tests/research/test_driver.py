@@ -17,19 +17,6 @@ from openpi.training.config import LIGHTVLA_PRUNING
 from research.lightvla import arms, driver, report
 
 
-def test_paired_difference_uses_shared_seeds_and_a_t_interval():
-    # Seeds 0 and 2 are shared: differences 0.1 and 0.3, mean 0.2, standard error 0.1, t(1 df) = 12.706.
-    diff = report.paired_difference({0: 0.9, 1: 0.5, 2: 0.8}, {0: 0.8, 2: 0.5, 3: 0.1})
-    assert diff.seeds == (0, 2)
-    assert diff.differences == pytest.approx((0.1, 0.3))
-    assert diff.mean == pytest.approx(0.2)
-    assert (diff.low, diff.high) == pytest.approx((0.2 - 1.2706, 0.2 + 1.2706))
-
-
-def test_paired_difference_needs_two_shared_seeds():
-    assert report.paired_difference({0: 0.9, 1: 0.5}, {1: 0.4, 2: 0.3}) is None
-
-
 def test_comparison_table_says_which_arm_is_ahead_only_when_the_interval_excludes_zero():
     results = {
         "union": [{"seed": s, "success_rate": r} for s, r in enumerate((0.92, 0.85, 0.54))],
