@@ -180,3 +180,21 @@ def test_fast_pruning_shortens_the_prefix_and_every_decode_pass():
     assert pruned.per_decode_pass < unpruned.per_decode_pass
     with pytest.raises(ValueError, match="num_steps"):
         flops.decode_flops(base, flops.Workload(num_steps=0))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fast_training_step_flops_match_torchs_count(checkpointing):
+    config = _tiny_fast(None)
+    torch.manual_seed(0)
+    model = Pi0FastPytorch(config).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    observation = random_observation(tiny_config(max_token_len=PROMPT_COLUMNS), 2, valid_prompt_tokens=VALID_PROMPT)
+    postfix = (torch.arange(PROMPT_COLUMNS) >= VALID_PROMPT // 2)[None].expand(
+        2, -1
+    ) & observation.tokenized_prompt_mask
+    observation = dataclasses.replace(observation, token_ar_mask=postfix.long(), token_loss_mask=postfix)
+    measured = _counted(lambda: model(observation).mean().backward())
+    workload = flops.Workload(prompt_tokens=PROMPT_COLUMNS, batch_size=2)
+    counted = flops.fast_train_flops(config, workload, gradient_checkpointing=checkpointing)
+    assert counted.total == pytest.approx(measured, rel=TOLERANCE)

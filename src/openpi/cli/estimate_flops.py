@@ -1,6 +1,6 @@
 """The FLOPs of a registered config (``scripts/estimate_flops.py``): ``sample_actions`` and one training step, per
 part of the model, as a table and one JSON line; for a π0-FAST config, ``sample_tokens`` (the prefill and the decode
-passes; its training step is not counted)."""
+passes) and one training step."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def estimate(args: Args) -> tuple[str, dict[str, float]]:
     train_config = _config.get_config(args.config)
     model = model_config(args)
     if isinstance(model, Pi0FastConfig):
-        return _fast_estimate(args, model)
+        return _fast_estimate(args, model, train_config)
     workload = flops.Workload(
         cameras=args.cameras,
         prompt_tokens=prompt_columns(model, args.valid_prompt_tokens),
@@ -92,8 +92,8 @@ def estimate(args: Args) -> tuple[str, dict[str, float]]:
     return _table(args, model, workload, sample, train, train_config), summary
 
 
-def _fast_estimate(args: Args, model: Pi0FastConfig) -> tuple[str, dict[str, float]]:
-    """π0-FAST's ``sample_tokens`` per part: the prefill, the decode passes and the whole call."""
+def _fast_estimate(args: Args, model: Pi0FastConfig, train_config: _config.TrainConfig) -> tuple[str, dict[str, float]]:
+    """π0-FAST's ``sample_tokens`` per part (the prefill, the decode passes, the whole call) and a training step."""
     workload = flops.Workload(
         cameras=args.cameras,
         prompt_tokens=prompt_columns(model, args.valid_prompt_tokens),
@@ -101,26 +101,32 @@ def _fast_estimate(args: Args, model: Pi0FastConfig) -> tuple[str, dict[str, flo
         batch_size=args.batch_size,
     )
     count = flops.decode_flops(model, workload)
+    train_workload = dataclasses.replace(workload, batch_size=train_config.batch_size)
+    train = flops.fast_train_flops(model, train_workload, train_config.gradient_checkpointing)
     pruning = "unpruned"
     if model.token_pruning_enabled:
-        pruning = f"pruned to {count.prefix_length - workload.prompt_tokens} image tokens"
+        pruning = f"pruned to {count.prefix_length - workload.prompt_tokens} image tokens (training runs unpruned)"
     lines = [
         f"{args.config}: {pruning}; {args.cameras} cameras, {workload.prompt_tokens} prompt columns; sample_tokens at "
-        f"batch {args.batch_size} drawing {args.decode_steps} tokens ({count.decode_passes} decode passes; GFLOPs)",
+        f"batch {args.batch_size} drawing {args.decode_steps} tokens ({count.decode_passes} decode passes); a training "
+        f"step at batch {train_config.batch_size}, gradient checkpointing "
+        f"{'on' if train_config.gradient_checkpointing else 'off'} (GFLOPs)",
         "",
-        "| part | prefill | decode | sample_tokens |",
-        "|---|---|---|---|",
+        "| part | prefill | decode | sample_tokens | train forward | train backward |",
+        "|---|---|---|---|---|---|",
     ]
     for part in flops.PARTS[:-1]:  # no action expert
-        values = (count.prefill.by_part[part], count.decode.by_part[part])
-        lines.append(f"| {part} | " + " | ".join(f"{v / GIGA:,.1f}" for v in (*values, sum(values))) + " |")
-    totals = (count.prefill.total, count.decode.total, count.total)
+        prefill, decode = count.prefill.by_part[part], count.decode.by_part[part]
+        values = (prefill, decode, prefill + decode, train.forward.by_part[part], train.backward.by_part[part])
+        lines.append(f"| {part} | " + " | ".join(f"{v / GIGA:,.1f}" for v in values) + " |")
+    totals = (count.prefill.total, count.decode.total, count.total, train.forward.total, train.backward.total)
     lines.append("| **total** | " + " | ".join(f"**{v / GIGA:,.1f}**" for v in totals) + " |")
     summary = {
         "prefill_gflops": count.prefill.total / GIGA,
         "decode_gflops": count.decode.total / GIGA,
         "decode_pass_gflops": count.per_decode_pass / GIGA,
         "sample_gflops": count.total / GIGA,
+        "train_step_gflops": train.total / GIGA,
     }
     return "\n".join(lines), summary
 

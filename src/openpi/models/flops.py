@@ -221,6 +221,22 @@ def decode_flops(config: Pi0FastConfig, workload: Workload) -> DecodeFlops:
     )
 
 
+def fast_train_flops(config: Pi0FastConfig, workload: Workload, gradient_checkpointing: bool = False) -> TrainFlops:
+    """FLOPs of one π0-FAST training step: the language model over every image token and the prompt but its last
+    token (training runs unpruned), and the tied head's logits at the ``prompt_tokens - 1`` text positions."""
+    llm, batch = config.llm_config, workload.batch_size
+    length = workload.cameras * config.vision_config.num_patches + workload.prompt_tokens - 1
+    layers = _stream_ops(llm, LANGUAGE_MODEL, batch, length, adaptive=False, recomputed=True)
+    layers[-1] = dataclasses.replace(layers[-1], recomputed=False)  # the layer's last product: nothing saves its output
+    ops = [
+        *_image_ops(config, workload, training=True),
+        *layers,
+        _attention(llm, LANGUAGE_MODEL, batch, length, length, recomputed=True),
+        _linear(LANGUAGE_MODEL, batch * (workload.prompt_tokens - 1), llm.width, config.vocab_size),
+    ]
+    return TrainFlops(tuple(ops), gradient_checkpointing, length)
+
+
 def train_flops(config: Pi0Config, workload: Workload = Workload(), gradient_checkpointing: bool = False) -> TrainFlops:
     """FLOPs of one training step's forward and backward: one joint pass over the prefix and the noisy actions."""
     batch = workload.batch_size
