@@ -9,6 +9,8 @@ import pytest
 from openpi.cli import estimate_flops
 from openpi.models import flops
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
+from openpi.training import config as _config
 
 
 def test_the_last_line_is_the_json_summary_and_a_budget_prunes(capsys):
@@ -35,3 +37,18 @@ def test_bad_budgets_are_named():
         )
     with pytest.raises(ValueError, match="--token-prune-keep-tokens"):
         estimate_flops.model_config(estimate_flops.Args("pi05_pick_place_pytorch_pruning"))
+
+
+def test_a_fast_config_counts_its_decoding(capsys):
+    unpruned = estimate_flops.main(estimate_flops.Args("pi0_fast_libero", decode_steps=30))
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == unpruned
+    expected_config = Pi0FastConfig(action_dim=7, action_horizon=10, max_token_len=180)
+    expected = flops.decode_flops(expected_config, flops.Workload(prompt_tokens=180, num_steps=30))
+    assert unpruned["sample_gflops"] == pytest.approx(expected.total / 1e9), "the untrimmed 180 columns"
+    assert unpruned["decode_pass_gflops"] == pytest.approx(expected.per_decode_pass / 1e9)
+    recipe = _config.get_config("pi0_fast_libero")
+    workload = flops.Workload(prompt_tokens=180, batch_size=recipe.batch_size)
+    train = flops.fast_train_flops(expected_config, workload, recipe.gradient_checkpointing)
+    assert unpruned["train_step_gflops"] == pytest.approx(train.total / 1e9), "the recipe's batch and checkpointing"
+    pruned = estimate_flops.main(estimate_flops.Args("pi0_fast_libero", decode_steps=30, token_prune_keep_ratio=0.1))
+    assert pruned["sample_gflops"] < 0.45 * unpruned["sample_gflops"]

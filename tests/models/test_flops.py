@@ -11,6 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from openpi.models import flops
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import Pi0Config, mid_config, tiny_config
+from openpi.models.pi0_fast_config import Pi0FastConfig
+from openpi.models_pytorch.pi0_fast_pytorch import Pi0FastPytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -136,3 +138,63 @@ def test_pruning_shortens_the_prefix_and_the_denoising_reads_a_smaller_cache():
     assert pruned.denoise.total < unpruned.denoise.total
     with pytest.raises(ValueError, match="data-dependent"):
         flops.sample_flops(Pi0Config(pi05=True, token_pruning_enabled=True))
+
+
+def _tiny_fast(keep_ratio: float | None) -> Pi0FastConfig:
+    tiny = tiny_config()
+    return Pi0FastConfig(
+        paligemma_variant=tiny.paligemma_variant,
+        vision_variant=tiny.vision_variant,
+        vocab_size=tiny.vocab_size,
+        max_token_len=PROMPT_COLUMNS,
+        dtype="float32",
+        max_decoding_steps=6,
+        token_pruning_enabled=keep_ratio is not None,
+        token_prune_keep_ratio=keep_ratio,
+    )
+
+
+@pytest.mark.parametrize("keep_ratio", [None, 0.25, 0.1])
+def test_fast_decode_flops_match_torchs_count(keep_ratio):
+    config = _tiny_fast(keep_ratio)
+    torch.manual_seed(0)
+    model = Pi0FastPytorch(config).eval()
+    observation = random_observation(tiny_config(max_token_len=PROMPT_COLUMNS), 2, valid_prompt_tokens=VALID_PROMPT)
+    steps = []
+    measured = _counted(lambda: steps.append(model.sample_tokens(observation).steps))
+    workload = flops.Workload(prompt_tokens=PROMPT_COLUMNS, num_steps=steps[0], batch_size=2)
+    counted = flops.decode_flops(config, workload)
+    assert counted.decode_passes == steps[0] - 1 > 0
+    assert counted.total == pytest.approx(measured, rel=TOLERANCE)
+
+
+def test_fast_pruning_shortens_the_prefix_and_every_decode_pass():
+    base = Pi0FastConfig(max_token_len=180)
+    workload = flops.Workload(prompt_tokens=180, num_steps=40)
+    unpruned = flops.decode_flops(base, workload)
+    pruned = flops.decode_flops(
+        Pi0FastConfig(max_token_len=180, token_pruning_enabled=True, token_prune_keep_ratio=0.1), workload
+    )
+    assert (unpruned.prefix_length, pruned.prefix_length) == (768 + 180, 77 + 180)
+    assert pruned.prefill.by_part[flops.VISION] == unpruned.prefill.by_part[flops.VISION]
+    assert pruned.per_decode_pass < unpruned.per_decode_pass
+    with pytest.raises(ValueError, match="num_steps"):
+        flops.decode_flops(base, flops.Workload(num_steps=0))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fast_training_step_flops_match_torchs_count(checkpointing):
+    config = _tiny_fast(None)
+    torch.manual_seed(0)
+    model = Pi0FastPytorch(config).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    observation = random_observation(tiny_config(max_token_len=PROMPT_COLUMNS), 2, valid_prompt_tokens=VALID_PROMPT)
+    postfix = (torch.arange(PROMPT_COLUMNS) >= VALID_PROMPT // 2)[None].expand(
+        2, -1
+    ) & observation.tokenized_prompt_mask
+    observation = dataclasses.replace(observation, token_ar_mask=postfix.long(), token_loss_mask=postfix)
+    measured = _counted(lambda: model(observation).mean().backward())
+    workload = flops.Workload(prompt_tokens=PROMPT_COLUMNS, batch_size=2)
+    counted = flops.fast_train_flops(config, workload, gradient_checkpointing=checkpointing)
+    assert counted.total == pytest.approx(measured, rel=TOLERANCE)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openpi.models.fast_reference_fixture import NLL_ATOL, FastReferenceFixture, passes
+from openpi.models.fast_reference_fixture import FastReferenceFixture, passes
 from openpi.models_jax import fast_reference, pi0_fast
 from openpi.models_jax.observation import JaxObservation
-
-# Measured 1.05e-4 (the PyTorch model: 4.1e-5); logits, loss and decode are within the README's tolerances.
-JAX_NLL_ATOL = 2 * NLL_ATOL
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +22,6 @@ def model(fixture) -> pi0_fast.Pi0Fast:
 
 def test_matches_reference_outputs(model, fixture):
     errors = fast_reference.compare(model, fixture)
-    assert errors.pop("token_nll_max_abs") <= JAX_NLL_ATOL, errors
     assert passes(errors), errors
 
 

@@ -52,6 +52,13 @@ def test_served_model_answers_the_websocket_client_and_reports_a_failed_decode(p
     np.testing.assert_allclose(reply["actions"], np.full((10, 7), 0.5), atol=1e-6)
 
 
+def test_an_absent_camera_is_attended_to_as_upstream_fast_does(policy):
+    inputs = policy.prepare(libero_observation(0)).inputs
+    # LIBERO has no right-wrist camera: π0 masks the slot, upstream's π0-FAST attends to its zero image.
+    assert {name: bool(mask) for name, mask in inputs["image_mask"].items()} == dict.fromkeys(inputs["image"], True)
+    assert not inputs["image"]["right_wrist_0_rgb"].any()
+
+
 def test_max_decoding_steps_and_temperature_are_settings(policy):
     assert policy.infer(libero_observation(1))["policy_timing"]["decode_steps"] <= 6  # the policy's setting
     batch = transforms.stack_samples([policy.prepare(libero_observation(i)).inputs for i in range(2)])

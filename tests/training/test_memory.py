@@ -11,6 +11,7 @@ import torch
 
 from openpi.models.observation import random_observation
 from openpi.models.pi0_config import tiny_config
+from openpi.models_pytorch.pi0_fast_pytorch import Pi0FastPytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.training import config as _config
 from openpi.training import memory, memory_profile, memory_report
@@ -131,3 +132,44 @@ def test_budget_training_is_estimated_at_the_most_its_budget_keeps():
     sampled = dataclasses.replace(_LIGHTVLA.model, token_prune_gate_dropped_sample=0.25)
     sampled_estimate = memory.estimate(dataclasses.replace(BASE, model=sampled), batch_size=2)
     assert budget.activation_bytes < sampled_estimate.activation_bytes < gated.activation_bytes
+
+
+_FAST = dataclasses.replace(_config.get_config("debug_pi0_fast"), pytorch_training_precision="float32", ema_decay=None)
+
+
+def test_fast_activations_are_what_a_real_cpu_forward_saves_for_backward():
+    estimate = memory.estimate(_FAST, batch_size=2, prompt_tokens=32)
+    model_config = dataclasses.replace(_FAST.model, max_token_len=32)
+    torch.manual_seed(0)
+    model = Pi0FastPytorch(model_config).train()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, torch.UntypedStorage] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in parameters:
+            saved.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage())
+        return tensor
+
+    postfix = (torch.arange(32) >= 16)[None].expand(2, -1)
+    observation = dataclasses.replace(
+        random_observation(model_config, 2), token_ar_mask=postfix.long(), token_loss_mask=postfix
+    )
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(observation)
+    assert estimate.activation_bytes == pytest.approx(sum(s.nbytes() for s in saved.values()), rel=0.03)
+
+
+def test_fast_checkpointed_estimate_is_within_15_percent_of_the_measured_tensor_peak():
+    config = dataclasses.replace(_FAST, gradient_checkpointing=True, batch_size=2)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, max_token_len=16))
+    estimate = memory.estimate(config, prompt_tokens=16)
+    assert 0 < estimate.activation_bytes < memory.estimate(_FAST, batch_size=2, prompt_tokens=16).activation_bytes / 2
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        peak_bytes = pool.apply(memory_profile.tensor_peak_bytes, (config, 2))
+    assert peak_bytes / estimate.total_bytes == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_fast_report_has_every_mode():
+    report = memory_report.report(_config.get_config("pi0_fast_libero"), batch_size=1)
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "mode" not in line]
+    assert len(rows) == 6 and any(row.startswith("| lora, checkpointing on | 1 |") for row in rows)

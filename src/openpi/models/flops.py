@@ -1,4 +1,5 @@
-"""FLOPs of π0 / π0.5, counted from the config: ``sample_actions`` and one training step, pruned or not.
+"""FLOPs of π0 / π0.5, counted from the config: ``sample_actions`` and one training step, pruned or not; and of
+π0-FAST's ``sample_tokens`` (the prefill, then one pass per decoded token).
 
 Counted the way ``torch.utils.flop_counter`` counts: 2 FLOPs per multiply-add of every matrix product (linear layers,
 the patch convolution, attention's two products, the pruner's scoring), nothing for elementwise work (norms,
@@ -16,7 +17,10 @@ import math
 from collections.abc import Iterable
 
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
 from openpi.models.variants import GemmaConfig, SiglipConfig
+
+ModelConfig = Pi0Config | Pi0FastConfig
 
 # Parts of the model, in the order the tables list them.
 VISION, PROJECTOR, PRUNER, LANGUAGE_MODEL, ACTION_EXPERT = (
@@ -39,7 +43,7 @@ class Workload:
         prompt_tokens: prompt columns the language model runs, after trimming the padding.
         kept_patches: image tokens in the prefix (None: the config's budget, or every patch unpruned). LightVLA's
             union keeps a data-dependent count, at inference and, deduplicated, in training: give it here.
-        num_steps: denoising steps of ``sample_actions``.
+        num_steps: denoising steps of ``sample_actions``; π0-FAST: the tokens ``sample_tokens`` draws.
         batch_size: samples per call; every count scales with it.
     """
 
@@ -125,7 +129,28 @@ class TrainFlops:
         return self.forward.total + self.backward.total
 
 
-def kept_patches(config: Pi0Config, workload: Workload) -> int:
+@dataclasses.dataclass(frozen=True)
+class DecodeFlops:
+    """π0-FAST's ``sample_tokens``: the prefill (images, pruner, the language model over the kept prefix, the first
+    token's logits) and the decode passes (each token after the first: one position through the language model,
+    attending to the cache, and its logits)."""
+
+    prefill: Count
+    decode: Count
+    prefix_length: int  # tokens in the cached prefix
+    decode_passes: int
+
+    @property
+    def per_decode_pass(self) -> float:
+        """The mean decode pass (each reads a cache one token longer than the one before)."""
+        return self.decode.total / self.decode_passes if self.decode_passes else 0.0
+
+    @property
+    def total(self) -> float:
+        return self.prefill.total + self.decode.total
+
+
+def kept_patches(config: ModelConfig, workload: Workload) -> int:
     """Image tokens in the inference prefix per sample: all of them unpruned, the budget's count (padded up to
     ``token_prune_kept_multiple``) pruned; LightVLA's union, whose size depends on the data, needs ``kept_patches``."""
     per_camera = config.vision_config.num_patches
@@ -142,7 +167,7 @@ def kept_patches(config: Pi0Config, workload: Workload) -> int:
                 "LightVLA's union selection keeps a data-dependent count: set a budget (token_prune_keep_ratio or "
                 "token_prune_keep_tokens) or the workload's kept_patches"
             )
-    multiple = config.token_prune_kept_multiple
+    multiple = config.token_prune_kept_multiple if isinstance(config, Pi0Config) else None
     if multiple:
         kept = -(-kept // multiple) * multiple
     return min(kept, all_patches)
@@ -163,6 +188,53 @@ def sample_flops(config: Pi0Config, workload: Workload = Workload()) -> SampleFl
         Count.of((op.part, op.flops * workload.num_steps) for op in denoise),
         prefix_length,
     )
+
+
+def decode_flops(config: Pi0FastConfig, workload: Workload) -> DecodeFlops:
+    """FLOPs of π0-FAST's ``sample_tokens`` drawing ``workload.num_steps`` tokens. As upstream, the prefill attends
+    over a cache already sized for ``max_decoding_steps`` more tokens, and decode pass ``s`` reads the prefix and the
+    ``s + 1`` tokens after it; the prompt runs all its ``max_token_len`` columns (π0-FAST does not trim them)."""
+    if not 1 <= workload.num_steps <= config.max_decoding_steps:
+        raise ValueError(
+            f"num_steps (tokens drawn) must be in [1, {config.max_decoding_steps}], got {workload.num_steps}"
+        )
+    llm, batch = config.llm_config, workload.batch_size
+    prefix_length = kept_patches(config, workload) + workload.prompt_tokens
+    prefill = [*_image_ops(config, workload, training=False)]
+    if config.token_pruning_enabled:
+        prefill += _pruner_ops(config, workload, training=False)
+    prefill += _stream_ops(llm, LANGUAGE_MODEL, batch, prefix_length, adaptive=False)
+    prefill.append(_attention(llm, LANGUAGE_MODEL, batch, prefix_length, prefix_length + config.max_decoding_steps))
+    prefill.append(_linear(LANGUAGE_MODEL, batch, llm.width, config.vocab_size))  # the last position's logits
+    passes = workload.num_steps - 1
+    keys_read = passes * (prefix_length + 1) + passes * (passes - 1) // 2  # pass s reads prefix_length + s + 1
+    decode = [
+        *_stream_ops(llm, LANGUAGE_MODEL, batch, passes, adaptive=False),
+        _attention(llm, LANGUAGE_MODEL, batch, 1, keys_read),
+        _linear(LANGUAGE_MODEL, batch * passes, llm.width, config.vocab_size),
+    ]
+    return DecodeFlops(
+        Count.of((op.part, op.flops) for op in prefill),
+        Count.of((op.part, op.flops) for op in decode),
+        prefix_length,
+        passes,
+    )
+
+
+def fast_train_flops(config: Pi0FastConfig, workload: Workload, gradient_checkpointing: bool = False) -> TrainFlops:
+    """FLOPs of one π0-FAST training step: the language model over every image token and the prompt but its last
+    token (training runs unpruned), and the tied head's logits at the ``prompt_tokens - 1`` text positions."""
+    llm, batch = config.llm_config, workload.batch_size
+    length = workload.cameras * config.vision_config.num_patches + workload.prompt_tokens - 1
+    layers = _stream_ops(llm, LANGUAGE_MODEL, batch, length, adaptive=False, recomputed=True)
+    layers[-1] = dataclasses.replace(layers[-1], recomputed=False)  # the layer's last product: nothing saves its output
+    ops = [
+        *_image_ops(config, workload, training=True),
+        *layers,
+        _attention(llm, LANGUAGE_MODEL, batch, length, length, recomputed=True),
+        _linear(LANGUAGE_MODEL, batch * (workload.prompt_tokens - 1), llm.width, config.vocab_size),
+    ]
+    return TrainFlops(tuple(ops), gradient_checkpointing, length)
 
 
 def train_flops(config: Pi0Config, workload: Workload = Workload(), gradient_checkpointing: bool = False) -> TrainFlops:
@@ -209,7 +281,7 @@ def _training_patches(config: Pi0Config, workload: Workload) -> int:
     return every
 
 
-def _budget(config: Pi0Config, valid: int) -> int | None:
+def _budget(config: ModelConfig, valid: int) -> int | None:
     if config.token_prune_keep_tokens is not None:
         return min(config.token_prune_keep_tokens, valid)
     if config.token_prune_keep_ratio is not None:
@@ -227,7 +299,7 @@ def _attention(gemma: GemmaConfig, part: str, batch: int, queries: int, keys: in
     return Op(part, flops, attention=True, recomputed=recomputed)
 
 
-def _image_ops(config: Pi0Config, workload: Workload, *, training: bool) -> list[Op]:
+def _image_ops(config: ModelConfig, workload: Workload, *, training: bool) -> list[Op]:
     """SigLIP over every camera image, then the projector to the language model's width."""
     vision: SiglipConfig = config.vision_config
     images = workload.batch_size * workload.cameras
@@ -243,7 +315,7 @@ def _image_ops(config: Pi0Config, workload: Workload, *, training: bool) -> list
     ]
 
 
-def _pruner_ops(config: Pi0Config, workload: Workload, *, training: bool) -> list[Op]:
+def _pruner_ops(config: ModelConfig, workload: Workload, *, training: bool) -> list[Op]:
     """Each patch's query (its attention over the prompt) and the patch-to-patch scores; in union training, the
     straight-through product of the votes with the patches."""
     batch, width = workload.batch_size, config.llm_config.width

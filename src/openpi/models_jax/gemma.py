@@ -57,11 +57,21 @@ def _gated_residual(x: jax.Array, y: jax.Array, gate: jax.Array | None) -> jax.A
     return x + y if gate is None else x + gate * y
 
 
+def rotary_angles(positions: jax.Array, head_dim: int) -> jax.Array:
+    """Angles ``[B, L, head_dim / 2]``: ``positions [B, L]`` divided (IEEE float32, as upstream) by the timescales.
+
+    XLA rewrites ``x / broadcast(t)`` into ``x * broadcast(1 / t)``, up to an ulp off; an ulp of the angle at
+    position 500 is 3e-5 rad, enough to move the logits by 1e-4. The barrier hides the broadcast from that rewrite.
+    """
+    half = head_dim // 2
+    timescale = ROPE_BASE ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)  # [half]
+    timescale = jax.lax.optimization_barrier(jnp.broadcast_to(timescale, (*positions.shape, half)))
+    return positions.astype(jnp.float32)[..., None] / timescale
+
+
 def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
     """Rotates the two halves of the head dimension of ``x [B, L, heads, head_dim]`` by ``positions [B, L]``."""
-    half = x.shape[-1] // 2
-    inv_timescale = ROPE_BASE ** -(jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
-    angles = positions.astype(jnp.float32)[..., None, None] * inv_timescale  # [B, L, 1, half]
+    angles = rotary_angles(positions, x.shape[-1])[..., None, :]  # [B, L, 1, half]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)

@@ -67,6 +67,13 @@ class Pi0FastPytorch(nn.Module):
     def token_pruning_enabled(self) -> bool:
         return self.token_pruner is not None
 
+    # Gradient checkpointing (SigLIP's and the language model's layers in training), named as π0's switches.
+    def gradient_checkpointing_enable(self) -> None:
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
     @property
     def pruner(self) -> ImageTokenPruner:
         """The LightVLA pruner (its budgets and telemetry); raises if pruning is disabled."""
@@ -111,8 +118,8 @@ class Pi0FastPytorch(nn.Module):
         masks.append(obs.tokenized_prompt_mask)
         mask = torch.cat(masks, dim=1)
         text_ar = torch.zeros_like(obs.tokenized_prompt) if obs.token_ar_mask is None else obs.token_ar_mask.long()
-        ar = torch.cat([torch.zeros(mask.shape[0], mask.shape[1] - text_ar.shape[1], dtype=torch.long), text_ar], 1)
-        return Embedded(torch.cat(embs, dim=1), mask, ar.to(mask.device))
+        image_ar = text_ar.new_zeros(mask.shape[0], mask.shape[1] - text_ar.shape[1])
+        return Embedded(torch.cat(embs, dim=1), mask, torch.cat([image_ar, text_ar], 1))
 
     # -------------------------------------------------------------------------------------------- transformer
     def run(

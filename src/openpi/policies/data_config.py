@@ -115,13 +115,18 @@ def model_transforms(
     model: ModelConfig, tokenizer_path: str | None, default_fast_tokenizer: str | None = None
 ) -> _transforms.Group:
     """Resize every camera to the vision tower's resolution, tokenize (with the discretised state for π0.5), pad
-    state/actions to the model's action dimension. π0-FAST: resize, then one sequence of prompt, state and FAST
-    action tokens (:func:`fast_tokenizer_spec`); the policy decodes the generated tokens."""
+    state/actions to the model's action dimension. π0-FAST: resize, mark every camera present (as upstream), then one
+    sequence of prompt, state and FAST action tokens (:func:`fast_tokenizer_spec`); the policy decodes the generated
+    tokens."""
     size = model.vision_config.image_size
     if isinstance(model, Pi0FastConfig):
         sequences = fast_tokenizer_spec(model, tokenizer_path, default_fast_tokenizer)
         return _transforms.Group(
-            inputs=(_transforms.ResizeImages(size, size), fast_transforms.TokenizeFastInputs(sequences))
+            inputs=(
+                _transforms.ResizeImages(size, size),
+                fast_transforms.AttendEveryCamera(),
+                fast_transforms.TokenizeFastInputs(sequences),
+            )
         )
     return _transforms.Group(
         inputs=(

@@ -43,6 +43,19 @@ def _load(spec: FastTokenizerSpec) -> FastPromptTokenizer:
 
 
 @dataclasses.dataclass(frozen=True)
+class AttendEveryCamera:
+    """Marks every camera present, an absent one's (zero) image included, as upstream's π0-FAST robot mappings do
+    (LIBERO, DROID: "we don't mask out padding images for FAST models"). Its checkpoints were trained so, and its
+    decode window reads the last ``prefix_len`` prefix slots: a masked camera before the prompt would put that
+    camera's tokens in the window in place of the first valid ones."""
+
+    def __call__(self, data: dict) -> dict:
+        if "image_mask" in data:
+            data["image_mask"] = {name: np.ones_like(mask, dtype=bool) for name, mask in data["image_mask"].items()}
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenizeFastInputs:
     """Replaces ``prompt`` (with the normalised ``state`` and, in training, ``actions``) by the π0-FAST sequence:
     ``tokenized_prompt``, ``tokenized_prompt_mask``, ``token_ar_mask``, ``token_loss_mask``."""

@@ -68,14 +68,10 @@ class JaxPolicyModel:
         return dict(self.jax_model.last_stats) if self.token_pruning_enabled else {}
 
     def nonfinite_parameters(self) -> list[str]:
-        leaves = jax.tree_util.tree_leaves_with_path(self.jax_model.params())
-        return [jax.tree_util.keystr(path) for path, leaf in leaves if not bool(jnp.isfinite(leaf).all())]
+        return nonfinite_leaves(self.jax_model.params())
 
     def observation(self, batch: dict[str, Any]) -> JaxObservation:
-        observation = JaxObservation.from_dict(batch)
-        for name, image in observation.images.items():
-            check_image_resolution(name, image.shape[1:3], self._image_resolution)  # [B, H, W, 3]
-        return observation
+        return checked_observation(batch, self._image_resolution)
 
     def sample_noise(self, batch_size: int) -> np.ndarray:
         self._rng, rng = jax.random.split(self._rng)
@@ -92,6 +88,20 @@ class JaxPolicyModel:
         if sampled.keep is None:
             return Sampled(actions, None)
         return Sampled(actions, PatchSelection(np.asarray(sampled.keep), np.asarray(sampled.votes)))
+
+
+def nonfinite_leaves(params: Any) -> list[str]:
+    """The paths of the parameter leaves holding NaN or infinity."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return [jax.tree_util.keystr(path) for path, leaf in leaves if not bool(jnp.isfinite(leaf).all())]
+
+
+def checked_observation(batch: dict[str, Any], resolution: tuple[int, int]) -> JaxObservation:
+    """The :class:`JaxObservation` of a numpy batch, its images checked against the vision tower's ``resolution``."""
+    observation = JaxObservation.from_dict(batch)
+    for name, image in observation.images.items():
+        check_image_resolution(name, image.shape[1:3], resolution)  # [B, H, W, 3]
+    return observation
 
 
 def load(config: Pi0Config, checkpoint_dir: Path) -> JaxPolicyModel:

@@ -74,7 +74,7 @@ def create_trained_policy(
     if checkpoint_files.is_jax_checkpoint(checkpoint_dir):
         if verify:
             _verify_files(checkpoint_dir, checkpoint_files.JAX_PARAMS_DIR)
-        model, framework = _load_jax_model(train_config.model, checkpoint_dir, raw_weights), "jax"
+        model, framework = _load_jax_model(train_config.model, checkpoint_dir, raw_weights, data_config), "jax"
     else:
         weights_name = checkpoint_files.RAW_WEIGHTS_FILE if raw_weights else checkpoint_files.WEIGHTS_FILE
         if verify:
@@ -180,14 +180,17 @@ def _load_pytorch_model(
     return pytorch_model.load(config, weights_file, device)
 
 
-def _load_jax_model(config: Pi0Config | Pi0FastConfig, checkpoint_dir: Path, raw_weights: bool) -> PolicyModel:
-    if isinstance(config, Pi0FastConfig):
-        raise ValueError(
-            f"{checkpoint_dir} is a JAX π0-FAST checkpoint: serve it converted (openpi.conversion.convert."
-            "convert_fast_params_dir writes the PyTorch state dict)"
-        )
+def _load_jax_model(
+    config: Pi0Config | Pi0FastConfig, checkpoint_dir: Path, raw_weights: bool, data: DataConfig
+) -> PolicyModel:
     if raw_weights:
         raise ValueError(f"{checkpoint_dir} is a JAX checkpoint: its params/ tree is the only weight set it holds")
+    if isinstance(config, Pi0FastConfig):
+        from openpi.policies import fast_jax_model
+
+        if data.fast_tokenizer is None:
+            raise ValueError("The data config of a π0-FAST model names no FAST tokenizer")
+        return fast_jax_model.load(config, checkpoint_dir, data.fast_tokenizer)
     from openpi.policies import jax_model  # JAX is imported only when a JAX checkpoint is served
 
     return jax_model.load(config, checkpoint_dir)

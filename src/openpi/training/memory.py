@@ -16,7 +16,9 @@ already counted outside the layers). The batch itself
 Assumptions, stated: AdamW keeps two states per trainable parameter in the parameter's dtype; gradients exist for
 trainable parameters only; the EMA is a float32 copy of the whole state dict; FSDP divides weights, gradients,
 optimizer state and EMA by the ranks (activations are per rank). A pruned model is measured at the full training
-length (deduplication shortens the prefix by a data-dependent amount, so this is its upper bound); ``mixed``
+length (deduplication shortens the prefix by a data-dependent amount, so this is its upper bound); π0-FAST at
+``prompt_tokens`` columns, half of them prefix and half action tokens with a loss (the split does not change the
+shapes); ``mixed``
 precision is measured with bfloat16 activations. Temporary buffers (kernel workspaces, the optimizer step's
 intermediates, allocator fragmentation) are not included: compare with measured peaks
 (``scripts/bench/results/memory.md``).
@@ -34,14 +36,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from openpi.models.batch import IMAGE_KEYS
-from openpi.models.observation import random_observation
+from openpi.models.observation import Observation, random_observation
 from openpi.models.pi0_config import Pi0Config
+from openpi.models.pi0_fast_config import Pi0FastConfig
+from openpi.models_pytorch.pi0_fast_pytorch import Pi0FastPytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 from openpi.models_pytorch.siglip import SiglipEncoderLayer
 from openpi.training import config as _config
 from openpi.training import trainer
 
 _OUTSIDE_LAYERS = "outside"
+Model = PI0Pytorch | Pi0FastPytorch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +84,7 @@ def estimate(
     prompt_tokens = prompt_tokens or config.model.max_token_len
     measured = dataclasses.replace(
         config,
-        model=dataclasses.replace(
-            config.model, max_token_len=prompt_tokens, prompt_trim_multiple=None, token_prune_dedup_training=False
-        ),
+        model=_measured_model(config.model, prompt_tokens),
         pytorch_training_compile_mode=None,
         pytorch_weight_path=None,
     )
@@ -103,19 +106,43 @@ def estimate(
     )
 
 
+def _measured_model(model: Pi0Config | Pi0FastConfig, prompt_tokens: int) -> Pi0Config | Pi0FastConfig:
+    """The model at ``prompt_tokens`` untrimmed prompt columns (and LightVLA's union undeduplicated)."""
+    if isinstance(model, Pi0FastConfig):
+        return dataclasses.replace(model, max_token_len=prompt_tokens)
+    return dataclasses.replace(
+        model, max_token_len=prompt_tokens, prompt_trim_multiple=None, token_prune_dedup_training=False
+    )
+
+
+def training_observation(config: Pi0Config | Pi0FastConfig, batch_size: int) -> Observation:
+    """A training batch's observation; π0-FAST's prompt is half prefix, half action tokens with a loss."""
+    observation = random_observation(config, batch_size)
+    if not isinstance(config, Pi0FastConfig):
+        return observation
+    postfix = (torch.arange(config.max_token_len) >= config.max_token_len // 2)[None].expand(batch_size, -1)
+    return dataclasses.replace(observation, token_ar_mask=postfix.long(), token_loss_mask=postfix.clone())
+
+
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _batch_bytes(config: Pi0Config, batch_size: int) -> int:
-    observation = random_observation(config, batch_size)
+def _batch_bytes(config: Pi0Config | Pi0FastConfig, batch_size: int) -> int:
+    observation = training_observation(config, batch_size)
     tensors = [*observation.images.values(), *observation.image_masks.values(), observation.state]
-    tensors += [t for t in (observation.tokenized_prompt, observation.tokenized_prompt_mask) if t is not None]
+    prompt = (
+        observation.tokenized_prompt,
+        observation.tokenized_prompt_mask,
+        observation.token_ar_mask,
+        observation.token_loss_mask,
+    )
+    tensors += [t for t in prompt if t is not None]
     actions = batch_size * config.action_horizon * config.action_dim * 4  # float32
     return sum(_nbytes(t) for t in tensors) + actions
 
 
-def _activation_bytes(model: PI0Pytorch, batch_size: int, checkpointing: bool) -> int:
+def _activation_bytes(model: Model, batch_size: int, checkpointing: bool) -> int:
     """Bytes autograd keeps for the backward pass of one training forward on meta tensors."""
     model.gradient_checkpointing_disable()
     saved = _saved_storages(model, batch_size)
@@ -130,11 +157,11 @@ def _activation_bytes(model: PI0Pytorch, batch_size: int, checkpointing: bool) -
     return outside + _checkpointed_inputs_bytes(model, batch_size) + max(own.values(), default=0)
 
 
-def _saved_storages(model: PI0Pytorch, batch_size: int) -> list[tuple[int, set[str]]]:
+def _saved_storages(model: Model, batch_size: int) -> list[tuple[int, set[str]]]:
     """Each storage one forward saves for backward (parameters excluded), once: its bytes and the layer runs that
     saved it (``outside`` for saves outside the transformer layers)."""
     config = model.config
-    observation = random_observation(config, batch_size).to("meta")
+    observation = training_observation(config, batch_size).to("meta")
     actions = torch.zeros(batch_size, config.action_horizon, config.action_dim, device="meta")
     parameters = {p.untyped_storage()._cdata for p in model.parameters()}
     saved: dict[int, tuple[int, set[str]]] = {}
@@ -163,8 +190,11 @@ def _saved_storages(model: PI0Pytorch, batch_size: int) -> list[tuple[int, set[s
     ]
     try:
         with _FusedAttentionSaves(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            time = torch.full((batch_size,), 0.5, device="meta")
-            model(observation, actions, noise=torch.zeros_like(actions), time=time)
+            if isinstance(model, Pi0FastPytorch):
+                model(observation, actions)
+            else:
+                time = torch.full((batch_size,), 0.5, device="meta")
+                model(observation, actions, noise=torch.zeros_like(actions), time=time)
     finally:
         for handle in handles:
             handle.remove()
@@ -202,27 +232,32 @@ class _FusedAttentionSaves(TorchFunctionMode):
         return _FusedAttention.apply(lambda q, k, v: func(q, k, v, *rest, **kwargs), query, key, value, mask)
 
 
-def _layer_entry_points(model: PI0Pytorch) -> list[tuple[str, nn.Module]]:
+def _layer_entry_points(model: Model) -> list[tuple[str, nn.Module]]:
     """The module called first in each checkpointed layer (SigLIP encoder layers; the language model's input norm
     of each joint layer), and the first module after each run of layers (SigLIP's final norm, the token embedding,
-    the action head), which leaves the layers."""
-    paligemma = model.paligemma_with_expert.paligemma.model
+    the action head or π0-FAST's final norm), which leaves the layers."""
+    fast = isinstance(model, Pi0FastPytorch)
+    paligemma = model.paligemma.model if fast else model.paligemma_with_expert.paligemma.model
     vision = [(f"vision.{i}", m) for i, m in enumerate(model.modules()) if isinstance(m, SiglipEncoderLayer)]
     joint = [(f"joint.{i}", layer.input_layernorm) for i, layer in enumerate(paligemma.language_model.layers)]
-    leave = [paligemma.vision_tower.vision_model.post_layernorm, paligemma.language_model.embed_tokens]
-    return [*vision, *joint, *((_OUTSIDE_LAYERS, m) for m in (*leave, model.action_out_proj))]
+    after_joint = paligemma.language_model.norm if fast else model.action_out_proj
+    leave = [paligemma.vision_tower.vision_model.post_layernorm, paligemma.language_model.embed_tokens, after_joint]
+    return [*vision, *joint, *((_OUTSIDE_LAYERS, m) for m in leave)]
 
 
-def _checkpointed_inputs_bytes(model: PI0Pytorch, batch_size: int) -> int:
+def _checkpointed_inputs_bytes(model: Model, batch_size: int) -> int:
     """The hidden states each checkpointed layer keeps as its input: per SigLIP layer ``[B, patches, width]`` per
-    camera, per joint layer the prefix ``[B, L, width]`` and the suffix ``[B, S, expert width]``."""
+    camera, per joint layer the prefix ``[B, L, width]`` and the suffix ``[B, S, expert width]`` (π0-FAST: the
+    sequence but its last token, ``[B, L - 1, width]``)."""
     config = model.config
     element = torch.empty(0, dtype=model.compute_dtype).element_size()
     vision = config.vision_config
     cameras, patches = len(IMAGE_KEYS), vision.num_patches
     vision_bytes = vision.num_hidden_layers * cameras * batch_size * patches * vision.hidden_size * element
     prefix = cameras * patches + config.max_token_len
+    llm = config.llm_config
+    if isinstance(config, Pi0FastConfig):
+        return vision_bytes + llm.depth * batch_size * (prefix - 1) * llm.width * element
     suffix = config.action_horizon + (0 if config.pi05 else 1)
-    llm, expert = config.llm_config, config.expert_config
-    joint_bytes = llm.depth * batch_size * (prefix * llm.width + suffix * expert.width) * element
+    joint_bytes = llm.depth * batch_size * (prefix * llm.width + suffix * config.expert_config.width) * element
     return vision_bytes + joint_bytes

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from openpi.models.observation import Observation, random_observation
+from openpi.models.observation import Observation
 from openpi.training import config as _config
-from openpi.training import trainer
+from openpi.training import memory, trainer
 
 
 def run_steps(config: _config.TrainConfig, steps: int) -> None:
@@ -21,7 +21,7 @@ def run_steps(config: _config.TrainConfig, steps: int) -> None:
     torch.manual_seed(0)
     model = trainer.build_model(config, torch.device("cpu"), load_pretrained=False).train()
     optimizer = config.optimizer.build([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    observation = random_observation(config.model, config.batch_size)
+    observation = memory.training_observation(config.model, config.batch_size)
     actions = torch.randn(config.batch_size, config.model.action_horizon, config.model.action_dim)
     for step in range(steps):
         train_step(model, optimizer, observation, actions, step)

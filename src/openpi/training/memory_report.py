@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from openpi.models import variants
+from openpi.models.pi0_config import Pi0Config
 from openpi.training import config as _config
 from openpi.training import memory
 
@@ -20,11 +21,9 @@ def modes(config: _config.TrainConfig) -> dict[str, _config.TrainConfig]:
     model's LoRA freeze filter and no EMA, as the low-memory configs), and with the vision tower frozen; each with
     checkpointing off and on."""
     model = config.model
-    lora_model = dataclasses.replace(
-        model,
-        paligemma_variant=_with_lora(model.paligemma_variant),
-        action_expert_variant=_with_lora(model.action_expert_variant),
-    )
+    lora_model = dataclasses.replace(model, paligemma_variant=_with_lora(model.paligemma_variant))
+    if isinstance(model, Pi0Config):
+        lora_model = dataclasses.replace(lora_model, action_expert_variant=_with_lora(model.action_expert_variant))
     modes = {
         "as configured": config,
         "lora": dataclasses.replace(
