@@ -6,6 +6,7 @@ The client needs numpy<2, so it runs once for the whole module in its own enviro
 """
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -21,14 +22,19 @@ import tyro
 
 from openpi.cli import serve_policy
 from openpi.models import tokenizer
+from openpi.models_pytorch import weights
+from openpi.models_pytorch.pi0_fast_pytorch import Pi0FastPytorch
 from openpi.policies import libero_policy
+from openpi.policies.policy import DECODING_FAILED_KEY
 from openpi.serving import msgpack_numpy
 from openpi.shared import checkpoint_integrity
 from openpi.training.config import get_config
 from tests.helpers.conversion import write_orbax
+from tests.helpers.fast import fitted_tokenizer
 from tests.helpers.policies import PROMPTS, libero_observation, make_train_config, write_checkpoint, write_norm_stats
 
 CONFIG_NAME = "debug_pi05_lightvla"
+FAST_CONFIG_NAME = "debug_pi0_fast"
 API_KEY = "test-key"
 CLIENT_TIMEOUT_S = 240
 
@@ -71,10 +77,20 @@ PROBE = {
 }
 
 
-def _serve_args(checkpoint: Path, *flags: str):
-    argv = [*flags, "--port", "0", "--host", "127.0.0.1", "--pytorch-device", "cpu", "--num-steps", "2"]
-    argv += ["policy:checkpoint", "--policy.config", CONFIG_NAME, "--policy.dir", str(checkpoint)]
+def _serve_args(checkpoint: Path, *flags: str, config_name: str = CONFIG_NAME):
+    argv = [*flags, "--port", "0", "--host", "127.0.0.1", "--pytorch-device", "cpu"]
+    argv += ["policy:checkpoint", "--policy.config", config_name, "--policy.dir", str(checkpoint)]
     return tyro.cli(serve_policy.Args, args=argv)
+
+
+def _fast_checkpoint(workdir: Path, tokenizer_path: Path):
+    """A tiny π0-FAST (random weights, a FAST tokenizer fitted on smooth chunks) and its train config."""
+    fast_dir = fitted_tokenizer(action_dim=libero_policy.ACTION_DIM, vocab_size=300).save(workdir / "fast")
+    config = make_train_config(tokenizer_path, FAST_CONFIG_NAME)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, fast_tokenizer_path=str(fast_dir)))
+    torch.manual_seed(0)
+    weights.save_weights(Pi0FastPytorch(config.model), workdir / "fast_checkpoint")
+    return write_norm_stats(workdir / "fast_checkpoint", action_shift=0.5), config
 
 
 def _run_published_client(plan: dict, workdir: Path) -> dict:
@@ -113,9 +129,9 @@ class _ListHandler(logging.Handler):
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> dict:
-    """Starts three servers from one tiny checkpoint (plain, pruned to 25%, API key) and one from a JAX checkpoint of
-    the same config (pruned to 25%), runs the published client once against them, and returns what it saw plus the
-    serving logs."""
+    """Starts three servers from one tiny checkpoint (plain, pruned to 25%, API key), one from a JAX checkpoint of
+    the same config (pruned to 25%) and one from a tiny π0-FAST, runs the published client once against them, and
+    returns what it saw plus the serving logs."""
     if shutil.which("uv") is None:
         pytest.skip("uv is needed to install the published openpi-client in its own environment")
     workdir = tmp_path_factory.mktemp("client")
@@ -123,6 +139,7 @@ def session(tmp_path_factory) -> dict:
     train_config = make_train_config(tokenizer_path, CONFIG_NAME)
     checkpoint = write_checkpoint(workdir / "checkpoint", train_config)
     jax_checkpoint = write_norm_stats(write_orbax(workdir / "jax_checkpoint", _jax_params(train_config)))
+    fast_checkpoint, fast_config = _fast_checkpoint(workdir, tokenizer_path)
     good = libero_observation(0)
     bad_key = {k: v for k, v in libero_observation(1).items() if k != "observation/state"}
     bad_shape = {**libero_observation(2), "observation/state": np.zeros(5, np.float32)}
@@ -134,10 +151,16 @@ def session(tmp_path_factory) -> dict:
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as patch, contextlib.ExitStack() as stack:
-            patch.setattr(serve_policy._config, "get_config", {CONFIG_NAME: train_config}.__getitem__)
+            configs = {CONFIG_NAME: train_config, FAST_CONFIG_NAME: fast_config}
+            patch.setattr(serve_policy._config, "get_config", configs.__getitem__)
             flags = {"plain": (), "pruned": ("--token-prune-keep-ratio", "0.1"), "guarded": ("--api-key", API_KEY)}
+            flags = {name: ("--num-steps", "2", *f) for name, f in flags.items()}
             servers = {name: serve_policy.create_server(_serve_args(checkpoint, *f)) for name, f in flags.items()}
-            servers["jax"] = serve_policy.create_server(_serve_args(jax_checkpoint, "--token-prune-keep-ratio", "0.1"))
+            servers["jax"] = serve_policy.create_server(
+                _serve_args(jax_checkpoint, "--num-steps", "2", "--token-prune-keep-ratio", "0.1")
+            )
+            fast_args = _serve_args(fast_checkpoint, "--max-decoding-steps", "6", config_name=FAST_CONFIG_NAME)
+            servers["fast"] = serve_policy.create_server(fast_args)
             ports = {name: stack.enter_context(server.running_in_background()) for name, server in servers.items()}
             plan = {
                 "probe": PROBE,
@@ -147,6 +170,7 @@ def session(tmp_path_factory) -> dict:
                     "no_key": {"port": ports["guarded"], "api_key": None, "requests": []},
                     "with_key": {"port": ports["guarded"], "api_key": API_KEY, "requests": [good]},
                     "jax": {"port": ports["jax"], "api_key": None, "requests": [good, bad_key, good]},
+                    "fast": {"port": ports["fast"], "api_key": None, "requests": [good, bad_key, good]},
                 },
             }
             results = _run_published_client(plan, workdir)
@@ -154,7 +178,8 @@ def session(tmp_path_factory) -> dict:
         torch.set_num_threads(previous_threads)
         serve_policy.logger.removeHandler(logs)
         serve_policy.logger.setLevel(previous_level)
-    return {"results": results, "logs": logs.messages, "horizon": train_config.model.action_horizon}
+    horizons = {"horizon": train_config.model.action_horizon, "fast_horizon": fast_config.model.action_horizon}
+    return {"results": results, "logs": logs.messages, **horizons}
 
 
 def test_codec_is_wire_compatible_both_ways(session):
@@ -218,6 +243,19 @@ def test_a_jax_checkpoint_serves_the_published_client(session):
     assert "observation/state" in bad["error"]
     assert again["reply"]["actions"].shape == good["reply"]["actions"].shape  # the server kept serving
     assert good["reply"]["token_pruning"]["kept_ratio_overall_mean"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_pi0_fast_checkpoint_serves_the_published_client(session):
+    seen = session["results"]["fast"]
+    assert seen["metadata"]["pi0_fast"] is True and seen["metadata"]["config"] == FAST_CONFIG_NAME
+    good, bad, again = seen["replies"]
+    # Random weights never write "Action: ...": the reply says so and carries the zero normalised chunk, the middle of
+    # the action range (q01 = 0.5 - 2, q99 = 0.5 + 2).
+    assert bool(good["reply"][DECODING_FAILED_KEY]) is True
+    middle = np.full((session["fast_horizon"], libero_policy.ACTION_DIM), 0.5)
+    np.testing.assert_allclose(good["reply"]["actions"], middle, atol=1e-6)
+    assert "observation/state" in bad["error"]
+    np.testing.assert_array_equal(again["reply"]["actions"], good["reply"]["actions"])  # the server kept serving
 
 
 def test_a_checkpoint_that_fails_verification_is_one_error_line(tmp_path):
