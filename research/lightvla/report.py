@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from openpi.envs.rollout import wilson_interval
+from openpi.shared import results_file
 from research.lightvla.arms import (
     BUDGETS,
     COMPARISONS,
@@ -50,8 +51,9 @@ def vision_gap_kept(results: dict[str, list[dict]], arm: str) -> str:
 
 
 def write(results_dir: Path, output: Path, plot: Path, command: str) -> None:
-    """Writes the Markdown table of the results in ``results_dir`` to ``output`` (``command`` in its header) and the
-    plot to ``plot``."""
+    """Writes the Markdown table of the results in ``results_dir`` into ``output`` as ``command``'s run section (the
+    title and the reading around it are kept: :func:`openpi.shared.results_file.write_run`) and the plot to
+    ``plot``."""
     results = load(results_dir)
     pooled = {arm: (sum(r["successes"] for r in rs), sum(r["episodes"] for r in rs)) for arm, rs in results.items()}
     rate = {arm: s / n for arm, (s, n) in pooled.items()}
@@ -80,8 +82,10 @@ def write(results_dir: Path, output: Path, plot: Path, command: str) -> None:
         *comparison_table(results),
         *steps_table(results),
     ]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join([*lines, ""]))
+    if not output.is_file():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(f"{TITLE}\n")
+    results_file.write_run(output, command, lines)
     _plot(results, pooled, plot)
     if "default" in results:
         budget_plot(results, pooled, plot.with_name(f"{plot.stem}_budgets{plot.suffix}"))
@@ -222,8 +226,11 @@ def _seeds_failing_precondition(results: dict[str, list[dict]], seeds: set[int],
     ]
 
 
+TITLE = "# Pruning on the shapes testbed, closed loop"
+
+
 def header(command: str, results: dict[str, list[dict]]) -> list[str]:
-    """The table's title, command and legend, and its column names."""
+    """The run's date, command and legend, and its table's column names."""
     runs = next(iter(results.values()), [{}])
     warm = "".join(
         f"; `{arm}` trains {r.get('train_steps', '?')} more from the final `{spec.warm_start}` weights of its seed "
@@ -233,7 +240,7 @@ def header(command: str, results: dict[str, list[dict]]) -> list[str]:
         for r in results.get(arm, [])[:1]
     )
     return [
-        f"# Pruning on the shapes testbed, closed loop ({time.strftime('%Y-%m-%d')}, CPU)",
+        f"Run {time.strftime('%Y-%m-%d')} on a 2-core CPU machine.",
         "",
         "```",
         command,

@@ -292,3 +292,17 @@ def test_the_report_plots_success_against_the_budget_and_states_the_latency_rati
     row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| default |"))
     assert "| 0.80 (0.30) | 0.90 | 0.38 |" in row  # swap recall, swap success, latency (0.5 + 0.25) / 2
     assert report.latency_ratio(arms_results, "blind") == pytest.approx((0.9 + 0.45) / 2)
+
+
+def test_a_rewritten_report_keeps_the_reading_and_replaces_its_table(tmp_path):
+    (tmp_path / "unpruned_seed0.json").write_text(json.dumps({**_run(0, 0.9), "mean_steps": 10.0}))
+    table = tmp_path / "table.md"
+    report.write(tmp_path, table, tmp_path / "plot.png", "a command")
+    title, rest = table.read_text().split("\n", 1)
+    table.write_text(f"{title}\n\n**Reading.** Unpruned succeeds.\n{rest}")
+    (tmp_path / "unpruned_seed0.json").write_text(json.dumps({**_run(0, 0.5), "mean_steps": 10.0}))
+    report.write(tmp_path, table, tmp_path / "plot.png", "a command")
+    text = table.read_text()
+    assert text.startswith(report.TITLE) and "**Reading.** Unpruned succeeds." in text
+    rows = [line for line in text.splitlines() if line.startswith("| unpruned |")]
+    assert len(rows) == 1 and "| 0.500 [" in rows[0]
