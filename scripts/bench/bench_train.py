@@ -177,7 +177,7 @@ def main(args: Args) -> None:
     on_cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name() if on_cuda else f"CPU ({torch.get_num_threads()} threads)"
     memory_label = "peak CUDA alloc (MiB)" if on_cuda else "peak RSS increase (MiB)"
-    command = "uv run scripts/bench/bench_train.py " + " ".join(sys.argv[1:])
+    command = " ".join(["uv run scripts/bench/bench_train.py", *sys.argv[1:]])
     header = [
         f"## {time.strftime('%Y-%m-%d')} — {device_name}, {args.dtype}, batch {args.batch_size}, 3 cameras at 224x224, "
         f"{args.prompt_tokens}-token prompt ({args.valid_prompt_tokens} valid), pruner noise {args.noise_scale}, "
